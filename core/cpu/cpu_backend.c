@@ -1,0 +1,112 @@
+/* The cpu backend: buffers in host memory and the op table. The ops themselves are in
+ * cpu_ops.c (readable reference loops, parallelised over rows by cpu_parallel). */
+#include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "core/backend.h"
+#include "core/cpu/cpu_ops.h"
+#include "core/error.h"
+#include "core/mem.h"
+
+static qins_mem_owner *cpu_owner(void) { return qins_mem_owner_get("backend.cpu"); }
+
+static int cpu_buf_alloc(qins_backend *be, size_t bytes, qins_buf **out) {
+  qins_buf *buf = qins_mem_calloc(cpu_owner(), 1, sizeof *buf);
+  if (!buf) return QINS_ENOMEM;
+  buf->host = qins_mem_alloc_aligned(cpu_owner(), bytes ? bytes : 1, 64);
+  if (!buf->host) {
+    qins_mem_free(cpu_owner(), buf);
+    return QINS_ENOMEM;
+  }
+  buf->be = be;
+  buf->size = bytes;
+  buf->impl = buf; /* marks "owned": freed with the buffer */
+  *out = buf;
+  return 0;
+}
+
+static int cpu_buf_wrap(qins_backend *be, void *host, size_t bytes, qins_buf **out) {
+  qins_buf *buf = qins_mem_calloc(cpu_owner(), 1, sizeof *buf);
+  if (!buf) return QINS_ENOMEM;
+  buf->be = be;
+  buf->size = bytes;
+  buf->host = host;
+  buf->impl = NULL; /* borrowed: the caller keeps the memory alive */
+  *out = buf;
+  return 0;
+}
+
+static void cpu_buf_free(qins_backend *be, qins_buf *buf) {
+  if (buf->impl) qins_mem_free(cpu_owner(), buf->host);
+  qins_mem_free(cpu_owner(), buf);
+}
+
+static int cpu_buf_write(qins_backend *be, qins_buf *buf, size_t offset, const void *src, size_t bytes) {
+  memcpy((char *)buf->host + offset, src, bytes);
+  return 0;
+}
+
+static int cpu_buf_read(qins_backend *be, qins_buf *buf, size_t offset, void *dst, size_t bytes) {
+  memcpy(dst, (const char *)buf->host + offset, bytes);
+  return 0;
+}
+
+static int cpu_sync(qins_backend *be) { return 0; }
+
+static void cpu_destroy(qins_backend *be) {
+  cpu_pool_destroy(be->impl);
+  qins_mem_free(cpu_owner(), be);
+}
+
+static const qins_backend_ops cpu_ops = {
+    .buf_alloc = cpu_buf_alloc,
+    .buf_wrap = cpu_buf_wrap,
+    .buf_free = cpu_buf_free,
+    .buf_write = cpu_buf_write,
+    .buf_read = cpu_buf_read,
+    .sync = cpu_sync,
+    .destroy = cpu_destroy,
+    .matmul = cpu_matmul,
+    .add = cpu_add,
+    .mul = cpu_mul,
+    .rmsnorm = cpu_rmsnorm,
+    .layernorm = cpu_layernorm,
+    .rope = cpu_rope,
+    .softmax = cpu_softmax,
+    .silu = cpu_silu,
+    .gelu_tanh = cpu_gelu_tanh,
+    .silu_mul = cpu_silu_mul,
+    .embed = cpu_embed,
+    .attention = cpu_attention,
+    .argmax = cpu_argmax,
+    .topk = cpu_topk,
+    .copy = cpu_copy,
+    .cast = cpu_cast,
+    .calibrate = cpu_calibrate,
+    .quantize = cpu_quantize,
+    .dequantize = cpu_dequantize,
+};
+
+int qins_cpu_backend_create(int threads, qins_backend **out) {
+  if (threads <= 0) {
+    const char *env = getenv("QINS_THREADS");
+    threads = env ? atoi(env) : 0;
+    if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (threads <= 0) threads = 1;
+  }
+  qins_backend *be = qins_mem_calloc(cpu_owner(), 1, sizeof *be);
+  if (!be) return QINS_ENOMEM;
+  be->ops = &cpu_ops;
+  be->threads = threads;
+  snprintf(be->name, sizeof be->name, "cpu");
+  snprintf(be->device_name, sizeof be->device_name, "cpu (%d threads)", threads);
+  int rc = cpu_pool_create(threads, (cpu_pool **)&be->impl);
+  if (rc) {
+    qins_mem_free(cpu_owner(), be);
+    return rc;
+  }
+  *out = be;
+  return 0;
+}

@@ -1,0 +1,16 @@
+/* The `qins` subcommands: each lives in its own tools/cmd_*.c and returns a process exit code. */
+#ifndef QINS_TOOLS_COMMANDS_H
+#define QINS_TOOLS_COMMANDS_H
+
+typedef struct qins_command {
+  const char *name;
+  const char *summary;
+  int (*run)(int argc, char **argv); /* argv[0] is the subcommand name */
+} qins_command;
+
+/* Print "qins: <msg>" for the current error and return the exit code for it. */
+int qins_cli_fail(int rc);
+
+int cmd_backends(int argc, char **argv);
+
+#endif

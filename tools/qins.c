@@ -1,0 +1,38 @@
+/* The `qins` command line: finds the subcommand and runs it. Exit codes: 0 ok, 1 failure, 2 bad input. */
+#include <stdio.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "tools/commands.h"
+
+static const qins_command commands[] = {
+    {"backends", "list compute backends and devices on this machine", cmd_backends},
+};
+
+static void usage(FILE *out) {
+  fprintf(out, "usage: qins COMMAND [options]   (qins COMMAND --help for each)\n\ncommands:\n");
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf(out, "  %-14s %s\n", commands[i].name, commands[i].summary);
+  fprintf(out, "\nexit status: 0 ok, 1 failure, 2 bad usage or bad input\n");
+}
+
+int qins_cli_fail(int rc) {
+  fprintf(stderr, "qins: %s\n", qins_error_msg());
+  return qins_error_exit_code(rc);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+    usage(stdout);
+    return 0;
+  }
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 1, argv + 1);
+  fprintf(stderr, "qins: unknown command '%s'\n", argv[1]);
+  usage(stderr);
+  return 2;
+}
