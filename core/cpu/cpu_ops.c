@@ -102,7 +102,9 @@ int cpu_gelu_tanh(qins_backend *be, const qins_tensor *x, qins_tensor *y) {
   const float c = 0.7978845608028654f; /* sqrt(2/pi) */
   for (int64_t i = 0; i < n; i++) {
     float v = px[i];
-    py[i] = 0.5f * v * (1.0f + tanhf(c * (v + 0.044715f * v * v * v)));
+    /* 0.5 (1 + tanh(u)) == 1 / (1 + exp(-2u)): the same function without the cancellation that
+     * makes 1 + tanh(u) lose every digit for negative inputs */
+    py[i] = v / (1.0f + expf(-2.0f * c * (v + 0.044715f * v * v * v)));
   }
   return 0;
 }
