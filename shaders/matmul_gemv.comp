@@ -6,6 +6,9 @@
 #extension GL_EXT_shader_16bit_storage : require
 #extension GL_EXT_shader_explicit_arithmetic_types_int16 : require
 #endif
+#ifndef WG
+#define WG 64
+#endif
 #include "common.glsl"
 #include "weights.glsl"
 #define MAXM 8
@@ -31,6 +34,19 @@ void main() {
     float wv = LOAD_W(w, pc.off[1], wrow + k);
     for (uint m = 0; m < pc.M; m++) acc[m] += x[xo + m * pc.K + k] * wv;
   }
+#ifdef USE_SUBGROUP
+  // registers within each subgroup, then one shared-memory step across subgroups
+  for (uint m = 0; m < pc.M; m++) {
+    float s = subgroupAdd(acc[m]);
+    if (subgroupElect()) red[m][gl_SubgroupID] = s;
+  }
+  barrier();
+  if (lid < pc.M) {
+    float t = 0.0;
+    for (uint i = 0; i < gl_NumSubgroups; i++) t += red[lid][i];
+    red[lid][0] = t;
+  }
+#else
   for (uint m = 0; m < pc.M; m++) red[m][lid] = acc[m];
   barrier();
   for (uint s = WG / 2; s > 0; s >>= 1) {
@@ -38,6 +54,7 @@ void main() {
       for (uint m = 0; m < pc.M; m++) red[m][lid] += red[m][lid + s];
     barrier();
   }
+#endif
   if (lid < pc.M) {
     uint col = pc.n0 + r;
     float b = pc.has_bias != 0u ? bias[(pc.off[2] >> 2) + col] : 0.0;

@@ -16,6 +16,7 @@ typedef struct qins_vk_info {
   int push_descriptors;           /* VK_KHR_push_descriptor in use */
   int cooperative_matrix;         /* VK_KHR_cooperative_matrix or VK_NV_cooperative_matrix offered (reported only) */
   uint32_t subgroup_size;
+  int subgroup_arith;             /* subgroup arithmetic in compute shaders: picks the _sg shader variants */
   uint32_t max_storage_range;     /* maxStorageBufferRange */
   uint32_t min_storage_align;     /* minStorageBufferOffsetAlignment */
   uint32_t max_wg_invocations;    /* maxComputeWorkGroupInvocations */

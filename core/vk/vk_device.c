@@ -186,6 +186,10 @@ static int create_device(vk_ctx *c) {
   in->float16 = f12.shaderFloat16;
   in->int8 = f12.shaderInt8;
   in->subgroup_size = p11.subgroupSize;
+  in->subgroup_arith = (p11.subgroupSupportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
+                       (p11.subgroupSupportedOperations & VK_SUBGROUP_FEATURE_BASIC_BIT) &&
+                       (p11.subgroupSupportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT) &&
+                       !getenv("QINS_VK_NO_SUBGROUP");
   in->max_storage_range = c->props.limits.maxStorageBufferRange;
   in->min_storage_align = (uint32_t)c->props.limits.minStorageBufferOffsetAlignment;
   in->max_wg_invocations = c->props.limits.maxComputeWorkGroupInvocations;

@@ -2,6 +2,7 @@
  * with hazard-tracked barriers, descriptor binding (push descriptors or a per-batch pool),
  * timestamp queries per op, batch submission, and tensor bindings that respect the device's
  * offset alignment and maximum binding range (splitting row-parallel ops into chunks). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +17,16 @@ int vk_shader_index(const char *name) {
   for (int i = 0; i < SHADER_COUNT; i++)
     if (strcmp(vk_shader_table[i].name, name) == 0) return i;
   return -1;
+}
+
+int vk_shader_pick(vk_ctx *c, const char *name) {
+  if (c->info.subgroup_arith) {
+    char sg[96];
+    snprintf(sg, sizeof sg, "%s_sg", name);
+    int i = vk_shader_index(sg);
+    if (i >= 0) return i;
+  }
+  return vk_shader_index(name);
 }
 
 /* Bindings a module declares: the largest Binding decoration + 1 (OpDecorate = 71, Binding = 33). */

@@ -97,6 +97,8 @@ typedef struct vk_bind {
 int vk_pipelines_init(vk_ctx *c);
 void vk_pipelines_fini(vk_ctx *c);
 int vk_shader_index(const char *name);
+/* The variant of `name` this device runs best (the _sg one where subgroup arithmetic exists). */
+int vk_shader_pick(vk_ctx *c, const char *name);
 int vk_begin(vk_ctx *c);
 int vk_flush(vk_ctx *c);
 int vk_sync(qins_backend *be);

@@ -5,7 +5,7 @@
 
 #include "core/vk/vk_internal.h"
 
-#define SH(name) vk_shader_index(name)
+#define SH(name) vk_shader_pick(c, name)
 
 static uint32_t fbits(float f) {
   uint32_t u;
@@ -96,11 +96,12 @@ static int vk_silu_mul(qins_backend *be, const qins_tensor *gate, const qins_ten
 
 static int norm(qins_backend *be, qins_op_kind kind, const char *shader, const qins_tensor *x, const qins_tensor *w,
                 const qins_tensor *b, float eps, qins_tensor *y) {
+  vk_ctx *c = vk_of(be);
   int64_t rows = qins_tensor_rows(x), d = qins_tensor_cols(x);
   size_t rb = (size_t)d * 4;
   vk_arg args[4] = {{x, rb, 4, 0}, {w, 0, 4, 0}, {b ? b : w, 0, 4, 0}, {y, rb, 4, 1}};
   uint32_t p[4] = {0, (uint32_t)d, fbits(eps), b != NULL};
-  int rc = vk_run_rows(vk_of(be), kind, SH(shader), args, 4, rows, p, 4, 0, 0, 1, 256);
+  int rc = vk_run_rows(c, kind, SH(shader), args, 4, rows, p, 4, 0, 0, 1, 256);
   return rc ? qins_error_wrap(rc, "%s: ", qins_op_name(kind)) : 0;
 }
 
@@ -113,10 +114,11 @@ static int vk_layernorm(qins_backend *be, const qins_tensor *x, const qins_tenso
 }
 
 static int vk_softmax(qins_backend *be, const qins_tensor *x, qins_tensor *y) {
+  vk_ctx *c = vk_of(be);
   int64_t rows = qins_tensor_rows(x), n = qins_tensor_cols(x);
   vk_arg args[2] = {{x, (size_t)n * 4, 4, 0}, {y, (size_t)n * 4, 4, 1}};
   uint32_t p[2] = {0, (uint32_t)n};
-  int rc = vk_run_rows(vk_of(be), QINS_OP_SOFTMAX, SH("softmax"), args, 2, rows, p, 2, 0, 0, 1, 256);
+  int rc = vk_run_rows(c, QINS_OP_SOFTMAX, SH("softmax"), args, 2, rows, p, 2, 0, 0, 1, 256);
   return rc ? qins_error_wrap(rc, "softmax: ") : 0;
 }
 
@@ -124,12 +126,13 @@ static int vk_softmax(qins_backend *be, const qins_tensor *x, qins_tensor *y) {
 
 static int vk_rope(qins_backend *be, const qins_tensor *x, const qins_tensor *pos, const qins_tensor *inv_freq,
                    int rot_dim, float attn_factor, qins_rope_mode mode, qins_tensor *y) {
+  vk_ctx *c = vk_of(be);
   int64_t m = x->shape[0], h = x->shape[1], d = x->shape[2];
   size_t rb = (size_t)(h * d) * 4;
   vk_arg args[4] = {{x, rb, 4, 0}, {pos, 4, 4, 0}, {inv_freq, 0, 4, 0}, {y, rb, 4, 1}};
   uint32_t half = (uint32_t)rot_dim / 2;
   uint32_t p[6] = {0, (uint32_t)h, (uint32_t)d, half, (uint32_t)mode, fbits(attn_factor)};
-  int rc = vk_run_rows(vk_of(be), QINS_OP_ROPE, SH("rope"), args, 4, m, p, 6, (uint64_t)(h * (d - half)), 0, 1, 256);
+  int rc = vk_run_rows(c, QINS_OP_ROPE, SH("rope"), args, 4, m, p, 6, (uint64_t)(h * (d - half)), 0, 1, 256);
   return rc ? qins_error_wrap(rc, "rope: ") : 0;
 }
 
@@ -189,18 +192,20 @@ static int vk_attention(qins_backend *be, const qins_tensor *q, const qins_tenso
 /* ---------------------------------------------------------------- argmax, topk */
 
 static int vk_argmax(qins_backend *be, const qins_tensor *x, qins_tensor *idx) {
+  vk_ctx *c = vk_of(be);
   int64_t rows = qins_tensor_rows(x), n = qins_tensor_cols(x);
   vk_arg args[3] = {{x, (size_t)n * 4, 4, 0}, {idx, 4, 4, 1}, {idx, 4, 4, 1}};
   uint32_t p[3] = {0, (uint32_t)n, 1};
-  int rc = vk_run_rows(vk_of(be), QINS_OP_ARGMAX, SH("argmax"), args, 3, rows, p, 3, 0, 0, 1, 256);
+  int rc = vk_run_rows(c, QINS_OP_ARGMAX, SH("argmax"), args, 3, rows, p, 3, 0, 0, 1, 256);
   return rc ? qins_error_wrap(rc, "argmax: ") : 0;
 }
 
 static int vk_topk(qins_backend *be, const qins_tensor *x, int k, qins_tensor *values, qins_tensor *idx) {
+  vk_ctx *c = vk_of(be);
   int64_t rows = qins_tensor_rows(x), n = qins_tensor_cols(x);
   vk_arg args[3] = {{x, (size_t)n * 4, 4, 0}, {values, (size_t)k * 4, 4, 1}, {idx, (size_t)k * 4, 4, 1}};
   uint32_t p[3] = {0, (uint32_t)n, (uint32_t)k};
-  int rc = vk_run_rows(vk_of(be), QINS_OP_TOPK, SH("topk"), args, 3, rows, p, 3, 0, 0, 1, 256);
+  int rc = vk_run_rows(c, QINS_OP_TOPK, SH("topk"), args, 3, rows, p, 3, 0, 0, 1, 256);
   return rc ? qins_error_wrap(rc, "topk: ") : 0;
 }
 
