@@ -49,6 +49,7 @@ static int run_quant(void *u) { cd_args *c = u; return qins_op_quantize(be, c->x
 int main(int argc, char **argv) {
   const char *spec = argc > 1 ? argv[1] : "vk:0";
   double scale = argc > 2 ? atof(argv[2]) : 1.0;
+  setvbuf(stdout, NULL, _IOLBF, 0);
   if (qins_backend_create(spec, &be)) {
     fprintf(stderr, "bench_vk: %s\n", qins_error_msg());
     return 1;

@@ -2,6 +2,7 @@
 // output row streams that weight row once with coalesced loads and reduces in shared memory.
 #version 450
 #extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : enable
 #ifdef STORAGE16
 #extension GL_EXT_shader_16bit_storage : require
 #extension GL_EXT_shader_explicit_arithmetic_types_int16 : require
@@ -28,17 +29,19 @@ void main() {
   uint lid = gl_LocalInvocationID.x;
   uint xo = pc.off[0] >> 2;
   float acc[MAXM];
-  for (uint m = 0; m < MAXM; m++) acc[m] = 0.0;
+  [[unroll]] for (uint m = 0; m < MAXM; m++) acc[m] = 0.0;
   uint wrow = r * pc.K;
+  // constant trip counts keep acc[] in registers (a dynamic index would spill it)
   for (uint k = lid; k < pc.K; k += WG) {
     float wv = LOAD_W(w, pc.off[1], wrow + k);
-    for (uint m = 0; m < pc.M; m++) acc[m] += x[xo + m * pc.K + k] * wv;
+    [[unroll]] for (uint m = 0; m < MAXM; m++)
+      if (m < pc.M) acc[m] += x[xo + m * pc.K + k] * wv;
   }
 #ifdef USE_SUBGROUP
   // registers within each subgroup, then one shared-memory step across subgroups
-  for (uint m = 0; m < pc.M; m++) {
+  [[unroll]] for (uint m = 0; m < MAXM; m++) {
     float s = subgroupAdd(acc[m]);
-    if (subgroupElect()) red[m][gl_SubgroupID] = s;
+    if (m < pc.M && subgroupElect()) red[m][gl_SubgroupID] = s;
   }
   barrier();
   if (lid < pc.M) {
@@ -47,7 +50,7 @@ void main() {
     red[lid][0] = t;
   }
 #else
-  for (uint m = 0; m < pc.M; m++) red[m][lid] = acc[m];
+  [[unroll]] for (uint m = 0; m < MAXM; m++) red[m][lid] = acc[m];
   barrier();
   for (uint s = WG / 2; s > 0; s >>= 1) {
     if (lid < s)

@@ -812,51 +812,81 @@ static void test_timestamps(void **state) {
   if (in.timestamp_period > 0) assert_true(B[1]->stats[QINS_OP_MATMUL].ns > before);
 }
 
-static void test_validation(void **state) {
-  (void)state;
-  NEED_VK();
-  setenv("QINS_VK_VALIDATION", "1", 1);
+/* Runs a few ops (compared with cpu) on a fresh vk:0 created with the given environment; returns
+ * the validation messages counted (QINS_VK_VALIDATION=1 in env) or -1 if the layer is missing. */
+static int run_with_env(const char *const *env) {
+  for (int i = 0; env[i]; i += 2) setenv(env[i], env[i + 1], 1);
   qins_backend *v;
   int rc = qins_backend_create("vk:0", &v);
-  unsetenv("QINS_VK_VALIDATION");
-  if (rc == QINS_EUNSUPPORTED && strstr(qins_error_msg(), "not installed")) {
-    skip();
-    return;
-  }
+  for (int i = 0; env[i]; i += 2) unsetenv(env[i]);
+  if (rc == QINS_EUNSUPPORTED && strstr(qins_error_msg(), "not installed")) return -1;
   assert_int_equal(rc, 0);
-  qins_vk_info in;
-  qins_vk_get_info(v, &in);
-  assert_true(in.validation);
   qins_backend *keep = B[1];
-  B[1] = v; /* run a few cases on the validated device */
+  B[1] = v; /* the shared cases run on this device */
   matmul_case(1, 33, 17, QINS_DT_F16, 1);
   matmul_case(12, 33, 17, QINS_DT_BF16, 0);
   attention_case(3, 4, 2, 16, 10, 5);
   int64_t shape[2] = {3, 40};
   float *x = randn(120, 1.0f);
-  qins_tensor X, A, Q, Y;
-  test_tensor_make(v, &X, "x", QINS_DT_F32, 2, shape, x);
+  pair X, Y, W;
+  pmake(&X, "x", QINS_DT_F32, 2, shape, x, 4);
+  pmake(&Y, "y", QINS_DT_F32, 2, shape, NULL, 0);
+  pmake(&W, "w", QINS_DT_F32, 1, &shape[1], x, 8);
+  for (int i = 0; i < 2; i++) {
+    OK(qins_op_softmax(B[i], &X.t[i], &Y.t[i]));
+    OK(qins_op_rmsnorm(B[i], &Y.t[i], &W.t[i], 1e-5f, &Y.t[i]));
+  }
+  compare_f32("softmax then rmsnorm", &Y, 1e-5);
+  qins_tensor A, Q, D;
   test_tensor_make(v, &A, "alpha", QINS_DT_F32, 1, shape, NULL);
   qins_tensor_init(&Q, "q", QINS_DT_QINS6, 2, shape);
   Q.scale = &A;
   assert_int_equal(qins_tensor_alloc(v, &Q), 0);
-  test_tensor_make(v, &Y, "y", QINS_DT_F32, 2, shape, NULL);
+  test_tensor_make(v, &D, "y", QINS_DT_F32, 2, shape, NULL);
   qins_alpha_spec spec = {QINS_ALPHA_MSE, 0};
-  OK(qins_op_calibrate(v, &X, QINS_DT_QINS6, spec, &A));
-  OK(qins_op_quantize(v, &X, &Q));
-  OK(qins_op_dequantize(v, &Q, &Y));
-  OK(qins_op_softmax(v, &Y, &Y));
+  OK(qins_op_calibrate(v, &X.t[1], QINS_DT_QINS6, spec, &A));
+  OK(qins_op_quantize(v, &X.t[1], &Q));
+  OK(qins_op_dequantize(v, &Q, &D));
+  float *y = malloc(120 * sizeof *y);
+  assert_int_equal(qins_tensor_read(&D, y), 0);
+  test_assert_close("qins6 round trip", y, x, 120, 0.1);
   assert_int_equal(qins_backend_sync(v), 0);
   Q.scale = NULL;
   qins_tensor_free(&Q);
   qins_tensor_free(&A);
-  qins_tensor_free(&X);
-  qins_tensor_free(&Y);
+  qins_tensor_free(&D);
+  pfree(&X);
+  pfree(&Y);
+  pfree(&W);
   free(x);
+  free(y);
   B[1] = keep;
   int msgs = qins_vk_validation_messages(v);
   qins_backend_destroy(v);
+  return msgs;
+}
+
+/* Without push descriptors (descriptor pool), mapped memory (staging) or subgroup arithmetic
+ * (shared-memory reductions): the paths other devices take. */
+static void test_fallback_paths(void **state) {
+  (void)state;
+  NEED_VK();
+  const char *env[] = {"QINS_VK_NO_PUSH_DESCRIPTORS", "1", "QINS_VK_NO_MAP", "1", "QINS_VK_NO_SUBGROUP", "1", NULL};
+  assert_int_equal(run_with_env(env), 0);
+}
+
+static void test_validation(void **state) {
+  (void)state;
+  NEED_VK();
+  const char *env[] = {"QINS_VK_VALIDATION", "1", NULL};
+  int msgs = run_with_env(env);
+  if (msgs < 0) {
+    skip();
+    return;
+  }
   assert_int_equal(msgs, 0);
+  const char *env2[] = {"QINS_VK_VALIDATION", "1", "QINS_VK_NO_PUSH_DESCRIPTORS", "1", "QINS_VK_NO_MAP", "1", NULL};
+  assert_int_equal(run_with_env(env2), 0);
 }
 
 int main(void) {
@@ -874,6 +904,7 @@ int main(void) {
       cmocka_unit_test(test_copy_cast),
       cmocka_unit_test(test_codec),
       cmocka_unit_test(test_timestamps),
+      cmocka_unit_test(test_fallback_paths),
       cmocka_unit_test(test_validation),
   };
   return cmocka_run_group_tests_name("vk", tests, setup, teardown);
