@@ -172,6 +172,7 @@ static int create_device(vk_ctx *c) {
   VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12};
   vkGetPhysicalDeviceFeatures2(c->phys, &f2);
   VkPhysicalDeviceVulkan11Properties p11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_PROPERTIES};
+  /* p11.maxMemoryAllocationSize bounds one buffer */
   VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &p11};
   vkGetPhysicalDeviceProperties2(c->phys, &p2);
   c->props = p2.properties;
@@ -186,6 +187,7 @@ static int create_device(vk_ctx *c) {
   in->float16 = f12.shaderFloat16;
   in->int8 = f12.shaderInt8;
   in->subgroup_size = p11.subgroupSize;
+  c->max_alloc = p11.maxMemoryAllocationSize;
   in->subgroup_arith = (p11.subgroupSupportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
                        (p11.subgroupSupportedOperations & VK_SUBGROUP_FEATURE_BASIC_BIT) &&
                        (p11.subgroupSupportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT) &&

@@ -43,6 +43,7 @@ typedef struct vk_ctx {
   qins_vk_info info;
   uint32_t max_range; /* binding limit in use (device limit unless overridden) */
   uint32_t align;     /* binding offset alignment (>= 4) */
+  VkDeviceSize max_alloc; /* maxMemoryAllocationSize: the largest buffer */
   int mem_device;     /* memory type for tensors */
   int mem_staging;    /* host-visible coherent memory type for staging */
   int map_device;     /* tensors are host-mapped */

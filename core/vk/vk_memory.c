@@ -77,8 +77,9 @@ void vk_garbage_free(vk_ctx *c) {
 int vk_buf_alloc(qins_backend *be, size_t bytes, qins_buf **out) {
   vk_ctx *c = vk_of(be);
   *out = NULL;
-  if (bytes > c->props.limits.maxStorageBufferRange && (uint64_t)bytes > ((uint64_t)1 << 40))
-    return qins_error_set(QINS_EINVAL, "vulkan: buffer of %zu bytes is too large", bytes);
+  if (c->max_alloc && bytes + 16 > c->max_alloc)
+    return qins_error_set(QINS_EUNSUPPORTED, "vulkan: buffer of %zu bytes exceeds %s's largest allocation (%llu bytes)",
+                          bytes, c->info.device_name, (unsigned long long)c->max_alloc);
   qins_buf *buf = qins_mem_calloc(vk_owner(), 1, sizeof *buf);
   if (!buf) return QINS_ENOMEM;
   vk_buffer *vb;
