@@ -653,7 +653,7 @@ static void test_codec(void **state) {
                        alpha[row], want_a);
           } else {
             double mg = ref_mse(xr, c, alpha[row], L), mw = ref_mse(xr, c, (float)want_a, L);
-            if (mg > mw * (1 + 1e-3) + 1e-30)
+            if (mg > mw * (1 + 1e-2) + 1e-30) /* the MSE jumps with alpha: allow a near-tie */
               fail_msg("calibrate mse %s row %lld: alpha %g has MSE %g, reference alpha %g has %g", qins_dtype_name(fmt),
                        (long long)row, alpha[row], mg, want_a, mw);
           }
