@@ -413,6 +413,8 @@ static void test_attention(void **state) {
   attention_case(5, 6, 3, 64, 300, 200);
   attention_case(1, 8, 1, 128, 8192, 8191); /* long context, decode */
   attention_case(3, 2, 2, 256, 130, 0);
+  attention_case(4, 4, 2, 32, 1500, 1000); /* key splits with causal ends inside them */
+  attention_case(40, 2, 1, 16, 700, 600);
 }
 
 /* ---------------------------------------------------------------- argmax, topk */
@@ -826,6 +828,7 @@ static int run_with_env(const char *const *env) {
   matmul_case(1, 33, 17, QINS_DT_F16, 1);
   matmul_case(12, 33, 17, QINS_DT_BF16, 0);
   attention_case(3, 4, 2, 16, 10, 5);
+  attention_case(2, 2, 1, 16, 600, 500); /* split keys + combine */
   int64_t shape[2] = {3, 40};
   float *x = randn(120, 1.0f);
   pair X, Y, W;

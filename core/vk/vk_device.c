@@ -131,6 +131,7 @@ static void vk_destroy(qins_backend *be) {
       vk_flush(c);
       vkDeviceWaitIdle(c->dev);
       if (c->lut) vk_buf_free(be, c->lut);
+      vk_buffer_destroy(c, c->scratch);
       vk_garbage_free(c);
       qins_mem_free(vk_owner(), c->garbage);
       vk_pipelines_fini(c);

@@ -238,6 +238,16 @@ int vk_copy_region(vk_ctx *c, qins_op_kind kind, vk_buffer *src, VkDeviceSize so
   return 0;
 }
 
+int vk_update_region(vk_ctx *c, vk_buffer *dst, VkDeviceSize off, const void *data, VkDeviceSize bytes) {
+  int rc = make_room(c);
+  if (rc) return rc;
+  dst->batch = c->batch;
+  hazard(c, &dst->buf, 1, 1u);
+  vkCmdUpdateBuffer(c->cmd, dst->buf, off, bytes, data);
+  c->garbage_bytes += bytes; /* the data lives in the command buffer until the batch completes */
+  return c->garbage_bytes > 4 * VK_STAGING_CHUNK ? vk_flush(c) : 0;
+}
+
 int vk_flush(vk_ctx *c) {
   if (!c->recording) return 0;
   /* make every write visible to the host that maps the memory after the fence */

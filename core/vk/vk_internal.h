@@ -68,6 +68,7 @@ typedef struct vk_ctx {
   vk_buffer **garbage;
   int ngarbage, cap_garbage;
   size_t garbage_bytes;
+  vk_buffer *scratch; /* attention split partials; replaced (old one to garbage) when too small */
   qins_buf *lut; /* D_1 tables of qins8 (256) and qins6 (64) */
   int validation_msgs;
 } vk_ctx;
@@ -116,6 +117,8 @@ void vk_grid(vk_ctx *c, uint64_t items, uint32_t per_group, uint32_t *gx, uint32
 /* Record a buffer copy (transfer) in the batch. */
 int vk_copy_region(vk_ctx *c, qins_op_kind kind, vk_buffer *src, VkDeviceSize soff, vk_buffer *dst, VkDeviceSize doff,
                    VkDeviceSize bytes);
+/* Record a small host-to-buffer write (vkCmdUpdateBuffer: <= 64 KiB, 4-byte aligned). */
+int vk_update_region(vk_ctx *c, vk_buffer *dst, VkDeviceSize off, const void *data, VkDeviceSize bytes);
 /* Wait for the batch if it used b (before host access or destruction). */
 int vk_wait_for(vk_ctx *c, vk_buffer *b);
 

@@ -125,7 +125,9 @@ int vk_buf_write(qins_backend *be, qins_buf *buf, size_t offset, const void *src
     memcpy((char *)vb->map + offset, src, bytes);
     return 0;
   }
-  /* device-only memory: staged copies recorded in order with the ops around them */
+  /* device-only memory: small aligned writes travel inside the command buffer */
+  if (bytes <= 65536 && offset % 4 == 0 && bytes % 4 == 0) return vk_update_region(c, vb, offset, src, bytes);
+  /* larger ones as staged copies, recorded in order with the ops around them */
   for (size_t done = 0; done < bytes;) {
     size_t n = bytes - done < VK_STAGING_CHUNK ? bytes - done : VK_STAGING_CHUNK;
     vk_buffer *st;

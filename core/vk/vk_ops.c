@@ -176,17 +176,48 @@ static int vk_attention(qins_backend *be, const qins_tensor *q, const qins_tenso
   int64_t m = q->shape[0], hq = q->shape[1], d = q->shape[2], hkv = k_cache->shape[1];
   if (d > 256) return qins_error_set(QINS_EUNSUPPORTED, "attention: head size %lld over 256", (long long)d);
   size_t visible = (size_t)(pos0 + m) * (size_t)(hkv * d) * 4; /* only the positions attended to are bound */
-  vk_bind b[4];
+  vk_bind b[5];
   uint32_t off[8] = {0};
   int rc = vk_bind_tensor(c, q, 0, qins_tensor_nbytes(q), 4, &b[0], &off[0]);
   if (!rc) rc = vk_bind_tensor(c, k_cache, 0, visible, 4, &b[1], &off[1]);
   if (!rc) rc = vk_bind_tensor(c, v_cache, 0, visible, 4, &b[2], &off[2]);
   if (!rc) rc = vk_bind_tensor(c, out, 0, qins_tensor_nbytes(out), 4, &b[3], &off[3]);
   if (rc) return qins_error_wrap(rc, "attention: ");
-  uint32_t p[6] = {(uint32_t)m, (uint32_t)hq, (uint32_t)hkv, (uint32_t)d, (uint32_t)pos0, fbits(scale)};
+  /* Few (query, head) pairs over a long context would leave most of a GPU idle: split the keys
+   * into chunks of at least 256, each its own work group, and merge the partial softmaxes. */
+  uint64_t pairs = (uint64_t)(m * hq), span = (uint64_t)(pos0 + m);
+  uint32_t nsplit = 1, chunk = (uint32_t)span;
+  if (pairs < 1024 && span > 256) {
+    uint64_t want = (2048 + pairs - 1) / pairs; /* aim at ~2048 work groups */
+    uint64_t maxs = (span + 255) / 256;
+    nsplit = (uint32_t)(want < maxs ? want : maxs);
+    if (nsplit > 64) nsplit = 64;
+    chunk = (uint32_t)(((span + nsplit - 1) / nsplit + 127) / 128 * 128);
+    nsplit = (uint32_t)((span + chunk - 1) / chunk);
+  }
+  b[4] = b[3];
+  off[4] = off[3];
+  if (nsplit > 1) {
+    VkDeviceSize need = (VkDeviceSize)pairs * nsplit * (uint64_t)(d + 2) * 4;
+    if (!c->scratch || c->scratch->size < need) {
+      if (c->scratch && (rc = vk_garbage_add(c, c->scratch))) return rc;
+      c->scratch = NULL;
+      if ((rc = vk_buffer_create(c, need, 0, &c->scratch))) return rc;
+    }
+    if (need > c->max_range) return qins_error_set(QINS_EUNSUPPORTED, "attention: split partials exceed the binding limit");
+    b[4] = (vk_bind){c->scratch, 0, need};
+    off[4] = 0;
+  }
+  uint32_t p[8] = {(uint32_t)m, (uint32_t)hq, (uint32_t)hkv, (uint32_t)d, (uint32_t)pos0, fbits(scale), nsplit, chunk};
   uint32_t gx, gy;
-  vk_grid(c, (uint64_t)(m * hq), 1, &gx, &gy);
-  return vk_dispatch(c, QINS_OP_ATTENTION, SH("attention"), b, 4, 1u << 3, off, p, 6, gx, gy);
+  vk_grid(c, pairs * nsplit, 1, &gx, &gy);
+  rc = vk_dispatch(c, QINS_OP_ATTENTION, SH("attention"), b, 5, nsplit > 1 ? 1u << 4 : 1u << 3, off, p, 8, gx, gy);
+  if (rc || nsplit == 1) return rc;
+  vk_bind cb[2] = {b[4], b[3]};
+  uint32_t coff[8] = {0, off[3]};
+  uint32_t cp[3] = {(uint32_t)pairs, (uint32_t)d, nsplit};
+  vk_grid(c, pairs, 1, &gx, &gy);
+  return vk_dispatch(c, QINS_OP_ATTENTION, SH("attention_combine"), cb, 2, 2u, coff, cp, 3, gx, gy);
 }
 
 /* ---------------------------------------------------------------- argmax, topk */
