@@ -192,7 +192,8 @@ int cpu_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, con
     static const cpu_range_fn gemm[3] = {gemm_f32, gemm_f16, gemm_bf16};
     j.nblocks = (j.n + GEMM_NB - 1) / GEMM_NB;
     int64_t tasks = (j.m + GEMM_MB - 1) / GEMM_MB * j.nblocks;
-    cpu_parallel(be, tasks, 1, gemm[di], &j);
+    /* below ~1 MFLOP a thread hand-off costs more than it saves */
+    cpu_parallel(be, tasks, j.m * j.n * j.k < (1 << 19) ? tasks : 1, gemm[di], &j);
   }
   return 0;
 }
