@@ -196,7 +196,7 @@ static void run_rope(qins_backend *be, const op_case *c, const int64_t *s, const
   check_close(what, got, want, n, c->tol);
   if (y != &tx) qins_tensor_free(&ty);
   qins_tensor_free(&tx); qins_tensor_free(&tp); qins_tensor_free(&tf);
-  free(x); free(want); free(freq); free(pos);
+  free(x); free(want); free(freq); free(pos); free(got);
 }
 
 /* s = {rows, cols}: softmax, silu, gelu_tanh, silu_mul; softmax in place with F_INPLACE */
