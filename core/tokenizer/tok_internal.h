@@ -86,6 +86,7 @@ typedef struct tok_added {
   uint32_t len;
   int32_t id;
   int special, lstrip, rstrip, single_word;
+  char *shadow; /* the model vocab's own string for this id when the added token renamed it */
 } tok_added;
 
 struct qins_tokenizer {
@@ -111,6 +112,7 @@ struct qins_tokenizer {
   tok_dec *dec;
   int n_dec;
   int has_decoder;
+  int nfc; /* NFC normalizer: exact only for ASCII text, other text is refused */
   int32_t *post_pre, *post_post; /* ids the post-processor puts before / after the sequence */
   int n_post_pre, n_post_post;
   int32_t bos, eos;
