@@ -132,6 +132,12 @@ static void test_special_tokens_and_ids(void **state) {
   assert_int_equal(len, strlen(text));
   free(text);
   free(ids);
+  /* ignore_merges: a pre-token that is a vocab entry is emitted whole, even where the merges
+   * would build it from 3 pieces (found by running BPE over the vocab). */
+  assert_int_equal(qins_tokenizer_encode(t, "ektedir", 0, &ids, &n), 0);
+  assert_int_equal(n, 1);
+  assert_int_equal(ids[0], 101673);
+  free(ids);
   assert_int_equal(qins_tokenizer_encode(t, "<|begin_of_text|>Hello", 0, &ids, &n), 0);
   assert_true(n > 2);
   free(ids);
@@ -252,7 +258,7 @@ static size_t runc_encode(const qins_tokenizer *t, const char *text, int32_t *ou
 
 static void random_ascii_words(char *buf, size_t len) {
   static const char *words[] = {"the", " cat", " Lily", " and", " ", "  ", "ing", "ed", ".", ",", "\n", "Once", " upon",
-                                "x", "q", "!", "'s", " time", "7", "42", "é", "日本", "🙂"};
+                                "x", "q", "!", "'s", " time", "7", "42", "é", "日本", "🙂", "aaaa", "eeee", "lll", "   "};
   size_t n = 0;
   while (n + 8 < len) {
     const char *w = words[test_rand_u64() % (sizeof words / sizeof words[0])];

@@ -134,6 +134,7 @@ static int load_added(qins_tokenizer *t, const char *path, json_t *added) {
     d->rstrip = get_bool(a, "rstrip", 0);
     d->single_word = get_bool(a, "single_word", 0);
     if (d->special) t->special[d->id] = 1;
+    if (d->len) t->added_first[(unsigned char)d->text[0]] = 1;
     if (!t->tok[d->id]) {
       int rc = tok_set_token(t, d->id, d->text, d->len);
       if (rc) return rc;

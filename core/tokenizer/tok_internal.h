@@ -105,6 +105,7 @@ struct qins_tokenizer {
   int32_t byte_ids[256]; /* <0xXX> tokens, -1 when absent */
   tok_added *added;
   int n_added;
+  uint8_t added_first[256]; /* first bytes of added tokens: most positions need no matching */
   tok_norm *norm;
   int n_norm;
   tok_pre *pre;

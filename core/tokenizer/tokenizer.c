@@ -267,7 +267,7 @@ static int encode_hf(const qins_tokenizer *t, const char *s, size_t len, int fla
     for (int i = 0; i < t->n_post_pre && !rc; i++) rc = tok_ids_push(out, t->post_pre[i]);
   size_t seg = 0; /* start of the text not yet encoded */
   for (size_t i = 0; i < len && !rc;) {
-    int k = t->n_added ? match_added(t, s, len, i, flags) : -1;
+    int k = t->added_first[(unsigned char)s[i]] ? match_added(t, s, len, i, flags) : -1;
     if (k < 0) {
       i++;
       continue;
