@@ -82,6 +82,16 @@ static void check_hf_fixture(const char *tok_rel, const char *fix_rel) {
     expect_ids(t, tok_rel, text, QINS_TOK_ADD_SPECIAL | QINS_TOK_PARSE_SPECIAL, json_object_get(c, "ids_special"));
     expect_decode(t, tok_rel, json_object_get(c, "ids_plain"), dec);
     expect_decode(t, tok_rel, json_object_get(c, "ids_special"), dec);
+    /* Streaming: pieces decoded one by one after their predecessor add up to the text. */
+    json_t *ids = json_object_get(c, "ids_special");
+    char acc[2048] = "", piece[256];
+    for (size_t k = 0; k < json_array_size(ids); k++) {
+      int32_t prev = k ? (int32_t)json_integer_value(json_array_get(ids, k - 1)) : -1;
+      int r = qins_tokenizer_decode_piece(t, prev, (int32_t)json_integer_value(json_array_get(ids, k)), piece, sizeof piece);
+      assert_true(r >= 0);
+      strcat(acc, piece);
+    }
+    assert_string_equal(acc, dec);
   }
   json_decref(cases);
   qins_tokenizer_close(t);
@@ -464,6 +474,63 @@ static void test_bad_files(void **state) {
   qins_tokenizer_close(t);
 }
 
+/* Pre-tokenizer semantics on a tiny handmade tokenizer: with ignore_merges and no merges, a piece
+ * that is a vocab entry comes out as one id and anything else as one id per character, so the
+ * ids show where the pieces were cut. */
+static void expect_pieces(const char *pre, const char *dec, const char *text, const int32_t *want, size_t wn,
+                          const char *decoded) {
+  char json[2048];
+  snprintf(json, sizeof json,
+           "{\"pre_tokenizer\": %s, \"decoder\": %s, \"model\": {\"type\": \"BPE\", \"ignore_merges\": true,"
+           " \"vocab\": {\"a\": 0, \"b\": 1, \" \": 2, \"a \": 3, \"b \": 4, \" a\": 5, \" b\": 6,"
+           " \"\u2581a\": 7, \"\u2581b\": 8, \"\u2581\": 9, \"ab\": 10, \"  \": 11}, \"merges\": []}}",
+           pre, dec);
+  qins_tokenizer *t;
+  const char *path = tmp_write("pieces.json", json, strlen(json));
+  int rc = qins_tokenizer_open(path, &t);
+  if (rc) print_error("%s\n", qins_error_msg());
+  assert_int_equal(rc, 0);
+  int32_t *ids;
+  size_t n;
+  assert_int_equal(qins_tokenizer_encode(t, text, 0, &ids, &n), 0);
+  int same = n == wn && memcmp(ids, want, n * sizeof *ids) == 0;
+  if (!same) {
+    print_error("pre_tokenizer %s on \"%s\"\n", pre, text);
+    print_ids("  got ", ids, n);
+    print_ids("  want", want, wn);
+  }
+  assert_true(same);
+  if (decoded) {
+    char *out;
+    assert_int_equal(qins_tokenizer_decode(t, ids, n, &out), 0);
+    assert_string_equal(out, decoded);
+    free(out);
+  }
+  free(ids);
+  qins_tokenizer_close(t);
+}
+
+#define SPLIT(b) "{\"type\": \"Split\", \"pattern\": {\"String\": \" \"}, \"behavior\": \"" b "\", \"invert\": false}"
+
+static void test_pretokenizer_behaviors(void **state) {
+  (void)state;
+  expect_pieces(SPLIT("Isolated"), "null", "a b", (int32_t[]){0, 2, 1}, 3, "a   b"); /* no decoder: HF joins with spaces */
+  expect_pieces(SPLIT("Removed"), "null", "a b", (int32_t[]){0, 1}, 2, NULL);
+  expect_pieces(SPLIT("MergedWithPrevious"), "null", "a b", (int32_t[]){3, 1}, 2, NULL);
+  expect_pieces(SPLIT("MergedWithNext"), "null", "a b", (int32_t[]){0, 6}, 2, NULL);
+  expect_pieces(SPLIT("Contiguous"), "null", "a  b", (int32_t[]){0, 11, 1}, 3, NULL);
+  expect_pieces(SPLIT("Isolated"), "null", "a  b", (int32_t[]){0, 2, 2, 1}, 4, NULL);
+  const char *ms_dec = "{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"always\", \"split\": true}";
+  expect_pieces("{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"always\", \"split\": true}",
+                ms_dec, "a b", (int32_t[]){7, 8}, 2, "a b");
+  expect_pieces("{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"always\", \"split\": false}",
+                ms_dec, "a b", (int32_t[]){9, 0, 9, 1}, 4, "a b");
+  expect_pieces("{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"never\", \"split\": true}",
+                ms_dec, "a b", (int32_t[]){0, 8}, 2, "a b");
+  /* A Sequence of one step behaves like the step. */
+  expect_pieces("{\"type\": \"Sequence\", \"pretokenizers\": [" SPLIT("Removed") "]}", "null", "b a", (int32_t[]){1, 0}, 2, NULL);
+}
+
 /* ------------------------------------------------------------------ CLI */
 
 /* Run the built `qins` with a shell command line, capture stdout, return the exit status. */
@@ -521,6 +588,7 @@ int main(void) {
       cmocka_unit_test(test_special_tokens_and_ids),
       cmocka_unit_test(test_round_trips),
       cmocka_unit_test(test_bad_files),
+      cmocka_unit_test(test_pretokenizer_behaviors),
       cmocka_unit_test(test_cli),
   };
   return cmocka_run_group_tests_name("tokenizer", tests, NULL, NULL);
