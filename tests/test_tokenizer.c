@@ -483,7 +483,7 @@ static void expect_pieces(const char *pre, const char *dec, const char *text, co
   snprintf(json, sizeof json,
            "{\"pre_tokenizer\": %s, \"decoder\": %s, \"model\": {\"type\": \"BPE\", \"ignore_merges\": true,"
            " \"vocab\": {\"a\": 0, \"b\": 1, \" \": 2, \"a \": 3, \"b \": 4, \" a\": 5, \" b\": 6,"
-           " \"\u2581a\": 7, \"\u2581b\": 8, \"\u2581\": 9, \"ab\": 10, \"  \": 11}, \"merges\": []}}",
+           " \"\u2581a\": 7, \"\u2581b\": 8, \"\u2581\": 9, \"ab\": 10, \"  \": 11, \"1\": 12, \"12\": 13}, \"merges\": []}}",
            pre, dec);
   qins_tokenizer *t;
   const char *path = tmp_write("pieces.json", json, strlen(json));
@@ -527,6 +527,11 @@ static void test_pretokenizer_behaviors(void **state) {
                 ms_dec, "a b", (int32_t[]){9, 0, 9, 1}, 4, "a b");
   expect_pieces("{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"never\", \"split\": true}",
                 ms_dec, "a b", (int32_t[]){0, 8}, 2, "a b");
+  expect_pieces("{\"type\": \"WhitespaceSplit\"}", "null", "a  b ", (int32_t[]){0, 1}, 2, NULL);
+  expect_pieces("{\"type\": \"Whitespace\"}", "null", " ab  b", (int32_t[]){10, 1}, 2, NULL);
+  /* "2" is not in the vocab and there is no unk: it is dropped, as HF does. */
+  expect_pieces("{\"type\": \"Digits\", \"individual_digits\": true}", "null", "a12", (int32_t[]){0, 12}, 2, NULL);
+  expect_pieces("{\"type\": \"Digits\", \"individual_digits\": false}", "null", "a12", (int32_t[]){0, 13}, 2, NULL);
   /* A Sequence of one step behaves like the step. */
   expect_pieces("{\"type\": \"Sequence\", \"pretokenizers\": [" SPLIT("Removed") "]}", "null", "b a", (int32_t[]){1, 0}, 2, NULL);
 }

@@ -245,6 +245,32 @@ static int parse_pretokenizer(qins_tokenizer *t, const char *path, json_t *o) {
       pr.re = tok_regex_compile(tok_gpt2_pattern, 0, path, "ByteLevel");
       if (!pr.re) return qins_error_code();
     }
+  } else if (strcmp(type, "Whitespace") == 0 || strcmp(type, "WhitespaceSplit") == 0 ||
+             strcmp(type, "Digits") == 0 || strcmp(type, "Punctuation") == 0) {
+    /* These are regex splits in disguise: keep words / drop whitespace, isolate digits or
+     * punctuation (HF's is_numeric / is_punctuation read as \p{N} / \p{P} plus ASCII symbols). */
+    const char *re;
+    pr.kind = PRE_SPLIT;
+    if (strcmp(type, "Whitespace") == 0) {
+      re = "\\w+|[^\\w\\s]+";
+      pr.invert = 1;
+      pr.behavior = SPLIT_REMOVED;
+    } else if (strcmp(type, "WhitespaceSplit") == 0) {
+      re = "\\s+";
+      pr.behavior = SPLIT_REMOVED;
+    } else if (strcmp(type, "Digits") == 0) {
+      re = "\\p{N}";
+      pr.behavior = get_bool(o, "individual_digits", 0) ? SPLIT_ISOLATED : SPLIT_CONTIGUOUS;
+    } else {
+      re = "[\\p{P}!-/:-@\\[-`{-~]";
+      const char *beh = json_string_value(json_object_get(o, "behavior"));
+      static const char *names[] = {"Isolated", "Removed", "MergedWithPrevious", "MergedWithNext", "Contiguous"};
+      pr.behavior = SPLIT_ISOLATED;
+      for (int i = 0; i < 5; i++)
+        if (beh && strcmp(beh, names[i]) == 0) pr.behavior = (split_behavior)i;
+    }
+    pr.re = tok_regex_compile(re, 0, path, type);
+    if (!pr.re) return qins_error_code();
   } else if (strcmp(type, "Metaspace") == 0) {
     pr.kind = PRE_METASPACE;
     const char *rep = json_string_value(json_object_get(o, "replacement"));
