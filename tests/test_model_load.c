@@ -178,6 +178,28 @@ static void test_llama2c_defects(void **state) {
   memcpy(big + 20, &neg, 4);
   write_all(tmp_path("nocls.bin"), big, n);
   expect_einput(tmp_path("nocls.bin"), "nocls.bin", "lm_head.weight");
+  /* an unshared classifier that is present: lm_head follows the RoPE tables */
+  {
+    size_t cls = 512 * 64 * 4;
+    unsigned char *un = malloc(n + cls);
+    memcpy(un, raw, n);
+    memcpy(un + 20, &neg, 4);
+    float *wc = (float *)(un + n);
+    test_fill_normal(wc, 512 * 64, 1.0f);
+    write_all(tmp_path("cls.bin"), un, n + cls);
+    qins_model *m;
+    assert_int_equal(qins_model_open(tmp_path("cls.bin"), &m), 0);
+    assert_int_equal(m->cfg.tied_embeddings, 0);
+    assert_int_equal(m->cfg.vocab_size, 512);
+    const qins_weight *w = qins_model_find(m, "lm_head.weight");
+    assert_non_null(w);
+    assert_int_equal(w->shape[0], 512);
+    assert_int_equal(w->shape[1], 64);
+    assert_memory_equal(w->data, wc, cls);
+    assert_int_equal(m->n_weights, 1 + 9 * 5 + 2);
+    qins_model_close(m);
+    free(un);
+  }
   /* header defects */
   int32_t hdr[7];
   memcpy(hdr, raw, 28);
