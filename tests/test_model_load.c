@@ -461,6 +461,29 @@ static void test_hf_tensor_checks(void **state) {
   write_folder(cfg, &t);
   expect_einput(tmpdir, "model.norm.weight", "dtype I32");
 
+  /* half-precision weights load as they are (BF16 here), zero copy */
+  {
+    static uint16_t half[64][131072 / 4];
+    t = s;
+    for (int i = 0; i < t.n; i++) {
+      t.e[i].name = t.names[i];
+      t.e[i].shape = t.shapes[i];
+      int64_t ne = 1;
+      for (int d = 0; d < t.e[i].ndim; d++) ne *= t.shapes[i][d];
+      assert_true(ne <= 131072 / 4);
+      for (int64_t k = 0; k < ne; k++) half[i][k] = qins_f32_to_bf16(((const float *)s.e[i].data)[k]);
+      t.e[i].dtype = QINS_DT_BF16;
+      t.e[i].data = half[i];
+    }
+    write_folder(cfg, &t);
+    assert_int_equal(qins_model_open(tmpdir, &m), 0);
+    const qins_weight *w = qins_model_find(m, "model.layers.1.mlp.down_proj.weight");
+    assert_int_equal(w->dtype, QINS_DT_BF16);
+    assert_int_equal(w->nbytes, 64 * 172 * 2);
+    assert_memory_equal(w->data, half[set_find(&t, "model.layers.1.mlp.down_proj.weight")], w->nbytes);
+    qins_model_close(m);
+  }
+
   /* no weights file */
   unlink(tmp_path("model.safetensors"));
   expect_einput(tmpdir, "no model.safetensors", NULL);
