@@ -1,5 +1,6 @@
 /* Tokenizers: exact ids against the Hugging Face and llama2.c fixtures, decode round trips,
  * a run.c reference encoder on random text, bad files, and the tokenize/detokenize CLI. */
+#include <dirent.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -430,8 +431,6 @@ static void expect_open_fails(const char *path, int code, const char *needle) {
 
 static void test_bad_files(void **state) {
   (void)state;
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/qins_tok_XXXXXX");
-  assert_non_null(mkdtemp(tmpdir));
   FILE *f = fopen(test_shared_path("models/stories260K/tok512.bin"), "rb");
   assert_non_null(f);
   static unsigned char bin[8192];
@@ -536,6 +535,73 @@ static void test_pretokenizer_behaviors(void **state) {
   expect_pieces("{\"type\": \"Sequence\", \"pretokenizers\": [" SPLIT("Removed") "]}", "null", "b a", (int32_t[]){1, 0}, 2, NULL);
 }
 
+/* Corrupted files never crash the loaders: every truncation and random byte flips of a llama2.c
+ * file and of a small but complete tokenizer.json either load or fail with a message. */
+static void test_corrupt_files_fuzz(void **state) {
+  (void)state;
+  FILE *f = fopen(test_shared_path("models/stories260K/tok512.bin"), "rb");
+  assert_non_null(f);
+  static unsigned char bin[8192], mut[8192];
+  size_t n = fread(bin, 1, sizeof bin, f);
+  fclose(f);
+  const char *json =
+      "{\"added_tokens\": [{\"id\": 5, \"content\": \"<s>\", \"special\": true, \"lstrip\": true}],"
+      " \"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", \"prepend\": \"_\"},"
+      " {\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, \"content\": \"_\"}]},"
+      " \"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"\\\\p{L}+\"}, \"behavior\": \"Isolated\"},"
+      " \"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": [{\"SpecialToken\": {\"id\": \"<s>\"}},"
+      " {\"Sequence\": {\"id\": \"A\"}}], \"special_tokens\": {\"<s>\": {\"ids\": [5]}}},"
+      " \"decoder\": {\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Replace\", \"pattern\": {\"String\": \"_\"},"
+      " \"content\": \" \"}, {\"type\": \"Strip\", \"content\": \" \", \"start\": 1, \"stop\": 0}]},"
+      " \"model\": {\"type\": \"BPE\", \"unk_token\": \"?\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2, \"_\": 3, \"?\": 4},"
+      " \"merges\": [\"a b\"]}}";
+  size_t jn = strlen(json);
+  qins_tokenizer *t;
+  /* The intact file works: "<s>" prefix from the template, unk for unknown characters. */
+  assert_int_equal(qins_tokenizer_open(tmp_write("fuzz.json", json, jn), &t), 0);
+  int32_t *ids;
+  size_t cnt;
+  assert_int_equal(qins_tokenizer_encode(t, "ab ba!", QINS_TOK_ADD_SPECIAL, &ids, &cnt), 0);
+  int32_t want[] = {5, 3, 2, 3, 1, 0, 4};
+  assert_int_equal(cnt, 7);
+  assert_memory_equal(ids, want, sizeof want);
+  free(ids);
+  qins_tokenizer_close(t);
+  int loaded = 0, failed = 0;
+  for (int iter = 0; iter < 400; iter++) {
+    int is_json = iter % 2;
+    const unsigned char *src = is_json ? (const unsigned char *)json : bin;
+    size_t len = is_json ? jn : n;
+    memcpy(mut, src, len);
+    if (test_rand_u64() % 2) len = test_rand_u64() % len;
+    int flips = (int)(test_rand_u64() % 4);
+    for (int k = 0; k < flips && len; k++) mut[test_rand_u64() % len] = (unsigned char)test_rand_u64();
+    const char *path = tmp_write(is_json ? "fuzz.json" : "fuzz.bin", mut, len);
+    int rc = qins_tokenizer_open(path, &t);
+    if (rc == 0) {
+      loaded++;
+      /* A llama2.c file cut at a record boundary is a valid smaller vocabulary, too small for
+       * byte fallback: encoding may refuse, with a message, but must not crash. */
+      rc = qins_tokenizer_encode(t, "ab ba <s> x", QINS_TOK_ADD_SPECIAL | QINS_TOK_PARSE_SPECIAL, &ids, &cnt);
+      if (rc == 0) {
+        char *text;
+        assert_int_equal(qins_tokenizer_decode(t, ids, cnt, &text), 0);
+        free(text);
+        free(ids);
+      } else {
+        assert_true(rc < 0 && qins_error_msg()[0]);
+      }
+      qins_tokenizer_close(t);
+    } else {
+      failed++;
+      assert_true(rc < 0);
+      assert_non_null(strstr(qins_error_msg(), path));
+    }
+  }
+  print_message("corrupted files: %d loaded, %d refused\n", loaded, failed);
+  assert_true(failed > 0);
+}
+
 /* ------------------------------------------------------------------ CLI */
 
 /* Run the built `qins` with a shell command line, capture stdout, return the exit status. */
@@ -582,6 +648,29 @@ static void test_cli(void **state) {
   assert_non_null(strstr(out, "--tokenizer"));
 }
 
+/* One scratch folder for the files the tests write, removed afterwards. */
+static int make_tmpdir(void **state) {
+  (void)state;
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/qins_tok_XXXXXX");
+  return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int remove_tmpdir(void **state) {
+  (void)state;
+  DIR *d = opendir(tmpdir);
+  if (!d) return 0;
+  struct dirent *e;
+  char p[512];
+  while ((e = readdir(d)))
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+      snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
+      unlink(p);
+    }
+  closedir(d);
+  rmdir(tmpdir);
+  return 0;
+}
+
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
@@ -594,7 +683,8 @@ int main(void) {
       cmocka_unit_test(test_round_trips),
       cmocka_unit_test(test_bad_files),
       cmocka_unit_test(test_pretokenizer_behaviors),
+      cmocka_unit_test(test_corrupt_files_fuzz),
       cmocka_unit_test(test_cli),
   };
-  return cmocka_run_group_tests_name("tokenizer", tests, NULL, NULL);
+  return cmocka_run_group_tests_name("tokenizer", tests, make_tmpdir, remove_tmpdir);
 }
