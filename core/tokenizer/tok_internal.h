@@ -117,7 +117,6 @@ struct qins_tokenizer {
   int32_t *post_pre, *post_post; /* ids the post-processor puts before / after the sequence */
   int n_post_pre, n_post_post;
   int32_t bos, eos;
-  int strip_first_space; /* decode_piece: drop a leading space at start / after BOS */
 };
 
 /* Allocate the id tables for n ids (tok, tok_len, special; scores if with_scores). */
