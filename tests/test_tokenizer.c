@@ -602,6 +602,70 @@ static void test_corrupt_files_fuzz(void **state) {
   assert_true(failed > 0);
 }
 
+/* NFC / NFD normalizers: a byte-level tokenizer with one token per byte and no merges gives back
+ * exactly the normalized bytes. Expected values from Python's unicodedata (Unicode 14). */
+static void test_unicode_normalizers(void **state) {
+  (void)state;
+  static const char *cases[][3] = {
+      {"\x65\xcc\x81", "\xc3\xa9", "\x65\xcc\x81"},
+      {"\xe2\x84\xab", "\xc3\x85", "\x41\xcc\x8a"},
+      {"\xe1\x84\x80\xe1\x85\xa1", "\xea\xb0\x80", "\xe1\x84\x80\xe1\x85\xa1"},
+      {"\xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8", "\xea\xb0\x81", "\xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8"},
+      {"\xea\xb0\x80\xe1\x86\xa8", "\xea\xb0\x81", "\xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8"},
+      {"\x61\xcc\xa3\xcc\x87", "\xe1\xba\xa1\xcc\x87", "\x61\xcc\xa3\xcc\x87"},
+      {"\x61\xcc\x87\xcc\xa3", "\xe1\xba\xa1\xcc\x87", "\x61\xcc\xa3\xcc\x87"},
+      {"\xe1\xb8\x8b\xcc\xa3", "\xe1\xb8\x8d\xcc\x87", "\x64\xcc\xa3\xcc\x87"},
+      {"\x71\xcc\x87\xcc\xa3", "\x71\xcc\xa3\xcc\x87", "\x71\xcc\xa3\xcc\x87"},
+      {"\xcd\x84", "\xcc\x88\xcc\x81", "\xcc\x88\xcc\x81"},
+      {"\xe0\xa5\x98", "\xe0\xa4\x95\xe0\xa4\xbc", "\xe0\xa4\x95\xe0\xa4\xbc"},
+      {"\xc3\xa9", "\xc3\xa9", "\x65\xcc\x81"},
+      {"\x63\x61\x66\xc3\xa9\x20\x6e\x61\xc4\xb1\xcc\x88\x76\x65", "\x63\x61\x66\xc3\xa9\x20\x6e\x61\xc4\xb1\xcc\x88\x76\x65", "\x63\x61\x66\x65\xcc\x81\x20\x6e\x61\xc4\xb1\xcc\x88\x76\x65"},
+      {"\xe2\x84\xa6", "\xce\xa9", "\xce\xa9"},
+      {"\x41\xcc\x8a\xcc\x81", "\xc7\xba", "\x41\xcc\x8a\xcc\x81"},
+      {"\xd7\x90\xd6\xb8\xd6\xb7", "\xd7\x90\xd6\xb7\xd6\xb8", "\xd7\x90\xd6\xb7\xd6\xb8"},
+      {"\xcc\x81\x61", "\xcc\x81\x61", "\xcc\x81\x61"},
+      {"\xf0\x9d\x85\x9e", "\xf0\x9d\x85\x97\xf0\x9d\x85\xa5", "\xf0\x9d\x85\x97\xf0\x9d\x85\xa5"},
+      {"\xe0\xbd\xb3", "\xe0\xbd\xb1\xe0\xbd\xb2", "\xe0\xbd\xb1\xe0\xbd\xb2"},
+      {"\xc7\x85", "\xc7\x85", "\xc7\x85"},
+      {"\xc3\x85\xcc\xa7", "\xc3\x85\xcc\xa7", "\x41\xcc\xa7\xcc\x8a"},
+      {"\xed\x95\x9c\xea\xb5\xad\xec\x96\xb4", "\xed\x95\x9c\xea\xb5\xad\xec\x96\xb4", "\xe1\x84\x92\xe1\x85\xa1\xe1\x86\xab\xe1\x84\x80\xe1\x85\xae\xe1\x86\xa8\xe1\x84\x8b\xe1\x85\xa5"},
+      {"\x6f\xcc\xa8\xcc\x84", "\xc7\xad", "\x6f\xcc\xa8\xcc\x84"},
+      {"\xe1\xba\x9b\xcc\xa3", "\xe1\xba\x9b\xcc\xa3", "\xc5\xbf\xcc\xa3\xcc\x87"},
+  };
+  for (int form = 0; form < 2; form++) {
+    /* vocab: the GPT-2 byte-level character of every byte, id = byte value */
+    static char json[16384];
+    size_t n = (size_t)snprintf(json, sizeof json,
+                                "{\"normalizer\": {\"type\": \"%s\"}, \"pre_tokenizer\": {\"type\": \"ByteLevel\","
+                                " \"add_prefix_space\": false, \"use_regex\": false}, \"decoder\": {\"type\": \"ByteLevel\"},"
+                                " \"model\": {\"type\": \"BPE\", \"merges\": [], \"vocab\": {",
+                                form ? "NFD" : "NFC");
+    int extra = 0;
+    for (int b = 0; b < 256; b++) {
+      int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+      int cp = printable ? b : 256 + extra++;
+      n += (size_t)snprintf(json + n, sizeof json - n, "%s\"\\u%04x\": %d", b ? ", " : "", cp, b);
+    }
+    n += (size_t)snprintf(json + n, sizeof json - n, "}}}");
+    qins_tokenizer *t;
+    int rc = qins_tokenizer_open(tmp_write("nfc.json", json, n), &t);
+    if (rc) print_error("%s\n", qins_error_msg());
+    assert_int_equal(rc, 0);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+      int32_t *ids;
+      size_t cnt;
+      char *out;
+      assert_int_equal(qins_tokenizer_encode(t, cases[i][0], 0, &ids, &cnt), 0);
+      assert_int_equal(qins_tokenizer_decode(t, ids, cnt, &out), 0);
+      if (strcmp(out, cases[i][1 + form]) != 0) print_error("%s of case %zu is wrong\n", form ? "NFD" : "NFC", i);
+      assert_string_equal(out, cases[i][1 + form]);
+      free(out);
+      free(ids);
+    }
+    qins_tokenizer_close(t);
+  }
+}
+
 /* ------------------------------------------------------------------ CLI */
 
 /* Run the built `qins` with a shell command line, capture stdout, return the exit status. */
@@ -684,6 +748,7 @@ int main(void) {
       cmocka_unit_test(test_bad_files),
       cmocka_unit_test(test_pretokenizer_behaviors),
       cmocka_unit_test(test_corrupt_files_fuzz),
+      cmocka_unit_test(test_unicode_normalizers),
       cmocka_unit_test(test_cli),
   };
   return cmocka_run_group_tests_name("tokenizer", tests, make_tmpdir, remove_tmpdir);

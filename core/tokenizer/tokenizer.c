@@ -228,10 +228,6 @@ void qins_tokenizer_close(qins_tokenizer *t) {
 
 static int encode_text(const qins_tokenizer *t, const char *s, size_t len, int first, tok_ids *out) {
   if (len == 0) return 0;
-  if (t->nfc)
-    for (size_t i = 0; i < len; i++)
-      if ((unsigned char)s[i] >= 0x80)
-        return qins_error_set(QINS_EUNSUPPORTED, "%s: the NFC normalizer is implemented for ASCII text only", t->path);
   tok_buf norm = {0};
   tok_pieces pieces = {0};
   int rc = tok_normalize(t, s, len, &norm);
