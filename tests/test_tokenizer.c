@@ -522,6 +522,9 @@ static void test_pretokenizer_behaviors(void **state) {
   const char *ms_dec = "{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"always\", \"split\": true}";
   expect_pieces("{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"always\", \"split\": true}",
                 ms_dec, "a b", (int32_t[]){7, 8}, 2, "a b");
+  /* spaces are replaced before the prefix check: " a b" is "▁a▁b", not "▁▁a▁b" */
+  expect_pieces("{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"always\", \"split\": true}",
+                ms_dec, " a b", (int32_t[]){7, 8}, 2, "a b");
   expect_pieces("{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"always\", \"split\": false}",
                 ms_dec, "a b", (int32_t[]){9, 0, 9, 1}, 4, "a b");
   expect_pieces("{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"never\", \"split\": true}",

@@ -72,12 +72,10 @@ static int dec_step(const tok_dec *d, tok_list *l, int first) {
   case DEC_METASPACE:
     for (size_t i = 0; i < l->n && !rc; i++) {
       tok_buf nb = {0};
-      rc = d->kind == DEC_REPLACE ? replace_all(l->p[i].p, l->p[i].len, d->a, d->b, &nb)
-                                  : replace_all(l->p[i].p, l->p[i].len, d->a, " ", &nb);
-      if (!rc && d->kind == DEC_METASPACE && i == 0 && first && d->prepend && nb.len && nb.p[0] == ' ') {
-        memmove(nb.p, nb.p + 1, nb.len);
-        nb.len--;
-      }
+      /* HF's Metaspace decoder drops every replacement char of the first token (the prefix it
+       * added) unless the prepend scheme is "never"; elsewhere they become spaces. */
+      const char *to = d->kind == DEC_REPLACE ? d->b : (i == 0 && first && d->prepend) ? "" : " ";
+      rc = replace_all(l->p[i].p, l->p[i].len, d->a, to, &nb);
       tok_buf_free(&l->p[i]);
       l->p[i] = nb;
     }
