@@ -1,6 +1,7 @@
 /* Tokenizers: exact ids against the Hugging Face and llama2.c fixtures, decode round trips,
  * a run.c reference encoder on random text, bad files, and the tokenize/detokenize CLI. */
 #include <dirent.h>
+#include <pthread.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -402,6 +403,61 @@ static void test_round_trips(void **state) {
   }
 }
 
+/* Several threads encoding and decoding with one tokenizer get the single-threaded answers. */
+typedef struct thread_job {
+  qins_tokenizer *t;
+  json_t *cases;
+  int failures;
+} thread_job;
+
+static void *thread_main(void *arg) {
+  thread_job *j = arg;
+  for (int rep = 0; rep < 5; rep++) {
+    size_t i;
+    json_t *c;
+    json_array_foreach(j->cases, i, c) {
+      const char *text = json_string_value(json_object_get(c, "text"));
+      json_t *want = json_object_get(c, "ids_plain");
+      int32_t *ids;
+      size_t n;
+      char *dec;
+      if (qins_tokenizer_encode(j->t, text, 0, &ids, &n)) {
+        j->failures++;
+        continue;
+      }
+      int same = n == json_array_size(want);
+      for (size_t k = 0; same && k < n; k++) same = ids[k] == json_integer_value(json_array_get(want, k));
+      if (!same) j->failures++;
+      if (qins_tokenizer_decode(j->t, ids, n, &dec) == 0) {
+        if (strcmp(dec, text) != 0) j->failures++;
+        free(dec);
+      } else {
+        j->failures++;
+      }
+      free(ids);
+    }
+  }
+  return NULL;
+}
+
+static void test_threads_share_a_tokenizer(void **state) {
+  (void)state;
+  qins_tokenizer *t = open_tok("tokenizers/llama3/tokenizer.json");
+  json_t *cases = load_fixture("fixtures/tokenizers/llama3.json");
+  pthread_t th[4];
+  thread_job jobs[4];
+  for (int i = 0; i < 4; i++) {
+    jobs[i] = (thread_job){t, cases, 0};
+    assert_int_equal(pthread_create(&th[i], NULL, thread_main, &jobs[i]), 0);
+  }
+  for (int i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    assert_int_equal(jobs[i].failures, 0);
+  }
+  json_decref(cases);
+  qins_tokenizer_close(t);
+}
+
 /* ------------------------------------------------------------------ bad files */
 
 static char tmpdir[64];
@@ -748,6 +804,7 @@ int main(void) {
       cmocka_unit_test(test_gpt2_fixture),
       cmocka_unit_test(test_special_tokens_and_ids),
       cmocka_unit_test(test_round_trips),
+      cmocka_unit_test(test_threads_share_a_tokenizer),
       cmocka_unit_test(test_bad_files),
       cmocka_unit_test(test_pretokenizer_behaviors),
       cmocka_unit_test(test_corrupt_files_fuzz),
