@@ -297,7 +297,10 @@ int qins_tokenizer_encode_n(const qins_tokenizer *t, const char *text, size_t le
   } else {
     rc = encode_hf(t, text ? text : "", len, flags, &out);
   }
-  if (!rc && !out.p) rc = tok_ids_push(&out, 0), out.len = 0; /* callers always get a buffer */
+  if (!rc && !out.p) { /* callers always get a buffer to free, even for no ids */
+    rc = tok_ids_push(&out, 0);
+    out.len = 0;
+  }
   if (rc) {
     free(out.p);
     return rc;
