@@ -402,7 +402,7 @@ static void test_gaussian_reference_points(void **state) {
   qins_codec_stats_row(xb, big, &stb);
   double q8big = qins_codec_row_mse(xb, big, QINS_DT_QINS8, (float)(0.7 / stb.sigma)) / (ms / big);
   print_message("row of 2^20: int8-row NMSE %.3g, qins8 at std:0.7 NMSE %.3g\n", i8big, q8big);
-  assert_true(i8big > 1.0e-4 && i8big < 1.6e-4);
+  assert_true(i8big > 0.9e-4 && i8big < 2.5e-4); /* grows with the row max, ~4.9 std here */
   assert_true(q8big < i8big);
   /* alpha = 1 on std-0.02 weights is poor (QINS.md: cosine ~0.99) */
   test_fill_normal(x, n, 0.02f);
