@@ -7,6 +7,7 @@
 
 static const qins_command commands[] = {
     {"backends", "list compute backends and devices on this machine", cmd_backends},
+    {"inspect", "show a model's format, config and tensors", cmd_inspect},
 };
 
 static void usage(FILE *out) {
