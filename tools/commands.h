@@ -13,5 +13,6 @@ int qins_cli_fail(int rc);
 
 int cmd_backends(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+int cmd_codec_report(int argc, char **argv);
 
 #endif

@@ -8,6 +8,7 @@
 static const qins_command commands[] = {
     {"backends", "list compute backends and devices on this machine", cmd_backends},
     {"inspect", "show a model's format, config and tensors", cmd_inspect},
+    {"codec-report", "A1: every weight through every storage format and back, measured", cmd_codec_report},
 };
 
 static void usage(FILE *out) {
