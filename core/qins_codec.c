@@ -176,7 +176,11 @@ void qins_codec_int8_encode_row(qins_dtype fmt, const float *x, int64_t n, int8_
 
 void qins_codec_int8_decode_row(qins_dtype fmt, const int8_t *q, int64_t n, const float *steps, float *y) {
   int64_t block = fmt == QINS_DT_INT8_B32 ? 32 : (n > 0 ? n : 1);
-  for (int64_t i = 0; i < n; i++) y[i] = (float)q[i] * steps[i / block];
+  for (int64_t b = 0, s = 0; b < n; b += block, s++) {
+    int64_t end = b + block < n ? b + block : n;
+    float step = steps[s];
+    for (int64_t i = b; i < end; i++) y[i] = (float)q[i] * step;
+  }
 }
 
 /* ---------------------------------------------------------------- calibration */
