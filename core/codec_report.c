@@ -391,7 +391,7 @@ char *qins_codec_report_json(const qins_codec_report *r) {
   json_object_set_new(a1, "evaluated", json_boolean(r->a1_measured));
   json_object_set_new(a1, "pass", json_boolean(r->a1_pass));
   json_object_set_new(root, "a1", a1);
-  char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
+  char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15));
   json_decref(root);
   return s;
 }
