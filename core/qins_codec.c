@@ -8,25 +8,31 @@
 
 #include "core/error.h"
 
+/* Row loops vectorise only if GCC may turn the selects in x_to_code into blends, which it refuses
+ * while a float compare might trap. No code here enables FP traps; values are unchanged. */
+#pragma GCC optimize("no-trapping-math")
+
 /* ---------------------------------------------------------------- the map */
 
-float qins_codec_E(float x, float alpha) {
-  if (isnan(x)) return 1.0f; /* policy: NaN encodes as x = 0 */
-  float a = fabsf(x);
-  float den = 1.0f + alpha * a; /* two roundings, no FMA: backends repeat this order */
-  float z = 1.0f / den;
-  /* 1 + alpha|x| overflows (or x is Inf) -> z would be 0 and lose the sign; D clamps there anyway */
-  if (z < QINS_CODEC_ZMIN) z = QINS_CODEC_ZMIN;
-  return signbit(x) && x != 0.0f ? -z : z; /* sign(-0) = +1 */
+/* Written as selects, not branches, so row loops vectorise (see the pragma above). */
+static inline float map_E(float x, float alpha) {
+  float m = 1.0f / (1.0f + alpha * fabsf(x)); /* two roundings, no FMA: backends repeat this order */
+  /* 1 + alpha|x| overflows (or x is Inf): z would be 0 and lose the sign; D clamps there anyway */
+  m = m < QINS_CODEC_ZMIN ? QINS_CODEC_ZMIN : m;
+  float z = x < 0.0f ? -m : m; /* sign(-0) = +1 */
+  return x == x ? z : 1.0f;    /* policy: NaN encodes as x = 0 */
 }
 
-float qins_codec_D(float z, float alpha) {
-  if (isnan(z)) return z;
+static inline float map_D(float z, float alpha) {
   float a = fabsf(z);
-  if (a < QINS_CODEC_ZMIN) a = QINS_CODEC_ZMIN;
+  a = a < QINS_CODEC_ZMIN ? QINS_CODEC_ZMIN : a;
   float v = (1.0f - a) / (alpha * a);
-  return signbit(z) && z != 0.0f ? -v : v;
+  v = z < 0.0f ? -v : v; /* sign(-0) = +1 */
+  return z == z ? v : z;
 }
+
+float qins_codec_E(float x, float alpha) { return map_E(x, alpha); }
+float qins_codec_D(float z, float alpha) { return map_D(z, alpha); }
 
 /* ---------------------------------------------------------------- codes */
 
@@ -47,8 +53,24 @@ static inline int code_from_z(float z, float half, int top) {
 
 int qins_codec_code8(float z) { return code_from_z(z, 127.5f, 255); }
 int qins_codec_code6(float z) { return code_from_z(z, 31.5f, 63); }
-int qins_codec_x_to_code8(float x, float alpha) { return qins_codec_code8(qins_codec_E(x, alpha)); }
-int qins_codec_x_to_code6(float x, float alpha) { return qins_codec_code6(qins_codec_E(x, alpha)); }
+
+/* code(E(x)) written without branches so row loops vectorise; the same float operations as
+ * E then code_from_z (for x < 0, fl(-m + 1) is fl(1 - m)), which a test checks on random and
+ * special values. */
+static inline int x_to_code(float x, float alpha, float half, float top) {
+  float mid = 0.5f * (top + 1.0f);
+  float m = 1.0f / (1.0f + alpha * fabsf(x));
+  m = m < QINS_CODEC_ZMIN ? QINS_CODEC_ZMIN : m;
+  float pos = rintf((1.0f + m) * half), neg = rintf((1.0f - m) * half);
+  pos = pos < mid ? mid : pos;
+  neg = neg > mid - 1.0f ? mid - 1.0f : neg;
+  float q = x < 0.0f ? neg : pos;
+  q = x == x ? q : top; /* NaN: the code of 0 */
+  return (int)q;
+}
+
+int qins_codec_x_to_code8(float x, float alpha) { return x_to_code(x, alpha, 127.5f, 255.0f); }
+int qins_codec_x_to_code6(float x, float alpha) { return x_to_code(x, alpha, 31.5f, 63.0f); }
 
 static float lut8[256], lut6[64];
 static pthread_once_t lut_once = PTHREAD_ONCE_INIT;
@@ -105,17 +127,18 @@ void qins_codec_unpack6(const uint8_t *packed, int64_t n, uint8_t *codes) {
 void qins_codec_qins_encode_row(qins_dtype fmt, const float *x, int64_t n, float alpha, void *out) {
   if (fmt == QINS_DT_QINS_F32) {
     float *z = out;
-    for (int64_t i = 0; i < n; i++) z[i] = qins_codec_E(x[i], alpha);
+    for (int64_t i = 0; i < n; i++) z[i] = map_E(x[i], alpha);
   } else if (fmt == QINS_DT_QINS8) {
     uint8_t *q = out;
-    for (int64_t i = 0; i < n; i++) q[i] = (uint8_t)qins_codec_x_to_code8(x[i], alpha);
+    for (int64_t i = 0; i < n; i++) q[i] = (uint8_t)x_to_code(x[i], alpha, 127.5f, 255.0f);
   } else if (fmt == QINS_DT_QINS6) {
     uint8_t *p = out;
-    for (int64_t g = 0; g * 4 < n; g++) {
-      uint8_t c[4] = {63, 63, 63, 63};
-      int64_t m = n - g * 4 < 4 ? n - g * 4 : 4;
-      for (int64_t k = 0; k < m; k++) c[k] = (uint8_t)qins_codec_x_to_code6(x[g * 4 + k], alpha);
-      qins_codec_pack6(c, 4, p + 3 * g);
+    uint8_t c[256];
+    /* codes in chunks of 256 (a vectorisable loop), then packed */
+    for (int64_t b = 0; b < n; b += 256) {
+      int64_t m = n - b < 256 ? n - b : 256;
+      for (int64_t k = 0; k < m; k++) c[k] = (uint8_t)x_to_code(x[b + k], alpha, 31.5f, 63.0f);
+      qins_codec_pack6(c, m, p + b / 4 * 3);
     }
   }
 }
@@ -123,7 +146,7 @@ void qins_codec_qins_encode_row(qins_dtype fmt, const float *x, int64_t n, float
 void qins_codec_qins_decode_row(qins_dtype fmt, const void *in, int64_t n, float alpha, float *y) {
   if (fmt == QINS_DT_QINS_F32) {
     const float *z = in;
-    for (int64_t i = 0; i < n; i++) y[i] = qins_codec_D(z[i], alpha);
+    for (int64_t i = 0; i < n; i++) y[i] = map_D(z[i], alpha);
     return;
   }
   float inv = 1.0f / alpha; /* one division per row; every element is lut[q] * inv */
@@ -155,13 +178,15 @@ static float finite_absmax(const float *x, int64_t n) {
 
 float qins_codec_int8_step(const float *x, int64_t n) { return finite_absmax(x, n) / 127.0f; }
 
-int qins_codec_int8_code(float x, float step) {
-  if (isnan(x)) return 0;
-  if (isinf(x)) return x > 0 ? 127 : -127;
-  if (step == 0.0f) return 0;
-  float t = rintf(x / step);
-  return t > 127.0f ? 127 : t < -127.0f ? -127 : (int)t;
+static inline int int8_code(float x, float step) {
+  float t = rintf(x / step); /* +-Inf stays infinite and saturates below */
+  t = t > 127.0f ? 127.0f : t;
+  t = t < -127.0f ? -127.0f : t;
+  t = step == 0.0f && fabsf(x) < INFINITY ? 0.0f : t; /* step 0: finite x -> 0 */
+  return x == x ? (int)t : 0;                          /* NaN -> 0 */
 }
+
+int qins_codec_int8_code(float x, float step) { return int8_code(x, step); }
 
 void qins_codec_int8_encode_row(qins_dtype fmt, const float *x, int64_t n, int8_t *q, float *steps) {
   int64_t block = fmt == QINS_DT_INT8_B32 ? 32 : (n > 0 ? n : 1);
@@ -169,7 +194,7 @@ void qins_codec_int8_encode_row(qins_dtype fmt, const float *x, int64_t n, int8_
     int64_t m = n - b < block ? n - b : block;
     float step = qins_codec_int8_step(x + b, m);
     steps[s] = step;
-    for (int64_t i = 0; i < m; i++) q[b + i] = (int8_t)qins_codec_int8_code(x[b + i], step);
+    for (int64_t i = 0; i < m; i++) q[b + i] = (int8_t)int8_code(x[b + i], step);
   }
   if (n == 0 && fmt == QINS_DT_INT8_ROW) steps[0] = 0.0f;
 }
@@ -209,15 +234,21 @@ void qins_codec_stats_row(const float *x, int64_t n, qins_codec_row_stats *st) {
 double qins_codec_row_mse(const float *x, int64_t n, qins_dtype fmt, float alpha) {
   int six = fmt == QINS_DT_QINS6;
   const float *lut = six ? qins_codec_lut6() : qins_codec_lut8();
-  float inv = 1.0f / alpha;
+  float inv = 1.0f / alpha, half = six ? 31.5f : 127.5f, top = six ? 63.0f : 255.0f;
   double sum = 0;
   int64_t k = 0;
-  for (int64_t i = 0; i < n; i++) {
-    if (!isfinite(x[i])) continue;
-    int q = six ? qins_codec_x_to_code6(x[i], alpha) : qins_codec_x_to_code8(x[i], alpha);
-    double e = (double)(lut[q] * inv) - (double)x[i];
-    sum += e * e;
-    k++;
+  uint8_t c[256];
+  /* codes per chunk in a vectorisable loop; the sum stays in element order (deterministic) */
+  for (int64_t b = 0; b < n; b += 256) {
+    int64_t m = n - b < 256 ? n - b : 256;
+    const float *xb = x + b;
+    for (int64_t i = 0; i < m; i++) c[i] = (uint8_t)x_to_code(xb[i], alpha, half, top);
+    for (int64_t i = 0; i < m; i++) {
+      if (!isfinite(xb[i])) continue;
+      double e = (double)(lut[c[i]] * inv) - (double)xb[i];
+      sum += e * e;
+      k++;
+    }
   }
   return k ? sum / (double)k : 0.0;
 }

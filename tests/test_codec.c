@@ -110,6 +110,27 @@ static void test_code8_exact(void **state) {
   for (int c = 1; c < 128; c++) assert_true(lut[c] < lut[c - 1]);
 }
 
+/* The branch-free x -> code path used by row loops equals code(E(x)) everywhere. */
+static void test_x_to_code_matches_map(void **state) {
+  (void)state;
+  const float specials[] = {0.0f, -0.0f, NAN, -NAN, INFINITY, -INFINITY, FLT_MAX, -FLT_MAX, FLT_MIN, -FLT_MIN,
+                            1e-45f, -1e-45f, 1e-30f, -1e-30f, 1.0f, -1.0f, 254.0f, -254.0f, 62.0f, -62.0f};
+  const float alphas[] = {1.0f, 0.37f, 35.25f, 1e-6f, 1e6f};
+  for (size_t a = 0; a < sizeof alphas / sizeof alphas[0]; a++)
+    for (size_t i = 0; i < sizeof specials / sizeof specials[0]; i++) {
+      float x = specials[i], al = alphas[a];
+      assert_int_equal(qins_codec_x_to_code8(x, al), qins_codec_code8(qins_codec_E(x, al)));
+      assert_int_equal(qins_codec_x_to_code6(x, al), qins_codec_code6(qins_codec_E(x, al)));
+    }
+  for (int i = 0; i < 2000000; i++) {
+    float al = expf(test_rand_uniform(-8.0f, 8.0f));
+    float x = test_rand_normal() * expf(test_rand_uniform(-12.0f, 12.0f)) / al;
+    int c8 = qins_codec_x_to_code8(x, al), r8 = qins_codec_code8(qins_codec_E(x, al));
+    int c6 = qins_codec_x_to_code6(x, al), r6 = qins_codec_code6(qins_codec_E(x, al));
+    if (c8 != r8 || c6 != r6) fail_msg("x=%a alpha=%a: codes %d/%d, map %d/%d", x, al, c8, c6, r8, r6);
+  }
+}
+
 /* Find a float z with fl(fl(z + 1) * half) == k + 0.5 exactly, near the real solution. */
 static int tie_z(int k, float half, float *out) {
   float z0 = (float)((k + 0.5) / half - 1.0);
@@ -757,6 +778,7 @@ int main(void) {
       cmocka_unit_test(test_map_values),
       cmocka_unit_test(test_code8_exact),
       cmocka_unit_test(test_code_ties),
+      cmocka_unit_test(test_x_to_code_matches_map),
       cmocka_unit_test(test_code6_exact),
       cmocka_unit_test(test_nan_inf_policy),
       cmocka_unit_test(test_pack6_layout),
