@@ -662,7 +662,8 @@ static void backend_case(qins_backend *be, shape2 s) {
     } else {
       const float *zg = (const float *)cgot, *zr = (const float *)cref;
       for (int64_t i = 0; i < n; i++) {
-        float tol = strcmp(bn, "cpu") == 0 ? 0.0f : 2.0f * (nextafterf(fabsf(zr[i]), 2.0f) - fabsf(zr[i]));
+        /* a device division may be off by up to 2.5 ulp (Vulkan's OpFDiv): 4 ulp of z allowed */
+        float tol = strcmp(bn, "cpu") == 0 ? 0.0f : 4.0f * (nextafterf(fabsf(zr[i]), 2.0f) - fabsf(zr[i]));
         if (!(fabsf(zg[i] - zr[i]) <= tol)) fail_msg("%s %s: z[%lld] %a, reference %a", bn, what, (long long)i, zg[i], zr[i]);
       }
     }
@@ -675,7 +676,7 @@ static void backend_case(qins_backend *be, shape2 s) {
     assert_int_equal(qins_tensor_read(&ty, ygot), 0);
     assert_int_equal(qins_codec_decode(fmt, cref, s.rows, s.cols, aref, yref), 0);
     for (int64_t i = 0; i < n; i++) {
-      float tol = strcmp(bn, "cpu") == 0 ? 0.0f : 4e-7f * fabsf(yref[i]);
+      float tol = strcmp(bn, "cpu") == 0 ? 0.0f : 1e-6f * fabsf(yref[i]);
       if (!(fabsf(ygot[i] - yref[i]) <= tol))
         fail_msg("%s dequantize %s: y[%lld] %.9g, reference %.9g", bn, qins_dtype_name(fmt), (long long)i, ygot[i], yref[i]);
     }
