@@ -9,8 +9,10 @@
 #include "core/error.h"
 
 /* Row loops vectorise only if GCC may turn the selects in x_to_code into blends, which it refuses
- * while a float compare might trap. No code here enables FP traps; values are unchanged. */
-#pragma GCC optimize("no-trapping-math")
+ * while a float compare might trap. No code here enables FP traps; values are unchanged.
+ * No contraction into fused multiply-adds either (the default in ISO C mode; stated so a
+ * gnu17 build keeps the roundings every backend reproduces). */
+#pragma GCC optimize("no-trapping-math", "fp-contract=off")
 
 /* ---------------------------------------------------------------- the map */
 
