@@ -15,5 +15,6 @@ int cmd_backends(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+int cmd_codec_report(int argc, char **argv);
 
 #endif

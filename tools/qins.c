@@ -10,6 +10,7 @@ static const qins_command commands[] = {
     {"tokenize", "text to token ids with a tokenizer (tokenizer.json, GPT-2, llama2.c)", cmd_tokenize},
     {"detokenize", "token ids to text", cmd_detokenize},
     {"inspect", "show a model's format, config and tensors", cmd_inspect},
+    {"codec-report", "A1: every weight through every storage format and back, measured", cmd_codec_report},
 };
 
 static void usage(FILE *out) {
