@@ -395,6 +395,33 @@ static enum MHD_Result serve_events(qins_monitor *m, struct MHD_Connection *conn
   return ret;
 }
 
+static int hexval(char ch) {
+  if (ch >= '0' && ch <= '9') return ch - '0';
+  if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+  if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+  return -1;
+}
+
+/* Percent-decoding for paths and arguments. An encoded NUL would silently cut the C string
+ * ("/index.html%00.js" -> "/index.html"); it becomes DEL, which no served name contains. */
+static size_t unescape(void *cls, struct MHD_Connection *c, char *s) {
+  (void)cls;
+  (void)c;
+  char *w = s;
+  for (const char *r = s; *r; r++) {
+    int hi, lo;
+    if (r[0] == '%' && r[1] && r[2] && (hi = hexval(r[1])) >= 0 && (lo = hexval(r[2])) >= 0) {
+      char ch = (char)(hi * 16 + lo);
+      *w++ = ch ? ch : 0x7f;
+      r += 2;
+    } else {
+      *w++ = *r;
+    }
+  }
+  *w = '\0';
+  return (size_t)(w - s);
+}
+
 /* ---- request dispatch ---- */
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
@@ -860,7 +887,8 @@ int qins_monitor_start(const char *addr, const qins_monitor_opts *opts, qins_mon
   }
   m->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, m, MHD_OPTION_SOCK_ADDR,
                           (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, (unsigned)512,
-                          MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_END);
+                          MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
+                          MHD_OPTION_END);
   if (!m->d) {
     rc = qins_error_set(QINS_EIO, "dashboard: cannot listen on %s:%d (address in use or not local?)", host, port);
     qins_monitor_stop(m);
