@@ -21,6 +21,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "monitor/assets.h"
+#include <zmq.h>
 
 /* One formatted SSE event ("id: N\nevent: state\ndata: {...}\n\n"), shared by every client
  * that sends it; freed when the ring and all clients are done with it. */
@@ -72,6 +73,7 @@ struct qins_monitor {
   pthread_t sub;
   int sub_started;
   char *sub_endpoint;
+  qins_monitor_pub *pub; /* opts.publish: used only by the ticking thread */
   /* options */
   char *token;
   char web_root[PATH_MAX];
@@ -617,6 +619,12 @@ int qins_monitor_tick(qins_monitor *m) {
   qins_monitor_snapshot s;
   qins_monitor_snapshot_collect(have ? &p : NULL, &s);
   int rc = qins_monitor_publish(m, &s);
+  if (m->pub) {
+    pthread_mutex_lock(&m->pub_mu); /* one sender at a time on the PUB socket */
+    int prc = qins_monitor_pub_send(m->pub, &s);
+    pthread_mutex_unlock(&m->pub_mu);
+    if (!rc) rc = prc;
+  }
   qins_monitor_snapshot_free(&s);
   return rc;
 }
@@ -704,7 +712,6 @@ static void *fan_main(void *arg) {
 }
 
 /* ---- ZeroMQ snapshot transport ---- */
-#include <zmq.h>
 
 #define SNAP_TOPIC "qins.snapshot"
 #define SNAP_PARTS 5 /* metrics, prometheus, graph, gates, training; empty frame = absent */
@@ -870,6 +877,11 @@ int qins_monitor_start(const char *addr, const qins_monitor_opts *opts, qins_mon
     m->use_web_root = 1;
   }
 
+  if (opts->publish && (rc = qins_monitor_pub_open(opts->publish, &m->pub)) != 0) {
+    qins_monitor_stop(m);
+    return rc;
+  }
+  if (opts->no_http) goto threads;
   struct sockaddr_storage ss;
   memset(&ss, 0, sizeof ss);
   unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME;
@@ -899,6 +911,7 @@ int qins_monitor_start(const char *addr, const qins_monitor_opts *opts, qins_mon
   int v6 = strchr(host, ':') != NULL;
   snprintf(m->url, sizeof m->url, "http://%s%s%s:%d/%s%s", v6 ? "[" : "", host, v6 ? "]" : "", m->port,
            m->token ? "?token=" : "", m->token ? m->token : "");
+threads:
   if (pthread_create(&m->fan, NULL, fan_main, m) != 0) {
     rc = qins_error_set(QINS_EINTERNAL, "monitor: cannot start fan-out thread");
     qins_monitor_stop(m);
@@ -933,6 +946,7 @@ void qins_monitor_stop(qins_monitor *m) {
     free(list);
     MHD_stop_daemon(m->d);
   }
+  qins_monitor_pub_close(m->pub);
   for (int i = 0; m->ring && i < m->ring_cap; i++) event_unref(m->ring[i]);
   free(m->ring);
   free(m->state_json);

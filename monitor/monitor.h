@@ -36,6 +36,10 @@ typedef struct qins_monitor_opts {
   int retry_ms;     /* SSE "retry:" reconnect delay sent to browsers; 0: 2000 */
   int history;      /* events kept for Last-Event-ID resume; 0: 64 */
   int tick_ms;      /* with providers set: the monitor collects + publishes every tick_ms; 0: 1000 */
+  /* Also send every snapshot collected by qins_monitor_tick() on a ZeroMQ PUB socket bound
+   * here (tcp://127.0.0.1:5600, ipc://...), for `qins monitor --connect` in another process. */
+  const char *publish;
+  int no_http; /* 1: no HTTP server (only publish); addr is then ignored */
 } qins_monitor_opts;
 
 /* One snapshot; strings are JSON text (see above) and are copied by publish. NULL: absent. */
@@ -92,6 +96,11 @@ void qins_monitor_pub_close(qins_monitor_pub *p);
  * qins_monitor_snapshot_free. */
 int qins_monitor_snapshot_collect(const qins_monitor_providers *p, qins_monitor_snapshot *out);
 void qins_monitor_snapshot_free(qins_monitor_snapshot *s);
+
+/* Set this process's worker gauges in the registry: qins_worker_cpu_seconds_total,
+ * qins_worker_rss_bytes, qins_worker_engine_bytes (qins_mem accounting) and, when
+ * device_bytes >= 0, qins_worker_device_bytes; all labelled worker="<worker>". */
+int qins_monitor_sample_process(const char *worker, int64_t device_bytes);
 
 /* Parse "HOST:PORT" forms as qins_monitor_start does; is_loopback tells 127/8, ::1, localhost. */
 int qins_monitor_parse_addr(const char *addr, char *host, int host_cap, int *port, int *is_loopback);

@@ -12,5 +12,6 @@ typedef struct qins_command {
 int qins_cli_fail(int rc);
 
 int cmd_backends(int argc, char **argv);
+int cmd_monitor(int argc, char **argv);
 
 #endif

@@ -7,6 +7,7 @@
 
 static const qins_command commands[] = {
     {"backends", "list compute backends and devices on this machine", cmd_backends},
+    {"monitor", "serve the live dashboard (--demo pipeline, or --connect to a running one)", cmd_monitor},
 };
 
 static void usage(FILE *out) {
