@@ -12,5 +12,7 @@ typedef struct qins_command {
 int qins_cli_fail(int rc);
 
 int cmd_backends(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_worker(int argc, char **argv);
 
 #endif
