@@ -13,5 +13,7 @@ int qins_cli_fail(int rc);
 
 int cmd_backends(int argc, char **argv);
 int cmd_monitor(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_worker(int argc, char **argv);
 
 #endif

@@ -8,6 +8,8 @@
 static const qins_command commands[] = {
     {"backends", "list compute backends and devices on this machine", cmd_backends},
     {"monitor", "serve the live dashboard (--demo pipeline, or --connect to a running one)", cmd_monitor},
+    {"run", "validate and run a pipeline YAML (workers, channels, supervision)", cmd_run},
+    {"worker", "join a running pipeline from another host (--connect tcp://HOST:PORT)", cmd_worker},
 };
 
 static void usage(FILE *out) {
