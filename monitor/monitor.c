@@ -48,7 +48,8 @@ struct client {
 
 struct qins_monitor {
   struct MHD_Daemon *d;
-  pthread_mutex_t pub_mu; /* serialises publishers (tick thread, subscriber thread) */
+  pthread_mutex_t pub_mu;  /* serialises publishers (tick thread, subscriber thread) */
+  pthread_mutex_t tick_mu; /* held while providers run: set_providers waits for them */
   pthread_mutex_t mu;
   pthread_cond_t cv;
   /* state: guarded by mu */
@@ -604,20 +605,26 @@ void qins_monitor_snapshot_free(qins_monitor_snapshot *s) {
 
 int qins_monitor_set_providers(qins_monitor *m, const qins_monitor_providers *p) {
   if (!m || !p) return qins_error_set(QINS_EINVAL, "qins_monitor_set_providers: NULL argument");
+  /* Waits for a tick in progress: once this returns the old providers are never called again,
+   * so the coordinator may free what they read. */
+  pthread_mutex_lock(&m->tick_mu);
   pthread_mutex_lock(&m->mu);
   m->prov = *p;
   m->have_prov = 1;
   pthread_mutex_unlock(&m->mu);
+  pthread_mutex_unlock(&m->tick_mu);
   return 0;
 }
 
 int qins_monitor_tick(qins_monitor *m) {
+  pthread_mutex_lock(&m->tick_mu);
   pthread_mutex_lock(&m->mu);
   qins_monitor_providers p = m->prov;
   int have = m->have_prov;
   pthread_mutex_unlock(&m->mu);
   qins_monitor_snapshot s;
   qins_monitor_snapshot_collect(have ? &p : NULL, &s);
+  pthread_mutex_unlock(&m->tick_mu);
   int rc = qins_monitor_publish(m, &s);
   if (m->pub) {
     pthread_mutex_lock(&m->pub_mu); /* one sender at a time on the PUB socket */
@@ -850,6 +857,7 @@ int qins_monitor_start(const char *addr, const qins_monitor_opts *opts, qins_mon
   if (!m) return qins_error_set(QINS_ENOMEM, "monitor: out of memory");
   pthread_mutex_init(&m->mu, NULL);
   pthread_mutex_init(&m->pub_mu, NULL);
+  pthread_mutex_init(&m->tick_mu, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -956,5 +964,6 @@ void qins_monitor_stop(qins_monitor *m) {
   pthread_cond_destroy(&m->cv);
   pthread_mutex_destroy(&m->mu);
   pthread_mutex_destroy(&m->pub_mu);
+  pthread_mutex_destroy(&m->tick_mu);
   free(m);
 }

@@ -62,12 +62,17 @@
   const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
 
   // ---------- graph normalisation (accepts a few shapes) ----------
-  function normGraph(g) {
-    if (!g || typeof g !== 'object') return null;
+  // The coordinator's document is either the graph itself or {graph, instances, requests}.
+  function normGraph(doc) {
+    if (!doc || typeof doc !== 'object') return null;
+    const g = doc.graph && typeof doc.graph === 'object' ? doc.graph : doc;
+    const types = new Map();
+    for (const s of g.stages || []) if (s && typeof s === 'object') types.set(s.name || s.id, s.type || '');
     const workers = [];
     for (const w of g.workers || []) {
-      const stages = (w.stages || []).map((s) => (typeof s === 'string' ? { name: s, type: '' } : { name: s.name || s.id, type: s.type || '' }));
-      workers.push({ name: w.name || w.id || '?', stages });
+      const stages = (w.stages || []).map((s) => (typeof s === 'string' ? { name: s, type: types.get(s) || '' }
+        : { name: s.name || s.id, type: s.type || types.get(s.name) || '' }));
+      workers.push({ name: w.name || w.id || '?', stages, replicas: w.replicas || 1, host: w.host || '' });
     }
     if (!workers.length && Array.isArray(g.stages)) {
       const by = new Map();
@@ -79,8 +84,10 @@
       for (const [name, stages] of by) workers.push({ name, stages });
     }
     const strip = (e) => String(e || '').split('.')[0];
-    const edges = (g.edges || []).map((e) => ({ from: strip(e.from || e.src), to: strip(e.to || e.dst), raw: e }));
-    return { workers, edges };
+    const edges = (g.edges || []).map((e) => ({ from: strip(e.from || e.src), to: strip(e.to || e.dst), loop: !!e.loop }));
+    const restarts = {};
+    for (const i of doc.instances || []) restarts[i.worker || i.name] = (restarts[i.worker || i.name] || 0) + (i.restarts || 0);
+    return { name: g.name || '', workers, edges, types, restarts: doc.instances ? restarts : null, requests: doc.requests || null };
   }
 
   // ---------- charts ----------
@@ -127,6 +134,7 @@
 
   makeLine('c-throughput', 'items/s');
   makeLine('c-latency', 'seconds');
+  if (charts['c-latency']) charts['c-latency'].options.scales.y.ticks.callback = (v) => fmtSec(v);
   makeLine('c-cpu', '%');
   makeLine('c-mem', 'MiB');
   makeLine('c-tokens', 'tokens/s');
@@ -142,6 +150,8 @@
   // ---------- state ----------
   let prev = null; // { t, idx }
   const latHist = new Map(); // stage -> {labels, p50, p95, p99}
+  let latPicked = false;
+  $('lat-stage').addEventListener('change', () => { latPicked = true; });
   const lossFromGauges = [];
 
   function stageRates(idx, pidx, dt) {
@@ -206,11 +216,10 @@
         const x1 = a.x + SW, y1 = a.y + SH / 2, x2 = b.x, y2 = b.y + SH / 2;
         d = `M${x1},${y1} C${x1 + 50},${y1} ${x2 - 50},${y2} ${x2},${y2}`;
         lx = (x1 + x2) / 2; ly = (y1 + y2) / 2 - 6;
-      } else if (b.x < a.x - 1) { // back edge (e.g. sample -> embed loop): arc over the top
-        const x1 = a.x + SW / 2, y1 = a.y, x2 = b.x + SW / 2, y2 = b.y;
-        const top = Math.min(y1, y2) - 28;
-        d = `M${x1},${y1} C${x1},${top} ${x2},${top} ${x2},${y2}`;
-        lx = (x1 + x2) / 2; ly = top + 4;
+      } else if (b.x < a.x - 1) { // to an earlier worker column: left side to right side
+        const x1 = a.x, y1 = a.y + SH / 2, x2 = b.x + SW, y2 = b.y + SH / 2;
+        d = `M${x1},${y1} C${x1 - 50},${y1} ${x2 + 50},${y2} ${x2},${y2}`;
+        lx = (x1 + x2) / 2; ly = (y1 + y2) / 2 + 14;
       } else if (b.y > a.y) { // same worker, downwards
         const x1 = a.x + SW / 2, y1 = a.y + SH, y2 = b.y;
         d = `M${x1},${y1} L${x1},${y2}`;
@@ -271,17 +280,40 @@
     const total = Object.values(rates).reduce((a, v) => a + (v || 0), 0);
     $('ips').textContent = anyRate ? fmtNum(total) : '–';
 
-    // tokens
-    const tokTotal = idx.all('qins_tokens_total').reduce((a, m) => a + val(m), 0);
-    const tps = sumRate(idx, pidx, 'qins_tokens_total', dt);
-    $('tokens').textContent = idx.all('qins_tokens_total').length ? fmtNum(tokTotal, 0) : '–';
+    const g = normGraph(st.graph);
+
+    // tokens: qins_tokens_total, else the items of the sampling stage(s) (one token per item)
+    let tokTotal = idx.all('qins_tokens_total').reduce((a, m) => a + val(m), 0);
+    let tps = sumRate(idx, pidx, 'qins_tokens_total', dt);
+    let haveTok = idx.all('qins_tokens_total').length > 0;
+    if (!haveTok && g) {
+      const samplers = new Set([...g.types].filter(([, t]) => /sample/.test(t)).map(([n]) => n));
+      const sm = idx.all('qins_stage_items_total').filter((m) => samplers.has(m.labels.stage));
+      if (sm.length) {
+        haveTok = true;
+        tokTotal = sm.reduce((a, m) => a + val(m), 0);
+        tps = null;
+        for (const m of sm) {
+          const p = pidx && pidx.byKey.get(key(m));
+          if (p && dt > 0) tps = (tps || 0) + Math.max(0, (val(m) - val(p)) / dt);
+        }
+      }
+    }
+    $('tokens').textContent = haveTok ? fmtNum(tokTotal, 0) : '–';
+    if (g && g.name) $('pname').textContent = 'pipeline ' + g.name;
+    if (g && g.requests) $('reqs').textContent = (g.requests.done ?? '–') + ' / ' + (g.requests.total ?? '–');
     $('tps').textContent = fmtNum(tps);
     if (tps != null) pushSeries(charts['c-tokens'], label, { 'tokens/s': tps });
 
     // latency per stage
     const lat = idx.all('qins_stage_latency_seconds');
     const stageNames = [...new Set(lat.map((m) => m.labels.stage || '?'))];
-    const selStage = fillSelect($('lat-stage'), stageNames);
+    let selStage = fillSelect($('lat-stage'), stageNames);
+    if (!latPicked && lat.length) { // until the user picks: the stage with the highest p95 latency
+      let best = null, bestV = -1;
+      for (const m of lat) { const v = m.buckets ? quantile(m.buckets, 0.95) : null; if (v != null && v > bestV) { bestV = v; best = m.labels.stage; } }
+      if (best && best !== selStage) { $('lat-stage').value = best; selStage = best; }
+    }
     for (const m of lat) {
       const s = m.labels.stage || '?';
       const b = deltaBuckets(m, pidx && pidx.byKey.get(key(m)));
@@ -315,26 +347,26 @@
     if (Object.keys(qd).length) pushSeries(charts['c-queue'], label, qd);
 
     // graph
-    const g = normGraph(st.graph);
     renderGraph(g, idx, rates, edgeRates, depth);
 
     // workers
     const wnames = new Set();
     const wm = ['qins_worker_cpu_seconds_total', 'qins_worker_rss_bytes', 'qins_worker_engine_bytes', 'qins_worker_device_bytes', 'qins_worker_restarts_total'];
-    for (const n of wm) for (const m of idx.all(n)) wnames.add(m.labels.worker || '?');
+    for (const n of wm) for (const m of idx.all(n)) if (m.labels.worker) wnames.add(m.labels.worker);
     if (g) for (const w of g.workers) wnames.add(w.name);
-    const get = (n, w) => { const m = idx.all(n).find((x) => (x.labels.worker || '?') === w); return m ? val(m) : null; };
+    const get = (n, w) => { const m = idx.all(n).find((x) => x.labels.worker === w); return m ? val(m) : null; };
     const cpu = {}, mem = {};
     const rows = [];
     for (const w of [...wnames].sort()) {
-      const m = idx.all('qins_worker_cpu_seconds_total').find((x) => (x.labels.worker || '?') === w);
+      const m = idx.all('qins_worker_cpu_seconds_total').find((x) => x.labels.worker === w);
       const p = m && pidx && pidx.byKey.get(key(m));
       const c = m && p && dt > 0 ? Math.max(0, (val(m) - val(p)) / dt) * 100 : null;
       if (c != null) cpu[w] = c;
       const rss = get('qins_worker_rss_bytes', w);
       if (rss != null) mem[w] = rss / 1048576;
       const stages = g ? (g.workers.find((x) => x.name === w) || { stages: [] }).stages.map((s) => s.name).join(', ') : '';
-      const rs = get('qins_worker_restarts_total', w);
+      let rs = get('qins_worker_restarts_total', w);
+      if (g && g.restarts && w in g.restarts) rs = g.restarts[w];
       rows.push(`<tr data-worker="${esc(w)}"><td>${esc(w)}</td><td>${esc(stages)}</td><td>${c == null ? '–' : c.toFixed(0) + ' %'}</td>` +
         `<td>${fmtBytes(rss)}</td><td>${fmtBytes(get('qins_worker_engine_bytes', w))}</td><td>${fmtBytes(get('qins_worker_device_bytes', w))}</td>` +
         `<td${rs > 0 ? ' class="verdict-fail"' : ''}>${rs == null ? '–' : rs}</td></tr>`);

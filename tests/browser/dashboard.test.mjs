@@ -1,6 +1,8 @@
 // Browser test: a real headless Chromium opens the dashboard of a live pipeline, checks the graph
 // shows the pipeline's stages and that counters advance, and saves a screenshot.
-// Usage: node dashboard.test.mjs QINS_EXE SCREENSHOT.png [REPO_ROOT]
+// Usage: node dashboard.test.mjs QINS_EXE SCREENSHOT.png [REPO_ROOT] [run|demo]
+//   run:  a real pipeline (qins run pipelines/test/dashboard.yaml --dashboard), worker processes and all
+//   demo: `qins monitor --demo` (synthetic; fills the QINS, gate and training panels too)
 // Exits 77 (meson's "skipped") with a clear message when chromium or playwright-core is absent.
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
@@ -8,7 +10,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-const [qinsExe, shotPath, repoArg] = process.argv.slice(2);
+const [qinsExe, shotPath, repoArg, modeArg] = process.argv.slice(2);
+const mode = modeArg || 'run';
 const repo = repoArg || path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..');
 const chromiumPath = process.env.QINS_CHROMIUM || '/usr/bin/chromium';
 const SKIP = 77;
@@ -33,7 +36,11 @@ function check(ok, what) {
 }
 
 // Start the pipeline with a dashboard on an ephemeral loopback port and read the printed URL.
-const proc = spawn(qinsExe, ['monitor', '--demo', '--duration', '120', '--monitor-tick-ms', '300'], { stdio: ['ignore', 'pipe', 'inherit'] });
+const args = mode === 'demo'
+  ? ['monitor', '--demo', '--duration', '120', '--monitor-tick-ms', '300']
+  : ['run', path.join(repo, 'pipelines', 'test', 'dashboard.yaml'), '--quiet', '--dashboard', '127.0.0.1:0',
+    '--monitor-tick-ms', '300', '--dashboard-wait', '--set', 'stages.mix1.options.delay_us=40000'];
+const proc = spawn(qinsExe, args, { stdio: ['ignore', 'pipe', 'inherit'], env: Object.assign({}, process.env, { QINS_BIN: qinsExe }) });
 const url = await new Promise((resolve, reject) => {
   let buf = '';
   const t = setTimeout(() => reject(new Error('no "dashboard:" line from qins within 20 s')), 20000);
@@ -48,7 +55,8 @@ check(/^http:\/\/127\.0\.0\.1:\d+\/$/.test(url), `dashboard on loopback by defau
 
 // Expected stage names come from the pipeline itself (its published graph).
 const state = await (await fetch(new URL('api/state', url))).json();
-const expected = (state.graph && state.graph.workers || []).flatMap((w) => w.stages.map((s) => s.name));
+const graph = state.graph && state.graph.graph ? state.graph.graph : state.graph || {};
+const expected = (graph.workers || []).flatMap((w) => w.stages.map((s) => (typeof s === 'string' ? s : s.name)));
 check(expected.length > 0, `pipeline publishes its graph (${expected.join(', ')})`);
 
 const userDir = fs.mkdtempSync(path.join(os.tmpdir(), 'qins-chromium-'));
@@ -76,7 +84,8 @@ try {
   const text = await page.textContent('#graph');
   check(expected.every((s) => text.includes(s)), 'stage names are visible text in the graph');
   const workers = await page.$$eval('#graph svg g.worker', (els) => els.map((e) => e.getAttribute('data-worker')));
-  check(workers.length === state.graph.workers.length, `stages grouped into ${workers.length} workers`);
+  check(workers.length === graph.workers.length && workers.every((w, i) => w === graph.workers[i].name),
+    `stages grouped into workers (${workers.join(', ')})`);
 
   // Counters advance: the snapshot number and a stage's item count grow while we watch.
   const readCounters = () => page.evaluate(() => ({
@@ -92,10 +101,19 @@ try {
   check(!(await page.isVisible('#nocharts')), 'charting library loaded from our server');
   const drawn = await page.evaluate(() => window.Chart && Object.values(window.Chart.instances || {}).length);
   check(drawn >= 8, `charts created (${drawn})`);
-  const rows = await page.$$eval('#workers tbody tr[data-worker]', (els) => els.length);
-  check(rows === state.graph.workers.length, `worker table has a row per worker (${rows})`);
-  await page.waitForSelector('#gates tbody tr[data-gate]', { timeout: 20000 });
-  check(true, 'gate table fills');
+  const rows = await page.$$eval('#workers tbody tr[data-worker]', (els) => els.map((e) => e.getAttribute('data-worker')));
+  check(graph.workers.every((w) => rows.includes(w.name)), `worker table has a row per worker (${rows.join(', ')})`);
+  await page.waitForFunction(() => Array.from(document.querySelectorAll('#workers tbody tr[data-worker] td:nth-child(3)')).every((td) => td.textContent.includes('%')), null, { timeout: 20000 });
+  check(true, 'worker CPU is shown');
+  if (mode === 'demo') {
+    await page.waitForSelector('#gates tbody tr[data-gate]', { timeout: 20000 });
+    check(true, 'gate table fills');
+    check(!(await page.isVisible('#codes-empty')) && !(await page.isVisible('#loss-empty')), 'QINS and training panels show data');
+  } else {
+    check((await page.textContent('#gates')).includes('No gates running'), 'gate panel shows its empty state');
+    const edgeText = await page.textContent('#graph svg');
+    check(/\/s/.test(edgeText) && /q \d/.test(edgeText), 'edges show live rates and queue depth');
+  }
   check(errors.length === 0, `no page errors${errors.length ? ': ' + errors.join(' | ') : ''}`);
   check(foreign.length === 0, `no request leaves the dashboard's origin${foreign.length ? ': ' + foreign.join(' ') : ''}`);
 
