@@ -16,6 +16,7 @@
 
 #include "core/error.h"
 #include "core/metrics.h"
+#include "monitor/cli.h"
 #include "monitor/monitor.h"
 #include "tests/test_util.h"
 
@@ -951,6 +952,66 @@ static void test_zmq_attach(void **state) {
   unlink(ep + 6);
 }
 
+static void test_cli_flags(void **state) {
+  (void)state;
+  qins_monitor_cli c = {0};
+  char *argv1[] = {"run", "pipelines/x.yaml", "--dashboard", "pipelines/y.yaml"};
+  int i = 2;
+  /* "--dashboard" followed by a non-address keeps the default and leaves the argument alone */
+  assert_int_equal(qins_monitor_cli_arg(&c, 4, argv1, &i), 1);
+  assert_int_equal(i, 2);
+  assert_true(c.enabled);
+  assert_string_equal(c.addr, "");
+  char *argv2[] = {"run", "--dashboard", "127.0.0.1:8080", "--dashboard-public", "--dashboard-token", "abcdefghijklmnopq",
+                   "--monitor-publish", "tcp://127.0.0.1:5600", "--monitor-tick-ms", "250", "--other"};
+  qins_monitor_cli d = {0};
+  int n = 0;
+  for (i = 1; i < 11; i++) {
+    int rc = qins_monitor_cli_arg(&d, 11, argv2, &i);
+    assert_true(rc >= 0);
+    n += rc;
+  }
+  assert_int_equal(n, 5);
+  assert_string_equal(d.addr, "127.0.0.1:8080");
+  assert_true(d.allow_public);
+  assert_string_equal(d.token, "abcdefghijklmnopq");
+  assert_string_equal(d.publish, "tcp://127.0.0.1:5600");
+  assert_int_equal(d.tick_ms, 250);
+  char *argv3[] = {"run", "--dashboard=nonsense"};
+  i = 1;
+  assert_int_equal(qins_monitor_cli_arg(&d, 2, argv3, &i), QINS_EINVAL);
+  char *argv4[] = {"run", "--monitor-tick-ms", "1"};
+  i = 1;
+  assert_int_equal(qins_monitor_cli_arg(&d, 3, argv4, &i), QINS_EINVAL);
+  /* YAML monitor: keys */
+  qins_monitor_cli y = {0};
+  assert_int_equal(qins_monitor_cli_set(&y, "dashboard", "on"), 0);
+  assert_true(y.enabled);
+  assert_int_equal(qins_monitor_cli_set(&y, "dashboard", "off"), 0);
+  assert_false(y.enabled);
+  assert_int_equal(qins_monitor_cli_set(&y, "dashboard", "[::1]:9000"), 0);
+  assert_true(y.enabled);
+  assert_string_equal(y.addr, "[::1]:9000");
+  assert_int_equal(qins_monitor_cli_set(&y, "dashboard", "somewhere"), QINS_EINPUT);
+  assert_int_equal(qins_monitor_cli_set(&y, "colour", "red"), QINS_EINPUT);
+  assert_non_null(strstr(qins_error_msg(), "monitor.colour"));
+  /* start from options: public without a token gets a generated one, printed in the URL */
+  qins_monitor_cli p = {0};
+  assert_int_equal(qins_monitor_cli_set(&p, "dashboard", "127.0.0.1:0"), 0);
+  assert_int_equal(qins_monitor_cli_set(&p, "public", "true"), 0);
+  qins_monitor *m;
+  assert_int_equal(qins_monitor_cli_start(&p, NULL, &m), 0);
+  assert_int_equal(strlen(p.token), 32);
+  assert_non_null(strstr(qins_monitor_url(m), p.token));
+  resp r = http_get(qins_monitor_port(m), "/api/state");
+  assert_int_equal(r.status, 401);
+  free(r.body);
+  qins_monitor_stop(m);
+  qins_monitor_cli none = {0};
+  assert_int_equal(qins_monitor_cli_start(&none, NULL, &m), 0);
+  assert_null(m);
+}
+
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
@@ -965,6 +1026,7 @@ int main(void) {
       cmocka_unit_test(test_token),
       cmocka_unit_test(test_providers_tick),
       cmocka_unit_test(test_zmq_attach),
+      cmocka_unit_test(test_cli_flags),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
