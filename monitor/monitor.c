@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -425,6 +426,27 @@ static size_t unescape(void *cls, struct MHD_Connection *c, char *s) {
   return (size_t)(w - s);
 }
 
+/* Without a token the server is loopback-only; a page on another site could still reach it by
+ * DNS rebinding (its own name resolving to 127.0.0.1), which shows as a foreign Host header. */
+static int host_is_local(const char *host) {
+  if (!host) return 1; /* HTTP/1.0 clients send none */
+  char h[256];
+  size_t n = strlen(host);
+  if (n == 0 || n >= sizeof h) return 0;
+  memcpy(h, host, n + 1);
+  if (h[0] == '[') {
+    char *rb = strchr(h, ']');
+    if (!rb) return 0;
+    *rb = '\0';
+    return strcmp(h + 1, "::1") == 0;
+  }
+  char *colon = strchr(h, ':');
+  if (colon) *colon = '\0';
+  if (strcasecmp(h, "localhost") == 0) return 1;
+  struct in_addr a;
+  return inet_pton(AF_INET, h, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
+}
+
 /* ---- request dispatch ---- */
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
@@ -445,6 +467,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return send_buf(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "method not allowed\n", 19,
                     MHD_RESPMEM_PERSISTENT, "Allow", "GET, HEAD");
   }
+  if (!m->token && !host_is_local(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST)))
+    return send_text(conn, MHD_HTTP_FORBIDDEN, "this dashboard answers only to localhost names\n");
   int via_query;
   if (!authorized(m, conn, &via_query))
     return send_buf(conn, MHD_HTTP_UNAUTHORIZED, "text/plain; charset=utf-8", "access token required\n", 22,

@@ -813,6 +813,30 @@ static void test_methods(void **state) {
   qins_monitor_stop(m);
 }
 
+/* DNS rebinding: a foreign Host name is refused on a token-less loopback server. */
+static void test_host_header(void **state) {
+  (void)state;
+  qins_monitor *m = start_loopback(NULL);
+  int port = qins_monitor_port(m);
+  const char *ok_hosts[] = {"127.0.0.1", "127.0.0.1:8080", "localhost:1", "LOCALHOST", "[::1]:80", "127.1.2.3"};
+  const char *bad_hosts[] = {"evil.example", "evil.example:80", "10.0.0.1", "[::2]:80", "localhost.evil.example"};
+  char req[512];
+  for (size_t i = 0; i < 6; i++) {
+    snprintf(req, sizeof req, "GET /api/state HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", ok_hosts[i]);
+    resp r = http_raw(port, req);
+    if (r.status != 200) fail_msg("Host %s: %d, want 200", ok_hosts[i], r.status);
+    free(r.body);
+  }
+  for (size_t i = 0; i < 5; i++) {
+    snprintf(req, sizeof req, "GET /api/state HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", bad_hosts[i]);
+    resp r = http_raw(port, req);
+    if (r.status != 403) fail_msg("Host %s: %d, want 403", bad_hosts[i], r.status);
+    assert_null(strstr(r.body, "metrics"));
+    free(r.body);
+  }
+  qins_monitor_stop(m);
+}
+
 static void test_token(void **state) {
   (void)state;
   registry_setup();
@@ -1023,6 +1047,7 @@ int main(void) {
       cmocka_unit_test(test_sse_many_clients),
       cmocka_unit_test(test_traversal),
       cmocka_unit_test(test_methods),
+      cmocka_unit_test(test_host_header),
       cmocka_unit_test(test_token),
       cmocka_unit_test(test_providers_tick),
       cmocka_unit_test(test_zmq_attach),
