@@ -116,7 +116,7 @@ static void test_syntax_and_keys(void **state) {
   expect_error("    type: test_bytes\n", "    type: test_bytes\n    optons: {}\n", "t.yaml:10:5", "stages[tok]",
                "unknown key 'optons'");
   expect_error("  - name: w1\n", "  - name: w1\n    cpu: 3\n", "t.yaml:6:5", "workers[w1]", "unknown key 'cpu'");
-  expect_error("name: t\n", "name: t\nname: u\n", "t.yaml:2:1", "duplicate key 'name'", NULL);
+  expect_error("name: t\n", "name: t\nname: u\n", "t.yaml:2:1", "key 'name': duplicate key", NULL);
   expect_error("  - name: tok\n    type: test_bytes\n", "  - name: tok\n", "t.yaml:8:5", "stages[tok]",
                "missing key 'type'");
 }
