@@ -238,6 +238,7 @@ static int run_echo(const char **sets, int n_sets, fault *fl, const qins_pipelin
   o.quiet = 1;
   o.on_event = on_event;
   o.user = fl;
+  o.event_every_result = 1;
   int rc = qins_run_pipeline(pl, &o);
   if (plout)
     *plout = pl;
