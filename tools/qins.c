@@ -9,6 +9,7 @@ static const qins_command commands[] = {
     {"backends", "list compute backends and devices on this machine", cmd_backends},
     {"run", "validate and run a pipeline YAML (workers, channels, supervision)", cmd_run},
     {"worker", "join a running pipeline from another host (--connect tcp://HOST:PORT)", cmd_worker},
+    {"inspect", "show a model's format, config and tensors", cmd_inspect},
 };
 
 static void usage(FILE *out) {
