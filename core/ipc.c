@@ -189,6 +189,7 @@ int qins_chan_rx_done(qins_chan_rx *rx, const qins_wire_hdr *h) {
 
 int qins_wire_recv(void *sock, int dontwait, qins_wire_hdr *h, qins_wire_frame *frame) {
   frame->used = 0;
+  frame->aligned = NULL;
   zmq_msg_t *fm = (zmq_msg_t *)(void *)frame->storage;
   for (;;) {
     int n = zmq_recv(sock, h, sizeof *h, dontwait ? ZMQ_DONTWAIT : 0);
@@ -228,6 +229,8 @@ int qins_wire_recv(void *sock, int dontwait, qins_wire_hdr *h, qins_wire_frame *
 void qins_wire_release(qins_wire_frame *frame) {
   if (frame->used) zmq_msg_close((zmq_msg_t *)(void *)frame->storage);
   frame->used = 0;
+  free(frame->aligned);
+  frame->aligned = NULL;
 }
 
 int qins_wire_to_msg(const qins_wire_hdr *h, qins_wire_frame *frame, const qins_chan_rx *rx, qins_msg *m) {
@@ -249,6 +252,13 @@ int qins_wire_to_msg(const qins_wire_hdr *h, qins_wire_frame *frame, const qins_
       return qins_error_set(QINS_EIPC, "channel %u: inline payload of %zu bytes, descriptor says %llu", h->chan,
                             frame->used ? zmq_msg_size(fm) : 0, (unsigned long long)h->nbytes);
     m->data = zmq_msg_data(fm);
+    if (((uintptr_t)m->data & 15) != 0 && h->nbytes > 0) {
+      free(frame->aligned);
+      frame->aligned = aligned_alloc(16, (h->nbytes + 15) & ~(size_t)15);
+      if (!frame->aligned) return qins_error_set(QINS_ENOMEM, "channel %u: out of memory", h->chan);
+      memcpy(frame->aligned, m->data, h->nbytes);
+      m->data = frame->aligned;
+    }
   } else {
     if (!rx->arena || h->offset > rx->arena_size || h->nbytes > rx->arena_size - h->offset)
       return qins_error_set(QINS_EIPC, "channel %u: descriptor points outside the shared arena", h->chan);

@@ -93,6 +93,7 @@ int qins_chan_rx_done(qins_chan_rx *rx, const qins_wire_hdr *h);
 typedef struct qins_wire_frame {
   unsigned char storage[64];
   int used;
+  void *aligned; /* copy of an inline payload ZeroMQ left misaligned (stages may read floats) */
 } qins_wire_frame;
 int qins_wire_recv(void *sock, int dontwait, qins_wire_hdr *h, qins_wire_frame *frame);
 void qins_wire_release(qins_wire_frame *frame);

@@ -196,9 +196,13 @@ static int parse_workers(qins_pipeline *pl, const qins_cfg *ws) {
     const qins_cfg *w = ws->items[i];
     qins_pl_worker *pw = &pl->workers[i];
     pw->node = w;
-    snprintf(what, sizeof what, "workers[%d]", i);
-    if ((rc = qins_cfg_check_keys(w, what, worker_keys))) return rc;
     const qins_cfg *nm = qins_cfg_get(w, "name");
+    if (nm && nm->type == QINS_CFG_SCALAR && valid_name(nm->value))
+      snprintf(what, sizeof what, "workers[%s]", nm->value);
+    else
+      snprintf(what, sizeof what, "workers[%d]", i);
+    if ((rc = qins_cfg_check_keys(w, what, worker_keys))) return rc;
+    snprintf(what, sizeof what, "workers[%d]", i);
     const char *s;
     if (!nm) return qins_error_set(QINS_EINPUT, "%s: %s: missing key 'name'", W(w), what);
     snprintf(wbuf, sizeof wbuf, "%s.name", what);
@@ -273,9 +277,13 @@ static int parse_stages(qins_pipeline *pl, const qins_cfg *ss) {
     qins_pl_stage *ps = &pl->stages[i];
     ps->node = s;
     ps->worker = -1;
-    snprintf(what, sizeof what, "stages[%d]", i);
-    if ((rc = qins_cfg_check_keys(s, what, stage_keys))) return rc;
     const qins_cfg *nm = qins_cfg_get(s, "name");
+    if (nm && nm->type == QINS_CFG_SCALAR && valid_name(nm->value))
+      snprintf(what, sizeof what, "stages[%s]", nm->value);
+    else
+      snprintf(what, sizeof what, "stages[%d]", i);
+    if ((rc = qins_cfg_check_keys(s, what, stage_keys))) return rc;
+    snprintf(what, sizeof what, "stages[%d]", i);
     const char *v;
     if (!nm) return qins_error_set(QINS_EINPUT, "%s: %s: missing key 'name'", W(s), what);
     snprintf(key, sizeof key, "%s.name", what);
@@ -310,11 +318,11 @@ static int parse_stages(qins_pipeline *pl, const qins_cfg *ss) {
   return 0;
 }
 
-static int add_edge(qins_pipeline *pl, int from, int to, int loop) {
+static int add_edge(qins_pipeline *pl, int from, int to, int loop, const qins_cfg *node) {
   qins_pl_edge *e = realloc(pl->edges, sizeof *e * (size_t)(pl->n_edges + 1));
   if (!e) return qins_error_set(QINS_ENOMEM, "out of memory");
   pl->edges = e;
-  e[pl->n_edges++] = (qins_pl_edge){from, to, loop};
+  e[pl->n_edges++] = (qins_pl_edge){from, to, loop, node};
   return 0;
 }
 
@@ -348,17 +356,18 @@ static int parse_edges(qins_pipeline *pl, const qins_cfg *es) {
         if (pl->edges[j].from == ends[0] && pl->edges[j].to == ends[1])
           return qins_error_set(QINS_EINPUT, "%s: %s: edge %s -> %s is declared twice", W(e), what,
                                 pl->stages[ends[0]].name, pl->stages[ends[1]].name);
-      if ((rc = add_edge(pl, ends[0], ends[1], loop))) return rc;
+      if ((rc = add_edge(pl, ends[0], ends[1], loop, e))) return rc;
     }
   }
   if (!es || only_loops) /* default: the listed order, plus any declared loop edges */
     for (int i = 0; i + 1 < pl->n_stages; i++)
-      if ((rc = add_edge(pl, i, i + 1, 0))) return rc;
+      if ((rc = add_edge(pl, i, i + 1, 0, NULL))) return rc;
   return 0;
 }
 
 /* DFS over non-loop edges: a back edge is an undeclared cycle. */
-static int find_cycle(const qins_pipeline *pl, int v, int *state, int *stack, int depth, char *msg, size_t n) {
+static int find_cycle(const qins_pipeline *pl, int v, int *state, int *stack, int depth, char *msg, size_t n,
+                      int *closing) {
   state[v] = 1;
   stack[depth] = v;
   for (int i = 0; i < pl->n_edges; i++) {
@@ -371,9 +380,10 @@ static int find_cycle(const qins_pipeline *pl, int v, int *state, int *stack, in
       for (int k = start; k <= depth && len < n - 80; k++)
         len += (size_t)snprintf(msg + len, n - len, "%s -> ", pl->stages[stack[k]].name);
       snprintf(msg + len, n - len, "%s", pl->stages[e->to].name);
+      *closing = i;
       return 1;
     }
-    if (state[e->to] == 0 && find_cycle(pl, e->to, state, stack, depth + 1, msg, n)) return 1;
+    if (state[e->to] == 0 && find_cycle(pl, e->to, state, stack, depth + 1, msg, n, closing)) return 1;
   }
   state[v] = 2;
   return 0;
@@ -385,10 +395,11 @@ static int validate_graph(qins_pipeline *pl) {
   int *state = calloc((size_t)n * 2, sizeof(int));
   if (!state) return qins_error_set(QINS_ENOMEM, "out of memory");
   char cyc[512];
+  int closing = 0;
   for (int v = 0; v < n; v++)
-    if (state[v] == 0 && find_cycle(pl, v, state, state + n, 0, cyc, sizeof cyc)) {
+    if (state[v] == 0 && find_cycle(pl, v, state, state + n, 0, cyc, sizeof cyc, &closing)) {
       free(state);
-      const qins_cfg *en = qins_cfg_get(pl->root, "edges");
+      const qins_cfg *en = pl->edges[closing].node ? pl->edges[closing].node : qins_cfg_key_node(pl->root, "edges");
       return qins_error_set(QINS_EINPUT, "%s: edges: undeclared cycle %s (mark the back edge with 'loop: true')",
                             W(en ? en : pl->root), cyc);
     }

@@ -32,6 +32,7 @@ typedef struct qins_pl_worker {
 typedef struct qins_pl_edge {
   int from, to; /* stage indices */
   int loop;     /* the declared autoregressive back edge: not followed on QINS_MSG_END */
+  const qins_cfg *node; /* the YAML entry (NULL for default listed-order edges) */
 } qins_pl_edge;
 
 typedef enum qins_restart_policy { QINS_RESTART_STOP = 0, QINS_RESTART_RESTART } qins_restart_policy;

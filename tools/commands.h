@@ -15,5 +15,6 @@ int cmd_backends(int argc, char **argv);
 int cmd_monitor(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_worker(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
 
 #endif

@@ -10,6 +10,7 @@ static const qins_command commands[] = {
     {"monitor", "serve the live dashboard (--demo pipeline, or --connect to a running one)", cmd_monitor},
     {"run", "validate and run a pipeline YAML (workers, channels, supervision)", cmd_run},
     {"worker", "join a running pipeline from another host (--connect tcp://HOST:PORT)", cmd_worker},
+    {"inspect", "show a model's format, config and tensors", cmd_inspect},
 };
 
 static void usage(FILE *out) {

@@ -519,6 +519,7 @@ static void handle_result(qins_run *r) {
       r->n_done++;
       pthread_mutex_unlock(&r->lock);
       qins_metric_add(r->m_done, 1);
+      if (r->opts->event_every_result && r->opts->on_event) r->opts->on_event(r, 0, r->opts->user);
       /* anything still in flight for it (an older attempt) is dropped */
       for (int k = 0; k < r->topo.n_inst; k++)
         if (r->inst[k].state == I_READY)

@@ -21,6 +21,8 @@ typedef struct qins_run_opts {
   void *user;
   /* Stop after this many results (0: all); for tests that interrupt a run. */
   int stop_after;
+  /* Also call on_event after every answered request (tests inject faults at exact points). */
+  int event_every_result;
 } qins_run_opts;
 
 /* Run to completion. 0 when every request was answered exactly once; QINS_EIPC (with a message
