@@ -234,7 +234,7 @@ static int safe_rel_path(const char *rel) {
   }
 }
 
-static enum MHD_Result serve_static(qins_monitor *m, struct MHD_Connection *c, const char *url, int is_head,
+static enum MHD_Result serve_static(qins_monitor *m, struct MHD_Connection *c, const char *url,
                                     int set_cookie) {
   const char *rel = (strcmp(url, "/") == 0) ? "index.html" : url + 1;
   char cookie[300];
@@ -249,7 +249,7 @@ static enum MHD_Result serve_static(qins_monitor *m, struct MHD_Connection *c, c
     for (int i = 0; i < qins_monitor_n_assets; i++) {
       const qins_monitor_asset *a = &qins_monitor_assets[i];
       if (strcmp(a->path + 1, rel) == 0)
-        return send_buf(c, MHD_HTTP_OK, a->mime, a->data, is_head ? 0 : a->len, MHD_RESPMEM_PERSISTENT, ck, cv);
+        return send_buf(c, MHD_HTTP_OK, a->mime, a->data, a->len, MHD_RESPMEM_PERSISTENT, ck, cv);
     }
     return send_text(c, MHD_HTTP_NOT_FOUND, "not found\n");
   }
@@ -277,7 +277,7 @@ static enum MHD_Result serve_static(qins_monitor *m, struct MHD_Connection *c, c
     free(buf);
     return send_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "read error\n");
   }
-  enum MHD_Result r = send_buf(c, MHD_HTTP_OK, mime_for(real), buf, is_head ? 0 : n, MHD_RESPMEM_MUST_COPY, ck, cv);
+  enum MHD_Result r = send_buf(c, MHD_HTTP_OK, mime_for(real), buf, n, MHD_RESPMEM_MUST_COPY, ck, cv);
   free(buf);
   return r;
 }
@@ -461,6 +461,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     m->requests++;
     pthread_mutex_unlock(&m->mu);
   }
+  /* HEAD: same responses as GET; libmicrohttpd sends the headers (Content-Length included) only. */
   int is_head = strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
   if (!is_head && strcmp(method, MHD_HTTP_METHOD_GET) != 0) {
     *upload_size = 0; /* read-only server: discard any body */
@@ -479,7 +480,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     char *body = strdup(m->state_json);
     pthread_mutex_unlock(&m->mu);
     if (!body) return MHD_NO;
-    enum MHD_Result r = send_buf(conn, MHD_HTTP_OK, "application/json", body, is_head ? 0 : strlen(body),
+    enum MHD_Result r = send_buf(conn, MHD_HTTP_OK, "application/json", body, strlen(body),
                                  MHD_RESPMEM_MUST_COPY, NULL, NULL);
     free(body);
     return r;
@@ -502,11 +503,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     pthread_mutex_unlock(&m->mu);
     if (!body) return MHD_NO;
     enum MHD_Result r = send_buf(conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", body,
-                                 is_head ? 0 : strlen(body), MHD_RESPMEM_MUST_COPY, NULL, NULL);
+                                 strlen(body), MHD_RESPMEM_MUST_COPY, NULL, NULL);
     free(body);
     return r;
   }
-  return serve_static(m, conn, url, is_head, via_query);
+  return serve_static(m, conn, url, via_query);
 }
 
 /* ---- publish ---- */

@@ -434,10 +434,13 @@ static void test_static_and_state(void **state) {
   json_decref(o);
   free(r.body);
 
-  /* HEAD: headers, no body. */
+  /* HEAD: headers (with GET's length), no body. */
   r = http_req(port, "HEAD", "/api/state", NULL);
   assert_int_equal(r.status, 200);
   assert_int_equal(r.body_len, 0);
+  char cl[32];
+  assert_true(header(&r, "Content-Length", cl, sizeof cl));
+  assert_true(atoi(cl) > 10);
   free(r.body);
 
   /* Invalid JSON is refused and the state stays. */
