@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1039,6 +1040,29 @@ static void test_cli_flags(void **state) {
   assert_null(m);
 }
 
+/* The CLI's exit codes for bad dashboard usage (2) and its loopback refusal. */
+static int run_qins(const char *args) {
+  const char *bin = getenv("QINS_BIN");
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "'%s' %s >/dev/null 2>&1", bin, args);
+  int st = system(cmd);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_cli_exit_codes(void **state) {
+  (void)state;
+  if (!getenv("QINS_BIN")) skip();
+  assert_int_equal(run_qins("monitor --help"), 0);
+  assert_int_equal(run_qins("monitor"), 2);
+  assert_int_equal(run_qins("monitor --bogus"), 2);
+  assert_int_equal(run_qins("monitor --demo --connect tcp://127.0.0.1:1"), 2);
+  assert_int_equal(run_qins("monitor --demo --dashboard=example.org:80"), 2);
+  assert_int_equal(run_qins("monitor --demo --dashboard 0.0.0.0:0 --duration 1"), 2); /* not loopback */
+  assert_int_equal(run_qins("monitor --demo --monitor-tick-ms 5"), 2);
+  assert_int_equal(run_qins("monitor --demo --duration 0.3"), 0);
+  assert_int_equal(run_qins("run --dashboard=nowhere x.yaml"), 2);
+}
+
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
@@ -1055,6 +1079,7 @@ int main(void) {
       cmocka_unit_test(test_providers_tick),
       cmocka_unit_test(test_zmq_attach),
       cmocka_unit_test(test_cli_flags),
+      cmocka_unit_test(test_cli_exit_codes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

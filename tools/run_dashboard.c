@@ -33,7 +33,14 @@ const char *run_dashboard_help(void) {
 }
 
 int run_dashboard_config(const qins_pipeline *pl) {
-  if (!pl->monitor || !pl->monitor[0] || cli.enabled) return 0;
+  if (!pl->monitor || !pl->monitor[0]) return 0;
+  /* monitor: "tcp://..." / "ipc://..." publishes snapshots for `qins monitor --connect`;
+   * anything else is the dashboard address (or on/off). Flags win over the YAML. */
+  if (!strncmp(pl->monitor, "tcp://", 6) || !strncmp(pl->monitor, "ipc://", 6)) {
+    if (cli.publish[0]) return 0;
+    return qins_monitor_cli_set(&cli, "publish", pl->monitor);
+  }
+  if (cli.enabled) return 0;
   return qins_monitor_cli_set(&cli, "dashboard", pl->monitor);
 }
 

@@ -191,7 +191,8 @@
       const h = PADY + w.stages.length * (SH + GAP) - GAP + 16;
       maxH = Math.max(maxH, h);
       parts.push(`<g class="worker" data-worker="${esc(w.name)}"><rect x="${x}" y="10" rx="8" width="${SW + PADX - 20}" height="${h}"/>` +
-        `<text class="wname" x="${x + 10}" y="27">${esc(w.name)}</text></g>`);
+        `<text class="wname" x="${x + 10}" y="27">${esc(w.name)}${w.replicas > 1 ? ' ×' + w.replicas : ''}` +
+        `${w.host && w.host !== 'local' ? ' @ ' + esc(w.host) : ''}</text></g>`);
       w.stages.forEach((s, i) => {
         const sx = x + (PADX - 20) / 2, sy = 10 + PADY + i * (SH + GAP);
         pos.set(s.name, { x: sx, y: sy });
@@ -199,10 +200,12 @@
         const lat = idx.all('qins_stage_latency_seconds').find((m) => m.labels.stage === s.name);
         const p95 = lat && lat.buckets ? quantile(lat.buckets, 0.95) : null;
         const r = rates[s.name];
-        parts.push(`<g class="stage${r > 0 ? ' busy' : ''}" data-stage="${esc(s.name)}" data-items="${items}">` +
+        const errs = idx.all('qins_stage_errors_total').filter((m) => m.labels.stage === s.name).reduce((a, m) => a + val(m), 0);
+        parts.push(`<g class="stage${r > 0 ? ' busy' : ''}${errs > 0 ? ' failing' : ''}" data-stage="${esc(s.name)}" data-items="${items}">` +
           `<rect x="${sx}" y="${sy}" rx="6" width="${SW}" height="${SH}"/>` +
           `<text x="${sx + 8}" y="${sy + 17}">${esc(s.name)}${s.type && s.type !== s.name ? ' <tspan class="meta">' + esc(s.type) + '</tspan>' : ''}</text>` +
-          `<text class="meta" x="${sx + 8}" y="${sy + 35}">${fmtNum(r)} /s · p95 ${fmtSec(p95)} · ${fmtNum(items, 0)} items</text></g>`);
+          `<text class="meta" x="${sx + 8}" y="${sy + 35}">${fmtNum(r)} /s · p95 ${fmtSec(p95)} · ${fmtNum(items, 0)} items` +
+          `${errs > 0 ? ' · ' + errs + ' errors' : ''}</text></g>`);
       });
       x += SW + PADX - 20 + WGAP;
     });
