@@ -210,6 +210,9 @@
       x += SW + PADX - 20 + WGAP;
     });
     const width = x - WGAP + 20;
+    const colW = SW + PADX - 20 + WGAP;
+    const backSkips = g.edges.some((e) => { const a = pos.get(e.from), b = pos.get(e.to); return a && b && a.x - b.x > colW + 1; });
+    const height = maxH + (backSkips ? 70 : 24);
     const edgeParts = [];
     for (const e of g.edges) {
       const a = pos.get(e.from), b = pos.get(e.to);
@@ -221,8 +224,14 @@
         lx = (x1 + x2) / 2; ly = (y1 + y2) / 2 - 6;
       } else if (b.x < a.x - 1) { // to an earlier worker column: left side to right side
         const x1 = a.x, y1 = a.y + SH / 2, x2 = b.x + SW, y2 = b.y + SH / 2;
-        d = `M${x1},${y1} C${x1 - 50},${y1} ${x2 + 50},${y2} ${x2},${y2}`;
-        lx = (x1 + x2) / 2; ly = (y1 + y2) / 2 + 14;
+        if (a.x - b.x > colW + 1) { // skipping columns: dip under the workers in between
+          const by = maxH + 70;
+          d = `M${x1},${y1} C${x1 - 60},${by} ${x2 + 60},${by} ${x2},${y2}`;
+          lx = (x1 + x2) / 2; ly = 0.75 * by + 0.125 * (y1 + y2) - 4;
+        } else {
+          d = `M${x1},${y1} C${x1 - 50},${y1} ${x2 + 50},${y2} ${x2},${y2}`;
+          lx = (x1 + x2) / 2; ly = (y1 + y2) / 2 + 14;
+        }
       } else if (b.y > a.y) { // same worker, downwards
         const x1 = a.x + SW / 2, y1 = a.y + SH, y2 = b.y;
         d = `M${x1},${y1} L${x1},${y2}`;
@@ -238,7 +247,7 @@
       edgeParts.push(`<g class="edge${qd > 0 && qd >= (depth[k + '#cap'] || Infinity) ? ' full' : ''}" data-edge="${esc(k)}"><path d="${d}" marker-end="url(#arrow)"/>` +
         (label ? `<text x="${lx}" y="${ly}">${esc(label)}</text>` : '') + '</g>');
     }
-    el.innerHTML = `<svg width="${width}" height="${maxH + 24}" viewBox="0 0 ${width} ${maxH + 24}" role="img" aria-label="pipeline graph">` +
+    el.innerHTML = `<svg width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="pipeline graph">` +
       '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">' +
       '<path d="M0,0 L10,5 L0,10 z" fill="#6c7f93"/></marker></defs>' + parts.join('') + edgeParts.join('') + '</svg>';
   }
