@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PKGS="meson ninja-build pkg-config gcc python3 libzmq3-dev libyaml-dev libvulkan-dev mesa-vulkan-drivers
 vulkan-validationlayers glslang-tools spirv-tools libjemalloc-dev libmicrohttpd-dev libjansson-dev
-libcmocka-dev libpcre2-dev chromium"
+libcmocka-dev libpcre2-dev chromium fonts-liberation"
 
 missing=""
 for p in $PKGS; do
