@@ -12,5 +12,7 @@ typedef struct qins_command {
 int qins_cli_fail(int rc);
 
 int cmd_backends(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_logits(int argc, char **argv);
 
 #endif
