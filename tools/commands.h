@@ -14,5 +14,6 @@ int qins_cli_fail(int rc);
 int cmd_backends(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
 
 #endif

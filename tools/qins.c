@@ -9,6 +9,7 @@ static const qins_command commands[] = {
     {"backends", "list compute backends and devices on this machine", cmd_backends},
     {"generate", "generate text from a prompt (greedy or sampled), streaming", cmd_generate},
     {"logits", "write the logits of one forward over given ids (raw f32)", cmd_logits},
+    {"inspect", "show a model's format, config and tensors", cmd_inspect},
 };
 
 static void usage(FILE *out) {
