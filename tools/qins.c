@@ -10,6 +10,8 @@ static const qins_command commands[] = {
     {"generate", "generate text from a prompt (greedy or sampled), streaming", cmd_generate},
     {"logits", "write the logits of one forward over given ids (raw f32)", cmd_logits},
     {"inspect", "show a model's format, config and tensors", cmd_inspect},
+    {"tokenize", "text to token ids with a tokenizer (tokenizer.json, GPT-2, llama2.c)", cmd_tokenize},
+    {"detokenize", "token ids to text", cmd_detokenize},
 };
 
 static void usage(FILE *out) {
