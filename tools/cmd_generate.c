@@ -247,7 +247,8 @@ int cmd_generate(int argc, char **argv) {
   }
   int is_llama2c = strcmp(m->format, "llama2c") == 0;
   if (prompt) {
-    if ((rc = gen_tok_encode(g.tok, prompt, is_llama2c, &prompt_ids, &n_prompt))) goto done;
+    /* post-processor specials: BOS for llama2.c (as run.c) and Llama/Phi-3 tokenizers, none for GPT-2 */
+    if ((rc = gen_tok_encode(g.tok, prompt, 1, &prompt_ids, &n_prompt))) goto done;
   }
   if (n_prompt < 1) {
     rc = qins_error_set(QINS_EINPUT, "the prompt encodes to no tokens");
