@@ -216,6 +216,22 @@ static void incremental_matches(const char *rel, int n_ids, uint64_t salt) {
     float *a = malloc((size_t)n_ids * (size_t)V * sizeof(float));
     float *bl = malloc((size_t)n_ids * (size_t)V * sizeof(float));
     FWD(qins_llm_forward(one, ids, n_ids, 1, a, NULL));
+    /* longrope: position p of an incremental run saw a sequence of p+1 tokens, so rows below
+     * original_max come from short factors: their reference is a one-shot over the first
+     * original_max ids (causal attention makes later ids irrelevant to those rows) */
+    const qins_model_config *cfg = qins_llm_config(one);
+    int orig = cfg->original_max_seq_len;
+    if (qins_llm_rope_long(one) >= 0 && n_ids > orig) {
+      float *sh = malloc((size_t)orig * (size_t)V * sizeof(float));
+      qins_llm_reset(one);
+      FWD(qins_llm_forward(one, ids, orig, 1, sh, NULL));
+      assert_int_equal(qins_llm_rope_long(one), 0);
+      memcpy(a, sh, (size_t)orig * (size_t)V * sizeof(float));
+      free(sh);
+      qins_llm_reset(one);
+      FWD(qins_llm_forward(one, ids, n_ids, 1, bl, NULL)); /* leaves the cache full for the checks below */
+      assert_int_equal(qins_llm_rope_long(one), 1);
+    }
     int k = 1 + (int)(test_rand_u64() % (uint64_t)(n_ids / 2));
     FWD(qins_llm_forward(inc, ids, k, 1, bl, NULL)); /* chunked prefill */
     for (int p = k; p < n_ids; p++) FWD(qins_llm_forward(inc, ids + p, 1, 0, bl + (size_t)p * (size_t)V, NULL));
@@ -228,6 +244,8 @@ static void incremental_matches(const char *rel, int n_ids, uint64_t salt) {
     /* reset really forgets: the same ids again give the same logits */
     qins_llm_reset(one);
     FWD(qins_llm_forward(one, ids, n_ids, 1, bl, NULL));
+    qins_llm_reset(one);
+    FWD(qins_llm_forward(one, ids, n_ids, 1, a, NULL));
     snprintf(what, sizeof what, "%s %s: after reset", names[b], rel);
     test_assert_close(what, bl, a, (int64_t)n_ids * V, 0.0);
     /* past the context: refused, cache length unchanged */

@@ -545,7 +545,10 @@ static int run_tokens(qins_llm *l, const int32_t *ids, int n, int all_logits, fl
       posv[i] = l->pos + i;
     }
     if (rc) break;
-    if ((rc = qins_buf_write(l->ids, 0, ids + s, (size_t)cn * sizeof(int32_t)))) break;
+    /* record first: ids may alias argmax (decode loops feed the previous result back), and the
+     * recompute path passes hist itself */
+    if (ids != l->hist) memcpy(l->hist + l->pos, ids + s, (size_t)cn * sizeof(int32_t));
+    if ((rc = qins_buf_write(l->ids, 0, l->hist + l->pos, (size_t)cn * sizeof(int32_t)))) break;
     if ((rc = qins_buf_write(l->posb, 0, posv, (size_t)cn * sizeof(int32_t)))) break;
     int head_rows = all_logits && logits ? cn : (last && (logits || argmax)) ? 1 : 0;
     if ((rc = run_chunk(l, cn, l->pos, head_rows))) break;
@@ -562,7 +565,6 @@ static int run_tokens(qins_llm *l, const int32_t *ids, int n, int all_logits, fl
       if ((rc = qins_op_argmax(l->be, &lg, &am))) break;
       if ((rc = qins_buf_read(l->amax, 0, argmax, sizeof(int32_t)))) break;
     }
-    memcpy(l->hist + l->pos, ids + s, (size_t)cn * sizeof(int32_t));
     l->pos += cn;
   }
   qins_mem_free(l->owner, posv);
