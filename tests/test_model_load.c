@@ -178,6 +178,28 @@ static void test_llama2c_defects(void **state) {
   memcpy(big + 20, &neg, 4);
   write_all(tmp_path("nocls.bin"), big, n);
   expect_einput(tmp_path("nocls.bin"), "nocls.bin", "lm_head.weight");
+  /* an unshared classifier that is present: lm_head follows the RoPE tables */
+  {
+    size_t cls = 512 * 64 * 4;
+    unsigned char *un = malloc(n + cls);
+    memcpy(un, raw, n);
+    memcpy(un + 20, &neg, 4);
+    float *wc = (float *)(un + n);
+    test_fill_normal(wc, 512 * 64, 1.0f);
+    write_all(tmp_path("cls.bin"), un, n + cls);
+    qins_model *m;
+    assert_int_equal(qins_model_open(tmp_path("cls.bin"), &m), 0);
+    assert_int_equal(m->cfg.tied_embeddings, 0);
+    assert_int_equal(m->cfg.vocab_size, 512);
+    const qins_weight *w = qins_model_find(m, "lm_head.weight");
+    assert_non_null(w);
+    assert_int_equal(w->shape[0], 512);
+    assert_int_equal(w->shape[1], 64);
+    assert_memory_equal(w->data, wc, cls);
+    assert_int_equal(m->n_weights, 1 + 9 * 5 + 2);
+    qins_model_close(m);
+    free(un);
+  }
   /* header defects */
   int32_t hdr[7];
   memcpy(hdr, raw, 28);
@@ -438,6 +460,29 @@ static void test_hf_tensor_checks(void **state) {
   t.e[nw].dtype = QINS_DT_I32;
   write_folder(cfg, &t);
   expect_einput(tmpdir, "model.norm.weight", "dtype I32");
+
+  /* half-precision weights load as they are (BF16 here), zero copy */
+  {
+    static uint16_t half[64][131072 / 4];
+    t = s;
+    for (int i = 0; i < t.n; i++) {
+      t.e[i].name = t.names[i];
+      t.e[i].shape = t.shapes[i];
+      int64_t ne = 1;
+      for (int d = 0; d < t.e[i].ndim; d++) ne *= t.shapes[i][d];
+      assert_true(ne <= 131072 / 4);
+      for (int64_t k = 0; k < ne; k++) half[i][k] = qins_f32_to_bf16(((const float *)s.e[i].data)[k]);
+      t.e[i].dtype = QINS_DT_BF16;
+      t.e[i].data = half[i];
+    }
+    write_folder(cfg, &t);
+    assert_int_equal(qins_model_open(tmpdir, &m), 0);
+    const qins_weight *w = qins_model_find(m, "model.layers.1.mlp.down_proj.weight");
+    assert_int_equal(w->dtype, QINS_DT_BF16);
+    assert_int_equal(w->nbytes, 64 * 172 * 2);
+    assert_memory_equal(w->data, half[set_find(&t, "model.layers.1.mlp.down_proj.weight")], w->nbytes);
+    qins_model_close(m);
+  }
 
   /* no weights file */
   unlink(tmp_path("model.safetensors"));
