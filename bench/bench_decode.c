@@ -141,6 +141,7 @@ typedef struct result {
   int64_t params, weight_bytes;
   int prefill_tokens, decode_tokens;
   double prefill_tps, decode_tps, bound_tps, fraction;
+  double matmul_share, attention_share; /* of op time during decode (cpu measures wall per op) */
 } result;
 
 static int run_one(const qins_model *m, const char *model_name, const char *backend, int prefill, int decode,
@@ -162,6 +163,7 @@ static int run_one(const qins_model *m, const char *model_name, const char *back
   double t0 = now_s();
   if ((rc = qins_llm_forward(l, ids, prefill, 0, NULL, &next))) goto done;
   double tp = now_s() - t0;
+  memset(be->stats, 0, sizeof be->stats);
   t0 = now_s();
   for (int i = 0; i < decode; i++) {
     int32_t cur = next;
@@ -169,6 +171,12 @@ static int run_one(const qins_model *m, const char *model_name, const char *back
   }
   double td = now_s() - t0;
   memset(r, 0, sizeof *r);
+  uint64_t total_ns = 0;
+  for (int k = 0; k < QINS_OP_COUNT; k++) total_ns += be->stats[k].ns;
+  if (total_ns) {
+    r->matmul_share = (double)be->stats[QINS_OP_MATMUL].ns / (double)total_ns;
+    r->attention_share = (double)be->stats[QINS_OP_ATTENTION].ns / (double)total_ns;
+  }
   snprintf(r->model, sizeof r->model, "%s", model_name);
   snprintf(r->backend, sizeof r->backend, "%s", backend);
   snprintf(r->device, sizeof r->device, "%s", be->device_name);
@@ -249,7 +257,7 @@ int main(int argc, char **argv) {
   result res[64];
   int nr = 0, failed = 0;
   printf("\n| model | backend | device | params | weight MB/token | prefill tok/s (N) | decode tok/s (N) | bound tok/s | "
-         "decode / bound |\n|---|---|---|---|---|---|---|---|---|\n");
+         "decode / bound | decode op time: matmul / attention |\n|---|---|---|---|---|---|---|---|---|---|\n");
   for (int mi = 0; mi < 2; mi++) {
     const qins_model *m = mi == 0 ? stories : &big.m;
     const char *mname = mi == 0 ? "stories260K" : "synthetic-llama-110M";
@@ -271,9 +279,13 @@ int main(int argc, char **argv) {
         continue;
       }
       nr++;
-      printf("| %s | %s | %s | %.1fM | %.1f | %.1f (%d) | %.2f (%d) | %.2f | %.1f%% |\n", r->model, r->backend,
+      printf("| %s | %s | %s | %.1fM | %.1f | %.1f (%d) | %.2f (%d) | %.2f | %.1f%% | ", r->model, r->backend,
              r->device, r->params / 1e6, r->weight_bytes / 1e6, r->prefill_tps, r->prefill_tokens, r->decode_tps,
              r->decode_tokens, r->bound_tps, 100.0 * r->fraction);
+      if (r->matmul_share > 0)
+        printf("%.0f%% / %.0f%% |\n", 100.0 * r->matmul_share, 100.0 * r->attention_share);
+      else
+        printf("n/a |\n");
       fflush(stdout);
     }
   }
@@ -295,6 +307,8 @@ int main(int argc, char **argv) {
       json_object_set_new(o, "decode_tokens_per_s", json_real(r->decode_tps));
       json_object_set_new(o, "bound_tokens_per_s", json_real(r->bound_tps));
       json_object_set_new(o, "fraction_of_bound", json_real(r->fraction));
+      json_object_set_new(o, "decode_matmul_time_share", json_real(r->matmul_share));
+      json_object_set_new(o, "decode_attention_time_share", json_real(r->attention_share));
       json_array_append_new(arr, o);
     }
     json_object_set_new(root, "results", arr);
