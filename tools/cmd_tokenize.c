@@ -9,15 +9,38 @@
 #include "core/tokenizer/tokenizer.h"
 #include "tools/commands.h"
 
+/* Whole file into a malloc'd buffer (for --file); NULL with the error set. */
+static char *slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    qins_error_set(QINS_EINPUT, "%s: cannot open: %s", path, strerror(errno));
+    return NULL;
+  }
+  size_t cap = 1 << 16, n = 0;
+  char *buf = malloc(cap);
+  while (buf) {
+    n += fread(buf + n, 1, cap - n, f);
+    if (n < cap) break;
+    char *p = realloc(buf, cap * 2);
+    if (!p) free(buf);
+    buf = p;
+    cap *= 2;
+  }
+  fclose(f);
+  if (!buf) qins_error_set(QINS_ENOMEM, "%s: out of memory", path);
+  *len = n;
+  return buf;
+}
+
 static int is_help(const char *a) { return strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0; }
 
 int cmd_tokenize(int argc, char **argv) {
-  const char *path = NULL, *text = NULL;
+  const char *path = NULL, *text = NULL, *file = NULL;
   int special = 0, json = 0;
   for (int i = 1; i < argc; i++) {
     if (is_help(argv[i])) {
-      printf("usage: qins tokenize --tokenizer PATH --text TEXT [--special] [--json]\n\n"
-             "Prints the token ids of TEXT, space-separated (--json: {\"ids\":[...],\"tokens\":[...]}).\n"
+      printf("usage: qins tokenize --tokenizer PATH (--text TEXT | --file FILE) [--special] [--json]\n\n"
+             "Prints the token ids of TEXT (or of FILE's bytes), space-separated (--json: {\"ids\":[...],\"tokens\":[...]}).\n"
              "PATH: tokenizer.json, encoder.json or vocab.bpe (GPT-2 pair), llama2.c tokenizer.bin,\n"
              "or a folder holding one of them.\n"
              "--special adds the tokenizer's special tokens (BOS) and recognises special tokens\n"
@@ -26,6 +49,7 @@ int cmd_tokenize(int argc, char **argv) {
     }
     if (strcmp(argv[i], "--tokenizer") == 0 && i + 1 < argc) path = argv[++i];
     else if (strcmp(argv[i], "--text") == 0 && i + 1 < argc) text = argv[++i];
+    else if (strcmp(argv[i], "--file") == 0 && i + 1 < argc) file = argv[++i];
     else if (strcmp(argv[i], "--special") == 0) special = 1;
     else if (strcmp(argv[i], "--json") == 0) json = 1;
     else {
@@ -33,16 +57,24 @@ int cmd_tokenize(int argc, char **argv) {
       return 2;
     }
   }
-  if (!path || !text) {
-    fprintf(stderr, "qins tokenize: --tokenizer and --text are required (see --help)\n");
+  if (!path || !text == !file) {
+    fprintf(stderr, "qins tokenize: --tokenizer and one of --text / --file are required (see --help)\n");
     return 2;
   }
+  size_t tlen = text ? strlen(text) : 0;
+  char *fbuf = file ? slurp(file, &tlen) : NULL;
+  if (file && !fbuf) return qins_cli_fail(qins_error_code());
   qins_tokenizer *tok;
   int rc = qins_tokenizer_open(path, &tok);
-  if (rc) return qins_cli_fail(rc);
+  if (rc) {
+    free(fbuf);
+    return qins_cli_fail(rc);
+  }
   int32_t *ids;
   size_t n;
-  rc = qins_tokenizer_encode(tok, text, special ? QINS_TOK_ADD_SPECIAL | QINS_TOK_PARSE_SPECIAL : 0, &ids, &n);
+  rc = qins_tokenizer_encode_n(tok, file ? fbuf : text, tlen, special ? QINS_TOK_ADD_SPECIAL | QINS_TOK_PARSE_SPECIAL : 0,
+                               &ids, &n);
+  free(fbuf);
   if (rc) {
     qins_tokenizer_close(tok);
     return qins_cli_fail(rc);

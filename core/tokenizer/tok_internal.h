@@ -86,6 +86,7 @@ typedef struct tok_added {
   uint32_t len;
   int32_t id;
   int special, lstrip, rstrip, single_word;
+  char *shadow; /* the model vocab's own string for this id when the added token renamed it */
 } tok_added;
 
 struct qins_tokenizer {
@@ -104,6 +105,7 @@ struct qins_tokenizer {
   int32_t byte_ids[256]; /* <0xXX> tokens, -1 when absent */
   tok_added *added;
   int n_added;
+  uint8_t added_first[256]; /* first bytes of added tokens: most positions need no matching */
   tok_norm *norm;
   int n_norm;
   tok_pre *pre;
@@ -111,6 +113,7 @@ struct qins_tokenizer {
   tok_dec *dec;
   int n_dec;
   int has_decoder;
+  int nfc; /* NFC normalizer: exact only for ASCII text, other text is refused */
   int32_t *post_pre, *post_post; /* ids the post-processor puts before / after the sequence */
   int n_post_pre, n_post_post;
   int32_t bos, eos;

@@ -198,7 +198,10 @@ void qins_tokenizer_close(qins_tokenizer *t) {
   tok_strmap_free(&t->vocab);
   tok_strmap_free(&t->all);
   tok_pairmap_free(&t->merges);
-  for (int i = 0; i < t->n_added; i++) qins_mem_free(o, t->added[i].text);
+  for (int i = 0; i < t->n_added; i++) {
+    qins_mem_free(o, t->added[i].text);
+    qins_mem_free(o, t->added[i].shadow);
+  }
   qins_mem_free(o, t->added);
   for (int i = 0; i < t->n_norm; i++) {
     qins_mem_free(o, t->norm[i].a);
@@ -225,6 +228,10 @@ void qins_tokenizer_close(qins_tokenizer *t) {
 
 static int encode_text(const qins_tokenizer *t, const char *s, size_t len, int first, tok_ids *out) {
   if (len == 0) return 0;
+  if (t->nfc)
+    for (size_t i = 0; i < len; i++)
+      if ((unsigned char)s[i] >= 0x80)
+        return qins_error_set(QINS_EUNSUPPORTED, "%s: the NFC normalizer is implemented for ASCII text only", t->path);
   tok_buf norm = {0};
   tok_pieces pieces = {0};
   int rc = tok_normalize(t, s, len, &norm);
@@ -260,7 +267,7 @@ static int encode_hf(const qins_tokenizer *t, const char *s, size_t len, int fla
     for (int i = 0; i < t->n_post_pre && !rc; i++) rc = tok_ids_push(out, t->post_pre[i]);
   size_t seg = 0; /* start of the text not yet encoded */
   for (size_t i = 0; i < len && !rc;) {
-    int k = t->n_added ? match_added(t, s, len, i, flags) : -1;
+    int k = t->added_first[(unsigned char)s[i]] ? match_added(t, s, len, i, flags) : -1;
     if (k < 0) {
       i++;
       continue;
