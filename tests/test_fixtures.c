@@ -293,6 +293,56 @@ static void test_incremental_phi3_crossing(void **state) {
   qins_model_close(m);
 }
 
+/* A model with a weight missing or misshaped is refused with the tensor named; an unsupported
+ * architecture or activation is refused; nothing crashes. */
+static void test_bad_models(void **state) {
+  (void)state;
+  qins_model *m = open_model("fixtures/hf/phi3_longrope");
+  qins_backend *be = make_backend("cpu");
+  qins_model bad = *m;
+  qins_weight *w = malloc((size_t)m->n_weights * sizeof *w);
+  qins_llm *l = NULL;
+  int k = -1;
+  for (int i = 0; i < m->n_weights; i++)
+    if (strcmp(m->weights[i].name, "model.layers.1.self_attn.qkv_proj.weight") == 0) k = i;
+  assert_true(k >= 0);
+  /* missing */
+  memcpy(w, m->weights, (size_t)m->n_weights * sizeof *w);
+  w[k] = w[m->n_weights - 1];
+  bad.weights = w;
+  bad.n_weights = m->n_weights - 1;
+  assert_int_equal(qins_llm_create(&bad, be, NULL, &l), QINS_EINPUT);
+  assert_null(l);
+  assert_non_null(strstr(qins_error_msg(), "model.layers.1.self_attn.qkv_proj.weight"));
+  /* misshaped */
+  memcpy(w, m->weights, (size_t)m->n_weights * sizeof *w);
+  w[k].shape[0] -= 1;
+  bad.n_weights = m->n_weights;
+  assert_int_equal(qins_llm_create(&bad, be, NULL, &l), QINS_EINPUT);
+  assert_non_null(strstr(qins_error_msg(), "qkv_proj"));
+  /* wrong dtype */
+  memcpy(w, m->weights, (size_t)m->n_weights * sizeof *w);
+  w[k].dtype = QINS_DT_I32;
+  assert_int_equal(qins_llm_create(&bad, be, NULL, &l), QINS_EINPUT);
+  /* config defects */
+  memcpy(w, m->weights, (size_t)m->n_weights * sizeof *w);
+  bad.cfg.n_kv_heads = 3;
+  assert_int_equal(qins_llm_create(&bad, be, NULL, &l), QINS_EINPUT);
+  bad.cfg = m->cfg;
+  bad.cfg.arch = QINS_ARCH_NONE;
+  assert_int_equal(qins_llm_create(&bad, be, NULL, &l), QINS_EINPUT);
+  bad.cfg = m->cfg;
+  bad.cfg.act = QINS_ACT_RELU;
+  assert_int_equal(qins_llm_create(&bad, be, NULL, &l), QINS_EUNSUPPORTED);
+  bad.cfg = m->cfg;
+  bad.cfg.rope_long_factor = NULL;
+  assert_int_equal(qins_llm_create(&bad, be, NULL, &l), QINS_EINPUT);
+  assert_null(l);
+  free(w);
+  qins_backend_destroy(be);
+  qins_model_close(m);
+}
+
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
@@ -304,6 +354,7 @@ int main(void) {
       cmocka_unit_test(test_incremental_llama),
       cmocka_unit_test(test_incremental_gpt2),
       cmocka_unit_test(test_incremental_phi3_crossing),
+      cmocka_unit_test(test_bad_models),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

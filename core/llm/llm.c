@@ -13,7 +13,7 @@
 typedef struct llm_layer {
   qins_tensor attn_norm, attn_norm_b, ffn_norm, ffn_norm_b;     /* *_b: LayerNorm bias (GPT-2) */
   qins_tensor wq, wk, wv, wo, bq, bk, bv, bo;                    /* b*: optional biases */
-  qins_tensor wgate, wup, wdown, bup, bdown;                     /* GPT-2: up = c_fc, down = c_proj */
+  qins_tensor wgate, wup, wdown, bgate, bup, bdown;              /* GPT-2: up = c_fc, down = c_proj */
   qins_buf *kc_buf, *vc_buf;                                     /* [max_seq, n_kv, head_dim] f32 */
 } llm_layer;
 
@@ -232,6 +232,10 @@ static int place_llama_layer(qins_llm *l, int i, llm_layer *L) {
     TRY(get_vec(l, i, "model.layers.%d.self_attn.q_proj.bias", qd, 0, &L->bq));
     TRY(get_vec(l, i, "model.layers.%d.self_attn.k_proj.bias", kvd, 0, &L->bk));
     TRY(get_vec(l, i, "model.layers.%d.self_attn.v_proj.bias", kvd, 0, &L->bv));
+    /* mlp_bias Llamas */
+    TRY(get_vec(l, i, "model.layers.%d.mlp.gate_proj.bias", c->ffn_dim, 0, &L->bgate));
+    TRY(get_vec(l, i, "model.layers.%d.mlp.up_proj.bias", c->ffn_dim, 0, &L->bup));
+    TRY(get_vec(l, i, "model.layers.%d.mlp.down_proj.bias", c->dim, 0, &L->bdown));
   }
   TRY(get_vec(l, i, "model.layers.%d.self_attn.o_proj.bias", c->dim, 0, &L->bo));
   return 0;
@@ -307,6 +311,10 @@ static int check_config(const qins_model *m) {
                           "%s: bad config (dim %d, layers %d, heads %d, kv heads %d, head_dim %d, ffn %d, vocab %d)",
                           m->path, c->dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->ffn_dim,
                           c->vocab_size);
+  qins_act want_act = c->arch == QINS_ARCH_GPT2 ? QINS_ACT_GELU_TANH : QINS_ACT_SILU;
+  if (c->act != want_act)
+    return qins_error_set(QINS_EUNSUPPORTED, "%s: %s with activation %s is not supported (the runtime has %s)",
+                          m->path, qins_arch_name(c->arch), qins_act_name(c->act), qins_act_name(want_act));
   if (c->arch != QINS_ARCH_GPT2) {
     if (c->rope_dim < 2 || c->rope_dim % 2 || c->rope_dim > c->head_dim || !(c->rope_theta > 0))
       return qins_error_set(QINS_EINPUT, "%s: bad rope config (rope_dim %d, head_dim %d, theta %g)", m->path,
@@ -509,8 +517,8 @@ static int run_chunk(qins_llm *l, int n, int pos0, int head_rows) {
       TRY(qins_op_matmul(be, &xb, &L->wup, opt_t(&L->bup), &h1));
       TRY(qins_op_gelu_tanh(be, &h1, &h1));
     } else {
-      TRY(qins_op_matmul(be, &xb, &L->wgate, NULL, &h1));
-      TRY(qins_op_matmul(be, &xb, &L->wup, NULL, &h2));
+      TRY(qins_op_matmul(be, &xb, &L->wgate, opt_t(&L->bgate), &h1));
+      TRY(qins_op_matmul(be, &xb, &L->wup, opt_t(&L->bup), &h2));
       TRY(qins_op_silu_mul(be, &h1, &h2, &h1));
     }
     TRY(qins_op_matmul(be, &h1, &L->wdown, opt_t(&L->bdown), &xb2));
