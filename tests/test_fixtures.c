@@ -104,13 +104,31 @@ static void test_stories260k_greedy(void **state) {
       int mismatch = -1;
       for (int i = 0; i < ng && mismatch < 0; i++)
         if (got[i] != want[i]) mismatch = i;
-      if (mismatch >= 0)
-        fail_msg("%s case %zu: greedy id %d is %d, llama2.c gives %d", names[b], c, mismatch, got[mismatch],
-                 want[mismatch]);
+      int compared = mismatch < 0 ? ng : mismatch;
+      if (mismatch >= 0) {
+        /* cpu must match exactly; another backend may pick differently only where our own top-2
+         * margin at that position is within its logit tolerance, and then everything after
+         * legitimately diverges (so the comparison stops there) */
+        const float *row = logits + (size_t)(np - 1 + mismatch) * (size_t)V;
+        float top1 = -INFINITY, top2 = -INFINITY;
+        for (int i = 0; i < V; i++) {
+          if (row[i] > top1) {
+            top2 = top1;
+            top1 = row[i];
+          } else if (row[i] > top2) {
+            top2 = row[i];
+          }
+        }
+        if (strncmp(names[b], "cpu", 3) == 0 || top1 - top2 > 1e-3f)
+          fail_msg("%s case %zu: greedy id %d is %d, llama2.c gives %d (margin %g)", names[b], c, mismatch,
+                   got[mismatch], want[mismatch], (double)(top1 - top2));
+      }
+      if (compared < ng) print_message("%s case %zu: %d/%d ids compared (low margin)\n", names[b], c, compared, ng);
       const char *key;
       json_t *vec;
       json_object_foreach(saved, key, vec) {
         int p = atoi(key);
+        if (p >= np - 1 + compared + 1) continue; /* after a legitimate divergence the inputs differ */
         assert_true(p >= 0 && p < steps);
         assert_int_equal((int)json_array_size(vec), V);
         float *ref = malloc((size_t)V * sizeof(float));
@@ -343,6 +361,57 @@ static void test_bad_models(void **state) {
   qins_model_close(m);
 }
 
+/* f16 and bf16 checkpoints run through the same placement (matrices stay half, norm vectors are
+ * widened): logits stay near the f32 reference by the formats' rounding. */
+static void test_half_weights(void **state) {
+  (void)state;
+  qins_model *m = open_model("fixtures/hf/llama_gqa");
+  json_error_t err;
+  json_t *root = json_load_file(test_shared_path("fixtures/hf/llama_gqa/cases.json"), 0, &err);
+  assert_non_null(root);
+  int n;
+  int32_t *ids = json_ids(json_object_get(json_array_get(json_object_get(root, "cases"), 0), "ids"), &n);
+  int V = m->cfg.vocab_size;
+  float *ref = read_f32(test_shared_path("fixtures/hf/llama_gqa/logits_0.f32"), (size_t)n * (size_t)V);
+  float *got = malloc((size_t)n * (size_t)V * sizeof(float));
+  qins_backend *be = make_backend("cpu");
+  const qins_dtype dts[2] = {QINS_DT_F16, QINS_DT_BF16};
+  const double tol[2] = {2e-3, 2e-2};
+  for (int d = 0; d < 2; d++) {
+    qins_model half = *m;
+    qins_weight *w = malloc((size_t)m->n_weights * sizeof *w);
+    uint16_t **data = calloc((size_t)m->n_weights, sizeof *data);
+    memcpy(w, m->weights, (size_t)m->n_weights * sizeof *w);
+    for (int i = 0; i < m->n_weights; i++) {
+      size_t count = w[i].nbytes / 4;
+      data[i] = malloc(count * 2);
+      const float *src = w[i].data;
+      for (size_t k = 0; k < count; k++)
+        data[i][k] = dts[d] == QINS_DT_F16 ? qins_f32_to_f16(src[k]) : qins_f32_to_bf16(src[k]);
+      w[i].dtype = dts[d];
+      w[i].data = data[i];
+      w[i].nbytes = count * 2;
+    }
+    half.weights = w;
+    qins_llm *l = make_llm(&half, be, 0, 0);
+    FWD(qins_llm_forward(l, ids, n, 1, got, NULL));
+    double e = test_rel_l2(got, ref, (int64_t)n * V);
+    print_message("llama_gqa with %s weights: rel L2 %.3g vs f32 reference\n", qins_dtype_name(dts[d]), e);
+    assert_true(e < tol[d]);
+    assert_true(e > 0.0); /* the half path really ran */
+    qins_llm_destroy(l);
+    for (int i = 0; i < m->n_weights; i++) free(data[i]);
+    free(data);
+    free(w);
+  }
+  qins_backend_destroy(be);
+  free(got);
+  free(ref);
+  free(ids);
+  json_decref(root);
+  qins_model_close(m);
+}
+
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
@@ -355,6 +424,7 @@ int main(void) {
       cmocka_unit_test(test_incremental_gpt2),
       cmocka_unit_test(test_incremental_phi3_crossing),
       cmocka_unit_test(test_bad_models),
+      cmocka_unit_test(test_half_weights),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

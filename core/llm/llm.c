@@ -450,6 +450,23 @@ int qins_llm_rope_long(const qins_llm *l) {
 }
 int qins_llm_rope_recomputes(const qins_llm *l) { return l->recomputes; }
 
+qins_tensor *qins_llm_matrix(qins_llm *l, int layer, qins_llm_mat which) {
+  if (layer < 0 || layer >= l->cfg.n_layers) return NULL;
+  llm_layer *L = &l->layers[layer];
+  qins_tensor *t = NULL;
+  switch (which) {
+  case QINS_LLM_WQ: t = &L->wq; break;
+  case QINS_LLM_WK: t = &L->wk; break;
+  case QINS_LLM_WV: t = &L->wv; break;
+  case QINS_LLM_WO: t = &L->wo; break;
+  case QINS_LLM_WGATE: t = &L->wgate; break;
+  case QINS_LLM_WUP: t = &L->wup; break;
+  case QINS_LLM_WDOWN: t = &L->wdown; break;
+  default: return NULL;
+  }
+  return t->buf ? t : NULL;
+}
+
 /* ---------------------------------------------------------------- forward */
 
 static int norm(qins_llm *l, const qins_tensor *x, const qins_tensor *w, const qins_tensor *b, qins_tensor *y) {

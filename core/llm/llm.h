@@ -36,6 +36,17 @@ int64_t qins_llm_weight_bytes(const qins_llm *llm);
  * position, computed on the backend (ties: lowest id). Errors leave the cache length unchanged. */
 int qins_llm_forward(qins_llm *llm, const int32_t *ids, int n, int all_logits, float *logits, int32_t *argmax);
 
+/* The per-layer matrices the forward multiplies by, for callers that re-encode weights (QINS
+ * coverage, QINS.md section 5): a caller may replace the tensor (dtype, buffer, scale) with one
+ * of the same [N,K] shape the matmul op accepts; the runtime does not free replacements.
+ * Fused checkpoints are already split: WQ/WK/WV are the row blocks of Phi-3 qkv_proj or GPT-2
+ * c_attn, WGATE/WUP those of gate_up_proj. NULL when the layer has no such matrix (GPT-2 gate). */
+typedef enum qins_llm_mat {
+  QINS_LLM_WQ, QINS_LLM_WK, QINS_LLM_WV, QINS_LLM_WO, QINS_LLM_WGATE, QINS_LLM_WUP, QINS_LLM_WDOWN,
+  QINS_LLM_MAT_COUNT
+} qins_llm_mat;
+qins_tensor *qins_llm_matrix(qins_llm *llm, int layer, qins_llm_mat which);
+
 /* Longrope (Phi-3) only: which factors the cache was built with (0 short, 1 long, -1 n/a), and how
  * many times the cache was recomputed because a sequence crossed original_max_position_embeddings. */
 int qins_llm_rope_long(const qins_llm *llm);
