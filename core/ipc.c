@@ -91,6 +91,8 @@ static void fill_hdr(qins_wire_hdr *h, const qins_chan_tx *tx, int slot, const q
   h->route = m->route;
   h->step = m->step;
   h->flags = m->flags;
+  h->pos = m->pos;
+  h->last_id = m->last_id;
   h->dtype = (int32_t)m->dtype;
   h->ndim = m->ndim;
   for (int i = 0; i < m->ndim && i < 4; i++) h->shape[i] = m->shape[i];
@@ -240,6 +242,8 @@ int qins_wire_to_msg(const qins_wire_hdr *h, qins_wire_frame *frame, const qins_
   m->route = h->route;
   m->step = h->step;
   m->flags = h->flags;
+  m->pos = h->pos;
+  m->last_id = h->last_id;
   if (h->dtype < 0 || h->dtype >= QINS_DT_COUNT || h->ndim < 0 || h->ndim > 4)
     return qins_error_set(QINS_EIPC, "channel %u: bad descriptor (dtype %d, rank %d)", h->chan, h->dtype, h->ndim);
   m->dtype = (qins_dtype)h->dtype;

@@ -37,6 +37,7 @@ typedef struct qins_wire_hdr {
   uint32_t attempt, route;
   int32_t step;
   uint32_t flags;
+  int32_t pos, last_id;
   int32_t dtype, ndim;
   int64_t shape[4];
   uint64_t offset; /* byte offset of the payload in the arena (shm) */

@@ -15,7 +15,7 @@
 #define W(node) qins_cfg_where((node), wbuf, sizeof wbuf)
 
 static const char *const top_keys[] = {"name", "model", "tokenizer", "backend", "workers", "stages", "edges", "inputs",
-                                       "outputs", "restart", "monitor", "heartbeat_ms", "channels", NULL};
+                                       "outputs", "restart", "monitor", "heartbeat_ms", "channels", "max_seq", NULL};
 static const char *const worker_keys[] = {"name", "host", "replicas", "stages", NULL};
 static const char *const stage_keys[] = {"name", "type", "options", NULL};
 static const char *const edge_keys[] = {"from", "to", "loop", NULL};
@@ -497,6 +497,9 @@ static int validate(qins_pipeline *pl) {
   long long v = 200;
   if ((rc = parse_int_key(r, "heartbeat_ms", "", 10, 60000, &v))) return rc;
   pl->heartbeat_ms = (int)v;
+  v = 0;
+  if ((rc = parse_int_key(r, "max_seq", "", 0, 1 << 24, &v))) return rc;
+  pl->max_seq = (int)v;
   pl->slots = 16;
   pl->slot_bytes = 1 << 20;
   pl->max_inflight = 8;

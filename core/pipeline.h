@@ -56,6 +56,7 @@ typedef struct qins_pipeline {
   int restart_max;   /* restarts allowed per worker */
   char *monitor;     /* dashboard address, NULL if absent */
   int heartbeat_ms;
+  int max_seq;           /* context for model stages (0: the model's) */
   int slots;             /* slots per channel ring */
   long long slot_bytes;  /* bytes per slot */
   int max_inflight;      /* requests in flight per entry replica */

@@ -112,7 +112,7 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   }
   if (in->nbytes) memcpy(a->text + a->len, in->data, in->nbytes);
   a->len += in->nbytes;
-  a->pieces++;
+  if (!(in->flags & QINS_MSG_STOP)) a->pieces++;
   if (!(in->flags & QINS_MSG_END)) return 0;
   char *buf = malloc(a->len * 6 + 64);
   if (!buf) return qins_error_set(QINS_ENOMEM, "sink: out of memory");

@@ -8,11 +8,15 @@
 #include "core/error.h"
 
 extern const qins_stage_type qins_stage_test_bytes, qins_stage_test_embed, qins_stage_test_affine,
-    qins_stage_test_sample, qins_stage_test_detok, qins_stage_sink;
+    qins_stage_test_sample, qins_stage_test_detok, qins_stage_sink, qins_stage_tokenize, qins_stage_parse_ids,
+    qins_stage_embed, qins_stage_qins_block, qins_stage_head, qins_stage_sample, qins_stage_detokenize,
+    qins_stage_format_ids;
 
 static const qins_stage_type *const registry[] = {
-    &qins_stage_sink,        &qins_stage_test_bytes, &qins_stage_test_embed,
-    &qins_stage_test_affine, &qins_stage_test_sample, &qins_stage_test_detok,
+    &qins_stage_tokenize,    &qins_stage_parse_ids,   &qins_stage_embed,      &qins_stage_qins_block,
+    &qins_stage_head,        &qins_stage_sample,      &qins_stage_detokenize, &qins_stage_format_ids,
+    &qins_stage_sink,        &qins_stage_test_bytes,  &qins_stage_test_embed, &qins_stage_test_affine,
+    &qins_stage_test_sample, &qins_stage_test_detok,
 };
 
 int qins_stage_type_count(void) { return (int)(sizeof registry / sizeof registry[0]); }
@@ -111,6 +115,8 @@ void *qins_msg_output(qins_msg *out, const qins_msg *in, qins_dtype dt, int ndim
     out->step = in->step;
     out->flags = in->flags;
     out->route = in->route;
+    out->pos = in->pos;
+    out->last_id = in->last_id;
   }
   if (ndim < 0 || ndim > QINS_MAX_DIMS || qins_dtype_size(dt) == 0) {
     qins_error_set(QINS_EINVAL, "qins_msg_output: bad dtype or rank %d", ndim);

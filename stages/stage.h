@@ -15,7 +15,8 @@ struct qins_pipeline;
 
 /* Message flags. */
 enum {
-  QINS_MSG_END = 1u << 0, /* last message of a request: `loop: true` edges are not followed */
+  QINS_MSG_END = 1u << 0,  /* last message of a request: `loop: true` edges are not followed */
+  QINS_MSG_STOP = 1u << 1, /* the request ended on a stop id: this message carries no token */
 };
 
 #define QINS_PORT_MAX 64
@@ -28,6 +29,8 @@ typedef struct qins_msg {
   int32_t step;     /* 0 = prompt/prefill, k = k-th generated token */
   uint32_t flags;
   uint32_t route;   /* which replica serves this request (worker-managed; copied by qins_msg_output) */
+  int32_t pos;      /* sequence position of the first row (model stages; copied by qins_msg_output) */
+  int32_t last_id;  /* the latest token id fed to the model before this message's data (-1: none) */
   qins_dtype dtype;
   int ndim;
   int64_t shape[QINS_MAX_DIMS];
@@ -39,7 +42,7 @@ typedef struct qins_msg {
 } qins_msg;
 
 /* Give `out` a buffer for a tensor of this dtype/shape (plain dtypes) and return it (NULL +
- * error on failure). Copies req/attempt/step/flags/route from `in` first if in != NULL. */
+ * error on failure). Copies req/attempt/step/flags/route/pos/last_id from `in` first if in != NULL. */
 void *qins_msg_output(qins_msg *out, const qins_msg *in, qins_dtype dt, int ndim, const int64_t *shape);
 /* Text output (u8[len], not NUL-terminated on the wire). */
 int qins_msg_output_text(qins_msg *out, const qins_msg *in, const char *text, size_t len);

@@ -523,6 +523,163 @@ static void test_tcp_worker(void **state) {
   free(pr);
 }
 
+
+/* ---- model pipelines: split over workers == one worker == the fixtures' greedy ids ---- */
+
+static const char *MODEL_TMPL =
+    "name: model-test\n"
+    "model: %s\n"
+    "%s"
+    "backend: cpu\n"
+    "max_seq: %d\n"
+    "workers:\n"
+    "%s"
+    "stages:\n"
+    "  - {name: tok, type: %s}\n"
+    "  - {name: embed, type: embed}\n"
+    "  - {name: b0, type: qins_block, options: {layers: \"0:%d\"}}\n"
+    "  - {name: b1, type: qins_block, options: {layers: \"%d:%d\"}}\n"
+    "  - {name: head, type: head}\n"
+    "  - {name: sample, type: sample, options: {max_tokens: %d, stop: %s}}\n"
+    "  - {name: detok, type: %s}\n"
+    "  - {name: sink, type: sink}\n"
+    "edges:\n"
+    "  - {from: sample, to: embed, loop: true}\n";
+
+/* Run the model pipeline (split or not) on prompts; texts[i] gets request i's text. */
+static void run_model(const char *model, const char *tokenizer, int max_seq, int layers, int split, int text_io,
+                      int max_tokens, int stop, char **prompts, int n, char **texts) {
+  char yaml[4096], tokline[600] = "", workers[512];
+  if (tokenizer) snprintf(tokline, sizeof tokline, "tokenizer: %s\n", tokenizer);
+  int cut = layers > 1 ? layers / 2 : 1;
+  if (split)
+    snprintf(workers, sizeof workers,
+             "  - {name: front, stages: [tok, embed, b0, detok, sink]}\n"
+             "  - {name: back, stages: [b1, head, sample]}\n");
+  else
+    snprintf(workers, sizeof workers, "  - {name: all, stages: [tok, embed, b0, b1, head, sample, detok, sink]}\n");
+  assert_true(layers >= 2);
+  snprintf(yaml, sizeof yaml, MODEL_TMPL, model, tokline, max_seq, workers, text_io ? "tokenize" : "parse_ids", cut, cut,
+           layers, max_tokens, stop ? "true" : "false", text_io ? "detokenize" : "format_ids");
+  char out[600], set_out[700];
+  snprintf(out, sizeof out, "%s/model.jsonl", tmpdir);
+  snprintf(set_out, sizeof set_out, "outputs={jsonl: %s}", out);
+  json_t *pr = json_array();
+  for (int i = 0; i < n; i++) json_array_append_new(pr, json_string(prompts[i]));
+  char *prs = json_dumps(pr, JSON_COMPACT);
+  json_decref(pr);
+  char *set_in = malloc(strlen(prs) + 32);
+  sprintf(set_in, "inputs={prompts: %s}", prs);
+  free(prs);
+  const char *sets[] = {set_out, set_in};
+  qins_pipeline *pl = NULL;
+  int rc = qins_pipeline_load_string(yaml, strlen(yaml), "model-test.yaml", sets, 2, &pl);
+  free(set_in);
+  if (rc) fail_msg("%s", qins_error_msg());
+  qins_run_opts o = {0};
+  o.quiet = 1;
+  rc = qins_run_pipeline(pl, &o);
+  qins_pipeline_free(pl);
+  if (rc) fail_msg("model run failed: %s", qins_error_msg());
+  FILE *f = fopen(out, "r");
+  assert_non_null(f);
+  char *line = NULL;
+  size_t cap = 0;
+  int lines = 0;
+  for (int i = 0; i < n; i++) texts[i] = NULL;
+  while (getline(&line, &cap, f) > 0) {
+    json_t *r = json_loads(line, 0, NULL);
+    assert_non_null(r);
+    int id = (int)json_integer_value(json_object_get(r, "id"));
+    assert_true(id >= 0 && id < n);
+    assert_null(texts[id]);
+    texts[id] = strdup(json_string_value(json_object_get(r, "text")));
+    json_decref(r);
+    lines++;
+  }
+  free(line);
+  fclose(f);
+  assert_int_equal(lines, n);
+}
+
+static void test_stories_split_equals_one_worker(void **state) {
+  (void)state;
+  char model[600], tok[600];
+  snprintf(model, sizeof model, "%s", test_shared_path("models/stories260K/stories260K.bin"));
+  snprintf(tok, sizeof tok, "%s", test_shared_path("models/stories260K/tok512.bin"));
+  if (access(model, R_OK) != 0) skip();
+  /* ids: the fixture's greedy continuation of "Once upon a time" */
+  json_t *fx = json_load_file(test_shared_path("fixtures/stories260K_greedy.json"), 0, NULL);
+  assert_non_null(fx);
+  json_t *c0 = json_array_get(json_object_get(fx, "cases"), 0);
+  const char *prompt = json_string_value(json_object_get(c0, "prompt"));
+  json_t *want = json_object_get(c0, "greedy_ids");
+  int steps = 40;
+  char expect[4096] = "";
+  size_t len = 0;
+  for (int i = 0; i < steps && i < (int)json_array_size(want); i++) {
+    int id = (int)json_integer_value(json_array_get(want, (size_t)i));
+    if (id == 1 || id == 2) break; /* stop ids end the request */
+    len += (size_t)snprintf(expect + len, sizeof expect - len, "%s%d", len ? " " : "", id);
+  }
+  /* prompts as text through the tokenizer, ids out (format_ids after a tokenizer-driven prompt
+   * is not wired here: compare texts across placements, ids against the fixture below) */
+  char *prompts[3] = {(char *)prompt, "The little dog", "Lily"};
+  char *one[3], *two[3];
+  run_model(model, tok, 512, 5, 0, 1, steps, 1, prompts, 3, one);
+  run_model(model, tok, 512, 5, 1, 1, steps, 1, prompts, 3, two);
+  for (int i = 0; i < 3; i++) {
+    assert_string_equal(one[i], two[i]);
+    assert_true(strlen(one[i]) > 20);
+    free(one[i]);
+    free(two[i]);
+  }
+  /* ids: the prompt's ids in, ids out, against the fixture */
+  json_t *pids = json_object_get(c0, "prompt_ids");
+  char idprompt[512] = "";
+  size_t pl = 0;
+  for (size_t i = 0; i < json_array_size(pids); i++)
+    pl += (size_t)snprintf(idprompt + pl, sizeof idprompt - pl, "%s%lld", i ? " " : "",
+                           (long long)json_integer_value(json_array_get(pids, i)));
+  char *ip[1] = {idprompt};
+  run_model(model, NULL, 512, 5, 1, 0, steps, 1, ip, 1, two);
+  assert_string_equal(two[0], expect);
+  free(two[0]);
+  json_decref(fx);
+}
+
+static void test_hf_fixtures_split(void **state) {
+  (void)state;
+  const char *names[] = {"llama_gqa", "phi3_longrope", "gpt2"};
+  for (int k = 0; k < 3; k++) {
+    char dir[600], cases[700];
+    snprintf(dir, sizeof dir, "%s", test_shared_path("fixtures/hf"));
+    snprintf(cases, sizeof cases, "%s/%s/cases.json", dir, names[k]);
+    json_t *fx = json_load_file(cases, 0, NULL);
+    if (!fx) skip();
+    char model[700];
+    snprintf(model, sizeof model, "%s/%s", dir, names[k]);
+    json_t *c0 = json_array_get(json_object_get(fx, "cases"), 0);
+    json_t *gp = json_object_get(c0, "greedy_prompt"), *gi = json_object_get(c0, "greedy_ids");
+    char prompt[1024] = "", expect[2048] = "";
+    size_t a = 0, b = 0;
+    for (size_t i = 0; i < json_array_size(gp); i++)
+      a += (size_t)snprintf(prompt + a, sizeof prompt - a, "%s%lld", i ? " " : "", (long long)json_integer_value(json_array_get(gp, i)));
+    for (size_t i = 0; i < json_array_size(gi); i++)
+      b += (size_t)snprintf(expect + b, sizeof expect - b, "%s%lld", i ? " " : "", (long long)json_integer_value(json_array_get(gi, i)));
+    int steps = (int)json_array_size(gi);
+    char *pr[1] = {prompt}, *one[1], *two[1];
+    int max_seq = (int)json_array_size(gp) + steps + 8;
+    run_model(model, NULL, max_seq, 2, 0, 0, steps, 0, pr, 1, one);
+    run_model(model, NULL, max_seq, 2, 1, 0, steps, 0, pr, 1, two);
+    if (strcmp(one[0], two[0]) != 0) fail_msg("%s: split '%s' != one worker '%s'", names[k], two[0], one[0]);
+    if (strcmp(one[0], expect) != 0) fail_msg("%s: pipeline '%s' != fixture greedy ids '%s'", names[k], one[0], expect);
+    free(one[0]);
+    free(two[0]);
+    json_decref(fx);
+  }
+}
+
 /* The CLI: exit 2 and a located message for a bad pipeline, 0 and records for a good one. */
 static void test_cli(void **state) {
   (void)state;
@@ -575,6 +732,8 @@ int main(void) {
       cmocka_unit_test(test_sigstop_hang),            cmocka_unit_test(test_stage_error_stops),
       cmocka_unit_test(test_kill9_coordinator),       cmocka_unit_test(test_tcp_worker),
       cmocka_unit_test(test_cli),
+      cmocka_unit_test(test_stories_split_equals_one_worker),
+      cmocka_unit_test(test_hf_fixtures_split),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

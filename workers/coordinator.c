@@ -573,6 +573,7 @@ static void feed(qins_run *r) {
     m.req = (uint64_t)q;
     m.attempt = r->req[q].attempt;
     m.route = (uint32_t)best;
+    m.last_id = -1;
     m.dtype = QINS_DT_U8;
     m.ndim = 1;
     m.nbytes = strlen(r->prompts[q]);

@@ -294,6 +294,8 @@ static int run_stage(wk *w, int s, const qins_msg *in) {
   out.route = in->route;
   out.step = in->step;
   out.flags = in->flags;
+  out.pos = in->pos;
+  out.last_id = in->last_id;
   double t0 = now_s();
   qins_error_clear();
   int rc = st->type->forward(st, in, &out);
