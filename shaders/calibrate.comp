@@ -17,9 +17,11 @@ layout(binding = 1) buffer A { float alpha[]; };
 layout(binding = 2) readonly buffer T { float lut[]; };
 
 shared float lut_s[256];
+float g_inv_am; // 1/absmax of the row (set before any mse call)
 
 float store_alpha(float a) { return !(a > 0.0) ? 1.0 : clamp(a, 1.17549435e-38, 3.40282347e38); }
 
+// (decoded - x) / absmax squared: the same ordering as the MSE, without float overflow on huge rows
 float mse(uint xo, float kf, float a) {
   a = store_alpha(a);
   float inv = 1.0 / a;
@@ -27,7 +29,7 @@ float mse(uint xo, float kf, float a) {
   for (uint i = gl_LocalInvocationID.x; i < pc.cols; i += WG) {
     float v = x[xo + i];
     if (isnan(v) || isinf(v)) continue;
-    float d = lut_s[qins_code(v, a, pc.L)] * inv - v;
+    float d = (lut_s[qins_code(v, a, pc.L)] * inv - v) * g_inv_am;
     s += d * d;
   }
   return wg_sum(s) / kf;
@@ -51,6 +53,7 @@ void main() {
   float absmax = wg_max(m);
   float kf = max(wg_sum(k), 1.0);
   float inv_am = absmax > 0.0 ? 1.0 / absmax : 0.0;
+  g_inv_am = inv_am;
   float s = 0.0;
   for (uint i = lid; i < pc.cols; i += WG) {
     float v = x[xo + i];

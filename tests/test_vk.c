@@ -800,6 +800,86 @@ static void test_codec(void **state) {
   }
 }
 
+/* The codec against the cpu backend on rows with special values (NaN, +-Inf, huge, constant,
+ * all-zero): same alphas (mse: same MSE within a near-tie), codes off by at most one rarely,
+ * identical int8 steps. */
+static void test_codec_vs_cpu(void **state) {
+  (void)state;
+  NEED_VK();
+  int64_t shape[2] = {6, 67}, r = 6, c = 67, n = r * c;
+  float *x = randn(n, 0.3f);
+  for (int64_t i = 0; i < c; i++) { x[c + i] = 0.0f; x[2 * c + i] = -1.5f; }
+  x[3 * c + 1] = NAN; x[3 * c + 2] = INFINITY; x[3 * c + 3] = -INFINITY; x[3 * c + 4] = 1e30f; x[3 * c + 5] = -0.0f;
+  x[4 * c + 7] = 3e38f; x[4 * c + 8] = -3e38f;
+  pair X, A;
+  pmake(&X, "x", QINS_DT_F32, 2, shape, x, 4);
+  pmake(&A, "alpha", QINS_DT_F32, 1, &r, NULL, 0);
+  const qins_dtype fmts[5] = {QINS_DT_QINS8, QINS_DT_QINS6, QINS_DT_QINS_F32, QINS_DT_INT8_ROW, QINS_DT_INT8_B32};
+  const char *specs[4] = {"fixed:0.5", "std:0.7", "absmax", "mse"};
+  for (int f = 0; f < 5; f++) {
+    qins_dtype fmt = fmts[f];
+    int qins = qins_dtype_is_qins(fmt);
+    for (int sp = 0; qins && sp < 4; sp++) {
+      qins_alpha_spec spec;
+      assert_int_equal(qins_alpha_spec_parse(specs[sp], &spec), 0);
+      test_poison(&A.t[1]);
+      for (int i = 0; i < 2; i++) OK(qins_op_calibrate(B[i], &X.t[i], fmt, spec, &A.t[i]));
+      float *a0 = pread(&A, 0), *a1 = pread(&A, 1);
+      for (int64_t row = 0; row < r; row++) {
+        int L = fmt == QINS_DT_QINS6 ? 63 : 255;
+        int ok = fabsf(a1[row] - a0[row]) <= 2e-6f * a0[row];
+        if (!ok && sp == 3) { /* compare the MSE of the finite part of the row */
+          float fin[67];
+          int64_t k = 0;
+          for (int64_t i = 0; i < c; i++) if (isfinite(x[row * c + i])) fin[k++] = x[row * c + i];
+          ok = ref_mse(fin, k, a1[row], L) <= ref_mse(fin, k, a0[row], L) * (1 + 1e-2);
+        }
+        if (!ok) fail_msg("calibrate %s %s row %lld: vk %g, cpu %g", specs[sp], qins_dtype_name(fmt), (long long)row,
+                          a1[row], a0[row]);
+      }
+      free(a0);
+      free(a1);
+    }
+    pair Q, S, Y;
+    int64_t ns = qins_format_scale_count(fmt, r, c);
+    pmake(&Q, "codes", fmt, 2, shape, NULL, qins ? (fmt == QINS_DT_QINS_F32 ? 8 : 3) : 5);
+    pmake(&S, "codes.scale", QINS_DT_F32, 1, &ns, NULL, 0);
+    pmake(&Y, "y", QINS_DT_F32, 2, shape, NULL, 0);
+    float *acpu = pread(&A, 0); /* the cpu's last calibration (mse), on both: codes comparable */
+    for (int i = 0; i < 2; i++) {
+      Q.t[i].scale = &S.t[i];
+      if (qins) assert_int_equal(qins_tensor_write(&S.t[i], acpu), 0);
+      OK(qins_op_quantize(B[i], &X.t[i], &Q.t[i]));
+      OK(qins_op_dequantize(B[i], &Q.t[i], &Y.t[i]));
+    }
+    if (!qins) {
+      float *s0 = pread(&S, 0), *s1 = pread(&S, 1);
+      assert_memory_equal(s0, s1, (size_t)ns * 4);
+      free(s0); free(s1);
+    }
+    unsigned char *q0 = pread(&Q, 0), *q1 = pread(&Q, 1);
+    size_t nb = qins_tensor_nbytes(&Q.t[0]);
+    if (fmt == QINS_DT_QINS_F32) {
+      test_assert_close("qins-f32 z vs cpu", (float *)q1, (float *)q0, n, 1e-6);
+    } else {
+      int64_t diff = 0;
+      for (size_t i = 0; i < nb; i++) diff += q0[i] != q1[i];
+      if (diff * 100 > (int64_t)nb + 100) fail_msg("%s: %lld of %zu bytes differ from cpu", qins_dtype_name(fmt), (long long)diff, nb);
+    }
+    float *y0 = pread(&Y, 0), *y1 = pread(&Y, 1);
+    for (int64_t i = 0; i < n; i++) {
+      if (isnan(y0[i]) != isnan(y1[i])) fail_msg("%s decode %lld: vk %g, cpu %g", qins_dtype_name(fmt), (long long)i, y1[i], y0[i]);
+      if (!isfinite(y0[i]) || !isfinite(y1[i]) || fabsf(y0[i]) > 1e20f) { y0[i] = y1[i] = 0; }
+    }
+    test_assert_close("decode vs cpu", y1, y0, n, fmt == QINS_DT_QINS_F32 || !qins ? 1e-6 : 1e-2);
+    free(q0); free(q1); free(y0); free(y1); free(acpu);
+    for (int i = 0; i < 2; i++) Q.t[i].scale = NULL;
+    pfree(&Q); pfree(&S); pfree(&Y);
+  }
+  pfree(&X); pfree(&A);
+  free(x);
+}
+
 /* ---------------------------------------------------------------- timing, validation */
 
 static void test_timestamps(void **state) {
@@ -906,6 +986,7 @@ int main(void) {
       cmocka_unit_test(test_select),
       cmocka_unit_test(test_copy_cast),
       cmocka_unit_test(test_codec),
+      cmocka_unit_test(test_codec_vs_cpu),
       cmocka_unit_test(test_timestamps),
       cmocka_unit_test(test_fallback_paths),
       cmocka_unit_test(test_validation),
