@@ -949,12 +949,13 @@ static int run_with_env(const char *const *env) {
   return msgs;
 }
 
-/* Without push descriptors (descriptor pool), mapped memory (staging) or subgroup arithmetic
- * (shared-memory reductions): the paths other devices take. */
+/* Without push descriptors (descriptor pool), mapped memory (staging), subgroup arithmetic
+ * (shared-memory reductions) or 16-bit storage (packed f16/bf16 loads): paths other devices take. */
 static void test_fallback_paths(void **state) {
   (void)state;
   NEED_VK();
-  const char *env[] = {"QINS_VK_NO_PUSH_DESCRIPTORS", "1", "QINS_VK_NO_MAP", "1", "QINS_VK_NO_SUBGROUP", "1", NULL};
+  const char *env[] = {"QINS_VK_NO_PUSH_DESCRIPTORS", "1", "QINS_VK_NO_MAP", "1", "QINS_VK_NO_SUBGROUP", "1",
+                       "QINS_VK_NO_STORAGE16", "1", NULL};
   assert_int_equal(run_with_env(env), 0);
 }
 

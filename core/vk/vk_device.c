@@ -183,7 +183,7 @@ static int create_device(vk_ctx *c) {
   snprintf(in->device_name, sizeof in->device_name, "%s", c->props.deviceName);
   in->api_version = c->props.apiVersion;
   in->is_cpu = c->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
-  in->storage16 = f11.storageBuffer16BitAccess;
+  in->storage16 = f11.storageBuffer16BitAccess && !getenv("QINS_VK_NO_STORAGE16");
   in->storage8 = f12.storageBuffer8BitAccess;
   in->float16 = f12.shaderFloat16;
   in->int8 = f12.shaderInt8;
@@ -231,6 +231,7 @@ static int create_device(vk_ctx *c) {
   if (fam < 0) return qins_error_set(QINS_EUNSUPPORTED, "vulkan: %s has no compute queue", in->device_name);
   c->qfam = (uint32_t)fam;
   c->timestamps = ts_bits > 0 && c->props.limits.timestampPeriod > 0;
+  c->ts_mask = ts_bits >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << ts_bits) - 1);
   in->timestamp_period = c->timestamps ? c->props.limits.timestampPeriod : 0.0f;
 
   /* enable only what the shaders may use */

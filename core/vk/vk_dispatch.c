@@ -264,8 +264,9 @@ int vk_flush(vk_ctx *c) {
                                        VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT);
     if (r == VK_SUCCESS)
       for (int i = 0; i < c->ndispatch; i++)
-        if (c->qkind[i] < QINS_OP_COUNT && ts[2 * i + 1] >= ts[2 * i])
-          c->be->stats[c->qkind[i]].ns += (uint64_t)((double)(ts[2 * i + 1] - ts[2 * i]) * c->info.timestamp_period);
+        if (c->qkind[i] < QINS_OP_COUNT)
+          c->be->stats[c->qkind[i]].ns +=
+              (uint64_t)((double)((ts[2 * i + 1] - ts[2 * i]) & c->ts_mask) * c->info.timestamp_period);
   }
   c->batch++;
   c->ndispatch = 0;

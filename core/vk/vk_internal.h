@@ -60,6 +60,7 @@ typedef struct vk_ctx {
   int ndispatch;
   VkQueryPool qpool;
   int timestamps;
+  uint64_t ts_mask; /* timestampValidBits as a mask: differences wrap within it */
   uint8_t qkind[VK_MAX_DISPATCH];
   /* hazard tracking since the last barrier */
   VkBuffer pend_read[VK_MAX_PENDING], pend_write[VK_MAX_PENDING];
