@@ -880,6 +880,55 @@ static void test_codec_vs_cpu(void **state) {
   free(x);
 }
 
+/* More commands than one batch holds, with host writes (in-stream updates and staging copies on
+ * device-only memory) and overlapping copies between them: order and lifetimes hold across the
+ * automatic submissions. */
+static void test_long_batch(void **state) {
+  (void)state;
+  NEED_VK();
+  setenv("QINS_VK_NO_MAP", "1", 1);
+  qins_backend *v;
+  int rc = qins_backend_create("vk:0", &v);
+  unsetenv("QINS_VK_NO_MAP");
+  assert_int_equal(rc, 0);
+  int64_t n[2] = {37, 1}, one = 1;
+  float x[37], inc, big[2000];
+  for (int i = 0; i < 37; i++) x[i] = (float)i;
+  for (int i = 0; i < 2000; i++) big[i] = (float)i;
+  qins_tensor X, Bt, Big;
+  test_tensor_make(v, &X, "x", QINS_DT_F32, 2, n, x);
+  test_tensor_make(v, &Bt, "inc", QINS_DT_F32, 1, &one, NULL);
+  int64_t bn = 2000;
+  test_tensor_make(v, &Big, "big", QINS_DT_F32, 1, &bn, NULL);
+  float want = 0;
+  for (int it = 0; it < 700; it++) {
+    inc = (float)(it % 3);
+    want += inc;
+    assert_int_equal(qins_tensor_write(&Bt, &inc), 0);  /* 4 bytes: in-stream update */
+    OK(qins_op_add(v, &X, &Bt, &X));
+    if (it % 97 == 0) {
+      /* an unaligned staged write, then an overlapping copy inside the same buffer */
+      assert_int_equal(qins_buf_write(Big.buf, 1, (const char *)big + 1, sizeof big - 1), 0);
+      qins_tensor a = Big, b = Big;
+      a.shape[0] = b.shape[0] = 1000;
+      b.offset = 400;
+      OK(qins_op_copy(v, &a, &b));
+    }
+  }
+  float got[37], gb[2000];
+  assert_int_equal(qins_tensor_read(&X, got), 0);
+  for (int i = 0; i < 37; i++) assert_true(got[i] == (float)i + want);
+  assert_int_equal(qins_tensor_read(&Big, gb), 0);
+  for (int i = 0; i < 2000; i++) {
+    float w = i >= 100 && i < 1100 ? (float)(i - 100) : (float)i;
+    if (gb[i] != w) fail_msg("big[%d] = %g, expected %g", i, gb[i], w);
+  }
+  qins_tensor_free(&X);
+  qins_tensor_free(&Bt);
+  qins_tensor_free(&Big);
+  qins_backend_destroy(v);
+}
+
 /* ---------------------------------------------------------------- timing, validation */
 
 static void test_timestamps(void **state) {
@@ -988,6 +1037,7 @@ int main(void) {
       cmocka_unit_test(test_copy_cast),
       cmocka_unit_test(test_codec),
       cmocka_unit_test(test_codec_vs_cpu),
+      cmocka_unit_test(test_long_batch),
       cmocka_unit_test(test_timestamps),
       cmocka_unit_test(test_fallback_paths),
       cmocka_unit_test(test_validation),

@@ -160,14 +160,16 @@ static void hazard(vk_ctx *c, const VkBuffer *bufs, int n, unsigned write_mask) 
   }
 }
 
-/* Room for one more command in the batch (submits a full one first). */
-static int make_room(vk_ctx *c) {
-  if (c->recording && c->ndispatch >= VK_MAX_DISPATCH) {
+int vk_reserve(vk_ctx *c, int n) {
+  if (c->recording && c->ndispatch + n > VK_MAX_DISPATCH) {
     int rc = vk_flush(c);
     if (rc) return rc;
   }
   return vk_begin(c);
 }
+
+/* Room for one more command in the batch (submits a full one first). */
+static int make_room(vk_ctx *c) { return vk_reserve(c, 1); }
 
 static void stamp(vk_ctx *c, int after, qins_op_kind kind) {
   if (!c->timestamps) return;

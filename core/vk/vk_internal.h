@@ -103,6 +103,9 @@ int vk_shader_index(const char *name);
 /* The variant of `name` this device runs best (the _sg one where subgroup arithmetic exists). */
 int vk_shader_pick(vk_ctx *c, const char *name);
 int vk_begin(vk_ctx *c);
+/* Room for n more commands in the recording batch, submitting the current one if needed. Call it
+ * before putting a buffer those commands use into the garbage list (a flush frees the list). */
+int vk_reserve(vk_ctx *c, int n);
 int vk_flush(vk_ctx *c);
 int vk_sync(qins_backend *be);
 /* Bind `bytes` bytes of t starting `start` bytes past its offset; *boff receives the byte

@@ -131,7 +131,8 @@ int vk_buf_write(qins_backend *be, qins_buf *buf, size_t offset, const void *src
   for (size_t done = 0; done < bytes;) {
     size_t n = bytes - done < VK_STAGING_CHUNK ? bytes - done : VK_STAGING_CHUNK;
     vk_buffer *st;
-    int rc = vk_buffer_create(c, n, 1, &st);
+    int rc = vk_reserve(c, 1);
+    if (!rc) rc = vk_buffer_create(c, n, 1, &st);
     if (rc) return rc;
     memcpy(st->map, (const char *)src + done, n);
     rc = vk_garbage_add(c, st);

@@ -199,6 +199,7 @@ static int vk_attention(qins_backend *be, const qins_tensor *q, const qins_tenso
   off[4] = off[3];
   if (nsplit > 1) {
     VkDeviceSize need = (VkDeviceSize)pairs * nsplit * (uint64_t)(d + 2) * 4;
+    if ((rc = vk_reserve(c, 2))) return rc;
     if (!c->scratch || c->scratch->size < need) {
       if (c->scratch && (rc = vk_garbage_add(c, c->scratch))) return rc;
       c->scratch = NULL;
@@ -249,7 +250,8 @@ static int copy_bytes(vk_ctx *c, qins_op_kind kind, const qins_tensor *src, cons
   if (s == d && src->offset < dst->offset + n && dst->offset < src->offset + n) {
     /* overlapping views of one buffer (memmove): go through a temporary */
     vk_buffer *tmp;
-    int rc = vk_buffer_create(c, n, 0, &tmp);
+    int rc = vk_reserve(c, 2);
+    if (!rc) rc = vk_buffer_create(c, n, 0, &tmp);
     if (rc) return rc;
     if ((rc = vk_garbage_add(c, tmp))) {
       vk_buffer_destroy(c, tmp);
