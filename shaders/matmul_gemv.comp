@@ -31,8 +31,19 @@ void main() {
   float acc[MAXM];
   [[unroll]] for (uint m = 0; m < MAXM; m++) acc[m] = 0.0;
   uint wrow = r * pc.K;
-  // constant trip counts keep acc[] in registers (a dynamic index would spill it)
-  for (uint k = lid; k < pc.K; k += WG) {
+  // constant trip counts keep acc[] in registers (a dynamic index would spill it); four
+  // independent weight loads per step keep more memory requests in flight
+  uint k = lid;
+  for (; k + 3u * WG < pc.K; k += 4u * WG) {
+    float w0 = LOAD_W(w, pc.off[1], wrow + k), w1 = LOAD_W(w, pc.off[1], wrow + k + WG);
+    float w2 = LOAD_W(w, pc.off[1], wrow + k + 2u * WG), w3 = LOAD_W(w, pc.off[1], wrow + k + 3u * WG);
+    [[unroll]] for (uint m = 0; m < MAXM; m++)
+      if (m < pc.M) {
+        uint xb = xo + m * pc.K + k;
+        acc[m] += x[xb] * w0 + x[xb + WG] * w1 + x[xb + 2u * WG] * w2 + x[xb + 3u * WG] * w3;
+      }
+  }
+  for (; k < pc.K; k += WG) {
     float wv = LOAD_W(w, pc.off[1], wrow + k);
     [[unroll]] for (uint m = 0; m < MAXM; m++)
       if (m < pc.M) acc[m] += x[xo + m * pc.K + k] * wv;

@@ -899,7 +899,7 @@ static void test_long_batch(void **state) {
   test_tensor_make(v, &X, "x", QINS_DT_F32, 2, n, x);
   test_tensor_make(v, &Bt, "inc", QINS_DT_F32, 1, &one, NULL);
   int64_t bn = 2000;
-  test_tensor_make(v, &Big, "big", QINS_DT_F32, 1, &bn, NULL);
+  test_tensor_make(v, &Big, "big", QINS_DT_F32, 1, &bn, big);
   float want = 0;
   for (int it = 0; it < 700; it++) {
     inc = (float)(it % 3);
