@@ -42,6 +42,22 @@ void main() {
   for (uint d = 0; d < DPER; d++) acc[d] = 0.0;
   for (uint j0 = split * pc.chunk; j0 < visible; j0 += WG) {
     uint j = j0 + lid;
+#ifdef USE_SUBGROUP
+    // scores by subgroups: the lanes of one subgroup split a key's D (coalesced loads) and add up
+    // in registers; subgroup g takes keys g, g + #subgroups, ... of the block
+    for (uint jj = gl_SubgroupID; jj < WG; jj += gl_NumSubgroups) {
+      uint jk = j0 + jj;
+      float part_ = 0.0;
+      if (jk < visible) {
+        uint kb = ko + jk * stride + kvh * D;
+        for (uint i = gl_SubgroupInvocationID; i < D; i += gl_SubgroupSize) part_ += q_s[i] * k[kb + i];
+      }
+      float dot_ = subgroupAdd(part_);
+      if (subgroupElect()) p_s[jj] = dot_ * pc.scale;
+    }
+    barrier();
+    float s = j < visible ? p_s[lid] : -1e30;
+#else
     float s = -1e30;
     if (j < visible) {
       uint kb = ko + j * stride + kvh * D;
@@ -49,6 +65,7 @@ void main() {
       for (uint i = 0; i < D; i++) dot_ += q_s[i] * k[kb + i];
       s = dot_ * pc.scale;
     }
+#endif
     float bmax = wg_max(s);
     float new_max = max(run_max, bmax);
     float p = j < visible ? exp(s - new_max) : 0.0;
