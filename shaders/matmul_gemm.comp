@@ -16,8 +16,12 @@
 #ifndef BK
 #define BK 16
 #endif
+#ifndef TM
 #define TM 4
+#endif
+#ifndef TN
 #define TN 4
+#endif
 #define WG ((BM / TM) * (BN / TN))
 #include "common.glsl"
 #include "weights.glsl"

@@ -196,7 +196,7 @@ static void matmul_case(int64_t m, int64_t k, int64_t n, qins_dtype wdt, int wit
 static void test_matmul(void **state) {
   (void)state;
   NEED_VK();
-  static const int64_t shapes[][3] = {{1, 7, 5}, {1, 257, 33}, {3, 33, 257}, {8, 64, 1}, {9, 33, 7}, {33, 257, 65}, {70, 128, 130}};
+  static const int64_t shapes[][3] = {{1, 7, 5}, {1, 257, 33}, {3, 33, 257}, {8, 64, 1}, {9, 33, 7}, {33, 257, 65}, {70, 128, 130}, {130, 70, 259}};
   for (int d = 0; d < 3; d++)
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
       matmul_case(shapes[s][0], shapes[s][1], shapes[s][2], (qins_dtype[]){QINS_DT_F32, QINS_DT_F16, QINS_DT_BF16}[d],

@@ -25,10 +25,12 @@ int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, cons
     return qins_error_set(QINS_EUNSUPPORTED, "matmul: %s has no kernel yet for %s weights (%s)", be->name,
                           qins_dtype_name(w->dtype), w->name);
   int64_t m = qins_tensor_rows(x), n = w->shape[0], k = w->shape[1];
-  int gemv = m <= 8;
+  int gemv = m <= 8, big = !gemv && m >= 128 && n >= 128; /* big: 128x128 tiles */
+  uint32_t tile = big ? 128 : 64;
   char name[64];
   int s16 = w->dtype != QINS_DT_F32 && c->info.storage16;
-  snprintf(name, sizeof name, "matmul_%s_%s%s", gemv ? "gemv" : "gemm", wt_suffix(w->dtype), s16 ? "_s16" : "");
+  snprintf(name, sizeof name, "matmul_%s_%s%s", gemv ? "gemv" : big ? "gemm128" : "gemm", wt_suffix(w->dtype),
+           s16 ? "_s16" : "");
   int shader = SH(name);
   size_t wrow = (size_t)k * qins_dtype_size(w->dtype);
   size_t wunit = w->dtype == QINS_DT_F32 ? 4 : 2;
@@ -53,8 +55,8 @@ int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, cons
     if (gemv) {
       vk_grid(c, (uint64_t)nr, 1, &gx, &gy);
     } else {
-      gx = (uint32_t)((nr + 63) / 64);
-      gy = (uint32_t)((m + 63) / 64);
+      gx = (uint32_t)((nr + tile - 1) / tile);
+      gy = (uint32_t)((m + tile - 1) / tile);
     }
     rc = vk_dispatch(c, QINS_OP_MATMUL, shader, b, 4, 1u << 3, off, p, 6, gx, gy);
     if (rc) return rc;
