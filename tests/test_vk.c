@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/backend.h"
 #include "core/error.h"
@@ -52,7 +53,7 @@ static void pmake(pair *p, const char *name, qins_dtype dt, int nd, const int64_
   }
 }
 
-static void *pread(const pair *p, int i) {
+static void *pair_read(const pair *p, int i) {
   size_t n = qins_tensor_nbytes(&p->t[i]);
   void *h = malloc(n ? n : 1);
   assert_int_equal(qins_tensor_read(&p->t[i], h), 0);
@@ -67,7 +68,7 @@ static void pfree(pair *p) {
 }
 
 static void compare_f32(const char *what, const pair *p, double tol) {
-  float *a = pread(p, 0), *b = pread(p, 1);
+  float *a = pair_read(p, 0), *b = pair_read(p, 1);
   test_assert_close(what, b, a, qins_tensor_numel(&p->t[0]), tol);
   free(a);
   free(b);
@@ -92,6 +93,40 @@ static void *to_dtype(const float *x, int64_t n, qins_dtype dt) {
 }
 
 static size_t rand_off(size_t unit) { return unit * (size_t)(test_rand_u64() % 6); } /* 0..5 units: mostly unaligned */
+
+/* Every embedded variant passes spirv-val for Vulkan 1.2 (skipped when spirv-val is missing). */
+static void test_spirv_valid(void **state) {
+  (void)state;
+  if (system("spirv-val --version > /dev/null 2>&1") != 0) {
+    skip();
+    return;
+  }
+  char path[] = "/tmp/qins_spv_XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  close(fd);
+  int n = qins_vk_shader_count();
+  assert_true(n > 40);
+  for (int i = 0; i < n; i++) {
+    const char *name;
+    const uint32_t *code;
+    size_t bytes;
+    assert_int_equal(qins_vk_shader_get(i, &name, &code, &bytes), 0);
+    assert_int_equal(code[0], 0x07230203u); /* SPIR-V magic */
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(code, 1, bytes, f), bytes);
+    fclose(f);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "spirv-val --target-env vulkan1.2 %s", path);
+    if (system(cmd) != 0) {
+      remove(path);
+      fail_msg("shader %s fails spirv-val", name);
+    }
+  }
+  remove(path);
+  assert_int_equal(qins_vk_shader_get(n, &(const char *){NULL}, &(const uint32_t *){NULL}, &(size_t){0}), -1);
+}
 
 /* ---------------------------------------------------------------- probe, buffers */
 
@@ -443,8 +478,8 @@ static void test_select(void **state) {
       OK(qins_op_argmax(B[i], &X.t[i], &I1.t[i]));
       OK(qins_op_topk(B[i], &X.t[i], k, &V.t[i], &I.t[i]));
     }
-    int32_t *a0 = pread(&I1, 0), *a1 = pread(&I1, 1), *t0 = pread(&I, 0), *t1 = pread(&I, 1);
-    float *v0 = pread(&V, 0), *v1 = pread(&V, 1);
+    int32_t *a0 = pair_read(&I1, 0), *a1 = pair_read(&I1, 1), *t0 = pair_read(&I, 0), *t1 = pair_read(&I, 1);
+    float *v0 = pair_read(&V, 0), *v1 = pair_read(&V, 1);
     assert_memory_equal(a0, a1, (size_t)r * 4);
     assert_memory_equal(t0, t1, (size_t)(r * k) * 4);
     assert_memory_equal(v0, v1, (size_t)(r * k) * 4);
@@ -487,7 +522,7 @@ static void test_copy_cast(void **state) {
       pmake(&D, "dst", dts[b], 1, &n, NULL, rand_off(qins_dtype_size(dts[b])));
       /* neighbours of the view must survive 16-bit writes */
       for (int i = 0; i < 2; i++) OK(qins_op_cast(B[i], &S.t[i], &D.t[i]));
-      void *d0 = pread(&D, 0), *d1 = pread(&D, 1);
+      void *d0 = pair_read(&D, 0), *d1 = pair_read(&D, 1);
       if (memcmp(d0, d1, qins_tensor_nbytes(&D.t[0])) != 0) fail_msg("cast %s -> %s differs from cpu", qins_dtype_name(dts[a]), qins_dtype_name(dts[b]));
       free(d0); free(d1);
       pfree(&S); pfree(&D);
@@ -824,7 +859,7 @@ static void test_codec_vs_cpu(void **state) {
       assert_int_equal(qins_alpha_spec_parse(specs[sp], &spec), 0);
       test_poison(&A.t[1]);
       for (int i = 0; i < 2; i++) OK(qins_op_calibrate(B[i], &X.t[i], fmt, spec, &A.t[i]));
-      float *a0 = pread(&A, 0), *a1 = pread(&A, 1);
+      float *a0 = pair_read(&A, 0), *a1 = pair_read(&A, 1);
       for (int64_t row = 0; row < r; row++) {
         int L = fmt == QINS_DT_QINS6 ? 63 : 255;
         int ok = fabsf(a1[row] - a0[row]) <= 2e-6f * a0[row];
@@ -845,7 +880,7 @@ static void test_codec_vs_cpu(void **state) {
     pmake(&Q, "codes", fmt, 2, shape, NULL, qins ? (fmt == QINS_DT_QINS_F32 ? 8 : 3) : 5);
     pmake(&S, "codes.scale", QINS_DT_F32, 1, &ns, NULL, 0);
     pmake(&Y, "y", QINS_DT_F32, 2, shape, NULL, 0);
-    float *acpu = pread(&A, 0); /* the cpu's last calibration (mse), on both: codes comparable */
+    float *acpu = pair_read(&A, 0); /* the cpu's last calibration (mse), on both: codes comparable */
     for (int i = 0; i < 2; i++) {
       Q.t[i].scale = &S.t[i];
       if (qins) assert_int_equal(qins_tensor_write(&S.t[i], acpu), 0);
@@ -853,11 +888,11 @@ static void test_codec_vs_cpu(void **state) {
       OK(qins_op_dequantize(B[i], &Q.t[i], &Y.t[i]));
     }
     if (!qins) {
-      float *s0 = pread(&S, 0), *s1 = pread(&S, 1);
+      float *s0 = pair_read(&S, 0), *s1 = pair_read(&S, 1);
       assert_memory_equal(s0, s1, (size_t)ns * 4);
       free(s0); free(s1);
     }
-    unsigned char *q0 = pread(&Q, 0), *q1 = pread(&Q, 1);
+    unsigned char *q0 = pair_read(&Q, 0), *q1 = pair_read(&Q, 1);
     size_t nb = qins_tensor_nbytes(&Q.t[0]);
     if (fmt == QINS_DT_QINS_F32) {
       test_assert_close("qins-f32 z vs cpu", (float *)q1, (float *)q0, n, 1e-6);
@@ -866,7 +901,7 @@ static void test_codec_vs_cpu(void **state) {
       for (size_t i = 0; i < nb; i++) diff += q0[i] != q1[i];
       if (diff * 100 > (int64_t)nb + 100) fail_msg("%s: %lld of %zu bytes differ from cpu", qins_dtype_name(fmt), (long long)diff, nb);
     }
-    float *y0 = pread(&Y, 0), *y1 = pread(&Y, 1);
+    float *y0 = pair_read(&Y, 0), *y1 = pair_read(&Y, 1);
     for (int64_t i = 0; i < n; i++) {
       if (isnan(y0[i]) != isnan(y1[i])) fail_msg("%s decode %lld: vk %g, cpu %g", qins_dtype_name(fmt), (long long)i, y1[i], y0[i]);
       if (!isfinite(y0[i]) || !isfinite(y1[i]) || fabsf(y0[i]) > 1e20f) { y0[i] = y1[i] = 0; }
@@ -1024,6 +1059,7 @@ static void test_validation(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_spirv_valid),
       cmocka_unit_test(test_probe),
       cmocka_unit_test(test_buffers),
       cmocka_unit_test(test_matmul),

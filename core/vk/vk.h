@@ -3,6 +3,7 @@
 #ifndef QINS_VK_H
 #define QINS_VK_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/backend.h"
@@ -33,5 +34,10 @@ int qins_vk_validation_messages(qins_backend *be);
 /* Overrides (for tests): limit every binding to max_range bytes (0 restores the device limit),
  * so splitting paths run at small sizes. */
 void qins_vk_set_max_range(qins_backend *be, uint32_t max_range);
+
+/* The embedded SPIR-V variants (for tests that run spirv-val, and for listing): count, then
+ * name and words of variant i. Returns -1 past the end. */
+int qins_vk_shader_count(void);
+int qins_vk_shader_get(int i, const char **name, const uint32_t **code, size_t *bytes);
 
 #endif

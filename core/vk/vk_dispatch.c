@@ -19,6 +19,16 @@ int vk_shader_index(const char *name) {
   return -1;
 }
 
+int qins_vk_shader_count(void) { return SHADER_COUNT; }
+
+int qins_vk_shader_get(int i, const char **name, const uint32_t **code, size_t *bytes) {
+  if (i < 0 || i >= SHADER_COUNT) return -1;
+  *name = vk_shader_table[i].name;
+  *code = vk_shader_table[i].code;
+  *bytes = vk_shader_table[i].bytes;
+  return 0;
+}
+
 int vk_shader_pick(vk_ctx *c, const char *name) {
   if (c->info.subgroup_arith) {
     char sg[96];
