@@ -275,6 +275,20 @@ static void test_split_small_limit(void **state) {
   pmake(&BY, "wide_out", QINS_DT_F32, 2, big, NULL, 0);
   assert_int_equal(qins_op_softmax(B[1], &BX.t[1], &BY.t[1]), QINS_EUNSUPPORTED);
   assert_non_null(strstr(qins_error_msg(), "wide"));
+  /* elementwise ops and casts do not care about row length: they run on flattened rows */
+  for (int i = 0; i < 2; i++) {
+    OK(qins_op_silu_mul(B[i], &BX.t[i], &BX.t[i], &BY.t[i]));
+    OK(qins_op_add(B[i], &BY.t[i], &BX.t[i], &BY.t[i]));
+  }
+  compare_f32("silu_mul then add on rows over the limit", &BY, 1e-5);
+  pair BH;
+  pmake(&BH, "wide_f16", QINS_DT_F16, 2, big, NULL, 2);
+  for (int i = 0; i < 2; i++) {
+    OK(qins_op_cast(B[i], &BY.t[i], &BH.t[i]));
+    OK(qins_op_cast(B[i], &BH.t[i], &BX.t[i]));
+  }
+  compare_f32("casts f32 -> f16 -> f32 on rows over the limit", &BX, 0);
+  pfree(&BH);
   pfree(&X); pfree(&Wt); pfree(&Y); pfree(&T); pfree(&I); pfree(&E); pfree(&BX); pfree(&BY);
   free(x); free(w); free(table); free(bx);
 }

@@ -66,15 +66,57 @@ int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, cons
 
 /* ---------------------------------------------------------------- elementwise */
 
-static int eltwise(qins_backend *be, qins_op_kind kind, const char *shader, const qins_tensor *a, const qins_tensor *b,
-                   qins_tensor *y) {
-  vk_ctx *c = vk_of(be);
+/* Views of t's elements [e0, e0 + rows*cols) as a [rows, cols] tensor (same buffer). */
+static qins_tensor flat_view(const qins_tensor *t, int64_t e0, int64_t rows, int64_t cols) {
+  qins_tensor v = *t;
+  v.ndim = 2;
+  v.shape[0] = rows;
+  v.shape[1] = cols;
+  v.shape[2] = v.shape[3] = 0;
+  v.offset = t->offset + (size_t)e0 * qins_dtype_size(t->dtype);
+  return v;
+}
+
+/* Elementwise ops without broadcast run on rows of this many elements (well under a binding). */
+static int64_t flat_cols(const vk_ctx *c) {
+  int64_t n = (int64_t)(c->max_range / 32);
+  return n < 16384 ? (n < 1 ? 1 : n) : 16384;
+}
+#define FLAT_COLS flat_cols(c)
+
+static int eltwise_rows(vk_ctx *c, qins_op_kind kind, const char *shader, const qins_tensor *a, const qins_tensor *b,
+                        int bcast, const qins_tensor *y) {
   int64_t rows = qins_tensor_rows(a), cols = qins_tensor_cols(a);
-  int bcast = b && qins_tensor_numel(b) != qins_tensor_numel(a);
   size_t rb = (size_t)cols * 4;
   vk_arg args[3] = {{a, rb, 4, 0}, {b ? b : a, bcast ? 0 : rb, 4, 0}, {y, rb, 4, 1}};
   uint32_t p[3] = {0, (uint32_t)cols, (uint32_t)bcast};
-  int rc = vk_run_rows(c, kind, SH(shader), args, 3, rows, p, 3, (uint64_t)cols, 0, 1, 256);
+  return vk_run_rows(c, kind, SH(shader), args, 3, rows, p, 3, (uint64_t)cols, 0, 1, 256);
+}
+
+static int eltwise(qins_backend *be, qins_op_kind kind, const char *shader, const qins_tensor *a, const qins_tensor *b,
+                   qins_tensor *y) {
+  vk_ctx *c = vk_of(be);
+  int64_t n = qins_tensor_numel(a);
+  int bcast = b && qins_tensor_numel(b) != n;
+  int rc;
+  if (bcast) {
+    rc = eltwise_rows(c, kind, shader, a, b, 1, y);
+  } else {
+    /* the shape does not matter: rows of FLAT_COLS elements (then the rest) split into chunks
+     * under the binding limit however long the tensor's own rows are */
+    int64_t full = n / FLAT_COLS, tail = n % FLAT_COLS;
+    rc = 0;
+    if (full) {
+      qins_tensor va = flat_view(a, 0, full, FLAT_COLS), vb = b ? flat_view(b, 0, full, FLAT_COLS) : va,
+                  vy = flat_view(y, 0, full, FLAT_COLS);
+      rc = eltwise_rows(c, kind, shader, &va, b ? &vb : NULL, 0, &vy);
+    }
+    if (!rc && tail) {
+      int64_t e0 = full * FLAT_COLS;
+      qins_tensor va = flat_view(a, e0, 1, tail), vb = b ? flat_view(b, e0, 1, tail) : va, vy = flat_view(y, e0, 1, tail);
+      rc = eltwise_rows(c, kind, shader, &va, b ? &vb : NULL, 0, &vy);
+    }
+  }
   return rc ? qins_error_wrap(rc, "%s: ", qins_op_name(kind)) : 0;
 }
 
@@ -269,16 +311,29 @@ static int vk_copy(qins_backend *be, const qins_tensor *src, qins_tensor *dst) {
   return copy_bytes(vk_of(be), QINS_OP_COPY, src, dst);
 }
 
+static int cast_rows(vk_ctx *c, qins_op_kind kind, const char *name, const qins_tensor *src, const qins_tensor *dst) {
+  int64_t rows = qins_tensor_rows(src), cols = qins_tensor_cols(src);
+  size_t ss = qins_dtype_size(src->dtype), ds = qins_dtype_size(dst->dtype);
+  vk_arg args[2] = {{src, (size_t)cols * ss, ss, 0}, {dst, (size_t)cols * ds, ds, 1}};
+  uint32_t p[2] = {0, (uint32_t)cols};
+  return vk_run_rows(c, kind, SH(name), args, 2, rows, p, 2, (uint64_t)cols, ds == 2 ? 2 : 0, ds == 2 ? 2 : 1, 256);
+}
+
 int vk_cast_impl(vk_ctx *c, qins_op_kind kind, const qins_tensor *src, const qins_tensor *dst) {
   if (src->dtype == dst->dtype) return copy_bytes(c, kind, src, dst);
   char name[32];
   snprintf(name, sizeof name, "cast_%s_%s", wt_suffix(src->dtype), wt_suffix(dst->dtype));
-  int64_t n = qins_tensor_numel(src);
-  int64_t cols = qins_tensor_cols(src) == qins_tensor_cols(dst) ? qins_tensor_cols(src) : n;
-  size_t ss = qins_dtype_size(src->dtype), ds = qins_dtype_size(dst->dtype);
-  vk_arg args[2] = {{src, (size_t)cols * ss, ss, 0}, {dst, (size_t)cols * ds, ds, 1}};
-  uint32_t p[2] = {0, (uint32_t)cols};
-  int rc = vk_run_rows(c, kind, SH(name), args, 2, n / cols, p, 2, (uint64_t)cols, ds == 2 ? 2 : 0, ds == 2 ? 2 : 1, 256);
+  /* shapes may differ (same element count): run on rows of FLAT_COLS elements, then the rest */
+  int64_t n = qins_tensor_numel(src), full = n / FLAT_COLS, tail = n % FLAT_COLS;
+  int rc = 0;
+  if (full) {
+    qins_tensor vs = flat_view(src, 0, full, FLAT_COLS), vd = flat_view(dst, 0, full, FLAT_COLS);
+    rc = cast_rows(c, kind, name, &vs, &vd);
+  }
+  if (!rc && tail) {
+    qins_tensor vs = flat_view(src, full * FLAT_COLS, 1, tail), vd = flat_view(dst, full * FLAT_COLS, 1, tail);
+    rc = cast_rows(c, kind, name, &vs, &vd);
+  }
   return rc ? qins_error_wrap(rc, "%s: ", qins_op_name(kind)) : 0;
 }
 
