@@ -98,9 +98,9 @@ int qins_op_mul_backward(qins_backend *be, const qins_tensor *dy, const qins_ten
   RET_IF(f32_n(op, be, a, -1));
   RET_IF(f32_like(op, be, dy, a));
   RET_IF(f32_n(op, be, b, -1));
-  int64_t nb = qins_tensor_numel(b);
-  if (nb != qins_tensor_numel(a) && nb != qins_tensor_cols(a))
-    return qins_error_set(QINS_EINVAL, "%s: %s must match %s or one of its rows", op, DESC(b), DESC(a));
+  /* the shape decides between activation (same shape) and broadcast row (parameter) */
+  if (!qins_tensor_same_shape(a, b) && qins_tensor_numel(b) != qins_tensor_cols(a))
+    return qins_error_set(QINS_EINVAL, "%s: %s must have the shape of %s or be one of its rows", op, DESC(b), DESC(a));
   if (da) RET_IF(f32_like(op, be, da, a));
   if (db) RET_IF(f32_like(op, be, db, b));
   DISPATCH(QINS_OP_MUL_BACKWARD, mul_backward, dy, a, b, da, db);

@@ -29,9 +29,10 @@ int qins_op_matmul_backward(qins_backend *be, const qins_tensor *dy, const qins_
  * (da = dy, and for a same-shaped b db = dy: no op needed.) */
 int qins_op_add_backward(qins_backend *be, const qins_tensor *dy, qins_tensor *db);
 /* y = a * b (b same-shaped or one row broadcast over rows).
- *   da = dy * b                                          (overwrite, or NULL; may alias dy)
- *   db = dy * a          when b is same-shaped           (overwrite, or NULL)
- *   db += sum_rows dy * a when b is one row (a parameter) (accumulate, or NULL) */
+ *   da = dy * b                                                (overwrite, or NULL; may alias dy)
+ *   db = dy * a           when b has a's shape (an activation) (overwrite, or NULL)
+ *   db += sum_rows dy * a otherwise: b is one row [cols] (a parameter) (accumulate, or NULL)
+ * The shape decides, not the element count: for a [1,N], b [N] accumulates, b [1,N] overwrites. */
 int qins_op_mul_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *a, const qins_tensor *b,
                          qins_tensor *da, qins_tensor *db);
 /* y = x / sqrt(mean(x^2) + eps) * w per row. dx [M,D] (overwrite), dw [D] += (accumulate, or NULL). */

@@ -112,10 +112,11 @@ int cpu_mul_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor 
                      qins_tensor *da, qins_tensor *db) {
   int64_t n = qins_tensor_numel(a), nb = qins_tensor_numel(b), cols = qins_tensor_cols(a);
   const float *g = F32(dy), *pa = F32(a), *pb = F32(b);
-  /* db first: da may alias dy */
+  /* db first: da may alias dy. b shaped like a is an activation (overwrite); otherwise it is one
+   * row broadcast over a's rows, a parameter (accumulate) -- even when a has a single row. */
   if (db) {
     float *out = F32(db);
-    if (nb == n) {
+    if (qins_tensor_same_shape(a, b)) {
       for (int64_t i = 0; i < n; i++) out[i] = g[i] * pa[i];
     } else {
       int64_t rows = n / cols;
