@@ -12,7 +12,9 @@
 
 #include "core/backend_grad.h"
 #include "core/error.h"
+#include "core/model/model.h"
 #include "core/model/safetensors.h"
+#include "core/train/model_grad.h"
 #include "core/train/optim.h"
 #include "tests/test_util.h"
 #include "tests/train_fixture.h"
@@ -263,11 +265,47 @@ static void test_toy_qins_adamw(void **st) {
   qins_backend_destroy(be);
 }
 
+/* ---------------------------------------------------------------- the PyTorch fixtures */
+
+static int model_loss_grad(void *user, const int32_t *ids, int n, double *loss) {
+  return qins_train_model_loss_grad(user, ids, n, loss);
+}
+
+static void fixture_model(const char *name) {
+  char rel[256];
+  snprintf(rel, sizeof rel, "fixtures/hf/%s", name);
+  const char *dir = test_shared_path(rel);
+  qins_model *m;
+  if (qins_model_open(dir, &m)) fail_msg("%s", qins_error_msg());
+  qins_backend *be;
+  assert_int_equal(qins_backend_create("cpu", &be), 0);
+  qins_train_model *tm;
+  if (qins_train_model_create(m, be, &tm)) fail_msg("%s", qins_error_msg());
+  qins_model_close(m); /* the trainable copy owns its weights */
+  int np = qins_train_model_count(tm);
+  train_param *params = calloc((size_t)np, sizeof *params);
+  for (int i = 0; i < np; i++) {
+    const qins_train_param *p = qins_train_model_param(tm, i);
+    params[i] = (train_param){p->name, p->w, p->g, p->n};
+  }
+  train_fixture_check(dir, params, np, model_loss_grad, tm, (train_fixture_tol){1e-4, 1e-4});
+  free(params);
+  qins_train_model_destroy(tm);
+  qins_backend_destroy(be);
+}
+
+static void test_fixture_llama(void **st) { fixture_model("llama_gqa"); }
+static void test_fixture_phi3(void **st) { fixture_model("phi3_longrope"); }
+static void test_fixture_gpt2(void **st) { fixture_model("gpt2"); }
+
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_toy_fixture),
       cmocka_unit_test(test_toy_qins_adamw),
+      cmocka_unit_test(test_fixture_llama),
+      cmocka_unit_test(test_fixture_phi3),
+      cmocka_unit_test(test_fixture_gpt2),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
