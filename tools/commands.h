@@ -12,6 +12,8 @@ typedef struct qins_command {
 int qins_cli_fail(int rc);
 
 int cmd_backends(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 
 #endif

@@ -7,6 +7,8 @@
 
 static const qins_command commands[] = {
     {"backends", "list compute backends and devices on this machine", cmd_backends},
+    {"tokenize", "text to token ids with a tokenizer (tokenizer.json, GPT-2, llama2.c)", cmd_tokenize},
+    {"detokenize", "token ids to text", cmd_detokenize},
     {"inspect", "show a model's format, config and tensors", cmd_inspect},
 };
 
