@@ -96,40 +96,51 @@ int cpu_matmul_backward(qins_backend *be, const qins_tensor *dy, const qins_tens
 
 /* ---------------------------------------------------------------- add, mul */
 
-int cpu_add_backward(qins_backend *be, const qins_tensor *dy, qins_tensor *db) {
-  int64_t rows = qins_tensor_rows(dy), cols = qins_tensor_cols(dy);
-  const float *g = F32(dy);
-  float *out = F32(db);
-  for (int64_t c = 0; c < cols; c++) {
+typedef struct {
+  const float *g, *a, *b;
+  float *out;
+  int64_t rows, cols, nb;
+} bin_job;
+
+/* Column sums (a parameter broadcast over rows): out[c] += sum_r g[r,c] (* a[r,c] when a is set). */
+static void colsum_cols(void *user, int64_t c0, int64_t c1) {
+  const bin_job *j = user;
+  for (int64_t c = c0; c < c1; c++) {
     float s = 0.0f;
-    for (int64_t r = 0; r < rows; r++) s += g[r * cols + c];
-    out[c] += s;
+    for (int64_t r = 0; r < j->rows; r++) s += j->g[r * j->cols + c] * (j->a ? j->a[r * j->cols + c] : 1.0f);
+    j->out[c] += s;
   }
+}
+
+/* Elementwise products: out[i] = g[i] * b[i mod nb]. */
+static void prod_range(void *user, int64_t i0, int64_t i1) {
+  const bin_job *j = user;
+  for (int64_t i = i0; i < i1; i++) j->out[i] = j->g[i] * j->b[j->nb == j->rows * j->cols ? i : i % j->nb];
+}
+
+int cpu_add_backward(qins_backend *be, const qins_tensor *dy, qins_tensor *db) {
+  bin_job j = {F32(dy), NULL, NULL, F32(db), qins_tensor_rows(dy), qins_tensor_cols(dy), 0};
+  cpu_parallel(be, j.cols, 64, colsum_cols, &j);
   return 0;
 }
 
 int cpu_mul_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *a, const qins_tensor *b,
                      qins_tensor *da, qins_tensor *db) {
-  int64_t n = qins_tensor_numel(a), nb = qins_tensor_numel(b), cols = qins_tensor_cols(a);
-  const float *g = F32(dy), *pa = F32(a), *pb = F32(b);
+  int64_t n = qins_tensor_numel(a), cols = qins_tensor_cols(a);
   /* db first: da may alias dy. b shaped like a is an activation (overwrite); otherwise it is one
    * row broadcast over a's rows, a parameter (accumulate) -- even when a has a single row. */
   if (db) {
-    float *out = F32(db);
     if (qins_tensor_same_shape(a, b)) {
-      for (int64_t i = 0; i < n; i++) out[i] = g[i] * pa[i];
+      bin_job j = {F32(dy), NULL, F32(a), F32(db), n / cols, cols, n};
+      cpu_parallel(be, n, 4096, prod_range, &j);
     } else {
-      int64_t rows = n / cols;
-      for (int64_t c = 0; c < cols; c++) {
-        float s = 0.0f;
-        for (int64_t r = 0; r < rows; r++) s += g[r * cols + c] * pa[r * cols + c];
-        out[c] += s;
-      }
+      bin_job j = {F32(dy), F32(a), NULL, F32(db), n / cols, cols, cols};
+      cpu_parallel(be, cols, 64, colsum_cols, &j);
     }
   }
   if (da) {
-    float *out = F32(da);
-    for (int64_t i = 0; i < n; i++) out[i] = g[i] * pb[nb == n ? i : i % nb];
+    bin_job j = {F32(dy), NULL, F32(b), F32(da), n / cols, cols, qins_tensor_numel(b)};
+    cpu_parallel(be, n, 4096, prod_range, &j);
   }
   return 0;
 }
@@ -236,87 +247,123 @@ int cpu_layernorm_backward(qins_backend *be, const qins_tensor *dy, const qins_t
 
 /* ---------------------------------------------------------------- rope */
 
-int cpu_rope_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *pos, const qins_tensor *inv_freq,
-                      int rot_dim, float attn_factor, qins_rope_mode mode, qins_tensor *dx) {
-  int64_t m = dy->shape[0], h = dy->shape[1], d = dy->shape[2];
-  const float *pg = F32(dy), *pf = F32(inv_freq);
-  const int32_t *pp = I32(pos);
-  float *pd = F32(dx);
-  int half = rot_dim / 2;
-  for (int64_t t = 0; t < m; t++) {
+typedef struct {
+  const float *g, *freq;
+  const int32_t *pos;
+  float *dx;
+  int64_t h, d;
+  int rot;
+  float af;
+  qins_rope_mode mode;
+} rope_bwd_job;
+
+/* One position per index: the transposed rotation of every head's pairs. */
+static void rope_bwd_rows(void *user, int64_t t0, int64_t t1) {
+  const rope_bwd_job *j = user;
+  int half = j->rot / 2;
+  for (int64_t t = t0; t < t1; t++) {
     for (int i = 0; i < half; i++) {
-      /* the angle exactly as the forward computes it (f32 product), so the pair is exact transposes */
-      float angle = (float)pp[t] * pf[i];
-      float c = cosf(angle) * attn_factor, s = sinf(angle) * attn_factor;
-      int64_t i0 = mode == QINS_ROPE_INTERLEAVED ? 2 * i : i;
-      int64_t i1 = mode == QINS_ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
-      for (int64_t hh = 0; hh < h; hh++) {
-        const float *gr = pg + (t * h + hh) * d;
-        float *dr = pd + (t * h + hh) * d;
+      /* the angle exactly as the forward computes it (f32 product), so the pair are exact transposes */
+      float angle = (float)j->pos[t] * j->freq[i];
+      float c = cosf(angle) * j->af, s = sinf(angle) * j->af;
+      int64_t i0 = j->mode == QINS_ROPE_INTERLEAVED ? 2 * i : i;
+      int64_t i1 = j->mode == QINS_ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
+      for (int64_t hh = 0; hh < j->h; hh++) {
+        const float *gr = j->g + (t * j->h + hh) * j->d;
+        float *dr = j->dx + (t * j->h + hh) * j->d;
         float g0 = gr[i0], g1 = gr[i1];
         dr[i0] = g0 * c + g1 * s;
         dr[i1] = -g0 * s + g1 * c;
       }
     }
-    if (pd != pg)
-      for (int64_t hh = 0; hh < h; hh++)
-        for (int64_t i = rot_dim; i < d; i++) pd[(t * h + hh) * d + i] = pg[(t * h + hh) * d + i];
+    if (j->dx != j->g)
+      for (int64_t hh = 0; hh < j->h; hh++)
+        for (int64_t i = j->rot; i < j->d; i++) j->dx[(t * j->h + hh) * j->d + i] = j->g[(t * j->h + hh) * j->d + i];
   }
+}
+
+int cpu_rope_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *pos, const qins_tensor *inv_freq,
+                      int rot_dim, float attn_factor, qins_rope_mode mode, qins_tensor *dx) {
+  rope_bwd_job j = {F32(dy), F32(inv_freq), I32(pos), F32(dx), dy->shape[1], dy->shape[2], rot_dim, attn_factor, mode};
+  cpu_parallel(be, dy->shape[0], 4, rope_bwd_rows, &j);
   return 0;
 }
 
 /* ---------------------------------------------------------------- softmax and activations */
 
-int cpu_softmax_backward(qins_backend *be, const qins_tensor *y, const qins_tensor *dy, qins_tensor *dx) {
-  int64_t rows = qins_tensor_rows(y), n = qins_tensor_cols(y);
-  for (int64_t r = 0; r < rows; r++) {
-    const float *yr = F32(y) + r * n, *gr = F32(dy) + r * n;
-    float *dr = F32(dx) + r * n;
+typedef struct {
+  const float *x, *y, *up, *g;
+  float *d1, *d2;
+  int64_t n; /* row length (softmax) */
+} act_job;
+
+static void softmax_bwd_rows(void *user, int64_t r0, int64_t r1) {
+  const act_job *j = user;
+  for (int64_t r = r0; r < r1; r++) {
+    const float *yr = j->y + r * j->n, *gr = j->g + r * j->n;
+    float *dr = j->d1 + r * j->n;
     double dot = 0.0;
-    for (int64_t i = 0; i < n; i++) dot += (double)gr[i] * yr[i];
-    for (int64_t i = 0; i < n; i++) dr[i] = yr[i] * (gr[i] - (float)dot);
+    for (int64_t i = 0; i < j->n; i++) dot += (double)gr[i] * yr[i];
+    for (int64_t i = 0; i < j->n; i++) dr[i] = yr[i] * (gr[i] - (float)dot);
   }
+}
+
+int cpu_softmax_backward(qins_backend *be, const qins_tensor *y, const qins_tensor *dy, qins_tensor *dx) {
+  act_job j = {NULL, F32(y), NULL, F32(dy), F32(dx), NULL, qins_tensor_cols(y)};
+  cpu_parallel(be, qins_tensor_rows(y), 4, softmax_bwd_rows, &j);
   return 0;
 }
 
 static inline float sigmoidf(float v) { return 1.0f / (1.0f + expf(-v)); }
 
-int cpu_silu_backward(qins_backend *be, const qins_tensor *x, const qins_tensor *dy, qins_tensor *dx) {
-  const float *px = F32(x), *pg = F32(dy);
-  float *pd = F32(dx);
-  int64_t n = qins_tensor_numel(x);
-  for (int64_t i = 0; i < n; i++) {
-    float s = sigmoidf(px[i]);
-    pd[i] = pg[i] * s * (1.0f + px[i] * (1.0f - s));
+/* silu'(x) = s (1 + x (1 - s)), s = sigmoid(x) */
+static void silu_bwd_range(void *user, int64_t i0, int64_t i1) {
+  const act_job *j = user;
+  for (int64_t i = i0; i < i1; i++) {
+    float s = sigmoidf(j->x[i]);
+    j->d1[i] = j->g[i] * s * (1.0f + j->x[i] * (1.0f - s));
   }
+}
+
+/* gelu_tanh'(x) = (1 + t)/2 + x (1 - t^2) c (1 + 3 a x^2) / 2, t = tanh(c (x + a x^3)) */
+static void gelu_bwd_range(void *user, int64_t i0, int64_t i1) {
+  const act_job *j = user;
+  const float c = 0.7978845608028654f, a = 0.044715f;
+  for (int64_t i = i0; i < i1; i++) {
+    float v = j->x[i];
+    float t = tanhf(c * (v + a * v * v * v));
+    float du = c * (1.0f + 3.0f * a * v * v);
+    j->d1[i] = j->g[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
+  }
+}
+
+/* silu(gate) * up: dgate = dy up silu'(gate), dup = dy silu(gate) */
+static void silu_mul_bwd_range(void *user, int64_t i0, int64_t i1) {
+  const act_job *j = user;
+  for (int64_t i = i0; i < i1; i++) {
+    float x = j->x[i], u = j->up[i], g = j->g[i];
+    float s = sigmoidf(x);
+    if (j->d1) j->d1[i] = g * u * s * (1.0f + x * (1.0f - s));
+    if (j->d2) j->d2[i] = g * x * s;
+  }
+}
+
+int cpu_silu_backward(qins_backend *be, const qins_tensor *x, const qins_tensor *dy, qins_tensor *dx) {
+  act_job j = {F32(x), NULL, NULL, F32(dy), F32(dx), NULL, 0};
+  cpu_parallel(be, qins_tensor_numel(x), 4096, silu_bwd_range, &j);
   return 0;
 }
 
 int cpu_gelu_tanh_backward(qins_backend *be, const qins_tensor *x, const qins_tensor *dy, qins_tensor *dx) {
-  const float *px = F32(x), *pg = F32(dy);
-  float *pd = F32(dx);
-  int64_t n = qins_tensor_numel(x);
-  const float c = 0.7978845608028654f, a = 0.044715f;
-  for (int64_t i = 0; i < n; i++) {
-    float v = px[i];
-    float t = tanhf(c * (v + a * v * v * v));
-    float du = c * (1.0f + 3.0f * a * v * v);
-    pd[i] = pg[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
-  }
+  act_job j = {F32(x), NULL, NULL, F32(dy), F32(dx), NULL, 0};
+  cpu_parallel(be, qins_tensor_numel(x), 4096, gelu_bwd_range, &j);
   return 0;
 }
 
 int cpu_silu_mul_backward(qins_backend *be, const qins_tensor *gate, const qins_tensor *up, const qins_tensor *dy,
                           qins_tensor *dgate, qins_tensor *dup) {
-  const float *pg = F32(gate), *pu = F32(up), *pdy = F32(dy);
-  float *dg = dgate ? F32(dgate) : NULL, *du = dup ? F32(dup) : NULL;
-  int64_t n = qins_tensor_numel(gate);
-  for (int64_t i = 0; i < n; i++) {
-    float x = pg[i], u = pu[i], g = pdy[i];
-    float s = sigmoidf(x);
-    if (dg) dg[i] = g * u * s * (1.0f + x * (1.0f - s));
-    if (du) du[i] = g * x * s;
-  }
+  act_job j = {F32(gate), NULL, F32(up), F32(dy), dgate ? F32(dgate) : NULL, dup ? F32(dup) : NULL, 0};
+  cpu_parallel(be, qins_tensor_numel(gate), 4096, silu_mul_bwd_range, &j);
   return 0;
 }
 
