@@ -298,6 +298,78 @@ static void test_fixture_llama(void **st) { fixture_model("llama_gqa"); }
 static void test_fixture_phi3(void **st) { fixture_model("phi3_longrope"); }
 static void test_fixture_gpt2(void **st) { fixture_model("gpt2"); }
 
+/* QINS-AdamW on the QINS-eligible matrices of a real model (QINS.md section 5: v_proj, o_proj, the
+ * MLP), qins8 storage with per-row alpha, beside plain AdamW from the same weights and batch: both
+ * loss curves are printed together and both must fall. */
+static int qins_eligible(const char *name) {
+  const char *keys[] = {"v_proj.weight", "o_proj.weight", "gate_proj.weight", "up_proj.weight", "down_proj.weight"};
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+    if (strstr(name, keys[i])) return 1;
+  return 0;
+}
+
+static void test_model_qins_adamw(void **st) {
+  const char *dir = test_shared_path("fixtures/hf/llama_gqa");
+  char path[1200];
+  snprintf(path, sizeof path, "%s/train.json", dir);
+  json_error_t jerr;
+  json_t *root = json_load_file(path, 0, &jerr);
+  assert_non_null(root);
+  json_t *jids = json_object_get(root, "ids");
+  int n = (int)json_array_size(jids);
+  int32_t *ids = malloc((size_t)n * sizeof(int32_t));
+  for (int i = 0; i < n; i++) ids[i] = (int32_t)json_integer_value(json_array_get(jids, (size_t)i));
+  json_decref(root);
+  qins_backend *be;
+  assert_int_equal(qins_backend_create("cpu", &be), 0);
+  enum { STEPS_M = 8 };
+  double curve[2][STEPS_M];
+  int n_qins = 0;
+  for (int q = 0; q < 2; q++) {
+    qins_model *m;
+    assert_int_equal(qins_model_open(dir, &m), 0);
+    qins_train_model *tm;
+    assert_int_equal(qins_train_model_create(m, be, &tm), 0);
+    qins_model_close(m);
+    qins_optim_config cfg = qins_optim_config_default();
+    cfg.adamw.lr = 1e-3f;
+    cfg.adamw.beta2 = 0.95f;
+    cfg.adamw.weight_decay = 0.1f;
+    qins_optim *o;
+    assert_int_equal(qins_optim_create(&cfg, &o), 0);
+    for (int i = 0; i < qins_train_model_count(tm); i++) {
+      const qins_train_param *p = qins_train_model_param(tm, i);
+      qins_param_opts po = qins_param_opts_default();
+      po.no_decay = p->is_vector;
+      if (q && qins_eligible(p->name)) {
+        po.qins = 1;
+        po.storage = QINS_DT_QINS8;
+        po.rows = p->shape[0];
+        n_qins++;
+      }
+      assert_true(qins_optim_add(o, p->name, p->w, p->g, p->n, &po) >= 0);
+    }
+    for (int s = 0; s < STEPS_M; s++) {
+      qins_optim_zero_grad(o);
+      double loss;
+      assert_int_equal(qins_train_model_loss_grad(tm, ids, n, &loss), 0);
+      curve[q][s] = loss;
+      qins_step_report r;
+      assert_int_equal(qins_optim_step(o, loss, &r), 0);
+      assert_int_equal(r.anomaly, QINS_ANOMALY_NONE);
+    }
+    qins_optim_destroy(o);
+    qins_train_model_destroy(tm);
+  }
+  print_message("  llama_gqa, %d QINS matrices (qins8):\n  step   AdamW      QINS-AdamW\n", n_qins);
+  for (int s = 0; s < STEPS_M; s++) print_message("  %4d   %.5f    %.5f\n", s, curve[0][s], curve[1][s]);
+  assert_int_equal(n_qins, 10); /* 2 layers x (v, o, gate, up, down) */
+  assert_true(curve[0][STEPS_M - 1] < curve[0][0] - 0.5);
+  assert_true(curve[1][STEPS_M - 1] < curve[1][0] - 0.5);
+  free(ids);
+  qins_backend_destroy(be);
+}
+
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
@@ -306,6 +378,7 @@ int main(void) {
       cmocka_unit_test(test_fixture_llama),
       cmocka_unit_test(test_fixture_phi3),
       cmocka_unit_test(test_fixture_gpt2),
+      cmocka_unit_test(test_model_qins_adamw),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
