@@ -14,6 +14,7 @@ typedef struct qins_vk_info {
   int is_cpu;                     /* lavapipe/llvmpipe and other CPU emulations */
   int storage16, storage8;        /* storageBuffer16BitAccess, storageBuffer8BitAccess */
   int float16, int8;              /* shaderFloat16, shaderInt8 */
+  int float64;                    /* shaderFloat64: norm backward sums in double (_f64 variants) */
   int push_descriptors;           /* VK_KHR_push_descriptor in use */
   int cooperative_matrix;         /* VK_KHR_cooperative_matrix or VK_NV_cooperative_matrix offered (reported only) */
   uint32_t subgroup_size;

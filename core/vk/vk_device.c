@@ -187,6 +187,7 @@ static int create_device(vk_ctx *c) {
   in->storage8 = f12.storageBuffer8BitAccess;
   in->float16 = f12.shaderFloat16;
   in->int8 = f12.shaderInt8;
+  in->float64 = f2.features.shaderFloat64 && !getenv("QINS_VK_NO_F64");
   in->subgroup_size = p11.subgroupSize;
   c->max_alloc = p11.maxMemoryAllocationSize;
   in->subgroup_arith = (p11.subgroupSupportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
@@ -244,7 +245,9 @@ static int create_device(vk_ctx *c) {
   VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, .queueFamilyIndex = c->qfam,
                                  .queueCount = 1, .pQueuePriorities = &prio};
   const char *dext[1] = {VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME};
+  VkPhysicalDeviceFeatures base = {.shaderFloat64 = (VkBool32)in->float64};
   VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .pNext = &e12, .queueCreateInfoCount = 1,
+                            .pEnabledFeatures = &base,
                             .pQueueCreateInfos = &qci, .enabledExtensionCount = push ? 1u : 0u,
                             .ppEnabledExtensionNames = dext};
   int rc = vk_check(vkCreateDevice(c->phys, &dci, NULL, &c->dev), "vkCreateDevice");

@@ -132,6 +132,26 @@ int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, cons
 int vk_calibrate(qins_backend *be, const qins_tensor *x, qins_dtype format, qins_alpha_spec spec, qins_tensor *alpha);
 int vk_quantize(qins_backend *be, const qins_tensor *x, qins_tensor *dst);
 int vk_dequantize(qins_backend *be, const qins_tensor *src, qins_tensor *y);
+/* vk_grad.c: backward ops */
+int vk_matmul_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *x, const qins_tensor *w,
+                              qins_tensor *dx, qins_tensor *dw, qins_tensor *dbias);
+int vk_add_backward(qins_backend *be, const qins_tensor *dy, qins_tensor *db);
+int vk_mul_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *a, const qins_tensor *b,
+                           qins_tensor *da, qins_tensor *db);
+int vk_rmsnorm_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *x, const qins_tensor *w,
+                               float eps, qins_tensor *dx, qins_tensor *dw);
+int vk_layernorm_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *x, const qins_tensor *w,
+                                 float eps, qins_tensor *dx, qins_tensor *dw, qins_tensor *db);
+int vk_rope_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *pos, const qins_tensor *inv_freq,
+                            int rot_dim, float attn_factor, qins_rope_mode mode, qins_tensor *dx);
+int vk_softmax_backward(qins_backend *be, const qins_tensor *y, const qins_tensor *dy, qins_tensor *dx);
+int vk_silu_backward(qins_backend *be, const qins_tensor *x, const qins_tensor *dy, qins_tensor *dx);
+int vk_gelu_tanh_backward(qins_backend *be, const qins_tensor *x, const qins_tensor *dy, qins_tensor *dx);
+int vk_silu_mul_backward(qins_backend *be, const qins_tensor *gate, const qins_tensor *up, const qins_tensor *dy,
+                                qins_tensor *dgate, qins_tensor *dup);
+int vk_embed_backward(qins_backend *be, const qins_tensor *ids, const qins_tensor *dy, qins_tensor *dtable);
+int vk_cross_entropy(qins_backend *be, const qins_tensor *logits, const qins_tensor *targets, qins_tensor *loss,
+                            qins_tensor *dlogits, float scale);
 int vk_cast_impl(vk_ctx *c, qins_op_kind kind, const qins_tensor *src, const qins_tensor *dst);
 
 /* A row-parallel op argument: bound per chunk of rows (row_bytes > 0) or whole (row_bytes 0). */
