@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/backend.h"
+#include "core/backend_grad.h"
 #include "core/error.h"
 #include "core/vk/vk.h"
 #include "tests/test_util.h"
@@ -993,6 +994,58 @@ static void test_timestamps(void **state) {
   if (in.timestamp_period > 0) assert_true(B[1]->stats[QINS_OP_MATMUL].ns > before);
 }
 
+/* A few backward ops against the cpu (test_grad.c checks every one against finite differences on
+ * every backend; here they also run under the validation layer). */
+static void grad_cases(void) {
+  int64_t m = 5, n = 33, k = 17;
+  int64_t ys[2] = {m, n}, xs[2] = {m, k}, ws[2] = {n, k};
+  float *dy = randn(m * n, 1.0f), *x = randn(m * k, 1.0f), *w = randn(n * k, 0.2f), *z = calloc((size_t)(n * k), 4);
+  pair DY, X, W, DX, DW, DB;
+  pmake(&DY, "dy", QINS_DT_F32, 2, ys, dy, 4);
+  pmake(&X, "x", QINS_DT_F32, 2, xs, x, 0);
+  pmake(&W, "w", QINS_DT_F32, 2, ws, w, 8);
+  pmake(&DX, "dx", QINS_DT_F32, 2, xs, NULL, 0);
+  pmake(&DW, "dw", QINS_DT_F32, 2, ws, z, 4);
+  pmake(&DB, "dbias", QINS_DT_F32, 1, &n, z, 0);
+  for (int i = 0; i < 2; i++) OK(qins_op_matmul_backward(B[i], &DY.t[i], &X.t[i], &W.t[i], &DX.t[i], &DW.t[i], &DB.t[i]));
+  compare_f32("matmul_backward dx", &DX, 1e-5);
+  compare_f32("matmul_backward dw", &DW, 1e-5);
+  compare_f32("matmul_backward dbias", &DB, 1e-5);
+  int64_t qs[3] = {4, 4, 16}, cs[3] = {6, 2, 16};
+  float *q = randn(256, 1.0f), *kk = randn(192, 1.0f), *v = randn(192, 1.0f), *g = randn(256, 1.0f);
+  pair Q, K, V, G, DQ, DK, DV;
+  pmake(&Q, "q", QINS_DT_F32, 3, qs, q, 0);
+  pmake(&K, "k", QINS_DT_F32, 3, cs, kk, 4);
+  pmake(&V, "v", QINS_DT_F32, 3, cs, v, 0);
+  pmake(&G, "dout", QINS_DT_F32, 3, qs, g, 0);
+  pmake(&DQ, "dq", QINS_DT_F32, 3, qs, NULL, 0);
+  pmake(&DK, "dk", QINS_DT_F32, 3, cs, NULL, 0);
+  pmake(&DV, "dv", QINS_DT_F32, 3, cs, NULL, 0);
+  for (int i = 0; i < 2; i++)
+    OK(qins_op_attention_backward(B[i], &Q.t[i], &K.t[i], &V.t[i], 1, 0.25f, &G.t[i], &DQ.t[i], &DK.t[i], &DV.t[i]));
+  compare_f32("attention_backward dq", &DQ, 1e-4);
+  compare_f32("attention_backward dk", &DK, 1e-4);
+  compare_f32("attention_backward dv", &DV, 1e-4);
+  int32_t tg[5] = {3, -1, 32, 0, 7};
+  pair T, L, DL;
+  pmake(&T, "targets", QINS_DT_I32, 1, &m, tg, 0);
+  pmake(&L, "loss", QINS_DT_F32, 1, &m, NULL, 0);
+  pmake(&DL, "dlogits", QINS_DT_F32, 2, ys, NULL, 0);
+  for (int i = 0; i < 2; i++) OK(qins_op_cross_entropy(B[i], &DY.t[i], &T.t[i], &L.t[i], &DL.t[i], 0.0f));
+  compare_f32("cross_entropy loss", &L, 1e-5);
+  compare_f32("cross_entropy dlogits", &DL, 1e-5);
+  pfree(&DY); pfree(&X); pfree(&W); pfree(&DX); pfree(&DW); pfree(&DB);
+  pfree(&Q); pfree(&K); pfree(&V); pfree(&G); pfree(&DQ); pfree(&DK); pfree(&DV);
+  pfree(&T); pfree(&L); pfree(&DL);
+  free(dy); free(x); free(w); free(z); free(q); free(kk); free(v); free(g);
+}
+
+static void test_grad_vs_cpu(void **state) {
+  (void)state;
+  NEED_VK();
+  grad_cases();
+}
+
 /* Runs a few ops (compared with cpu) on a fresh vk:0 created with the given environment; returns
  * the validation messages counted (QINS_VK_VALIDATION=1 in env) or -1 if the layer is missing. */
 static int run_with_env(const char *const *env) {
@@ -1008,6 +1061,7 @@ static int run_with_env(const char *const *env) {
   matmul_case(12, 33, 17, QINS_DT_BF16, 0);
   attention_case(3, 4, 2, 16, 10, 5);
   attention_case(2, 2, 1, 16, 600, 500); /* split keys + combine */
+  grad_cases();
   int64_t shape[2] = {3, 40};
   float *x = randn(120, 1.0f);
   pair X, Y, W;
@@ -1090,6 +1144,7 @@ int main(void) {
       cmocka_unit_test(test_codec_vs_cpu),
       cmocka_unit_test(test_long_batch),
       cmocka_unit_test(test_timestamps),
+      cmocka_unit_test(test_grad_vs_cpu),
       cmocka_unit_test(test_fallback_paths),
       cmocka_unit_test(test_validation),
   };

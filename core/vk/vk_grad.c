@@ -265,3 +265,33 @@ int vk_cross_entropy(qins_backend *be, const qins_tensor *logits, const qins_ten
   return rc ? qins_error_wrap(rc, "cross_entropy: ") : 0;
 }
 
+
+/* ---------------------------------------------------------------- attention */
+
+int vk_attention_backward(qins_backend *be, const qins_tensor *q, const qins_tensor *k, const qins_tensor *v,
+                          int64_t pos0, float scale, const qins_tensor *dout, qins_tensor *dq, qins_tensor *dk,
+                          qins_tensor *dv) {
+  vk_ctx *c = vk_of(be);
+  int64_t m = q->shape[0], hq = q->shape[1], d = q->shape[2], t = k->shape[0], hkv = k->shape[1];
+  int64_t tv = pos0 + m;
+  if (d > 256) return qins_error_set(QINS_EUNSUPPORTED, "attention_backward: head size %lld over 256", (long long)d);
+  /* two [M*Hq, pos0+M] scratch matrices (P and dS), as on the cpu */
+  qins_tensor st;
+  qins_buf hold;
+  int rc = scratch_tensor(c, &st, &hold, "attention_backward.scores", 2 * m * hq * tv, 2);
+  if (rc) return rc;
+  vk_bind b[6];
+  uint32_t off[8] = {0};
+  const qins_tensor *in1[6] = {q, k, v, dout, dq, &st};
+  for (int i = 0; i < 6 && !rc; i++) rc = vk_bind_tensor(c, in1[i], 0, qins_tensor_nbytes(in1[i]), 4, &b[i], &off[i]);
+  uint32_t p[8] = {(uint32_t)m, (uint32_t)hq, (uint32_t)hkv, (uint32_t)d, (uint32_t)pos0, fbits(scale), (uint32_t)tv,
+                   (uint32_t)t};
+  uint32_t gx, gy;
+  vk_grid(c, (uint64_t)(m * hq), 1, &gx, &gy);
+  if (!rc) rc = vk_dispatch(c, QINS_OP_ATTENTION_BACKWARD, SH("attn_bwd_q"), b, 6, (1u << 4) | (1u << 5), off, p, 7, gx, gy);
+  const qins_tensor *in2[5] = {q, dout, &st, dk, dv};
+  for (int i = 0; i < 5 && !rc; i++) rc = vk_bind_tensor(c, in2[i], 0, qins_tensor_nbytes(in2[i]), 4, &b[i], &off[i]);
+  vk_grid(c, (uint64_t)(t * hkv * d), 256, &gx, &gy);
+  if (!rc) rc = vk_dispatch(c, QINS_OP_ATTENTION_BACKWARD, SH("attn_bwd_kv"), b, 5, (1u << 3) | (1u << 4), off, p, 8, gx, gy);
+  return rc ? qins_error_wrap(rc, "attention_backward: ") : 0;
+}

@@ -150,6 +150,9 @@ int vk_gelu_tanh_backward(qins_backend *be, const qins_tensor *x, const qins_ten
 int vk_silu_mul_backward(qins_backend *be, const qins_tensor *gate, const qins_tensor *up, const qins_tensor *dy,
                                 qins_tensor *dgate, qins_tensor *dup);
 int vk_embed_backward(qins_backend *be, const qins_tensor *ids, const qins_tensor *dy, qins_tensor *dtable);
+int vk_attention_backward(qins_backend *be, const qins_tensor *q, const qins_tensor *k, const qins_tensor *v,
+                          int64_t pos0, float scale, const qins_tensor *dout, qins_tensor *dq, qins_tensor *dk,
+                          qins_tensor *dv);
 int vk_cross_entropy(qins_backend *be, const qins_tensor *logits, const qins_tensor *targets, qins_tensor *loss,
                             qins_tensor *dlogits, float scale);
 int vk_cast_impl(vk_ctx *c, qins_op_kind kind, const qins_tensor *src, const qins_tensor *dst);

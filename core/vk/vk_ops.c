@@ -379,5 +379,6 @@ const qins_backend_ops vk_backend_ops = {
     .gelu_tanh_backward = vk_gelu_tanh_backward,
     .silu_mul_backward = vk_silu_mul_backward,
     .embed_backward = vk_embed_backward,
+    .attention_backward = vk_attention_backward,
     .cross_entropy = vk_cross_entropy,
 };
