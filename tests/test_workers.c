@@ -547,8 +547,8 @@ static const char *MODEL_TMPL =
     "  - {from: sample, to: embed, loop: true}\n";
 
 /* Run the model pipeline (split or not) on prompts; texts[i] gets request i's text. */
-static void run_model(const char *model, const char *tokenizer, int max_seq, int layers, int split, int text_io,
-                      int max_tokens, int stop, char **prompts, int n, char **texts) {
+static void run_model_fault(const char *model, const char *tokenizer, int max_seq, int layers, int split, int text_io,
+                            int max_tokens, int stop, char **prompts, int n, char **texts, fault *fl) {
   char yaml[4096], tokline[600] = "", workers[512];
   if (tokenizer) snprintf(tokline, sizeof tokline, "tokenizer: %s\n", tokenizer);
   int cut = layers > 1 ? layers / 2 : 1;
@@ -571,13 +571,16 @@ static void run_model(const char *model, const char *tokenizer, int max_seq, int
   char *set_in = malloc(strlen(prs) + 32);
   sprintf(set_in, "inputs={prompts: %s}", prs);
   free(prs);
-  const char *sets[] = {set_out, set_in};
+  const char *sets[] = {set_out, set_in, "restart={policy: restart, max_attempts: 2}"};
   qins_pipeline *pl = NULL;
-  int rc = qins_pipeline_load_string(yaml, strlen(yaml), "model-test.yaml", sets, 2, &pl);
+  int rc = qins_pipeline_load_string(yaml, strlen(yaml), "model-test.yaml", sets, 3, &pl);
   free(set_in);
   if (rc) fail_msg("%s", qins_error_msg());
   qins_run_opts o = {0};
   o.quiet = 1;
+  o.on_event = on_event;
+  o.user = fl;
+  o.event_every_result = 1;
   rc = qins_run_pipeline(pl, &o);
   qins_pipeline_free(pl);
   if (rc) fail_msg("model run failed: %s", qins_error_msg());
@@ -600,6 +603,11 @@ static void run_model(const char *model, const char *tokenizer, int max_seq, int
   free(line);
   fclose(f);
   assert_int_equal(lines, n);
+}
+
+static void run_model(const char *model, const char *tokenizer, int max_seq, int layers, int split, int text_io,
+                      int max_tokens, int stop, char **prompts, int n, char **texts) {
+  run_model_fault(model, tokenizer, max_seq, layers, split, text_io, max_tokens, stop, prompts, n, texts, NULL);
 }
 
 static void test_stories_split_equals_one_worker(void **state) {
@@ -646,6 +654,22 @@ static void test_stories_split_equals_one_worker(void **state) {
   assert_string_equal(two[0], expect);
   free(two[0]);
   json_decref(fx);
+  /* SIGKILL of the back worker (layers 2:5, head, sample) mid-run: restarted, in-flight requests
+   * replayed from their prompts; every answer equals the undisturbed run's */
+  enum { NP = 16 };
+  char *many[NP], *ref[NP], *got[NP];
+  const char *words[] = {"Once upon a time", "The little dog", "Lily", "Tom and his mom"};
+  for (int i = 0; i < NP; i++) many[i] = (char *)words[i % 4];
+  run_model(model, tok, 512, 5, 1, 1, 60, 1, many, NP, ref);
+  fault fl = {"back", SIGKILL, NP / 4, 0, 0};
+  run_model_fault(model, tok, 512, 5, 1, 1, 60, 1, many, NP, got, &fl);
+  assert_true(fl.done);
+  assert_int_equal(fl.restarts_seen, 1);
+  for (int i = 0; i < NP; i++) {
+    assert_string_equal(ref[i], got[i]);
+    free(ref[i]);
+    free(got[i]);
+  }
 }
 
 static void test_hf_fixtures_split(void **state) {
