@@ -7,17 +7,21 @@
 #include "core/error.h"
 #include "core/pipeline.h"
 #include "tools/commands.h"
+#include "tools/run_dashboard.h"
 #include "workers/run.h"
 
 static qins_run *volatile current_run;
+static volatile int interrupted; /* for the dashboard's --dashboard-wait */
 
 static void on_signal(int sig) {
   (void)sig;
+  interrupted = 1;
   if (current_run) qins_run_request_stop(current_run);
 }
 
 static void on_event(qins_run *run, int final, void *user) {
   (void)user;
+  run_dashboard_event(run, final); /* dashboard hook (tools/run_dashboard.c) */
   current_run = final ? NULL : run;
 }
 
@@ -30,9 +34,10 @@ static void usage(FILE *f) {
           "                  --set stages.sample.options.max_tokens=16); repeatable\n"
           "  --check         validate only, print a summary\n"
           "  --graph         validate only, print the stage/worker/edge graph as JSON\n"
-          "  --quiet         no progress lines on stderr\n\n"
+          "  --quiet         no progress lines on stderr\n\n%s\n"
           "exit status: 0 all requests answered, 1 a worker failed (see the message), 2 bad pipeline/input\n"
-          "see docs/pipelines.md\n");
+          "see docs/pipelines.md and docs/dashboard.md\n",
+          run_dashboard_help());
 }
 
 int cmd_run(int argc, char **argv) {
@@ -41,6 +46,12 @@ int cmd_run(int argc, char **argv) {
   int n_sets = 0, check = 0, graph = 0, quiet = 0;
   if (!sets) return 1;
   for (int i = 1; i < argc; i++) {
+    int drc = run_dashboard_arg(argc, argv, &i); /* dashboard hook: --dashboard... */
+    if (drc < 0) {
+      free(sets);
+      return qins_cli_fail(drc);
+    }
+    if (drc > 0) continue;
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       usage(stdout);
       free(sets);
@@ -73,6 +84,10 @@ int cmd_run(int argc, char **argv) {
   int rc = qins_pipeline_load(path, sets, n_sets, &pl);
   free(sets);
   if (rc) return qins_cli_fail(rc);
+  if ((rc = run_dashboard_config(pl))) { /* dashboard hook: the pipeline's monitor: key */
+    qins_pipeline_free(pl);
+    return qins_cli_fail(rc);
+  }
   if (graph) {
     char *g = qins_pipeline_graph_json(pl);
     printf("%s\n", g ? g : "{}");
@@ -98,6 +113,7 @@ int cmd_run(int argc, char **argv) {
   opts.on_event = on_event;
   rc = qins_run_pipeline(pl, &opts);
   qins_pipeline_free(pl);
+  run_dashboard_finish(&interrupted); /* dashboard hook */
   if (rc) {
     fprintf(stderr, "qins run: %s\n", qins_error_msg());
     return qins_error_exit_code(rc);

@@ -17,6 +17,7 @@
 #include "core/ipc.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "monitor/monitor.h"
 #include "stages/stage.h"
 #include "workers/proto.h"
 #include "workers/run.h"
@@ -145,6 +146,7 @@ static void *hb_main(void *arg) {
   zmq_connect(s, w->control);
   int ms = w->pl->heartbeat_ms;
   while (!atomic_load(&w->hb_stop)) {
+    qins_monitor_sample_process(w->name, -1); /* CPU, RSS, engine bytes for the dashboard */
     char *mj = qins_metrics_json();
     json_t *b = json_object();
     json_object_set_new(b, "metrics", json_string(mj ? mj : "{\"metrics\":[]}"));
@@ -231,13 +233,36 @@ static void push_local(wk *w, int stage, const qins_msg *m, obuf *b) {
   w->qtail = it;
 }
 
+/* Dashboard hook: per-edge item counter and, for channel edges, slots in flight (queue depth). */
+static void edge_metrics(wk *w, int e, const qins_chan_tx *tx) {
+  enum { MAX_EDGE_METRICS = 256 };
+  static qins_metric *items[MAX_EDGE_METRICS], *depth[MAX_EDGE_METRICS], *cap[MAX_EDGE_METRICS];
+  if (e < 0 || e >= MAX_EDGE_METRICS) return;
+  const qins_pipeline *pl = w->pl;
+  if (!items[e]) {
+    char lab[320];
+    snprintf(lab, sizeof lab, "from=\"%s\",to=\"%s\"", pl->stages[pl->edges[e].from].name,
+             pl->stages[pl->edges[e].to].name);
+    items[e] = qins_metric_counter("qins_edge_items_total", "messages sent along an edge", lab);
+    if (tx) {
+      depth[e] = qins_metric_gauge("qins_edge_queue_depth", "channel slots in flight (sent, not yet credited)", lab);
+      cap[e] = qins_metric_gauge("qins_edge_capacity", "channel slots", lab);
+      qins_metric_set(cap[e], tx->slots);
+    }
+  }
+  qins_metric_add(items[e], 1);
+  if (tx && depth[e]) qins_metric_set(depth[e], tx->slots - qins_chan_tx_credits(tx));
+}
+
 static int send_to(wk *w, int edge, const qins_msg *m) {
   int c = qins_topo_chan_for(w->pl, &w->topo, edge, w->inst, m->route);
   if (c < 0) return qins_error_set(QINS_EINTERNAL, "no channel for edge %d from %s", edge, w->name);
   qins_chan_tx *tx = &w->tx[c];
   int rc = wait_credit(w, tx);
   if (rc) return rc < 0 ? rc : 0;
-  return qins_chan_send(tx, m);
+  rc = qins_chan_send(tx, m);
+  if (rc == 0) edge_metrics(w, edge, tx);
+  return rc;
 }
 
 /* Route a stage's output along its edges: same worker -> local queue, else a channel. */
@@ -249,9 +274,10 @@ static int route(wk *w, int s, qins_msg *out, obuf *b) {
     const qins_pl_edge *ed = &pl->edges[e];
     if (ed->from != s) continue;
     if (ed->loop && (out->flags & QINS_MSG_END)) continue;
-    if (pl->stages[ed->to].worker == pl->stages[s].worker)
+    if (pl->stages[ed->to].worker == pl->stages[s].worker) {
       push_local(w, ed->to, out, b);
-    else
+      edge_metrics(w, e, NULL);
+    } else
       rc = send_to(w, e, out);
   }
   return rc;
