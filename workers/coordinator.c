@@ -37,6 +37,8 @@ typedef struct cinst {
   double last_seen, started;
   int restarts;
   int peers_sent;
+  int inflight;  /* requests in flight that entered through this (entry) instance */
+  int ack_wait;  /* a RESET_ACK is owed */
   json_t *data_ep, *credit_ep; /* {"ipc":..,"tcp":..} */
 } cinst;
 
@@ -65,6 +67,9 @@ struct qins_run {
   char **prompts, **ids;
   creq *req;
   int n_done, n_inflight;
+  int next_new;      /* first request never sent (they go in input order) */
+  int *replay;       /* requests to send again (a worker restarted), FIFO */
+  int n_replay, replay_head;
   int feeding;
   int out_fd;
   FILE *records;
@@ -203,6 +208,10 @@ static void instance_lost(qins_run *r, int i, const char *why) {
   pthread_mutex_lock(&r->lock);
   r->inst[i].state = I_DEAD;
   pthread_mutex_unlock(&r->lock);
+  if (r->inst[i].ack_wait) { /* it will never acknowledge a RESET now */
+    r->inst[i].ack_wait = 0;
+    r->acks_pending--;
+  }
   if (r->pl->restart != QINS_RESTART_RESTART || r->topo.inst[i].remote) {
     fail(r, "worker '%s' (stages: %s) %s; restart policy is %s, stopping", name, stages, why,
          r->topo.inst[i].remote ? "not available for remote workers" : "'stop'");
@@ -232,16 +241,26 @@ static void instance_lost(qins_run *r, int i, const char *why) {
     json_t *b = json_object();
     json_object_set(b, "chans", chans);
     json_object_set_new(b, "token", json_integer((json_int_t)r->reset_token));
-    if (qins_ctl_send(r->router, r->inst[k].ident, "RESET", b) == 0) r->acks_pending++;
+    if (qins_ctl_send(r->router, r->inst[k].ident, "RESET", b) == 0 && !r->inst[k].ack_wait) {
+      r->acks_pending++;
+      r->inst[k].ack_wait = 1;
+    }
   }
   json_decref(chans);
   /* replay: every request in flight gets a new attempt; older attempts are dropped everywhere */
   json_t *reqs = json_array();
+  /* compact the replay queue: what is left in it is pending, so with the requests in flight
+   * added below it never holds more than n_req entries */
+  memmove(r->replay, r->replay + r->replay_head, sizeof(int) * (size_t)(r->n_replay - r->replay_head));
+  r->n_replay -= r->replay_head;
+  r->replay_head = 0;
   for (int q = 0; q < r->n_req; q++) {
     if (r->req[q].state != R_INFLIGHT) continue;
     r->req[q].attempt++;
     r->req[q].state = R_PENDING;
     r->n_inflight--;
+    r->inst[r->req[q].inst].inflight--;
+    r->replay[r->n_replay++] = q;
     qins_metric_add(r->m_replayed, 1);
     json_array_append_new(reqs, json_pack("[I,I]", (json_int_t)q, (json_int_t)r->req[q].attempt));
   }
@@ -413,7 +432,8 @@ static void handle_ctl(qins_run *r, const char *ident, const char *type, json_t 
     r->inst[i].state = I_READY;
     pthread_mutex_unlock(&r->lock);
   } else if (strcmp(type, "RESET_ACK") == 0) {
-    if (r->acks_pending > 0) r->acks_pending--;
+    if (r->inst[i].ack_wait && r->acks_pending > 0) r->acks_pending--;
+    r->inst[i].ack_wait = 0;
     if (r->acks_pending == 0)
       for (int k = 0; k < r->topo.n_inst; k++)
         if (r->inst[k].state == I_BOUND && !r->inst[k].peers_sent && all_bound(r)) send_peers(r, k);
@@ -514,7 +534,10 @@ static void handle_result(qins_run *r) {
     if (ok && q < (uint64_t)r->n_req && r->req[q].state != R_DONE) {
       if (write_record(r, (int)q, m.data, m.nbytes) != 0) fail(r, "%s", qins_error_msg());
       pthread_mutex_lock(&r->lock);
-      if (r->req[q].state == R_INFLIGHT) r->n_inflight--;
+      if (r->req[q].state == R_INFLIGHT) {
+        r->n_inflight--;
+        r->inst[r->req[q].inst].inflight--;
+      }
       r->req[q].state = R_DONE;
       r->n_done++;
       pthread_mutex_unlock(&r->lock);
@@ -541,11 +564,20 @@ static void handle_credits(qins_run *r) {
   }
 }
 
-static int inflight_on(qins_run *r, int inst) {
-  int n = 0;
-  for (int q = 0; q < r->n_req; q++)
-    if (r->req[q].state == R_INFLIGHT && r->req[q].inst == inst) n++;
-  return n;
+/* The next request to send: replays first, then new ones in input order. -1: none. */
+static int next_request(qins_run *r, int take) {
+  while (r->replay_head < r->n_replay) {
+    int q = r->replay[r->replay_head];
+    if (r->req[q].state == R_PENDING) {
+      if (take) r->replay_head++;
+      return q;
+    }
+    r->replay_head++; /* answered meanwhile by an older attempt */
+  }
+  if (r->replay_head == r->n_replay) r->replay_head = r->n_replay = 0;
+  while (r->next_new < r->n_req && r->req[r->next_new].state != R_PENDING) r->next_new++;
+  if (r->next_new >= r->n_req) return -1;
+  return take ? r->next_new++ : r->next_new;
 }
 
 static void feed(qins_run *r) {
@@ -554,19 +586,19 @@ static void feed(qins_run *r) {
   int first = r->topo.group_first[g], reps = pl->workers[g].replicas;
   /* a loop never holds more messages than a ring: cap the total when several groups exist */
   int cap_total = pl->n_workers > 1 ? pl->slots : pl->max_inflight * reps;
-  for (int q = 0; q < r->n_req && r->n_inflight < cap_total; q++) {
-    if (r->req[q].state != R_PENDING) continue;
+  while (r->n_inflight < cap_total && next_request(r, 0) >= 0) {
     int best = -1, best_load = 1 << 30;
     for (int k = 0; k < reps; k++) {
       int inst = first + k;
       if (r->inst[inst].state != I_READY) continue;
       int c = qins_topo_chan_for(pl, &r->topo, -1, QINS_COORD, (unsigned)k);
       if (c < 0 || qins_chan_tx_credits(&r->tx[c]) == 0) continue;
-      int load = inflight_on(r, inst);
+      int load = r->inst[inst].inflight;
       if (load >= pl->max_inflight) continue;
       if (load < best_load) best = k, best_load = load;
     }
     if (best < 0) return;
+    int q = next_request(r, 1);
     int c = qins_topo_chan_for(pl, &r->topo, -1, QINS_COORD, (unsigned)best);
     qins_msg m;
     memset(&m, 0, sizeof m);
@@ -586,6 +618,7 @@ static void feed(qins_run *r) {
     pthread_mutex_lock(&r->lock);
     r->req[q].state = R_INFLIGHT;
     r->req[q].inst = first + best;
+    r->inst[first + best].inflight++;
     r->n_inflight++;
     pthread_mutex_unlock(&r->lock);
   }
@@ -647,7 +680,8 @@ static int setup(qins_run *r) {
   r->push_data = calloc((size_t)n + 1, sizeof(void *));
   r->push_credit = calloc((size_t)n + 1, sizeof(void *));
   r->req = calloc((size_t)r->n_req + 1, sizeof *r->req);
-  if (!r->inst || !r->epochs || !r->tx || !r->rx || !r->push_data || !r->push_credit || !r->req)
+  r->replay = calloc((size_t)r->n_req + 1, sizeof(int));
+  if (!r->replay || !r->inst || !r->epochs || !r->tx || !r->rx || !r->push_data || !r->push_credit || !r->req)
     return qins_error_set(QINS_ENOMEM, "out of memory");
   if ((rc = qins_shm_create(r->topo.arena_size, &r->shm))) return rc;
   /* abstract-namespace ipc: no socket files anywhere, nothing to clean up after a crash */
@@ -721,6 +755,7 @@ static void teardown(qins_run *r) {
   free(r->push_data);
   free(r->push_credit);
   free(r->req);
+  free(r->replay);
   qins_topo_free(&r->topo);
   if (r->out_fd >= 0) close(r->out_fd);
   pthread_mutex_destroy(&r->lock);
