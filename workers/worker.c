@@ -72,7 +72,10 @@ typedef struct wk {
   atomic_int hb_stop;
   pthread_t hb_thread;
   int hb_started;
-  qins_metric *m_credit_wait;
+  qins_metric *m_credit_wait, *m_zero_copy;
+  /* zero-copy output: the running stage may write straight into this channel's next slot */
+  qins_chan_tx *zc_tx;
+  int zc_edge, zc_slot, zc_used;
 } wk;
 
 static wk *g_wk; /* for the output allocator and shared objects */
@@ -88,6 +91,25 @@ static void *obuf_alloc(qins_msg *m, size_t bytes) {
 
 static void obuf_unref(obuf *b) {
   if (b && --b->refs == 0) free(b);
+}
+
+/* Output allocator when the stage's one destination is a shared-memory channel: a free slot
+ * right now becomes the output buffer (no copy later). Never waits (waiting here would run
+ * control messages, e.g. FORGET, inside the stage's forward): without a credit it falls back
+ * to a private buffer, copied when the credit comes. */
+static void *zc_alloc(qins_msg *m, size_t bytes) {
+  wk *w = g_wk;
+  int slot;
+  if (w->zc_tx && !w->zc_used) {
+    void *p = qins_chan_tx_reserve(w->zc_tx, bytes, &slot);
+    if (p) {
+      w->zc_used = 1;
+      w->zc_slot = slot;
+      m->alloc_user = NULL;
+      return p;
+    }
+  }
+  return obuf_alloc(m, bytes);
 }
 
 static void *shared_get(const qins_stage_ctx *ctx, const char *key) {
@@ -269,6 +291,17 @@ static int send_to(wk *w, int edge, const qins_msg *m) {
 static int route(wk *w, int s, qins_msg *out, obuf *b) {
   const qins_pipeline *pl = w->pl;
   int rc = 0;
+  if (w->zc_used) { /* the output already sits in the channel's slot */
+    w->zc_used = 0;
+    if (out->data == w->zc_tx->ring + (size_t)w->zc_slot * w->zc_tx->slot_bytes) {
+      rc = qins_chan_send_slot(w->zc_tx, w->zc_slot, out);
+      if (rc == 0) {
+        edge_metrics(w, w->zc_edge, w->zc_tx);
+        qins_metric_add(w->m_zero_copy, 1);
+      }
+      return rc;
+    }
+  }
   if (s == pl->exit_stage) rc = send_to(w, -2, out);
   for (int e = 0; e < pl->n_edges && rc == 0; e++) {
     const qins_pl_edge *ed = &pl->edges[e];
@@ -289,6 +322,24 @@ static int run_stage(wk *w, int s, const qins_msg *in) {
   qins_msg out;
   memset(&out, 0, sizeof out);
   out.alloc = obuf_alloc;
+  w->zc_tx = NULL;
+  w->zc_used = 0;
+  {
+    /* one outgoing edge, to another worker, over shared memory, not a loop edge (which END
+     * skips), not the final stage: the output can be written in place */
+    const qins_pipeline *pl = w->pl;
+    int n_out = 0, e1 = -1;
+    for (int e = 0; e < pl->n_edges; e++)
+      if (pl->edges[e].from == s) n_out++, e1 = e;
+    if (n_out == 1 && s != pl->exit_stage && !pl->edges[e1].loop && pl->stages[pl->edges[e1].to].worker != pl->stages[s].worker) {
+      int c = qins_topo_chan_for(pl, &w->topo, e1, w->inst, in->route);
+      if (c >= 0 && w->tx[c].ring) {
+        w->zc_tx = &w->tx[c];
+        w->zc_edge = e1;
+        out.alloc = zc_alloc;
+      }
+    }
+  }
   out.req = in->req;
   out.attempt = in->attempt;
   out.route = in->route;
@@ -303,6 +354,7 @@ static int run_stage(wk *w, int s, const qins_msg *in) {
   qins_metric_add(st->m_items, 1);
   qins_metric_add(st->m_bytes_in, (double)in->nbytes);
   obuf *b = out.alloc_user;
+  if (rc != 1) w->zc_used = 0; /* a reserved slot stays free: nothing was sent */
   if (rc < 0) {
     qins_metric_add(st->m_errors, 1);
     obuf_unref(b);
@@ -481,6 +533,8 @@ static int init_stages(wk *w) {
   snprintf(labels, sizeof labels, "worker=\"%s\"", w->name);
   w->m_credit_wait = qins_metric_counter("qins_channel_credit_wait_seconds_total",
                                          "time producers waited for a free slot (back-pressure)", labels);
+  w->m_zero_copy = qins_metric_counter("qins_channel_zero_copy_total",
+                                       "stage outputs written straight into a channel slot (no copy)", labels);
   return 0;
 }
 
