@@ -704,6 +704,64 @@ static void test_hf_fixtures_split(void **state) {
   }
 }
 
+
+/* A remote worker outlives nothing: kill -9 of its coordinator makes it leave by itself. */
+static void test_tcp_worker_leaves_dead_coordinator(void **state) {
+  (void)state;
+  char **pr;
+  int n = 40;
+  write_prompts(n, &pr);
+  int port = free_port();
+  char out[600];
+  snprintf(out, sizeof out, "%s/tcp9.jsonl", tmpdir);
+  unlink(out);
+  pid_t w = fork();
+  assert_true(w >= 0);
+  if (w == 0) {
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
+    int devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 2);
+    execl(getenv("QINS_BIN"), "qins", "worker", "--connect", ep, (char *)NULL);
+    _exit(127);
+  }
+  pid_t coord = fork();
+  assert_true(coord >= 0);
+  if (coord == 0) {
+    char host[128], set_in[700], set_out[700];
+    snprintf(host, sizeof host, "workers.back.host=tcp://127.0.0.1:%d", port);
+    snprintf(set_in, sizeof set_in, "inputs={file: %s/prompts.jsonl}", tmpdir);
+    snprintf(set_out, sizeof set_out, "outputs={jsonl: %s}", out);
+    const char *sets[] = {set_in, set_out, host, "stages.mix1.options.delay_us=3000"};
+    _exit(run_echo(sets, 4, NULL, NULL) == 0 ? 0 : 1);
+  }
+  for (int i = 0; i < 1000; i++) { /* until the run is under way */
+    FILE *f = fopen(out, "r");
+    int lines = 0, c;
+    if (f) {
+      while ((c = fgetc(f)) != EOF) lines += c == '\n';
+      fclose(f);
+    }
+    if (lines >= 1) break;
+    usleep(10000);
+  }
+  kill(coord, SIGKILL);
+  int st;
+  waitpid(coord, &st, 0);
+  pid_t got = 0;
+  for (int i = 0; i < 1000 && got == 0; i++) { /* the worker notices within ~3 s */
+    got = waitpid(w, &st, WNOHANG);
+    if (!got) usleep(10000);
+  }
+  if (got != w) {
+    kill(w, SIGKILL);
+    waitpid(w, &st, 0);
+    fail_msg("the remote worker did not leave after its coordinator died");
+  }
+  for (int i = 0; i < n; i++) free(pr[i]);
+  free(pr);
+}
+
 /* The CLI: exit 2 and a located message for a bad pipeline, 0 and records for a good one. */
 static void test_cli(void **state) {
   (void)state;
@@ -755,6 +813,7 @@ int main(void) {
       cmocka_unit_test(test_sigkill_restart),         cmocka_unit_test(test_sigkill_stop),
       cmocka_unit_test(test_sigstop_hang),            cmocka_unit_test(test_stage_error_stops),
       cmocka_unit_test(test_kill9_coordinator),       cmocka_unit_test(test_tcp_worker),
+      cmocka_unit_test(test_tcp_worker_leaves_dead_coordinator),
       cmocka_unit_test(test_cli),
       cmocka_unit_test(test_stories_split_equals_one_worker),
       cmocka_unit_test(test_hf_fixtures_split),

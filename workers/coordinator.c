@@ -800,7 +800,7 @@ int qins_run_pipeline(const qins_pipeline *pl, const qins_run_opts *opts_in) {
     }
     if ((rc = spawn(r, i))) goto done;
   }
-  double last_event = 0, started = now_s();
+  double last_event = 0, last_ping = 0, started = now_s();
   int announced = 0;
   while (!r->failed) {
     if (atomic_load(&r->stop_requested)) {
@@ -834,6 +834,11 @@ int qins_run_pipeline(const qins_pipeline *pl, const qins_run_opts *opts_in) {
     check_children(r);
     qins_metric_set(r->m_inflight, r->n_inflight);
     double t = now_s();
+    if (t - last_ping >= pl->heartbeat_ms / 1000.0) { /* workers leave when we fall silent */
+      last_ping = t;
+      for (int i = 0; i < r->topo.n_inst; i++)
+        if (r->inst[i].state == I_READY) qins_ctl_send(r->router, r->inst[i].ident, "PING", NULL);
+    }
     if (opts->on_event && t - last_event >= 0.05) {
       last_event = t;
       opts->on_event(r, 0, opts->user);

@@ -69,6 +69,7 @@ typedef struct wk {
   forget_ent *forget;
   int n_forget, cap_forget;
   int stopping, reported;
+  double last_ctl; /* when the coordinator was last heard (it PINGs every heartbeat) */
   atomic_int hb_stop;
   pthread_t hb_thread;
   int hb_started;
@@ -196,6 +197,12 @@ static void fatal(wk *w, const char *stage) {
   QINS_ERROR("%s%s%s", stage ? stage : "", stage ? ": " : "", qins_error_msg());
 }
 
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 static int handle_control(wk *w, const char *type, json_t *body);
 
 static int poll_control(wk *w, int timeout_ms) {
@@ -206,10 +213,20 @@ static int poll_control(wk *w, int timeout_ms) {
     char type[32];
     json_t *body;
     while (qins_ctl_recv(w->ctl, 1, NULL, type, sizeof type, &body, NULL) == 1) {
+      w->last_ctl = now_s();
       int rc = handle_control(w, type, body);
       json_decref(body);
       if (rc) return rc;
     }
+  }
+  /* A coordinator on another host cannot take us down with it (no parent-death signal there):
+   * silence for 20 heartbeats (at least 3 s) means it is gone. */
+  double limit = 20.0 * w->pl->heartbeat_ms / 1000.0;
+  if (limit < 3.0) limit = 3.0;
+  if (w->last_ctl > 0 && now_s() - w->last_ctl > limit) {
+    w->stopping = 1;
+    return qins_error_set(QINS_EIPC, "the coordinator at %s has been silent for %.1f s; leaving", w->control,
+                          now_s() - w->last_ctl);
   }
   if (w->credit_in && n > 0 && (it[1].revents & ZMQ_POLLIN)) {
     qins_wire_hdr h;
@@ -222,11 +239,6 @@ static int poll_control(wk *w, int timeout_ms) {
   return 0;
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Block (servicing control and credits) until the channel has a credit: back-pressure. */
 static int wait_credit(wk *w, qins_chan_tx *tx) {
@@ -545,7 +557,7 @@ static int main_loop(wk *w) {
     zmq_pollitem_t it[3] = {{w->ctl, 0, ZMQ_POLLIN, 0}, {w->credit_in, 0, ZMQ_POLLIN, 0}, {w->data_in, 0, ZMQ_POLLIN, 0}};
     int n = zmq_poll(it, 3, timeout);
     if (n < 0 && errno != EINTR) return qins_error_set(QINS_EIPC, "poll: %s", zmq_strerror(errno));
-    if (n > 0 && ((it[0].revents | it[1].revents) & ZMQ_POLLIN) && (rc = poll_control(w, 0))) return rc;
+    if ((rc = poll_control(w, 0))) return rc; /* control, credits, coordinator silence */
     if (w->stopping) break;
     if (n > 0 && (it[2].revents & ZMQ_POLLIN)) {
       qins_wire_hdr h;
@@ -735,6 +747,7 @@ int qins_worker_main(const qins_worker_args *a) {
   json_decref(body);
   body = NULL;
   if ((rc = qins_ctl_send(w->ctl, NULL, "READY", json_object()))) goto out;
+  w->last_ctl = now_s();
   QINS_DEBUG("ready");
   rc = main_loop(w);
   if (rc < 0) goto out;
