@@ -762,6 +762,84 @@ static void test_tcp_worker_leaves_dead_coordinator(void **state) {
   free(pr);
 }
 
+
+static pid_t spawn_remote(int port) {
+  pid_t w = fork();
+  if (w == 0) {
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
+    int devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 2);
+    execl(getenv("QINS_BIN"), "qins", "worker", "--connect", ep, (char *)NULL);
+    _exit(127);
+  }
+  return w;
+}
+
+typedef struct rejoin {
+  pid_t worker;
+  int port, after, done, restarts_seen;
+} rejoin;
+
+static void on_event_rejoin(qins_run *run, int final, void *user) {
+  rejoin *j = user;
+  if (final) {
+    char *s = qins_run_state_json(run);
+    json_t *o = json_loads(s, 0, NULL);
+    size_t i;
+    json_t *in;
+    json_array_foreach(json_object_get(o, "instances"), i, in) j->restarts_seen += (int)json_integer_value(json_object_get(in, "restarts"));
+    json_decref(o);
+    free(s);
+    return;
+  }
+  if (j->done || qins_run_done_count(run) < j->after) return;
+  j->done = 1;
+  int st;
+  kill(j->worker, SIGKILL);
+  waitpid(j->worker, &st, 0);
+  j->worker = spawn_remote(j->port); /* a new worker takes the dead one's place */
+}
+
+/* A remote worker killed mid-run with restart: a new `qins worker --connect` joins, in-flight
+ * requests are replayed, every request is answered once, as the local run answers it. */
+static void test_tcp_worker_rejoin(void **state) {
+  (void)state;
+  char **pr;
+  int n = 40;
+  write_prompts(n, &pr);
+  int port = free_port();
+  char host[128], set_in[700], set_out[700];
+  snprintf(host, sizeof host, "workers.back.host=tcp://127.0.0.1:%d", port);
+  snprintf(set_in, sizeof set_in, "inputs={file: %s/prompts.jsonl}", tmpdir);
+  snprintf(set_out, sizeof set_out, "outputs={jsonl: %s/rejoin.jsonl}", tmpdir);
+  const char *sets[] = {set_in, set_out, host, "restart={policy: restart, max_attempts: 2}",
+                        "stages.mix1.options.delay_us=300"};
+  rejoin j = {spawn_remote(port), port, n / 4, 0, 0};
+  qins_pipeline *pl = load(ECHO, sets, 5);
+  qins_run_opts o = {0};
+  o.quiet = 1;
+  o.on_event = on_event_rejoin;
+  o.user = &j;
+  o.event_every_result = 1;
+  int rc = qins_run_pipeline(pl, &o);
+  qins_pipeline_free(pl);
+  int st;
+  if (rc) kill(j.worker, SIGKILL);
+  waitpid(j.worker, &st, 0);
+  if (rc) fail_msg("run failed: %s", qins_error_msg());
+  assert_true(j.done);
+  assert_int_equal(j.restarts_seen, 1);
+  pl = load(ECHO, NULL, 0);
+  int seen[64];
+  char out[600];
+  snprintf(out, sizeof out, "%s/rejoin.jsonl", tmpdir);
+  assert_int_equal(check_outputs(out, pl, pr, n, seen, 1), n);
+  qins_pipeline_free(pl);
+  for (int i = 0; i < n; i++) free(pr[i]);
+  free(pr);
+}
+
 /* The CLI: exit 2 and a located message for a bad pipeline, 0 and records for a good one. */
 static void test_cli(void **state) {
   (void)state;
@@ -814,6 +892,7 @@ int main(void) {
       cmocka_unit_test(test_sigstop_hang),            cmocka_unit_test(test_stage_error_stops),
       cmocka_unit_test(test_kill9_coordinator),       cmocka_unit_test(test_tcp_worker),
       cmocka_unit_test(test_tcp_worker_leaves_dead_coordinator),
+      cmocka_unit_test(test_tcp_worker_rejoin),
       cmocka_unit_test(test_cli),
       cmocka_unit_test(test_stories_split_equals_one_worker),
       cmocka_unit_test(test_hf_fixtures_split),

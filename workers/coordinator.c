@@ -38,11 +38,17 @@ typedef struct cinst {
   int restarts;
   int peers_sent;
   int inflight;  /* requests in flight that entered through this (entry) instance */
+  int rejoin;    /* a remote worker died: its replacement must tell everyone its new endpoints */
   int ack_wait;  /* a RESET_ACK is owed */
   json_t *data_ep, *credit_ep; /* {"ipc":..,"tcp":..} */
 } cinst;
 
 enum { R_PENDING, R_INFLIGHT, R_DONE };
+
+#define QINS_MAX_WAITING 16
+typedef struct waiting_joiner {
+  char ident[128], peer[64], name[96];
+} waiting_joiner;
 
 typedef struct creq {
   int state;
@@ -79,6 +85,9 @@ struct qins_run {
   char fail_msg[1024];
   uint64_t reset_token;
   int acks_pending;
+  int peers_update; /* a re-joined remote worker has new endpoints: running workers must learn them */
+  waiting_joiner waiting[QINS_MAX_WAITING]; /* remote workers that joined while every place was taken */
+  int n_waiting;
   const char *exe;
   qins_metric *m_done, *m_inflight, *m_restarts, *m_replayed;
 };
@@ -201,6 +210,8 @@ static void describe_status(int status, char *buf, size_t n) {
 static void send_peers(qins_run *r, int i);
 
 /* A worker is gone: stop, or restart it and replay what was in flight. */
+static void send_config(qins_run *r, int i);
+
 static void instance_lost(qins_run *r, int i, const char *why) {
   char stages[512];
   qins_topo_stage_list(r->pl, &r->topo, i, stages, sizeof stages);
@@ -212,9 +223,8 @@ static void instance_lost(qins_run *r, int i, const char *why) {
     r->inst[i].ack_wait = 0;
     r->acks_pending--;
   }
-  if (r->pl->restart != QINS_RESTART_RESTART || r->topo.inst[i].remote) {
-    fail(r, "worker '%s' (stages: %s) %s; restart policy is %s, stopping", name, stages, why,
-         r->topo.inst[i].remote ? "not available for remote workers" : "'stop'");
+  if (r->pl->restart != QINS_RESTART_RESTART) {
+    fail(r, "worker '%s' (stages: %s) %s; restart policy is 'stop', stopping", name, stages, why);
     return;
   }
   if (r->inst[i].restarts >= r->pl->restart_max) {
@@ -222,7 +232,9 @@ static void instance_lost(qins_run *r, int i, const char *why) {
          r->inst[i].restarts);
     return;
   }
-  if (!r->opts->quiet) QINS_WARN("worker '%s' (stages: %s) %s; restarting it", name, stages, why);
+  if (!r->opts->quiet)
+    QINS_WARN("worker '%s' (stages: %s) %s; %s", name, stages, why,
+              r->topo.inst[i].remote ? "waiting for a worker to re-join (qins worker --connect)" : "restarting it");
   r->inst[i].restarts++;
   qins_metric_add(r->m_restarts, 1);
   /* new epochs for every channel touching it; peers reset their ends before the new one starts */
@@ -271,6 +283,28 @@ static void instance_lost(qins_run *r, int i, const char *why) {
     qins_ctl_send(r->router, r->inst[k].ident, "FORGET", b);
   }
   json_decref(reqs);
+  if (r->topo.inst[i].remote) { /* another `qins worker --connect` takes its place */
+    pthread_mutex_lock(&r->lock);
+    r->inst[i].state = I_SPAWNED;
+    r->inst[i].ident[0] = 0;
+    r->inst[i].peers_sent = 0;
+    r->inst[i].rejoin = 1;
+    r->inst[i].started = r->inst[i].last_seen = now_s();
+    pthread_mutex_unlock(&r->lock);
+    for (int k = 0; k < r->n_waiting; k++) {
+      waiting_joiner *wj = &r->waiting[k];
+      if (wj->name[0] && strcmp(wj->name, name) != 0) continue;
+      snprintf(r->inst[i].ident, sizeof r->inst[i].ident, "%s", wj->ident);
+      snprintf(r->inst[i].peer, sizeof r->inst[i].peer, "%s", wj->peer);
+      memmove(wj, wj + 1, sizeof *wj * (size_t)(r->n_waiting - k - 1));
+      r->n_waiting--;
+      r->inst[i].state = I_HELLO;
+      r->inst[i].last_seen = now_s();
+      send_config(r, i);
+      break;
+    }
+    return;
+  }
   if (spawn(r, i) != 0) fail(r, "worker '%s' (stages: %s): restart failed: %s", name, stages, qins_error_msg());
 }
 
@@ -294,7 +328,15 @@ static void check_children(qins_run *r) {
     }
     /* startup gets longer (a model may be loading before the heartbeat thread starts) */
     double limit = ci->state == I_SPAWNED ? 30.0 : hb_limit;
-    if (r->topo.inst[i].remote && ci->state == I_SPAWNED) continue; /* waiting for someone to join */
+    if (r->topo.inst[i].remote && ci->state == I_SPAWNED) { /* waiting for someone to join */
+      if (ci->rejoin && t - ci->started > 60.0) {
+        char stages[512];
+        qins_topo_stage_list(r->pl, &r->topo, i, stages, sizeof stages);
+        fail(r, "worker '%s' (stages: %s): no worker re-joined at %s within 60 s; stopping", r->topo.inst[i].name,
+             stages, r->pl->workers[r->topo.inst[i].group].host);
+      }
+      continue;
+    }
     if (t - ci->last_seen > limit) {
       char why[200];
       snprintf(why, sizeof why, "stopped responding: no heartbeat for %.0f ms (limit %d ms = 5 x heartbeat_ms)",
@@ -378,6 +420,46 @@ static int all_bound(qins_run *r) {
 
 static int coord_connect(qins_run *r);
 
+/* Running workers get the endpoint table again and reconnect to whoever moved. */
+static void broadcast_peers(qins_run *r) {
+  r->peers_update = 0;
+  for (int k = 0; k < r->topo.n_inst; k++)
+    if (r->inst[k].state == I_READY) send_peers(r, k);
+}
+
+/* A remote instance came back on new tcp ports: our own sockets to it must follow. */
+static int coord_reconnect(qins_run *r, int inst) {
+  void **caches[2] = {r->push_data, r->push_credit};
+  for (int w = 0; w < 2; w++)
+    if (caches[w][inst]) {
+      zmq_close(caches[w][inst]);
+      caches[w][inst] = NULL;
+    }
+  for (int c = 0; c < r->topo.n_chan; c++) {
+    const qins_topo_chan *ch = &r->topo.chan[c];
+    int ours_tx = ch->from_inst == QINS_COORD && ch->to_inst == inst;
+    int ours_rx = ch->to_inst == QINS_COORD && ch->from_inst == inst;
+    if (!ours_tx && !ours_rx) continue;
+    json_t *ep = ours_tx ? r->inst[inst].data_ep : r->inst[inst].credit_ep;
+    const char *addr = json_string_value(json_object_get(ep, "tcp"));
+    void **cache = ours_tx ? r->push_data : r->push_credit;
+    if (!cache[inst]) {
+      void *s = mk_socket(r, ZMQ_PUSH);
+      if (!addr || zmq_connect(s, addr) != 0) {
+        zmq_close(s);
+        return qins_error_set(QINS_EIPC, "reconnect to worker '%s' at %s: %s", r->topo.inst[inst].name,
+                              addr ? addr : "(none)", zmq_strerror(errno));
+      }
+      cache[inst] = s;
+    }
+    if (ours_tx)
+      r->tx[c].sock = cache[inst];
+    else
+      r->rx[c].credit_sock = cache[inst];
+  }
+  return 0;
+}
+
 static void handle_ctl(qins_run *r, const char *ident, const char *type, json_t *body, const char *peer) {
   double t = now_s();
   if (strcmp(type, "HELLO") == 0) {
@@ -390,8 +472,15 @@ static void handle_ctl(qins_run *r, const char *ident, const char *type, json_t 
       const char *nm = json_string_value(json_object_get(body, "name"));
       for (int k = 0; k < r->topo.n_inst && i < 0; k++)
         if (r->topo.inst[k].remote && r->inst[k].state == I_SPAWNED && (!nm || !strcmp(nm, r->topo.inst[k].name))) i = k;
-      if (i < 0) {
-        qins_ctl_send(r->router, ident, "STOP", json_pack("{s:s}", "reason", "no remote worker slot free"));
+      if (i < 0) { /* every remote place is taken: it waits for one to free (a worker dying) */
+        if (r->n_waiting < QINS_MAX_WAITING) {
+          waiting_joiner *wj = &r->waiting[r->n_waiting++];
+          snprintf(wj->ident, sizeof wj->ident, "%s", ident);
+          snprintf(wj->peer, sizeof wj->peer, "%s", peer);
+          snprintf(wj->name, sizeof wj->name, "%s", nm ? nm : "");
+        } else {
+          qins_ctl_send(r->router, ident, "STOP", json_pack("{s:s}", "reason", "no remote worker place free"));
+        }
         return;
       }
       snprintf(r->inst[i].peer, sizeof r->inst[i].peer, "%s", peer);
@@ -419,6 +508,15 @@ static void handle_ctl(qins_run *r, const char *ident, const char *type, json_t 
     pthread_mutex_lock(&r->lock);
     r->inst[i].state = I_BOUND;
     pthread_mutex_unlock(&r->lock);
+    if (r->inst[i].rejoin) {
+      r->inst[i].rejoin = 0;
+      if (coord_reconnect(r, i) != 0) {
+        fail(r, "%s", qins_error_msg());
+        return;
+      }
+      r->peers_update = 1; /* sent once the RESETs are acknowledged */
+    }
+    if (r->peers_update && r->acks_pending == 0) broadcast_peers(r);
     if (all_bound(r)) {
       if (!r->push_data[0] && coord_connect(r) != 0) {
         fail(r, "%s", qins_error_msg());
@@ -434,6 +532,7 @@ static void handle_ctl(qins_run *r, const char *ident, const char *type, json_t 
   } else if (strcmp(type, "RESET_ACK") == 0) {
     if (r->inst[i].ack_wait && r->acks_pending > 0) r->acks_pending--;
     r->inst[i].ack_wait = 0;
+    if (r->peers_update && r->acks_pending == 0) broadcast_peers(r);
     if (r->acks_pending == 0)
       for (int k = 0; k < r->topo.n_inst; k++)
         if (r->inst[k].state == I_BOUND && !r->inst[k].peers_sent && all_bound(r)) send_peers(r, k);
@@ -814,7 +913,9 @@ int qins_run_pipeline(const qins_pipeline *pl, const qins_run_opts *opts_in) {
         QINS_INFO("pipeline '%s': %d worker process(es) ready in %.2f s; %d request(s)", pl->name, r->topo.n_inst,
                   now_s() - started, r->n_req);
     }
-    if (r->feeding && r->acks_pending == 0) feed(r);
+    /* feed only with every worker running: a replaced remote worker's messages would otherwise
+     * queue for its old address */
+    if (r->feeding && r->acks_pending == 0 && all_ready(r)) feed(r);
     zmq_pollitem_t it[3] = {{r->router, 0, ZMQ_POLLIN, 0}, {r->data_in, 0, ZMQ_POLLIN, 0}, {r->credit_in, 0, ZMQ_POLLIN, 0}};
     int n = zmq_poll(it, 3, 20);
     if (n < 0 && errno != EINTR) {

@@ -398,6 +398,47 @@ static void reset_channels(wk *w, json_t *chans) {
   }
 }
 
+static void *peer_socket(wk *w, void **cache, int idx, const char *ipc, const char *tcp);
+
+/* A replaced remote worker listens on new ports: reconnect the sockets that point at it. */
+static int update_peers(wk *w, json_t *peers) {
+  json_t *eps = json_object_get(peers, "endpoints");
+  int n = w->topo.n_inst + 1;
+  for (int i = 0; i < n; i++) {
+    json_t *e = json_array_get(eps, (size_t)i);
+    const char *dt = json_string_value(json_object_get(json_object_get(e, "data"), "tcp"));
+    const char *ct = json_string_value(json_object_get(json_object_get(e, "credit"), "tcp"));
+    int moved_d = dt && strcmp(dt, w->ep_data_tcp[i]) != 0, moved_c = ct && strcmp(ct, w->ep_credit_tcp[i]) != 0;
+    if (!moved_d && !moved_c) continue;
+    if (moved_d) {
+      snprintf(w->ep_data_tcp[i], 256, "%s", dt);
+      if (w->push_data[i]) zmq_close(w->push_data[i]);
+      w->push_data[i] = NULL;
+    }
+    if (moved_c) {
+      snprintf(w->ep_credit_tcp[i], 256, "%s", ct);
+      if (w->push_credit[i]) zmq_close(w->push_credit[i]);
+      w->push_credit[i] = NULL;
+    }
+    for (int c = 0; c < w->topo.n_chan; c++) {
+      const qins_topo_chan *ch = &w->topo.chan[c];
+      int to = ch->to_inst == QINS_COORD ? w->topo.n_inst : ch->to_inst;
+      int from = ch->from_inst == QINS_COORD ? w->topo.n_inst : ch->from_inst;
+      if (moved_d && ch->from_inst == w->inst && to == i) {
+        void *sk = peer_socket(w, w->push_data, i, w->ep_data_ipc[i], w->ep_data_tcp[i]);
+        if (!sk) return QINS_EIPC;
+        w->tx[c].sock = sk;
+      }
+      if (moved_c && ch->to_inst == w->inst && from == i) {
+        void *sk = peer_socket(w, w->push_credit, i, w->ep_credit_ipc[i], w->ep_credit_tcp[i]);
+        if (!sk) return QINS_EIPC;
+        w->rx[c].credit_sock = sk;
+      }
+    }
+  }
+  return 0;
+}
+
 static int handle_control(wk *w, const char *type, json_t *body) {
   if (strcmp(type, "STOP") == 0) {
     w->stopping = 1;
@@ -415,6 +456,8 @@ static int handle_control(wk *w, const char *type, json_t *body) {
       for (int s = 0; s < w->pl->n_stages; s++)
         if (w->ours[s] && w->stages[s].type->forget) w->stages[s].type->forget(&w->stages[s], req, b);
     }
+  } else if (strcmp(type, "PEERS") == 0) {
+    return update_peers(w, body);
   } else if (strcmp(type, "RESET") == 0) {
     reset_channels(w, json_object_get(body, "chans"));
     return qins_ctl_send(w->ctl, NULL, "RESET_ACK", json_pack("{s:I}", "token", json_integer_value(json_object_get(body, "token"))));
