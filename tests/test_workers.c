@@ -39,7 +39,7 @@ static const char *ECHO =
     "  - {name: sink, type: sink}\n"
     "edges:\n"
     "  - {from: sample, to: embed, loop: true}\n"
-    "heartbeat_ms: 50\n";
+    "heartbeat_ms: 100\n";
 
 static char tmpdir[256];
 
@@ -307,7 +307,7 @@ static void fault_run(const char *victim, int sig, int restart, int *rc_out, fau
   snprintf(set_in, sizeof set_in, "inputs={file: %s/prompts.jsonl}", tmpdir);
   snprintf(set_out, sizeof set_out, "outputs={jsonl: %s/%s}", tmpdir, outname);
   const char *sets[] = {set_in, set_out, restart ? "restart={policy: restart, max_attempts: 2}" : "restart=stop",
-                        "stages.mix1.options.delay_us=300", extra_set ? extra_set : "heartbeat_ms=50"};
+                        "stages.mix1.options.delay_us=300", extra_set ? extra_set : "heartbeat_ms=100"};
   memset(fl, 0, sizeof *fl);
   fl->victim = victim;
   fl->sig = sig;
