@@ -401,7 +401,7 @@ static void test_stage_error_stops(void **state) {
   (void)state;
   const char *sets[] = {"inputs={prompts: [ok, '']}", "restart=restart"};
   int rc = run_echo(sets, 2, NULL, NULL);
-  assert_int_equal(rc, QINS_EIPC);
+  assert_int_equal(rc, QINS_EINPUT); /* bad input data: exit status 2 */
   if (!strstr(qins_error_msg(), "worker 'front'") || !strstr(qins_error_msg(), "stage 'tok'") ||
       !strstr(qins_error_msg(), "empty prompt"))
     fail_msg("unclear message: %s", qins_error_msg());

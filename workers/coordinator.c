@@ -82,6 +82,7 @@ struct qins_run {
   pthread_mutex_t lock;
   atomic_int stop_requested;
   int failed;
+  int fail_code; /* QINS_EINPUT when a stage rejected its input (exit status 2), else QINS_EIPC */
   char fail_msg[1024];
   uint64_t reset_token;
   int acks_pending;
@@ -541,6 +542,8 @@ static void handle_ctl(qins_run *r, const char *ident, const char *type, json_t 
     qins_topo_stage_list(r->pl, &r->topo, i, stages, sizeof stages);
     const char *st = json_string_value(json_object_get(body, "stage"));
     const char *msg = json_string_value(json_object_get(body, "message"));
+    int code = (int)json_integer_value(json_object_get(body, "code"));
+    if (!r->failed && code == QINS_EINPUT) r->fail_code = QINS_EINPUT;
     fail(r, "worker '%s' (stages: %s): %s%s%s", r->topo.inst[i].name, stages, st && *st ? st : "",
          st && *st ? ": " : "", msg ? msg : "unknown error");
   }
@@ -945,7 +948,7 @@ int qins_run_pipeline(const qins_pipeline *pl, const qins_run_opts *opts_in) {
       opts->on_event(r, 0, opts->user);
     }
   }
-  if (r->failed) rc = qins_error_set(QINS_EIPC, "%s", r->fail_msg);
+  if (r->failed) rc = qins_error_set(r->fail_code ? r->fail_code : QINS_EIPC, "%s", r->fail_msg);
   else if (!opts->quiet)
     QINS_INFO("pipeline '%s': %d request(s) answered in %.2f s", pl->name, r->n_done, now_s() - started);
 done:

@@ -194,7 +194,9 @@ static void fatal(wk *w, const char *stage) {
   json_object_set_new(b, "message", json_string(qins_error_msg()));
   json_object_set_new(b, "code", json_integer(qins_error_code()));
   qins_ctl_send(w->ctl, NULL, "ERROR", b);
-  QINS_ERROR("%s%s%s", stage ? stage : "", stage ? ": " : "", qins_error_msg());
+  /* the coordinator prints it; a worker on another host also says it where it runs */
+  int remote = w->pl && w->inst >= 0 && w->inst < w->topo.n_inst && w->topo.inst[w->inst].remote;
+  qins_log(remote ? QINS_LOG_ERROR : QINS_LOG_DEBUG, "%s%s%s", stage ? stage : "", stage ? ": " : "", qins_error_msg());
 }
 
 static double now_s(void) {
