@@ -21,7 +21,7 @@ static double now_s(void) {
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: qins-bench-qmatmul [--quick] [--json FILE] [--threads T] [--min-time S] [--no-model]\n"
+          "usage: qins-bench-qmatmul [--quick] [--json FILE] [--threads T] [--min-time S] [--no-model|--model-only]\n"
           "  Times y[M,N] = x[M,K] . W^T on the cpu backend for M=1 (GEMV, decode) and M=64 (GEMM, prefill)\n"
           "  on the 110M Llama shapes (N x K: 768x768, 2048x768, 768x2048, 32000x768) with W in f32, f16,\n"
           "  bf16, qins8, qins6, qins-f32, int8-row, int8-block32; quantized formats fused (each decode\n"
@@ -31,7 +31,9 @@ static void usage(FILE *f) {
           "  --json FILE  also write the results as JSON\n"
           "  --threads T  cpu threads (default: QINS_THREADS or all cores)\n"
           "  --min-time S time each case for at least S seconds (default 0.15)\n"
-          "  --no-model   skip the whole-model decode step\n");
+          "  --no-model   skip the whole-model decode step\n"
+          "  --model-only only the whole-model decode step\n"
+          "  --model NAME only model configurations whose name contains NAME (and f32, the baseline)\n");
 }
 
 static void cpu_model(char *buf, size_t n) {
@@ -149,10 +151,12 @@ static const variant k_variants[] = {
     {QINS_DT_F16, PATH_NATIVE, 0, 0},
     {QINS_DT_BF16, PATH_NATIVE, 0, 0},
     {QINS_DT_QINS8, PATH_FUSED, CPU_QDECODE_AUTO, 0},
+    {QINS_DT_QINS8, PATH_FUSED, CPU_QDECODE_PERM512, 1},
     {QINS_DT_QINS8, PATH_FUSED, CPU_QDECODE_GATHER, 1},
     {QINS_DT_QINS8, PATH_FUSED, CPU_QDECODE_SCALAR, 1},
     {QINS_DT_QINS8, PATH_UNFUSED, 0, 0},
     {QINS_DT_QINS6, PATH_FUSED, CPU_QDECODE_AUTO, 0},
+    {QINS_DT_QINS6, PATH_FUSED, CPU_QDECODE_PERM512, 1},
     {QINS_DT_QINS6, PATH_FUSED, CPU_QDECODE_GATHER, 1},
     {QINS_DT_QINS6, PATH_UNFUSED, 0, 0},
     {QINS_DT_QINS_F32, PATH_FUSED, CPU_QDECODE_AUTO, 0},
@@ -243,8 +247,8 @@ static int model_step(qins_backend *be, const model_cfg *cfg, int layers, int64_
 }
 
 int main(int argc, char **argv) {
-  const char *json_path = NULL;
-  int quick = 0, threads = 0, with_model = 1;
+  const char *json_path = NULL, *model_filter = NULL;
+  int quick = 0, threads = 0, with_model = 1, with_shapes = 1;
   double min_time = 0.15;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--quick") == 0) quick = 1;
@@ -252,6 +256,8 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = atoi(argv[++i]);
     else if (strcmp(argv[i], "--min-time") == 0 && i + 1 < argc) min_time = atof(argv[++i]);
     else if (strcmp(argv[i], "--no-model") == 0) with_model = 0;
+    else if (strcmp(argv[i], "--model-only") == 0) with_shapes = 0;
+    else if (strcmp(argv[i], "--model") == 0 && i + 1 < argc) model_filter = argv[++i];
     else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
       usage(stdout);
       return 0;
@@ -287,7 +293,7 @@ int main(int argc, char **argv) {
   static const shape full_shapes[] = {{768, 768}, {2048, 768}, {768, 2048}, {32000, 768}};
   static const shape quick_shapes[] = {{64, 64}, {33, 70}};
   const shape *shapes = quick ? quick_shapes : full_shapes;
-  int nshapes = quick ? 2 : 4;
+  int nshapes = !with_shapes ? 0 : quick ? 2 : 4;
   const int64_t ms[2] = {1, quick ? 5 : 64};
   int failures = 0;
   double gemv_f32_ms[4] = {0}, gemv_q8_ms[4] = {0};
@@ -333,8 +339,10 @@ int main(int argc, char **argv) {
         double gflops = 2.0 * (double)m * (double)n * (double)k / (best * 1e-3) / 1e9;
         /* only qins8/qins6 have a table; the other formats' fused path is AVX2 unless forced scalar */
         int table = v->dt == QINS_DT_QINS8 || v->dt == QINS_DT_QINS6;
+        /* the GEMM tile decode of vbmi mode is perm512 (the byte-plane order suits only the GEMV) */
+        cpu_qdecode shown = m > 1 && used == CPU_QDECODE_VBMI ? CPU_QDECODE_PERM512 : used;
         const char *dec = v->path != PATH_FUSED ? "-"
-                          : table || used == CPU_QDECODE_SCALAR ? cpu_qdecode_name(used)
+                          : table || used == CPU_QDECODE_SCALAR ? cpu_qdecode_name(shown)
                                                                 : "avx2";
         printf("%-12s %-8s %-8s %3lld %6lld %5lld %9.4f %9.4f %8.2f %8.1f %9.1f\n", qins_dtype_name(v->dt),
                path_name(v->path), dec, (long long)m, (long long)n, (long long)k, best, med, wb / 1e6, gbps, gflops);
@@ -388,7 +396,8 @@ int main(int argc, char **argv) {
     double f32_ms = 0;
     for (size_t c = 0; c < sizeof cfgs / sizeof cfgs[0]; c++) {
       double msb = 0, mb = 0;
-      int rc = model_step(be, &cfgs[c], layers, dim, hid, vocab, quick ? 1 : 8, &msb, &mb);
+      if (c > 0 && model_filter && !strstr(cfgs[c].name, model_filter)) continue;
+      int rc = model_step(be, &cfgs[c], layers, dim, hid, vocab, quick ? 1 : 16, &msb, &mb);
       if (rc) {
         printf("%-34s failed: %s\n", cfgs[c].name, qins_error_msg());
         failures++;

@@ -5,7 +5,7 @@
  * with the codec (core/qins_codec.h) and sums in double. Odd shapes (K not a multiple of 4, 8, 16
  * or 32; N odd) reach every tail loop; M in {1, 3, 17} reaches the GEMV and both GEMM tile edges.
  * Outputs are NaN-poisoned so an unwritten element fails. On the cpu backend each decode variant
- * (scalar, gather, perm512 where the CPU has it) is run. Backends without quantized matmul
+ * (scalar, gather, perm512, vbmi where the CPU has them) is run. Backends without quantized matmul
  * (QINS_EUNSUPPORTED) are skipped with a message.
  *
  * Tolerances (relative L2):
@@ -92,7 +92,7 @@ static void test_matmul_formats(void **state) {
   if (g_skip) skip();
   qins_backend *be = g_be;
   static const int64_t ms[] = {1, 3, 17};
-  static const int64_t nk[][2] = {{5, 37}, {33, 70}, {7, 16}, {129, 515}, {48, 96}};
+  static const int64_t nk[][2] = {{5, 37}, {33, 70}, {7, 16}, {129, 515}, {48, 96}, {3, 200}};
   int is_cpu = strcmp(be->name, "cpu") == 0;
   for (int f = 0; f < N_FORMATS; f++) {
     qins_dtype fmt = k_formats[f];
@@ -137,8 +137,8 @@ static void test_matmul_formats(void **state) {
         }
         if (is_cpu) {
           /* every decode variant this CPU offers, and the unfused path both ways it is reached */
-          cpu_qdecode variants[] = {CPU_QDECODE_SCALAR, CPU_QDECODE_GATHER, CPU_QDECODE_PERM512};
-          for (int v = 0; v < 3; v++) {
+          cpu_qdecode variants[] = {CPU_QDECODE_SCALAR, CPU_QDECODE_GATHER, CPU_QDECODE_PERM512, CPU_QDECODE_VBMI};
+          for (int v = 0; v < 4; v++) {
             cpu_qdecode used = cpu_qmatmul_set_decode(variants[v]);
             run_matmul(be, &tx, &wq, with_bias ? &tb : NULL, &ty, got);
             snprintf(what, sizeof what, "cpu fused[%s] %s M=%lld N=%lld K=%lld vs double", cpu_qdecode_name(used),

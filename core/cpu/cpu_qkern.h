@@ -18,10 +18,11 @@ int cpu_qmatmul_unfused(qins_backend *be, const qins_tensor *x, const qins_tenso
 
 /* How the fused kernel turns codes into floats (for the benchmark and tests; process-wide). */
 typedef enum cpu_qdecode {
-  CPU_QDECODE_AUTO = 0, /* the fastest this CPU offers: PERM512 > GATHER > SCALAR */
+  CPU_QDECODE_AUTO = 0, /* the fastest this CPU offers: VBMI > PERM512 > GATHER > SCALAR */
   CPU_QDECODE_SCALAR,   /* plain C table lookups (the portable fallback) */
   CPU_QDECODE_GATHER,   /* AVX2 vgatherdps from the float table */
   CPU_QDECODE_PERM512,  /* AVX-512 vpermt2ps over the table held in registers (qins8/qins6) */
+  CPU_QDECODE_VBMI,     /* AVX-512 VBMI vpermt2b over the table's byte planes, 64 codes at once */
 } cpu_qdecode;
 /* Returns the decode actually used after falling back to what the CPU supports. */
 cpu_qdecode cpu_qmatmul_set_decode(cpu_qdecode d);

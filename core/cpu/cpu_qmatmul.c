@@ -14,7 +14,9 @@
  *  - SCALAR: plain C lookups (portable; what builds without AVX2 use);
  *  - GATHER: AVX2 vgatherdps fetches 8 table entries per instruction;
  *  - PERM512: AVX-512F keeps the table in zmm registers and looks it up with vpermt2ps (32 entries
- *    per instruction, no memory access), chosen at run time when the CPU has AVX-512F.
+ *    per instruction, no memory access), chosen at run time when the CPU has AVX-512F;
+ *  - VBMI: AVX-512 VBMI looks up the table's four byte planes with vpermt2b, 64 codes per
+ *    instruction (GEMV only; the GEMM tile uses PERM512). The default where the CPU has it.
  * qins-f32 has no table (D_1 is computed: one division per element) and int8 converts directly;
  * both use the AVX2 path in GATHER and PERM512 mode. */
 #include <math.h>
@@ -33,9 +35,16 @@
 #endif
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
-#define QMM_NB 16          /* W rows decoded per GEMM task: 16 x K floats stay in L2 for K up to ~16k */
+#define QMM_NB 24          /* W rows decoded per GEMM task (a multiple of the kernel's 3): 24 x K floats
+                              stay in L2 for K up to ~16k */
 #define QMM_CHUNK 256      /* codes decoded per step in the plain C path (a 1 KiB stack buffer) */
 #define QMM_GEMV_ROWS 16   /* rows per GEMV task at least: enough to make a thread hand-off worth it */
+/* Software prefetch distance of the GEMV code stream, in bytes. A byte-coded row costs ~4x more
+ * instructions per byte than an f32 row, so the out-of-order window alone keeps too few cache
+ * misses in flight to reach the memory bandwidth when W streams from DRAM; asking for the lines
+ * this far ahead does (rows are contiguous, so it runs on into the next rows; prefetches never
+ * fault, even past the end). */
+#define g_pf 2048
 
 /* ---------------------------------------------------------------- mode selection */
 
@@ -47,6 +56,7 @@ const char *cpu_qdecode_name(cpu_qdecode d) {
   case CPU_QDECODE_SCALAR: return "scalar";
   case CPU_QDECODE_GATHER: return "gather";
   case CPU_QDECODE_PERM512: return "perm512";
+  case CPU_QDECODE_VBMI: return "vbmi";
   default: return "auto";
   }
 }
@@ -54,6 +64,15 @@ const char *cpu_qdecode_name(cpu_qdecode d) {
 static int cpu_has_avx512(void) {
 #ifdef QMM_AVX2
   return __builtin_cpu_supports("avx512f");
+#else
+  return 0;
+#endif
+}
+
+static int cpu_has_vbmi(void) {
+#ifdef QMM_AVX2
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vbmi");
 #else
   return 0;
 #endif
@@ -67,8 +86,10 @@ cpu_qdecode cpu_qmatmul_set_decode(cpu_qdecode d) {
     const char *env = getenv("QINS_QMATMUL_DECODE");
     if (env && strcmp(env, "scalar") == 0) d = CPU_QDECODE_SCALAR;
     else if (env && strcmp(env, "gather") == 0) d = CPU_QDECODE_GATHER;
-    else d = CPU_QDECODE_PERM512;
+    else if (env && strcmp(env, "perm512") == 0) d = CPU_QDECODE_PERM512;
+    else d = CPU_QDECODE_VBMI;
   }
+  if (d == CPU_QDECODE_VBMI && !cpu_has_vbmi()) d = CPU_QDECODE_PERM512;
   if (d == CPU_QDECODE_PERM512 && !cpu_has_avx512()) d = CPU_QDECODE_GATHER;
 #ifndef QMM_AVX2
   d = CPU_QDECODE_SCALAR;
@@ -107,6 +128,7 @@ typedef struct qmm_job {
   qins_dtype fmt;
   cpu_qdecode decode;
   const float *lut;      /* LUT8 or LUT6 (QINS codes), else NULL */
+  const float *xp;       /* VBMI GEMV: x in the lane order the byte-plane decode produces */
   qins_backend *be;
 } qmm_job;
 
@@ -196,13 +218,21 @@ ALWAYS_INLINE __m256 dec8_q8(const float *lut, const uint8_t *q) {
   return _mm256_i32gather_ps(lut, idx, 4);
 }
 
+/* The 48 bits of 8 packed qins6 codes as one integer, read as a 4-byte and a 2-byte load: never
+ * past the row, and straight into registers (a 6-byte memcpy into a zeroed u64 goes through the
+ * stack and stalls on store forwarding, ten times slower). */
+static inline uint64_t load48(const uint8_t *p) {
+  uint32_t lo;
+  uint16_t hi;
+  memcpy(&lo, p, 4);
+  memcpy(&hi, p + 4, 2);
+  return (uint64_t)lo | (uint64_t)hi << 32;
+}
+
 /* 8 qins6 codes (6 bytes, two groups): pdep spreads the 48 packed bits into 8 bytes of 6 bits
- * each, in code order, in one instruction; then as qins8. memcpy of 6 bytes never reads past
- * the row. */
+ * each, in code order, in one instruction; then as qins8. */
 ALWAYS_INLINE __m256 dec8_q6(const float *lut, const uint8_t *p) {
-  uint64_t v = 0;
-  memcpy(&v, p, 6);
-  uint64_t bytes = _pdep_u64(v, 0x3f3f3f3f3f3f3f3full);
+  uint64_t bytes = _pdep_u64(load48(p), 0x3f3f3f3f3f3f3f3full);
   __m256i idx = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)bytes));
   return _mm256_i32gather_ps(lut, idx, 4);
 }
@@ -236,7 +266,11 @@ ALWAYS_INLINE __m256 dec8(qins_dtype fmt, const float *lut, const uint8_t *row, 
 ALWAYS_INLINE float row_dot_avx2(const qmm_job *j, qins_dtype fmt, const uint8_t *row, const float *x) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   int64_t i = 0, k = j->k;
+  /* bytes per 16 elements: 16 (qins8/int8), 12 (qins6), 64 (qins-f32); one prefetch per 64 bytes */
+  const int64_t bpe4 = fmt == QINS_DT_QINS_F32 ? 16 : fmt == QINS_DT_QINS6 ? 3 : 4;
   for (; i + 16 <= k; i += 16) {
+    if ((i * bpe4 / 4) % 64 < 16 * bpe4 / 4 || fmt == QINS_DT_QINS_F32)
+      _mm_prefetch((const char *)row + i * bpe4 / 4 + g_pf, _MM_HINT_T0);
     a0 = _mm256_fmadd_ps(dec8(fmt, j->lut, row, i), _mm256_loadu_ps(x + i), a0);
     a1 = _mm256_fmadd_ps(dec8(fmt, j->lut, row, i + 8), _mm256_loadu_ps(x + i + 8), a1);
   }
@@ -252,6 +286,7 @@ static float row_dot_b32_avx2(const qmm_job *j, const uint8_t *row, const float 
   __m256 acc = _mm256_setzero_ps();
   int64_t i = 0, k = j->k;
   for (; i + 32 <= k; i += 32) {
+    if (i % 64 == 0) _mm_prefetch((const char *)row + i + g_pf, _MM_HINT_T0);
     __m256 b0 = _mm256_mul_ps(dec8_i8(row + i), _mm256_loadu_ps(x + i));
     __m256 b1 = _mm256_mul_ps(dec8_i8(row + i + 8), _mm256_loadu_ps(x + i + 8));
     b0 = _mm256_fmadd_ps(dec8_i8(row + i + 16), _mm256_loadu_ps(x + i + 16), b0);
@@ -324,11 +359,8 @@ T512 static inline __m512 dec16_q6_perm(const tab64 *t, __m512i q) {
 
 /* 16 qins6 codes from 12 packed bytes: two pdeps (see dec8_q6). */
 T512 static inline __m512i codes16_q6(const uint8_t *p) {
-  uint64_t a = 0, b = 0;
-  memcpy(&a, p, 6);
-  memcpy(&b, p + 6, 6);
-  __m128i bytes = _mm_set_epi64x((long long)_pdep_u64(b, 0x3f3f3f3f3f3f3f3full),
-                                 (long long)_pdep_u64(a, 0x3f3f3f3f3f3f3f3full));
+  __m128i bytes = _mm_set_epi64x((long long)_pdep_u64(load48(p + 6), 0x3f3f3f3f3f3f3f3full),
+                                 (long long)_pdep_u64(load48(p), 0x3f3f3f3f3f3f3f3full));
   return _mm512_cvtepu8_epi32(bytes);
 }
 
@@ -397,6 +429,115 @@ T512 static void decode_row_perm(const qmm_job *j, const uint8_t *row, float *ou
   for (; i < k; i++) out[i] = dec1(j, row, NULL, i);
 }
 
+
+/* ---------------------------------------------------------------- AVX-512 VBMI byte-plane path */
+
+#define TVBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
+
+/* The fastest decode here. A float is 4 bytes, so a 128-entry float table is 4 tables of 128 bytes
+ * ("byte planes"), and vpermt2b looks up 64 bytes at once in a 128-byte table. So 64 codes cost
+ * 4 byte lookups plus 8 unpacks that interleave the planes into 4 vectors of 16 floats: about
+ * 0.2 shuffle-port cycles per element, against 0.5 for vpermt2ps (16 floats per lookup) and more
+ * for a gather. The unpacks interleave within 128-bit lanes, so the floats come out in a fixed
+ * permuted order; the GEMV permutes x into that order once per call (xp), which costs K floats of
+ * work against N*K decodes, and the dot product does not care about order.
+ * The values are bit-identical to the codec's table (the planes are its bytes). */
+typedef struct { __m512i lo[4], hi[4]; } ptab; /* plane p: entries 0..63 in lo[p], 64..127 in hi[p] */
+
+/* Planes of 128 floats (qins8: the magnitudes lut8[128..255]; qins6: all of lut6 in lo, 64 entries). */
+TVBMI static ptab ptab_load(const float *vals, int count) {
+  uint8_t planes[4][128];
+  memset(planes, 0, sizeof planes);
+  for (int e = 0; e < count; e++) {
+    uint32_t bits;
+    memcpy(&bits, &vals[e], 4);
+    for (int p = 0; p < 4; p++) planes[p][e] = (uint8_t)(bits >> (8 * p));
+  }
+  ptab t;
+  for (int p = 0; p < 4; p++) {
+    t.lo[p] = _mm512_loadu_si512(planes[p]);
+    t.hi[p] = _mm512_loadu_si512(planes[p] + 64);
+  }
+  return t;
+}
+
+/* Four byte planes -> 4 x 16 floats. out[v] lane 4L+t holds element 16L + 4v + t of the 64. */
+TVBMI static inline void planes_to_floats(__m512i b0, __m512i b1, __m512i b2, __m512i b3, __m512 out[4]) {
+  __m512i lo01 = _mm512_unpacklo_epi8(b0, b1), hi01 = _mm512_unpackhi_epi8(b0, b1);
+  __m512i lo23 = _mm512_unpacklo_epi8(b2, b3), hi23 = _mm512_unpackhi_epi8(b2, b3);
+  out[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(lo01, lo23));
+  out[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(lo01, lo23));
+  out[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(hi01, hi23));
+  out[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(hi01, hi23));
+}
+
+/* 64 qins8 codes. The table is odd-symmetric (LUT8[q] = -LUT8[255-q]): the magnitude index is
+ * q - 128 for q >= 128 (vpermt2b ignores bit 7) and 127 - q below, and the sign bit is added
+ * into the top byte plane (one masked byte op each). */
+TVBMI static inline void dec64_q8_vbmi(const ptab *t, const uint8_t *codes, __m512 out[4]) {
+  __m512i q = _mm512_loadu_si512(codes);
+  __mmask64 neg = ~_mm512_movepi8_mask(q); /* q < 128: top bit clear */
+  __m512i j = _mm512_mask_sub_epi8(q, neg, _mm512_set1_epi8(0x7f), q); /* 127 - q where negative */
+  __m512i b0 = _mm512_permutex2var_epi8(t->lo[0], j, t->hi[0]);
+  __m512i b1 = _mm512_permutex2var_epi8(t->lo[1], j, t->hi[1]);
+  __m512i b2 = _mm512_permutex2var_epi8(t->lo[2], j, t->hi[2]);
+  __m512i b3 = _mm512_permutex2var_epi8(t->lo[3], j, t->hi[3]);
+  b3 = _mm512_mask_add_epi8(b3, neg, b3, _mm512_set1_epi8((char)0x80)); /* sign bit (was 0) */
+  planes_to_floats(b0, b1, b2, b3, out);
+}
+
+/* 64 qins6 codes from 48 packed bytes: a masked load (never past them), vpermb puts each 6-byte
+ * run of 8 codes into its own qword, vpmultishiftqb extracts the 8 six-bit fields at bits 0, 6,
+ * ..., 42 into bytes (the top two bits of each byte are left over; vpermb ignores them), then
+ * 4 one-register byte lookups in the 64-entry planes. */
+TVBMI static inline void dec64_q6_vbmi(const ptab *t, const uint8_t *packed, __m512 out[4]) {
+  const __m512i spread = _mm512_set_epi8(
+      47, 47, 47, 46, 45, 44, 43, 42, 41, 41, 41, 40, 39, 38, 37, 36, 35, 35, 35, 34, 33, 32, 31, 30, 29, 29, 29, 28,
+      27, 26, 25, 24, 23, 23, 23, 22, 21, 20, 19, 18, 17, 17, 17, 16, 15, 14, 13, 12, 11, 11, 11, 10, 9, 8, 7, 6, 5, 5,
+      5, 4, 3, 2, 1, 0);
+  const __m512i shifts = _mm512_set1_epi64(0x2a241e18120c0600ll); /* bytes 0, 6, 12, ..., 42 */
+  __m512i raw = _mm512_maskz_loadu_epi8(0x0000ffffffffffffull, packed);
+  __m512i c = _mm512_multishift_epi64_epi8(shifts, _mm512_permutexvar_epi8(spread, raw));
+  __m512i b0 = _mm512_permutexvar_epi8(c, t->lo[0]);
+  __m512i b1 = _mm512_permutexvar_epi8(c, t->lo[1]);
+  __m512i b2 = _mm512_permutexvar_epi8(c, t->lo[2]);
+  __m512i b3 = _mm512_permutexvar_epi8(c, t->lo[3]);
+  planes_to_floats(b0, b1, b2, b3, out);
+}
+
+/* GEMV rows [o0, o1): 64 codes per step against the permuted x; tails as in the AVX2 path. */
+TVBMI static void gemv_rows_vbmi(const qmm_job *j, int64_t o0, int64_t o1) {
+  int q8 = j->fmt == QINS_DT_QINS8;
+  ptab t = q8 ? ptab_load(j->lut + 128, 128) : ptab_load(j->lut, 64);
+  int64_t k = j->k, k64 = k / 64 * 64;
+  for (int64_t o = o0; o < o1; o++) {
+    const uint8_t *row = j->w + (size_t)o * j->row_bytes;
+    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t i = 0; i < k64; i += 64) {
+      __m512 v[4];
+      const uint8_t *src = q8 ? row + i : row + i / 4 * 3;
+      _mm_prefetch((const char *)src + g_pf, _MM_HINT_T0);
+      if (q8) dec64_q8_vbmi(&t, src, v);
+      else dec64_q6_vbmi(&t, src, v);
+      /* four independent accumulators: no FMA waits on the previous one */
+      for (int r = 0; r < 4; r++) a[r] = _mm512_fmadd_ps(v[r], _mm512_loadu_ps(j->xp + i + 16 * r), a[r]);
+    }
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+    for (int64_t i = k64; i < k; i++) s += j->lut[q8 ? row[i] : code6_at(row, i)] * j->x[i];
+    j->y[o] = s * row_scale(j, o) + (j->bias ? j->bias[o] : 0.0f);
+  }
+}
+
+/* x in the order planes_to_floats produces, per 64-element chunk (the tail keeps its order). */
+static void permute_x_vbmi(const float *x, int64_t k, float *xp) {
+  int64_t k64 = k / 64 * 64;
+  for (int64_t c = 0; c < k64; c += 64)
+    for (int v = 0; v < 4; v++)
+      for (int l = 0; l < 4; l++)
+        for (int t = 0; t < 4; t++) xp[c + 16 * v + 4 * l + t] = x[c + 16 * l + 4 * v + t];
+  for (int64_t i = k64; i < k; i++) xp[i] = x[i];
+}
+
 #endif /* QMM_AVX2 */
 
 /* ---------------------------------------------------------------- GEMV (M == 1) */
@@ -409,7 +550,11 @@ static void gemv_rows(void *user, int64_t o0, int64_t o1) {
   const qmm_job *j = user;
 #ifdef QMM_AVX2
   int qins_table = j->fmt == QINS_DT_QINS8 || j->fmt == QINS_DT_QINS6;
-  if (j->decode == CPU_QDECODE_PERM512 && qins_table) {
+  if (j->decode == CPU_QDECODE_VBMI && qins_table) {
+    gemv_rows_vbmi(j, o0, o1);
+    return;
+  }
+  if (j->decode >= CPU_QDECODE_PERM512 && qins_table) {
     gemv_rows_perm(j, o0, o1);
     return;
   }
@@ -440,7 +585,9 @@ static void gemv_rows(void *user, int64_t o0, int64_t o1) {
 
 static void decode_row(const qmm_job *j, const uint8_t *row, const float *steps, float *out) {
 #ifdef QMM_AVX2
-  if (j->decode == CPU_QDECODE_PERM512 && (j->fmt == QINS_DT_QINS8 || j->fmt == QINS_DT_QINS6)) {
+  /* the VBMI decode permutes element order, which a stored tile cannot have: the GEMM tile
+   * (decoded once per call, reused M times) uses vpermt2ps */
+  if (j->decode >= CPU_QDECODE_PERM512 && (j->fmt == QINS_DT_QINS8 || j->fmt == QINS_DT_QINS6)) {
     decode_row_perm(j, row, out);
     return;
   }
@@ -460,14 +607,14 @@ static void decode_row(const qmm_job *j, const uint8_t *row, const float *steps,
 /* s[r][c] = x[r] . t[c] over K for R x rows and C tile rows. R and C are constants at every call,
  * so the accumulators live in registers: each x vector is loaded once for C outputs and each
  * tile vector once for R outputs. */
-ALWAYS_INLINE void kern(int R, int C, const float *x, const float *t, int64_t k, float s[4][2]) {
+ALWAYS_INLINE void kern(int R, int C, const float *x, const float *t, int64_t k, float s[4][3]) {
   int64_t i = 0;
 #ifdef QMM_AVX2
-  __m256 acc[4][2];
+  __m256 acc[4][3]; /* 4 x 3 accumulators + 3 tile vectors + 1 x vector = the 16 ymm registers */
   for (int r = 0; r < R; r++)
     for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
   for (; i + 8 <= k; i += 8) {
-    __m256 tv[2];
+    __m256 tv[3];
     for (int c = 0; c < C; c++) tv[c] = _mm256_loadu_ps(t + c * k + i);
     for (int r = 0; r < R; r++) {
       __m256 xv = _mm256_loadu_ps(x + r * k + i);
@@ -506,16 +653,18 @@ static void gemm_tasks(void *user, int64_t b, int64_t e, int tid) {
     for (int64_t m0 = 0; m0 < j->m; m0 += 4) {
       int64_t R = j->m - m0 < 4 ? j->m - m0 : 4;
       const float *x = j->x + m0 * k;
-      for (int64_t c = 0; c < nb; c += 2) {
-        int64_t C = nb - c < 2 ? nb - c : 2;
-        float s[4][2];
-        if (R == 4 && C == 2) kern(4, 2, x, tile + c * k, k, s);
-        else if (R == 4) kern(4, 1, x, tile + c * k, k, s);
+      for (int64_t c = 0; c < nb; c += 3) {
+        int64_t C = nb - c < 3 ? nb - c : 3;
+        const float *t = tile + c * k;
+        float s[4][3];
+        /* full 4 x 3 blocks in the common case; edges one x row at a time */
+        if (R == 4 && C == 3) kern(4, 3, x, t, k, s);
         else {
           for (int64_t r = 0; r < R; r++) {
-            float s1[4][2];
-            if (C == 2) kern(1, 2, x + r * k, tile + c * k, k, s1);
-            else kern(1, 1, x + r * k, tile + c * k, k, s1);
+            float s1[4][3];
+            if (C == 3) kern(1, 3, x + r * k, t, k, s1);
+            else if (C == 2) kern(1, 2, x + r * k, t, k, s1);
+            else kern(1, 1, x + r * k, t, k, s1);
             for (int64_t cc = 0; cc < C; cc++) s[r][cc] = s1[0][cc];
           }
         }
@@ -551,8 +700,18 @@ int cpu_qmatmul_fused(qins_backend *be, const qins_tensor *x, const qins_tensor 
       .lut = w->dtype == QINS_DT_QINS8 ? qins_codec_lut8() : w->dtype == QINS_DT_QINS6 ? qins_codec_lut6() : NULL,
       .be = be};
   if (j.m == 1) {
+    float *xp = NULL;
+#ifdef QMM_AVX2
+    if (j.decode == CPU_QDECODE_VBMI && j.lut) {
+      xp = qins_mem_alloc_aligned(qins_mem_owner_get("backend.cpu.qmatmul"), (size_t)j.k * sizeof(float), 64);
+      if (!xp) return qins_error_set(QINS_ENOMEM, "matmul: no memory for %lld floats of input", (long long)j.k);
+      permute_x_vbmi(j.x, j.k, xp);
+      j.xp = xp;
+    }
+#endif
     /* small matrices are not worth waking the pool for */
     cpu_parallel(be, j.n, j.n * j.k < 65536 ? j.n : QMM_GEMV_ROWS, gemv_rows, &j);
+    if (xp) qins_mem_free(qins_mem_owner_get("backend.cpu.qmatmul"), xp);
     return 0;
   }
   rc = cpu_scratch_reserve(be, (size_t)QMM_NB * (size_t)j.k * sizeof(float));
