@@ -12,6 +12,7 @@
 #include "core/backend.h"
 #include "core/cpu/cpu_qkern.h"
 #include "core/error.h"
+#include "core/qins_kv.h"
 
 static double now_s(void) {
   struct timespec ts;
@@ -263,6 +264,74 @@ static int model_run(qins_backend *be, model_inst *mi, int steps) {
   return rc;
 }
 
+/* ---------------------------------------------------------------- qins8 V cache (plan step B5) */
+
+/* One decode-step attention (M=1 query at position t-1) over a context of t tokens, heads h, head
+ * dim d: V as f32, V as qins8 read by the fused kernel, and "decode then attend" (dequantize the
+ * whole V cache to f32, then the f32 kernel), plus the cost of appending one token's V rows. */
+static int bench_vcache(qins_backend *be, int64_t t, int64_t h, int64_t d, int quick, json_t *jv) {
+  int64_t shape[3] = {t, h, d}, nal = t * h, qs[3] = {1, h, d}, one[3] = {1, h, d};
+  qins_tensor k = {0}, v = {0}, v8 = {0}, al = {0}, vd = {0}, q = {0}, o = {0}, vnew = {0};
+  int rc = 0;
+  qins_tensor *plain[] = {&k, &v, &vd};
+  for (int i = 0; !rc && i < 3; i++) {
+    rc = qins_tensor_init(plain[i], i == 0 ? "k" : "v", QINS_DT_F32, 3, shape);
+    if (!rc) rc = qins_tensor_alloc(be, plain[i]);
+  }
+  if (!rc) rc = qins_tensor_init(&q, "q", QINS_DT_F32, 3, qs);
+  if (!rc) rc = qins_tensor_alloc(be, &q);
+  if (!rc) rc = qins_tensor_init(&o, "out", QINS_DT_F32, 3, qs);
+  if (!rc) rc = qins_tensor_alloc(be, &o);
+  if (!rc) rc = qins_tensor_init(&vnew, "v_new", QINS_DT_F32, 3, one);
+  if (!rc) rc = qins_tensor_alloc(be, &vnew);
+  if (!rc) rc = qins_tensor_init(&al, "v_alpha", QINS_DT_F32, 1, &nal);
+  if (!rc) rc = qins_tensor_init(&v8, "v_q8", QINS_DT_QINS8, 3, shape);
+  v8.scale = &al;
+  if (!rc) rc = qins_tensor_alloc(be, &v8);
+  float *buf = malloc((size_t)(t * h * d) * sizeof(float));
+  if (!buf) rc = QINS_ENOMEM;
+  for (int i = 0; !rc && i < 2; i++) {
+    for (int64_t e = 0; e < t * h * d; e++) buf[e] = rnd() * 2.0f;
+    rc = qins_tensor_write(i ? &v : &k, buf);
+  }
+  if (!rc) rc = qins_tensor_write(&q, buf);
+  if (!rc) rc = qins_tensor_write(&vnew, buf);
+  if (!rc) rc = qins_kv_append_v(be, &v, &v8, 0, (qins_alpha_spec){QINS_ALPHA_ABSMAX, 0});
+  free(buf);
+  const char *what[5] = {"attend f32 V", "attend qins8 V (fused)", "dequantize V + attend f32", "append 1 token (mse)",
+                         "append 1 token (absmax)"};
+  double best[5] = {1e30, 1e30, 1e30, 1e30, 1e30};
+  int reps = quick ? 2 : 20;
+  for (int r = 0; !rc && r < reps; r++)
+    for (int c = 0; !rc && c < 5; c++) {
+      double t0 = now_s();
+      if (c == 0) rc = qins_op_attention(be, &q, &k, &v, t - 1, 0.125f, &o);
+      else if (c == 1) rc = qins_op_attention(be, &q, &k, &v8, t - 1, 0.125f, &o);
+      else if (c == 2) {
+        rc = qins_op_dequantize(be, &v8, &vd);
+        if (!rc) rc = qins_op_attention(be, &q, &k, &vd, t - 1, 0.125f, &o);
+      } else {
+        qins_alpha_spec sp = {c == 3 ? QINS_ALPHA_MSE : QINS_ALPHA_ABSMAX, 0};
+        rc = qins_kv_append_v(be, &vnew, &v8, t - 1, sp);
+      }
+      double dt = (now_s() - t0) * 1e3;
+      if (r > 0 && dt < best[c]) best[c] = dt; /* round 0 warms up */
+      if (reps == 1 || (quick && r == 0)) best[c] = dt;
+    }
+  if (!rc)
+    for (int c = 0; c < 5; c++) {
+      printf("  T=%-5lld H=%-3lld D=%-4lld %-28s %9.4f ms\n", (long long)t, (long long)h, (long long)d, what[c],
+             best[c]);
+      json_array_append_new(jv, json_pack("{s:I, s:I, s:I, s:s, s:f}", "context", (json_int_t)t, "heads",
+                                          (json_int_t)h, "head_dim", (json_int_t)d, "case", what[c], "ms_best",
+                                          best[c]));
+    }
+  qins_tensor *all[] = {&k, &v, &vd, &q, &o, &vnew, &v8};
+  for (int i = 0; i < 7; i++)
+    if (all[i]->buf) qins_tensor_free(all[i]);
+  return rc;
+}
+
 int main(int argc, char **argv) {
   const char *json_path = NULL, *model_filter = NULL;
   int quick = 0, threads = 0, with_model = 1, with_shapes = 1;
@@ -445,8 +514,20 @@ int main(int argc, char **argv) {
     }
     printf("\n");
   }
+  json_t *jv = json_array();
+  if (with_shapes) {
+    printf("qins8 V cache, one decode step (M=1) of attention over T tokens (K stays f32):\n");
+    int64_t ctx[2] = {quick ? 16 : 512, quick ? 40 : 2048};
+    for (int c = 0; c < 2; c++)
+      if (bench_vcache(be, ctx[c], quick ? 2 : 12, quick ? 8 : 64, quick, jv)) {
+        printf("  T=%lld failed: %s\n", (long long)ctx[c], qins_error_msg());
+        failures++;
+      }
+    printf("\n");
+  }
   json_object_set_new(root, "matmul", jres);
   json_object_set_new(root, "model_decode_step", jmodel);
+  json_object_set_new(root, "vcache_attention", jv);
   qins_backend_destroy(be);
   if (json_path && json_dump_file(root, json_path, JSON_INDENT(2)) != 0) {
     fprintf(stderr, "qins-bench-qmatmul: cannot write %s\n", json_path);
