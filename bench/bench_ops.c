@@ -17,6 +17,12 @@ static double now_s(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+static double cpu_time_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 static void usage(FILE *f) {
   fprintf(f,
           "usage: qins-bench-ops [--quick] [--json FILE] [--backends cpu,vk:0,...] [--min-time S]\n"
@@ -80,8 +86,11 @@ static int make(qins_backend *be, qins_tensor *t, const char *name, qins_dtype d
 }
 
 /* Times one matmul case: median of the timed runs after one warm-up. Returns 0 or an error. */
+/* *busy_out: process cpu seconds per wall second over the timed runs (cores kept busy). Well
+ * below the thread count on a cpu backend means other processes took the cores: the wall times
+ * are then pessimistic. */
 static int bench_case(qins_backend *be, qins_dtype dt, int64_t m, int64_t n, int64_t k, double min_time, int quick,
-                      double *ms_out) {
+                      double *ms_out, double *busy_out) {
   size_t es = qins_dtype_size(dt);
   unsigned char *wdata = malloc((size_t)(n * k) * es);
   float *xdata = malloc((size_t)(m * k) * 4);
@@ -108,7 +117,7 @@ static int bench_case(qins_backend *be, qins_dtype dt, int64_t m, int64_t n, int
   if (!rc) rc = qins_backend_sync(be);
   double times[64];
   int runs = 0;
-  double start = now_s();
+  double start = now_s(), cpu0 = cpu_time_s();
   while (!rc && runs < 64) {
     double t0 = now_s();
     rc = qins_op_matmul(be, &x, &w, NULL, &y);
@@ -116,6 +125,8 @@ static int bench_case(qins_backend *be, qins_dtype dt, int64_t m, int64_t n, int
     times[runs++] = now_s() - t0;
     if (quick || (runs >= 3 && now_s() - start >= min_time)) break;
   }
+  double wall = now_s() - start, cpu_used = cpu_time_s() - cpu0;
+  *busy_out = wall > 0 ? cpu_used / wall : 0;
   if (!rc) {
     /* median */
     for (int i = 1; i < runs; i++)
@@ -177,7 +188,9 @@ int main(int argc, char **argv) {
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
   double bw = memcpy_gbps(quick ? (8u << 20) : (256u << 20), quick ? 2 : 8);
   printf("machine: %s, %ld cores (host %s)\n", cpu, cores, host);
-  printf("memcpy: %.1f GB/s (bytes read + written per second, %s buffers)\n\n", bw, quick ? "8 MiB" : "256 MiB");
+  printf("memcpy: %.1f GB/s (bytes read + written per second, %s buffers)\n", bw, quick ? "8 MiB" : "256 MiB");
+  printf("GB/s counts the bytes a perfect kernel moves (weights + x + y once); busy = cores this process\n"
+         "kept busy while timing (below the thread count: other processes shared the cores)\n\n");
 
   json_t *root = json_object(), *jres = json_array(), *jbe = json_array();
   json_object_set_new(root, "machine",
@@ -196,13 +209,14 @@ int main(int argc, char **argv) {
     }
     printf("backend %s: %s\n", be->name, be->device_name);
     json_array_append_new(jbe, json_pack("{s:s, s:s}", "name", names[b], "device", be->device_name));
-    printf("  %-5s %5s %6s %6s %10s %9s %8s %9s\n", "dtype", "M", "N", "K", "ms", "GFLOP/s", "GB/s", "%memcpy");
+    printf("  %-5s %5s %6s %6s %10s %9s %8s %9s %6s\n", "dtype", "M", "N", "K", "ms", "GFLOP/s", "GB/s", "%memcpy",
+           "busy");
     for (int si = 0; si < nshapes; si++)
       for (int mi = 0; mi < 2; mi++)
         for (int di = 0; di < 3; di++) {
           int64_t m = ms[mi], n = shapes[si].n, k = shapes[si].k;
-          double msec = 0;
-          int rc = bench_case(be, dts[di], m, n, k, min_time, quick, &msec);
+          double msec = 0, busy = 0;
+          int rc = bench_case(be, dts[di], m, n, k, min_time, quick, &msec, &busy);
           if (rc) {
             printf("  %-5s %5lld %6lld %6lld  failed: %s\n", qins_dtype_name(dts[di]), (long long)m, (long long)n,
                    (long long)k, qins_error_msg());
@@ -216,13 +230,13 @@ int main(int argc, char **argv) {
           /* bytes a perfect kernel must move: the weights once, x once, y once */
           double bytes = (double)(n * k) * (double)qins_dtype_size(dts[di]) + 4.0 * (double)(m * k + m * n);
           double gflops = flops / (msec * 1e-3) / 1e9, gbps = bytes / (msec * 1e-3) / 1e9;
-          printf("  %-5s %5lld %6lld %6lld %10.3f %9.1f %8.1f %8.0f%%\n", qins_dtype_name(dts[di]), (long long)m,
-                 (long long)n, (long long)k, msec, gflops, gbps, 100.0 * gbps / bw);
+          printf("  %-5s %5lld %6lld %6lld %10.3f %9.1f %8.1f %8.0f%% %6.2f\n", qins_dtype_name(dts[di]), (long long)m,
+                 (long long)n, (long long)k, msec, gflops, gbps, 100.0 * gbps / bw, busy);
           json_array_append_new(jres,
-                                json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:f, s:f, s:f}", "backend", names[b],
+                                json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:f, s:f, s:f, s:f}", "backend", names[b],
                                           "device", be->device_name, "dtype", qins_dtype_name(dts[di]), "m",
                                           (json_int_t)m, "n", (json_int_t)n, "k", (json_int_t)k, "ms", msec,
-                                          "gflops", gflops, "gbps", gbps));
+                                          "gflops", gflops, "gbps", gbps, "busy_cores", busy));
           fflush(stdout);
         }
     printf("\n");

@@ -545,6 +545,15 @@ static void test_validation(void **state) {
   EXPECT_REJECT(qins_op_copy(be, &x, &y), "act_x", "out_y", "size");
   EXPECT_REJECT(qins_op_cast(be, &x, &yi), "cast", "cast_i32", "f32, f16 or bf16");
 
+  /* ids are a precondition the wrapper does not scan; the cpu backend still refuses a bad one */
+  int32_t bad_ids[2] = {1, 10};
+  assert_int_equal(qins_tensor_write(&pos, bad_ids), 0);
+  qins_tensor emb_out;
+  make_in(be, &emb_out, "emb_out", QINS_DT_F32, 2, (int64_t[]){2, 8}, NULL);
+  assert_int_equal(qins_op_embed(be, &table, &pos, &emb_out), QINS_EINPUT);
+  assert_non_null(strstr(qins_error_msg(), "id 10 at position 1 outside vocabulary of 10"));
+  qins_tensor_free(&emb_out);
+
   qins_tensor *all[] = {&x, &w, &w8, &bias_bad, &y, &y_bad, &xi, &pos, &pos_f, &freq, &q, &kc, &vc,
                         &kc_bad, &out, &ids_f, &table, &idx, &vals, &xh, &yi, &elsewhere};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) qins_tensor_free(all[i]);

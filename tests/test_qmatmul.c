@@ -196,6 +196,13 @@ static void test_matmul_one_code(void **state) {
   assert_int_equal(rc, 0);
   test_tensor_make(be, &tx, "x", QINS_DT_F32, 2, (int64_t[]){m, k}, x);
   test_tensor_make(be, &ty, "y", QINS_DT_F32, 2, (int64_t[]){m, n}, NULL);
+  if (qins_op_matmul(be, &tx, &wq, NULL, &ty) == QINS_EUNSUPPORTED) {
+    printf("# skip matmul qins8 on %s: %s\n", be->name, qins_error_msg());
+    qins_tensor_free(&wq);
+    qins_tensor_free(&tx);
+    qins_tensor_free(&ty);
+    skip();
+  }
   run_matmul(be, &tx, &wq, NULL, &ty, y0);
   uint8_t codes[9 * 41];
   float alpha[9];

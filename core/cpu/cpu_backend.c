@@ -8,6 +8,7 @@
 
 #include "core/backend.h"
 #include "core/cpu/cpu_ops.h"
+#include "core/cpu/cpu_grad.h"
 #include "core/error.h"
 #include "core/mem.h"
 
@@ -88,6 +89,20 @@ static const qins_backend_ops cpu_ops = {
     .calibrate = cpu_calibrate,
     .quantize = cpu_quantize,
     .dequantize = cpu_dequantize,
+    /* backward ops (cpu_grad.c) */
+    .matmul_backward = cpu_matmul_backward,
+    .add_backward = cpu_add_backward,
+    .mul_backward = cpu_mul_backward,
+    .rmsnorm_backward = cpu_rmsnorm_backward,
+    .layernorm_backward = cpu_layernorm_backward,
+    .rope_backward = cpu_rope_backward,
+    .softmax_backward = cpu_softmax_backward,
+    .silu_backward = cpu_silu_backward,
+    .gelu_tanh_backward = cpu_gelu_tanh_backward,
+    .silu_mul_backward = cpu_silu_mul_backward,
+    .embed_backward = cpu_embed_backward,
+    .attention_backward = cpu_attention_backward,
+    .cross_entropy = cpu_cross_entropy,
 };
 
 static const qins_backend_ops cpu_ref_ops = {

@@ -124,16 +124,15 @@ static void init_rows(const matmul_job *j, int64_t m0, int64_t m1, int64_t n0, i
     for (int64_t o = n0; o < n1; o++) j->y[r * j->n + o] = j->bias ? j->bias[o] : 0.0f;
 }
 
-/* GEMV over weight rows [n0, n1) for every (at most 3) row of x. */
+/* GEMV over weight rows [n0, n1) for every (at most 3) row of x: 8 weight rows at a time, used by
+ * each x row while they are still in L1, so they come from memory once. */
 ALWAYS_INLINE void gemv_dt(const matmul_job *j, qins_dtype dt, int64_t n0, int64_t n1) {
   init_rows(j, 0, j->m, n0, n1);
-  for (int64_t r = 0; r < j->m; r++) {
-    const float *xr = j->x + r * j->k;
-    float *yr = j->y + r * j->n;
-    int64_t o = n0;
-    for (; o + 8 <= n1; o += 8) tile(1, 8, dt, xr, j->k, wrow(j->w, dt, o, j->k), j->k, yr + o, j->n, 0, j->k);
-    for (; o < n1; o++) tile(1, 1, dt, xr, j->k, wrow(j->w, dt, o, j->k), j->k, yr + o, j->n, 0, j->k);
-  }
+  int64_t k = j->k, o = n0;
+  for (; o + 8 <= n1; o += 8)
+    for (int64_t r = 0; r < j->m; r++) tile(1, 8, dt, j->x + r * k, k, wrow(j->w, dt, o, k), k, j->y + r * j->n + o, j->n, 0, k);
+  for (; o < n1; o++)
+    for (int64_t r = 0; r < j->m; r++) tile(1, 1, dt, j->x + r * k, k, wrow(j->w, dt, o, k), k, j->y + r * j->n + o, j->n, 0, k);
 }
 
 static void gemv_f32(void *u, int64_t b, int64_t e) { gemv_dt(u, QINS_DT_F32, b, e); }

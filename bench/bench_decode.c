@@ -1,0 +1,324 @@
+/* qins-bench-decode: prefill and decode tokens/s per backend, against the memory-bandwidth bound
+ * (weight bytes per token / measured memcpy bandwidth), for stories260K and a synthetic ~110M Llama. */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/backend.h"
+#include "core/error.h"
+#include "core/llm/llm.h"
+#include "core/model/model.h"
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Best of several memcpy passes over a buffer far larger than the caches. Reported as bytes moved
+ * (read + write) per second: decode only reads weights, and a read stream runs at about the bus
+ * rate that a copy's combined traffic reaches. */
+static double memcpy_bandwidth(size_t bytes, int reps) {
+  char *a = malloc(bytes), *b = malloc(bytes);
+  if (!a || !b) {
+    free(a);
+    free(b);
+    return 0.0;
+  }
+  memset(a, 1, bytes);
+  memset(b, 2, bytes);
+  double best = 1e30;
+  for (int r = 0; r < reps; r++) {
+    double t0 = now_s();
+    memcpy(r % 2 ? a : b, r % 2 ? b : a, bytes);
+    double t = now_s() - t0;
+    if (t < best) best = t;
+  }
+  volatile char sink = a[bytes / 2] + b[bytes / 3];
+  (void)sink;
+  free(a);
+  free(b);
+  return 2.0 * (double)bytes / best;
+}
+
+/* ---------------------------------------------------------------- synthetic Llama */
+
+typedef struct synth {
+  qins_model m;
+  float *blob;
+} synth;
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static float rnd(void) { /* uniform in [-1, 1): weights only need plausible magnitudes */
+  rng_state ^= rng_state >> 12;
+  rng_state ^= rng_state << 25;
+  rng_state ^= rng_state >> 27;
+  return (float)((rng_state * 0x2545F4914F6CDD1Dull) >> 40) / 8388608.0f - 1.0f;
+}
+
+static int synth_add(synth *s, size_t *off, const char *name, int64_t d0, int64_t d1, float scale, int fill_ones) {
+  qins_weight *w = &s->m.weights[s->m.n_weights++];
+  snprintf(w->name, sizeof w->name, "%s", name);
+  w->dtype = QINS_DT_F32;
+  w->ndim = d1 ? 2 : 1;
+  w->shape[0] = d0;
+  w->shape[1] = d1;
+  size_t n = (size_t)d0 * (size_t)(d1 ? d1 : 1);
+  float *p = s->blob + *off;
+  for (size_t i = 0; i < n; i++) p[i] = fill_ones ? 1.0f : scale * rnd();
+  w->data = p;
+  w->nbytes = n * sizeof(float);
+  w->file = "synthetic";
+  *off += n;
+  return 0;
+}
+
+/* Llama with dim 768, 12 layers, 12 heads, FFN 2048, vocab 32000, tied head: ~110M parameters. */
+static int synth_create(synth *s, int dim, int layers, int heads, int ffn, int vocab, int seq) {
+  memset(s, 0, sizeof *s);
+  qins_model_config *c = &s->m.cfg;
+  c->arch = QINS_ARCH_LLAMA;
+  c->dim = dim;
+  c->n_layers = layers;
+  c->n_heads = heads;
+  c->n_kv_heads = heads;
+  c->head_dim = dim / heads;
+  c->ffn_dim = ffn;
+  c->vocab_size = vocab;
+  c->max_seq_len = seq;
+  c->norm_eps = 1e-5f;
+  c->tied_embeddings = 1;
+  c->bos_id = 1;
+  c->eos_id = 2;
+  c->rope_theta = 10000.0f;
+  c->rope_dim = c->head_dim;
+  c->rope_mode = QINS_ROPE_HALF;
+  c->rope_attn_factor = 1.0f;
+  snprintf(s->m.path, sizeof s->m.path, "synthetic-llama-%dx%d", dim, layers);
+  snprintf(s->m.format, sizeof s->m.format, "synthetic");
+  size_t per_layer = 4 * (size_t)dim * dim + 3 * (size_t)dim * ffn + 2 * (size_t)dim;
+  size_t total = (size_t)vocab * dim + (size_t)dim + per_layer * (size_t)layers;
+  s->blob = malloc(total * sizeof(float));
+  s->m.weights = calloc((size_t)(layers * 9 + 2), sizeof(qins_weight));
+  if (!s->blob || !s->m.weights) return qins_error_set(QINS_ENOMEM, "synthetic model: %zu floats", total);
+  size_t off = 0;
+  float ws = 1.0f / sqrtf((float)dim), fs = 1.0f / sqrtf((float)ffn);
+  char name[128];
+  synth_add(s, &off, "model.embed_tokens.weight", vocab, dim, 1.0f, 0);
+  synth_add(s, &off, "model.norm.weight", dim, 0, 0, 1);
+  for (int i = 0; i < layers; i++) {
+    static const char *mats[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"};
+    for (int k = 0; k < 4; k++) {
+      snprintf(name, sizeof name, "model.layers.%d.%s.weight", i, mats[k]);
+      synth_add(s, &off, name, dim, dim, ws, 0);
+    }
+    snprintf(name, sizeof name, "model.layers.%d.mlp.gate_proj.weight", i);
+    synth_add(s, &off, name, ffn, dim, ws, 0);
+    snprintf(name, sizeof name, "model.layers.%d.mlp.up_proj.weight", i);
+    synth_add(s, &off, name, ffn, dim, ws, 0);
+    snprintf(name, sizeof name, "model.layers.%d.mlp.down_proj.weight", i);
+    synth_add(s, &off, name, dim, ffn, fs, 0);
+    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", i);
+    synth_add(s, &off, name, dim, 0, 0, 1);
+    snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", i);
+    synth_add(s, &off, name, dim, 0, 0, 1);
+  }
+  return 0;
+}
+
+static void synth_free(synth *s) {
+  free(s->blob);
+  free(s->m.weights);
+}
+
+/* ---------------------------------------------------------------- measurement */
+
+typedef struct result {
+  char model[64], backend[64], device[256];
+  int64_t params, weight_bytes;
+  int prefill_tokens, decode_tokens;
+  double prefill_tps, decode_tps, bound_tps, fraction;
+  double matmul_share, attention_share; /* of op time during decode (cpu measures wall per op) */
+} result;
+
+static int run_one(const qins_model *m, const char *model_name, const char *backend, int prefill, int decode,
+                   double bw, result *r) {
+  qins_backend *be = NULL;
+  qins_llm *l = NULL;
+  int32_t *ids = NULL;
+  int rc = qins_backend_create(backend, &be);
+  if (rc) return rc;
+  int seq = prefill + decode + 1;
+  qins_llm_options opt = {seq, prefill};
+  if ((rc = qins_llm_create(m, be, &opt, &l))) goto done;
+  ids = malloc((size_t)seq * sizeof(int32_t));
+  for (int i = 0; i < seq; i++) ids[i] = (int32_t)((uint32_t)(i * 2654435761u) % (uint32_t)m->cfg.vocab_size);
+  /* warm-up: first touch of mapped weights, pipeline creation on vk */
+  int32_t next;
+  if ((rc = qins_llm_forward(l, ids, 2, 0, NULL, &next))) goto done;
+  qins_llm_reset(l);
+  double t0 = now_s();
+  if ((rc = qins_llm_forward(l, ids, prefill, 0, NULL, &next))) goto done;
+  double tp = now_s() - t0;
+  memset(be->stats, 0, sizeof be->stats);
+  t0 = now_s();
+  for (int i = 0; i < decode; i++) {
+    int32_t cur = next;
+    if ((rc = qins_llm_forward(l, &cur, 1, 0, NULL, &next))) goto done;
+  }
+  double td = now_s() - t0;
+  memset(r, 0, sizeof *r);
+  uint64_t total_ns = 0;
+  for (int k = 0; k < QINS_OP_COUNT; k++) total_ns += be->stats[k].ns;
+  if (total_ns) {
+    r->matmul_share = (double)be->stats[QINS_OP_MATMUL].ns / (double)total_ns;
+    r->attention_share = (double)be->stats[QINS_OP_ATTENTION].ns / (double)total_ns;
+  }
+  snprintf(r->model, sizeof r->model, "%s", model_name);
+  snprintf(r->backend, sizeof r->backend, "%s", backend);
+  snprintf(r->device, sizeof r->device, "%s", be->device_name);
+  for (int i = 0; i < m->n_weights; i++) {
+    int64_t n = 1;
+    for (int d = 0; d < m->weights[i].ndim; d++) n *= m->weights[i].shape[d];
+    r->params += n;
+  }
+  r->weight_bytes = qins_llm_weight_bytes(l);
+  r->prefill_tokens = prefill;
+  r->decode_tokens = decode;
+  r->prefill_tps = prefill / tp;
+  r->decode_tps = decode / td;
+  r->bound_tps = bw / (double)r->weight_bytes;
+  r->fraction = r->decode_tps / r->bound_tps;
+done:
+  free(ids);
+  qins_llm_destroy(l);
+  qins_backend_destroy(be);
+  return rc;
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: qins-bench-decode [--quick] [--json FILE] [--backend B[,B...]] [--prefill N] [--decode N]\n"
+          "  Prefill and decode tokens/s for stories260K and a synthetic 110M Llama (f32 weights), and the\n"
+          "  fraction of the bandwidth bound (memcpy bandwidth / weight bytes per token) decode reaches.\n"
+          "  Default backends: every one available (qins backends).\n");
+}
+
+int main(int argc, char **argv) {
+  int quick = 0, prefill = 0, decode = 0;
+  const char *json_path = NULL, *backend_list = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--quick")) quick = 1;
+    else if (!strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
+    else if (!strcmp(argv[i], "--backend") && i + 1 < argc) backend_list = argv[++i];
+    else if (!strcmp(argv[i], "--prefill") && i + 1 < argc) prefill = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--decode") && i + 1 < argc) decode = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      usage(stdout);
+      return 0;
+    } else {
+      usage(stderr);
+      return 2;
+    }
+  }
+  if (prefill < 0 || decode < 0 || prefill > 4096 || decode > 4096) {
+    fprintf(stderr, "qins-bench-decode: --prefill/--decode must be in 0..4096\n");
+    return 2;
+  }
+  if (!prefill) prefill = quick ? 16 : 64;
+  if (!decode) decode = quick ? 4 : 16;
+
+  char names[16][64];
+  int nb = 0;
+  if (backend_list) {
+    char tmp[1024];
+    snprintf(tmp, sizeof tmp, "%s", backend_list);
+    for (char *tok = strtok(tmp, ","); tok && nb < 16; tok = strtok(NULL, ",")) snprintf(names[nb++], 64, "%s", tok);
+  } else {
+    nb = qins_backend_list(names, 16);
+  }
+
+  double bw = memcpy_bandwidth(quick ? (64u << 20) : (256u << 20), quick ? 4 : 8);
+  printf("memcpy bandwidth: %.2f GB/s (bytes read + written per second, best of several passes)\n", bw / 1e9);
+
+  qins_model *stories = NULL;
+  char spath[1200];
+  snprintf(spath, sizeof spath, "%s/models/stories260K/stories260K.bin", QINS_SHARED_DIR);
+  if (qins_model_open(spath, &stories)) fprintf(stderr, "skipping stories260K: %s\n", qins_error_msg());
+  synth big;
+  if (synth_create(&big, 768, 12, 12, 2048, 32000, 4096)) {
+    fprintf(stderr, "qins-bench-decode: %s\n", qins_error_msg());
+    return 1;
+  }
+
+  result res[64];
+  int nr = 0, failed = 0;
+  printf("\n| model | backend | device | params | weight MB/token | prefill tok/s (N) | decode tok/s (N) | bound tok/s | "
+         "decode / bound | decode op time: matmul / attention |\n|---|---|---|---|---|---|---|---|---|---|\n");
+  for (int mi = 0; mi < 2; mi++) {
+    const qins_model *m = mi == 0 ? stories : &big.m;
+    const char *mname = mi == 0 ? "stories260K" : "synthetic-llama-110M";
+    if (!m) continue;
+    int p = prefill, d = decode;
+    if (mi == 0) { /* the tiny model runs fast: more tokens for a steadier number */
+      p = prefill * 4;
+      d = decode * 16;
+      if (p + d + 1 > m->cfg.max_seq_len) {
+        p = m->cfg.max_seq_len / 2;
+        d = m->cfg.max_seq_len / 2 - 1;
+      }
+    }
+    for (int b = 0; b < nb && nr < 64; b++) {
+      result *r = &res[nr];
+      if (run_one(m, mname, names[b], p, d, bw, r)) {
+        fprintf(stderr, "%s on %s: %s\n", mname, names[b], qins_error_msg());
+        failed++;
+        continue;
+      }
+      nr++;
+      printf("| %s | %s | %s | %.1fM | %.1f | %.1f (%d) | %.2f (%d) | %.2f | %.1f%% | ", r->model, r->backend,
+             r->device, r->params / 1e6, r->weight_bytes / 1e6, r->prefill_tps, r->prefill_tokens, r->decode_tps,
+             r->decode_tokens, r->bound_tps, 100.0 * r->fraction);
+      if (r->matmul_share > 0)
+        printf("%.0f%% / %.0f%% |\n", 100.0 * r->matmul_share, 100.0 * r->attention_share);
+      else
+        printf("n/a |\n");
+      fflush(stdout);
+    }
+  }
+  if (json_path) {
+    json_t *root = json_object(), *arr = json_array();
+    json_object_set_new(root, "memcpy_bytes_per_s", json_real(bw));
+    json_object_set_new(root, "quick", json_boolean(quick));
+    for (int i = 0; i < nr; i++) {
+      result *r = &res[i];
+      json_t *o = json_object();
+      json_object_set_new(o, "model", json_string(r->model));
+      json_object_set_new(o, "backend", json_string(r->backend));
+      json_object_set_new(o, "device", json_string(r->device));
+      json_object_set_new(o, "params", json_integer(r->params));
+      json_object_set_new(o, "weight_bytes_per_token", json_integer(r->weight_bytes));
+      json_object_set_new(o, "prefill_tokens", json_integer(r->prefill_tokens));
+      json_object_set_new(o, "decode_tokens", json_integer(r->decode_tokens));
+      json_object_set_new(o, "prefill_tokens_per_s", json_real(r->prefill_tps));
+      json_object_set_new(o, "decode_tokens_per_s", json_real(r->decode_tps));
+      json_object_set_new(o, "bound_tokens_per_s", json_real(r->bound_tps));
+      json_object_set_new(o, "fraction_of_bound", json_real(r->fraction));
+      json_object_set_new(o, "decode_matmul_time_share", json_real(r->matmul_share));
+      json_object_set_new(o, "decode_attention_time_share", json_real(r->attention_share));
+      json_array_append_new(arr, o);
+    }
+    json_object_set_new(root, "results", arr);
+    if (json_dump_file(root, json_path, JSON_INDENT(2))) {
+      fprintf(stderr, "qins-bench-decode: cannot write %s\n", json_path);
+      failed++;
+    }
+    json_decref(root);
+  }
+  synth_free(&big);
+  qins_model_close(stories);
+  return failed ? 1 : 0;
+}

@@ -1,0 +1,69 @@
+/* Transformer runtime: places a loaded model's weights on a backend and runs its forward pass
+ * (Llama, Phi-3, GPT-2) with a KV cache: batched prefill, incremental decode, logits, reset. */
+#ifndef QINS_LLM_H
+#define QINS_LLM_H
+
+#include <stdint.h>
+
+#include "core/backend.h"
+#include "core/model/model.h"
+
+typedef struct qins_llm qins_llm;
+
+typedef struct qins_llm_options {
+  int max_seq;    /* KV cache length; <= 0: the model's max_seq_len */
+  int max_batch;  /* rows per forward chunk (longer prefills run in chunks); <= 0: min(max_seq, 128) */
+} qins_llm_options;
+
+/* Place `model` (which must outlive the runtime: cpu weights alias its mapping) on `be`.
+ * Unsupported architectures or missing/misshaped weights give QINS_EINPUT naming the tensor. */
+int qins_llm_create(const qins_model *model, qins_backend *be, const qins_llm_options *opt, qins_llm **out);
+void qins_llm_destroy(qins_llm *llm);
+
+/* Forget the cache: the next forward starts at position 0. */
+void qins_llm_reset(qins_llm *llm);
+/* Tokens held in the cache (the position the next token gets). */
+int qins_llm_pos(const qins_llm *llm);
+int qins_llm_vocab(const qins_llm *llm);
+int qins_llm_max_seq(const qins_llm *llm);
+const qins_model_config *qins_llm_config(const qins_llm *llm);
+/* Bytes of weights one token's forward reads (every matrix once): the bandwidth-bound numerator. */
+int64_t qins_llm_weight_bytes(const qins_llm *llm);
+
+/* Append ids[0..n) at positions pos..pos+n-1 (pos = qins_llm_pos) in one batched forward (or in
+ * chunks of max_batch rows). logits (may be NULL) receives [n, vocab] when all_logits, else the
+ * last position's [vocab]. argmax (may be NULL) receives the id of the largest logit of the last
+ * position, computed on the backend (ties: lowest id). Errors leave the cache length unchanged. */
+int qins_llm_forward(qins_llm *llm, const int32_t *ids, int n, int all_logits, float *logits, int32_t *argmax);
+
+/* The per-layer matrices the forward multiplies by, for callers that re-encode weights (QINS
+ * coverage, QINS.md section 5): a caller may replace the tensor (dtype, buffer, scale) with one
+ * of the same [N,K] shape the matmul op accepts; the runtime does not free replacements.
+ * Fused checkpoints are already split: WQ/WK/WV are the row blocks of Phi-3 qkv_proj or GPT-2
+ * c_attn, WGATE/WUP those of gate_up_proj. NULL when the layer has no such matrix (GPT-2 gate). */
+typedef enum qins_llm_mat {
+  QINS_LLM_WQ, QINS_LLM_WK, QINS_LLM_WV, QINS_LLM_WO, QINS_LLM_WGATE, QINS_LLM_WUP, QINS_LLM_WDOWN,
+  QINS_LLM_MAT_COUNT
+} qins_llm_mat;
+qins_tensor *qins_llm_matrix(qins_llm *llm, int layer, qins_llm_mat which);
+
+/* Longrope (Phi-3) only: which factors the cache was built with (0 short, 1 long, -1 n/a), and how
+ * many times the cache was recomputed because a sequence crossed original_max_position_embeddings. */
+int qins_llm_rope_long(const qins_llm *llm);
+int qins_llm_rope_recomputes(const qins_llm *llm);
+
+/* Pipeline pieces (stages/: embed, qins_block, head run parts of one forward in different
+ * workers). A cache for layers [layer0, layer1) of one sequence; many per runtime (one per
+ * request in flight), sharing its weights. */
+typedef struct qins_llm_kv qins_llm_kv;
+int qins_llm_kv_create(qins_llm *llm, int layer0, int layer1, qins_llm_kv **out);
+void qins_llm_kv_destroy(qins_llm_kv *kv);
+/* Rows at positions pos0..pos0+n-1: input `ids` (embedded here) or host hidden rows `x`
+ * [n, dim]; then layers [layer0, layer1) with keys/values in `kv` (may be NULL for an empty
+ * range); then either the head on the last row (logits [vocab] and/or argmax, when either is
+ * non-NULL) or, with no head, the rows back into `x`. Does not touch qins_llm_pos. Longrope:
+ * the factors follow pos0+n; a range crossing original_max after position 0 is unsupported. */
+int qins_llm_forward_range(qins_llm *llm, qins_llm_kv *kv, const int32_t *ids, float *x, int n, int pos0, int layer0,
+                           int layer1, float *logits, int32_t *argmax);
+
+#endif

@@ -1,0 +1,140 @@
+/* Internal state of the Vulkan backend shared by its files (device, memory, dispatch, ops). */
+#ifndef QINS_VK_INTERNAL_H
+#define QINS_VK_INTERNAL_H
+
+#include <vulkan/vulkan.h>
+
+#include "core/backend.h"
+#include "core/error.h"
+#include "core/mem.h"
+#include "core/vk/vk.h"
+
+#define VK_MAX_BIND 8
+#define VK_MAX_PARAMS 24
+#define VK_MAX_DISPATCH 256 /* per batch: bounds the timestamp pool; the batch is submitted when full */
+#define VK_MAX_PENDING 64   /* buffers tracked for hazards since the last barrier */
+#define VK_STAGING_CHUNK ((size_t)32 << 20)
+#define VK_LUT_FLOATS (256 + 64)
+
+typedef struct vk_buffer {
+  VkBuffer buf;
+  VkDeviceMemory mem;
+  VkDeviceSize size; /* allocated (rounded up to 16) */
+  void *map;         /* mapped pointer when host-visible and mapping is allowed */
+  uint64_t batch;    /* the batch that last used it: waits for that batch before host access */
+} vk_buffer;
+
+typedef struct vk_pipe {
+  VkPipeline pipe;
+  VkPipelineLayout layout;
+  int nbind;
+} vk_pipe;
+
+typedef struct vk_ctx {
+  qins_backend *be;
+  VkInstance inst;
+  VkDebugUtilsMessengerEXT messenger;
+  VkPhysicalDevice phys;
+  VkDevice dev;
+  VkQueue queue;
+  uint32_t qfam;
+  VkPhysicalDeviceProperties props;
+  VkPhysicalDeviceMemoryProperties memprops;
+  qins_vk_info info;
+  uint32_t max_range; /* binding limit in use (device limit unless overridden) */
+  uint32_t align;     /* binding offset alignment (>= 4) */
+  int mem_device;     /* memory type for tensors */
+  int mem_staging;    /* host-visible coherent memory type for staging */
+  int map_device;     /* tensors are host-mapped */
+  PFN_vkCmdPushDescriptorSetKHR push_desc;
+  VkDescriptorSetLayout dsl[VK_MAX_BIND + 1];      /* by binding count */
+  VkPipelineLayout layouts[VK_MAX_BIND + 1];
+  VkDescriptorPool dpool;                          /* when push descriptors are missing */
+  vk_pipe *pipes;                                  /* one per shader table entry, built lazily */
+  VkCommandPool cmdpool;
+  VkCommandBuffer cmd;
+  VkFence fence;
+  int recording;
+  uint64_t batch; /* serial of the batch being recorded */
+  int ndispatch;
+  VkQueryPool qpool;
+  int timestamps;
+  uint8_t qkind[VK_MAX_DISPATCH];
+  /* hazard tracking since the last barrier */
+  VkBuffer pend_read[VK_MAX_PENDING], pend_write[VK_MAX_PENDING];
+  int npend_read, npend_write;
+  /* staging and temporary buffers freed once the batch completes */
+  vk_buffer **garbage;
+  int ngarbage, cap_garbage;
+  size_t garbage_bytes;
+  qins_buf *lut; /* D_1 tables of qins8 (256) and qins6 (64) */
+  int validation_msgs;
+} vk_ctx;
+
+static inline vk_ctx *vk_of(qins_backend *be) { return (vk_ctx *)be->impl; }
+qins_mem_owner *vk_owner(void);
+int vk_check(VkResult r, const char *what);
+
+/* vk_device.c */
+void vk_destroy_backend(qins_backend *be);
+
+/* vk_memory.c */
+int vk_buffer_create(vk_ctx *c, VkDeviceSize size, int staging, vk_buffer **out);
+void vk_buffer_destroy(vk_ctx *c, vk_buffer *b);
+int vk_garbage_add(vk_ctx *c, vk_buffer *b);
+void vk_garbage_free(vk_ctx *c);
+int vk_buf_alloc(qins_backend *be, size_t bytes, qins_buf **out);
+int vk_buf_wrap(qins_backend *be, void *host, size_t bytes, qins_buf **out);
+void vk_buf_free(qins_backend *be, qins_buf *buf);
+int vk_buf_write(qins_backend *be, qins_buf *buf, size_t offset, const void *src, size_t bytes);
+int vk_buf_read(qins_backend *be, qins_buf *buf, size_t offset, void *dst, size_t bytes);
+
+/* vk_dispatch.c */
+typedef struct vk_bind {
+  vk_buffer *vb;
+  VkDeviceSize off, range;
+} vk_bind;
+int vk_pipelines_init(vk_ctx *c);
+void vk_pipelines_fini(vk_ctx *c);
+int vk_shader_index(const char *name);
+int vk_begin(vk_ctx *c);
+int vk_flush(vk_ctx *c);
+int vk_sync(qins_backend *be);
+/* Bind `bytes` bytes of t starting `start` bytes past its offset; *boff receives the byte
+ * offset of that start inside the (aligned) bound range. unit: required alignment of start. */
+int vk_bind_tensor(vk_ctx *c, const qins_tensor *t, size_t start, size_t bytes, size_t unit, vk_bind *b,
+                   uint32_t *boff);
+/* Record one dispatch of shader `shader` (index) with bindings, push constants (off[8] then
+ * params), groups (x, y); write_mask: which bindings it writes. */
+int vk_dispatch(vk_ctx *c, qins_op_kind kind, int shader, const vk_bind *binds, int nbind, unsigned write_mask,
+                const uint32_t *off, const uint32_t *params, int nparams, uint32_t gx, uint32_t gy);
+/* Groups for n work items of `per_group` each, folded into a 2-D grid. */
+void vk_grid(vk_ctx *c, uint64_t items, uint32_t per_group, uint32_t *gx, uint32_t *gy);
+/* Record a buffer copy (transfer) in the batch. */
+int vk_copy_region(vk_ctx *c, qins_op_kind kind, vk_buffer *src, VkDeviceSize soff, vk_buffer *dst, VkDeviceSize doff,
+                   VkDeviceSize bytes);
+/* Wait for the batch if it used b (before host access or destruction). */
+int vk_wait_for(vk_ctx *c, vk_buffer *b);
+
+/* vk_ops.c, vk_codec.c */
+extern const qins_backend_ops vk_backend_ops;
+int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, const qins_tensor *bias, qins_tensor *y);
+int vk_calibrate(qins_backend *be, const qins_tensor *x, qins_dtype format, qins_alpha_spec spec, qins_tensor *alpha);
+int vk_quantize(qins_backend *be, const qins_tensor *x, qins_tensor *dst);
+int vk_dequantize(qins_backend *be, const qins_tensor *src, qins_tensor *y);
+int vk_cast_impl(vk_ctx *c, qins_op_kind kind, const qins_tensor *src, const qins_tensor *dst);
+
+/* A row-parallel op argument: bound per chunk of rows (row_bytes > 0) or whole (row_bytes 0). */
+typedef struct vk_arg {
+  const qins_tensor *t;
+  size_t row_bytes; /* bytes per row of this tensor (0: bind the whole tensor every chunk) */
+  size_t unit;      /* alignment its shader needs at the start (4 for f32/i32 arrays, else 1 or 2) */
+  int write;
+} vk_arg;
+/* Run a row-parallel shader over `rows` rows, split into chunks whose per-row bindings fit the
+ * binding limit. params[0] is set to each chunk's row count. Groups per chunk:
+ * one per row when items_per_row is 0, else ceil((rows*items_per_row + extra) / div / WG). */
+int vk_run_rows(vk_ctx *c, qins_op_kind kind, int shader, const vk_arg *args, int nargs, int64_t rows,
+                uint32_t *params, int nparams, uint64_t items_per_row, uint64_t extra, uint32_t div, uint32_t wg);
+
+#endif

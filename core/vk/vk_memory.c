@@ -1,0 +1,170 @@
+/* Vulkan backend memory: device buffers behind qins_buf, staging for uploads/downloads on
+ * device-only memory, and buffers kept alive until the batch that uses them completes. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/vk/vk_internal.h"
+
+int vk_buffer_create(vk_ctx *c, VkDeviceSize size, int staging, vk_buffer **out) {
+  *out = NULL;
+  size = (size + 15) & ~(VkDeviceSize)15; /* lets bindings round their range up to whole words */
+  if (size == 0) size = 16;
+  vk_buffer *b = qins_mem_calloc(vk_owner(), 1, sizeof *b);
+  if (!b) return QINS_ENOMEM;
+  b->size = size;
+  VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .size = size,
+                            .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+                                     VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+                            .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
+  int rc = vk_check(vkCreateBuffer(c->dev, &bci, NULL, &b->buf), "vkCreateBuffer");
+  if (rc) {
+    qins_mem_free(vk_owner(), b);
+    return qins_error_wrap(rc, "buffer of %llu bytes: ", (unsigned long long)size);
+  }
+  VkMemoryRequirements req;
+  vkGetBufferMemoryRequirements(c->dev, b->buf, &req);
+  int type = staging ? c->mem_staging : c->mem_device;
+  if (!(req.memoryTypeBits & (1u << type))) {
+    vkDestroyBuffer(c->dev, b->buf, NULL);
+    qins_mem_free(vk_owner(), b);
+    return qins_error_set(QINS_EBACKEND, "vulkan: buffer cannot use memory type %d", type);
+  }
+  VkMemoryAllocateInfo mai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .allocationSize = req.size,
+                              .memoryTypeIndex = (uint32_t)type};
+  rc = vk_check(vkAllocateMemory(c->dev, &mai, NULL, &b->mem), "vkAllocateMemory");
+  if (!rc) rc = vk_check(vkBindBufferMemory(c->dev, b->buf, b->mem, 0), "vkBindBufferMemory");
+  if (!rc && (staging || c->map_device)) rc = vk_check(vkMapMemory(c->dev, b->mem, 0, VK_WHOLE_SIZE, 0, &b->map), "vkMapMemory");
+  if (rc) {
+    if (b->mem) vkFreeMemory(c->dev, b->mem, NULL);
+    vkDestroyBuffer(c->dev, b->buf, NULL);
+    qins_mem_free(vk_owner(), b);
+    return qins_error_wrap(rc, "%s buffer of %llu bytes on %s: ", staging ? "staging" : "device", (unsigned long long)size,
+                           c->info.device_name);
+  }
+  qins_mem_owner_charge(vk_owner(), (int64_t)size);
+  *out = b;
+  return 0;
+}
+
+void vk_buffer_destroy(vk_ctx *c, vk_buffer *b) {
+  if (!b) return;
+  if (b->map) vkUnmapMemory(c->dev, b->mem);
+  vkDestroyBuffer(c->dev, b->buf, NULL);
+  vkFreeMemory(c->dev, b->mem, NULL);
+  qins_mem_owner_charge(vk_owner(), -(int64_t)b->size);
+  qins_mem_free(vk_owner(), b);
+}
+
+int vk_garbage_add(vk_ctx *c, vk_buffer *b) {
+  if (c->ngarbage == c->cap_garbage) {
+    int cap = c->cap_garbage ? 2 * c->cap_garbage : 16;
+    vk_buffer **g = qins_mem_realloc(vk_owner(), c->garbage, (size_t)cap * sizeof *g);
+    if (!g) return QINS_ENOMEM;
+    c->garbage = g;
+    c->cap_garbage = cap;
+  }
+  c->garbage[c->ngarbage++] = b;
+  c->garbage_bytes += b->size;
+  return 0;
+}
+
+void vk_garbage_free(vk_ctx *c) {
+  for (int i = 0; i < c->ngarbage; i++) vk_buffer_destroy(c, c->garbage[i]);
+  c->ngarbage = 0;
+  c->garbage_bytes = 0;
+}
+
+int vk_buf_alloc(qins_backend *be, size_t bytes, qins_buf **out) {
+  vk_ctx *c = vk_of(be);
+  *out = NULL;
+  if (bytes > c->props.limits.maxStorageBufferRange && (uint64_t)bytes > ((uint64_t)1 << 40))
+    return qins_error_set(QINS_EINVAL, "vulkan: buffer of %zu bytes is too large", bytes);
+  qins_buf *buf = qins_mem_calloc(vk_owner(), 1, sizeof *buf);
+  if (!buf) return QINS_ENOMEM;
+  vk_buffer *vb;
+  int rc = vk_buffer_create(c, bytes, 0, &vb);
+  if (rc) {
+    qins_mem_free(vk_owner(), buf);
+    return rc;
+  }
+  buf->be = be;
+  buf->size = bytes;
+  buf->host = NULL; /* never exposed: ops run asynchronously, host access goes through buf_read/write */
+  buf->impl = vb;
+  *out = buf;
+  return 0;
+}
+
+int vk_buf_wrap(qins_backend *be, void *host, size_t bytes, qins_buf **out) {
+  int rc = vk_buf_alloc(be, bytes, out);
+  if (rc) return rc;
+  rc = vk_buf_write(be, *out, 0, host, bytes);
+  if (rc) {
+    vk_buf_free(be, *out);
+    *out = NULL;
+  }
+  return rc;
+}
+
+void vk_buf_free(qins_backend *be, qins_buf *buf) {
+  vk_ctx *c = vk_of(be);
+  vk_buffer *vb = buf->impl;
+  vk_wait_for(c, vb);
+  vk_buffer_destroy(c, vb);
+  qins_mem_free(vk_owner(), buf);
+}
+
+int vk_buf_write(qins_backend *be, qins_buf *buf, size_t offset, const void *src, size_t bytes) {
+  vk_ctx *c = vk_of(be);
+  vk_buffer *vb = buf->impl;
+  if (bytes == 0) return 0;
+  if (vb->map) {
+    int rc = vk_wait_for(c, vb);
+    if (rc) return rc;
+    memcpy((char *)vb->map + offset, src, bytes);
+    return 0;
+  }
+  /* device-only memory: staged copies recorded in order with the ops around them */
+  for (size_t done = 0; done < bytes;) {
+    size_t n = bytes - done < VK_STAGING_CHUNK ? bytes - done : VK_STAGING_CHUNK;
+    vk_buffer *st;
+    int rc = vk_buffer_create(c, n, 1, &st);
+    if (rc) return rc;
+    memcpy(st->map, (const char *)src + done, n);
+    rc = vk_garbage_add(c, st);
+    if (rc) {
+      vk_buffer_destroy(c, st);
+      return rc;
+    }
+    rc = vk_copy_region(c, QINS_OP_COUNT, st, 0, vb, offset + done, n);
+    if (!rc && c->garbage_bytes > 4 * VK_STAGING_CHUNK) rc = vk_flush(c);
+    if (rc) return rc;
+    done += n;
+  }
+  return 0;
+}
+
+int vk_buf_read(qins_backend *be, qins_buf *buf, size_t offset, void *dst, size_t bytes) {
+  vk_ctx *c = vk_of(be);
+  vk_buffer *vb = buf->impl;
+  if (bytes == 0) return 0;
+  if (vb->map) {
+    int rc = vk_wait_for(c, vb);
+    if (rc) return rc;
+    memcpy(dst, (const char *)vb->map + offset, bytes);
+    return 0;
+  }
+  for (size_t done = 0; done < bytes;) {
+    size_t n = bytes - done < VK_STAGING_CHUNK ? bytes - done : VK_STAGING_CHUNK;
+    vk_buffer *st;
+    int rc = vk_buffer_create(c, n, 1, &st);
+    if (rc) return rc;
+    rc = vk_copy_region(c, QINS_OP_COUNT, vb, offset + done, st, 0, n);
+    if (!rc) rc = vk_flush(c);
+    if (!rc) memcpy((char *)dst + done, st->map, n);
+    vk_buffer_destroy(c, st);
+    if (rc) return rc;
+    done += n;
+  }
+  return 0;
+}

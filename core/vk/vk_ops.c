@@ -1,0 +1,276 @@
+/* Vulkan backend ops: each picks a shader variant, binds its tensors (chunked where the
+ * binding limit requires) and records dispatches. Semantics follow core/cpu/cpu_ops.c. */
+#include <stdio.h>
+#include <string.h>
+
+#include "core/vk/vk_internal.h"
+
+#define SH(name) vk_shader_index(name)
+
+static uint32_t fbits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+
+static const char *wt_suffix(qins_dtype dt) {
+  return dt == QINS_DT_F16 ? "f16" : dt == QINS_DT_BF16 ? "bf16" : "f32";
+}
+
+/* ---------------------------------------------------------------- matmul */
+
+int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, const qins_tensor *bias, qins_tensor *y) {
+  vk_ctx *c = vk_of(be);
+  if (qins_dtype_is_quantized(w->dtype))
+    return qins_error_set(QINS_EUNSUPPORTED, "matmul: %s has no kernel yet for %s weights (%s)", be->name,
+                          qins_dtype_name(w->dtype), w->name);
+  int64_t m = qins_tensor_rows(x), n = w->shape[0], k = w->shape[1];
+  int gemv = m <= 8;
+  char name[64];
+  int s16 = w->dtype != QINS_DT_F32 && c->info.storage16;
+  snprintf(name, sizeof name, "matmul_%s_%s%s", gemv ? "gemv" : "gemm", wt_suffix(w->dtype), s16 ? "_s16" : "");
+  int shader = SH(name);
+  size_t wrow = (size_t)k * qins_dtype_size(w->dtype);
+  size_t wunit = w->dtype == QINS_DT_F32 ? 4 : 2;
+  size_t lim = c->max_range > 2 * c->align + 8 ? c->max_range - 2 * c->align - 8 : 4;
+  int64_t per = (int64_t)(lim / wrow);
+  if (per < 1)
+    return qins_error_set(QINS_EUNSUPPORTED, "matmul: one row of %s (%zu bytes) exceeds the binding limit", w->name, wrow);
+  if (per > n) per = n;
+  vk_bind b[4];
+  uint32_t off[8] = {0};
+  int rc = vk_bind_tensor(c, x, 0, qins_tensor_nbytes(x), 4, &b[0], &off[0]);
+  if (!rc) rc = bias ? vk_bind_tensor(c, bias, 0, qins_tensor_nbytes(bias), 4, &b[2], &off[2])
+                     : vk_bind_tensor(c, x, 0, qins_tensor_nbytes(x), 4, &b[2], &off[2]);
+  if (!rc) rc = vk_bind_tensor(c, y, 0, qins_tensor_nbytes(y), 4, &b[3], &off[3]);
+  if (rc) return qins_error_wrap(rc, "matmul: ");
+  for (int64_t n0 = 0; n0 < n; n0 += per) {
+    int64_t nr = n - n0 < per ? n - n0 : per;
+    rc = vk_bind_tensor(c, w, (size_t)n0 * wrow, (size_t)nr * wrow, wunit, &b[1], &off[1]);
+    if (rc) return qins_error_wrap(rc, "matmul: ");
+    uint32_t p[6] = {(uint32_t)nr, (uint32_t)m, (uint32_t)k, (uint32_t)n, (uint32_t)n0, bias != NULL};
+    uint32_t gx, gy;
+    if (gemv) {
+      vk_grid(c, (uint64_t)nr, 1, &gx, &gy);
+    } else {
+      gx = (uint32_t)((nr + 63) / 64);
+      gy = (uint32_t)((m + 63) / 64);
+    }
+    rc = vk_dispatch(c, QINS_OP_MATMUL, shader, b, 4, 1u << 3, off, p, 6, gx, gy);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------- elementwise */
+
+static int eltwise(qins_backend *be, qins_op_kind kind, const char *shader, const qins_tensor *a, const qins_tensor *b,
+                   qins_tensor *y) {
+  vk_ctx *c = vk_of(be);
+  int64_t rows = qins_tensor_rows(a), cols = qins_tensor_cols(a);
+  int bcast = b && qins_tensor_numel(b) != qins_tensor_numel(a);
+  size_t rb = (size_t)cols * 4;
+  vk_arg args[3] = {{a, rb, 4, 0}, {b ? b : a, bcast ? 0 : rb, 4, 0}, {y, rb, 4, 1}};
+  uint32_t p[3] = {0, (uint32_t)cols, (uint32_t)bcast};
+  int rc = vk_run_rows(c, kind, SH(shader), args, 3, rows, p, 3, (uint64_t)cols, 0, 1, 256);
+  return rc ? qins_error_wrap(rc, "%s: ", qins_op_name(kind)) : 0;
+}
+
+static int vk_add(qins_backend *be, const qins_tensor *a, const qins_tensor *b, qins_tensor *y) {
+  return eltwise(be, QINS_OP_ADD, "eltwise_add", a, b, y);
+}
+static int vk_mul(qins_backend *be, const qins_tensor *a, const qins_tensor *b, qins_tensor *y) {
+  return eltwise(be, QINS_OP_MUL, "eltwise_mul", a, b, y);
+}
+static int vk_silu(qins_backend *be, const qins_tensor *x, qins_tensor *y) {
+  return eltwise(be, QINS_OP_SILU, "eltwise_silu", x, NULL, y);
+}
+static int vk_gelu_tanh(qins_backend *be, const qins_tensor *x, qins_tensor *y) {
+  return eltwise(be, QINS_OP_GELU_TANH, "eltwise_gelu", x, NULL, y);
+}
+static int vk_silu_mul(qins_backend *be, const qins_tensor *gate, const qins_tensor *up, qins_tensor *y) {
+  return eltwise(be, QINS_OP_SILU_MUL, "eltwise_silu_mul", gate, up, y);
+}
+
+/* ---------------------------------------------------------------- norms, softmax */
+
+static int norm(qins_backend *be, qins_op_kind kind, const char *shader, const qins_tensor *x, const qins_tensor *w,
+                const qins_tensor *b, float eps, qins_tensor *y) {
+  int64_t rows = qins_tensor_rows(x), d = qins_tensor_cols(x);
+  size_t rb = (size_t)d * 4;
+  vk_arg args[4] = {{x, rb, 4, 0}, {w, 0, 4, 0}, {b ? b : w, 0, 4, 0}, {y, rb, 4, 1}};
+  uint32_t p[4] = {0, (uint32_t)d, fbits(eps), b != NULL};
+  int rc = vk_run_rows(vk_of(be), kind, SH(shader), args, 4, rows, p, 4, 0, 0, 1, 256);
+  return rc ? qins_error_wrap(rc, "%s: ", qins_op_name(kind)) : 0;
+}
+
+static int vk_rmsnorm(qins_backend *be, const qins_tensor *x, const qins_tensor *w, float eps, qins_tensor *y) {
+  return norm(be, QINS_OP_RMSNORM, "rmsnorm", x, w, NULL, eps, y);
+}
+static int vk_layernorm(qins_backend *be, const qins_tensor *x, const qins_tensor *w, const qins_tensor *b, float eps,
+                        qins_tensor *y) {
+  return norm(be, QINS_OP_LAYERNORM, "layernorm", x, w, b, eps, y);
+}
+
+static int vk_softmax(qins_backend *be, const qins_tensor *x, qins_tensor *y) {
+  int64_t rows = qins_tensor_rows(x), n = qins_tensor_cols(x);
+  vk_arg args[2] = {{x, (size_t)n * 4, 4, 0}, {y, (size_t)n * 4, 4, 1}};
+  uint32_t p[2] = {0, (uint32_t)n};
+  int rc = vk_run_rows(vk_of(be), QINS_OP_SOFTMAX, SH("softmax"), args, 2, rows, p, 2, 0, 0, 1, 256);
+  return rc ? qins_error_wrap(rc, "softmax: ") : 0;
+}
+
+/* ---------------------------------------------------------------- rope, embed */
+
+static int vk_rope(qins_backend *be, const qins_tensor *x, const qins_tensor *pos, const qins_tensor *inv_freq,
+                   int rot_dim, float attn_factor, qins_rope_mode mode, qins_tensor *y) {
+  int64_t m = x->shape[0], h = x->shape[1], d = x->shape[2];
+  size_t rb = (size_t)(h * d) * 4;
+  vk_arg args[4] = {{x, rb, 4, 0}, {pos, 4, 4, 0}, {inv_freq, 0, 4, 0}, {y, rb, 4, 1}};
+  uint32_t half = (uint32_t)rot_dim / 2;
+  uint32_t p[6] = {0, (uint32_t)h, (uint32_t)d, half, (uint32_t)mode, fbits(attn_factor)};
+  int rc = vk_run_rows(vk_of(be), QINS_OP_ROPE, SH("rope"), args, 4, m, p, 6, (uint64_t)(h * (d - half)), 0, 1, 256);
+  return rc ? qins_error_wrap(rc, "rope: ") : 0;
+}
+
+static int vk_embed(qins_backend *be, const qins_tensor *table, const qins_tensor *ids, qins_tensor *y) {
+  vk_ctx *c = vk_of(be);
+  int64_t v = table->shape[0], d = table->shape[1], m = qins_tensor_numel(ids);
+  char name[32];
+  snprintf(name, sizeof name, "embed_%s", wt_suffix(table->dtype));
+  size_t trow = (size_t)d * qins_dtype_size(table->dtype);
+  size_t lim = c->max_range > 2 * c->align + 8 ? c->max_range - 2 * c->align - 8 : 4;
+  int64_t per = (int64_t)(lim / trow);
+  if (per < 1) return qins_error_set(QINS_EUNSUPPORTED, "embed: one row of %s exceeds the binding limit", table->name);
+  if (per > v) per = v;
+  vk_bind b[3];
+  uint32_t off[8] = {0};
+  int rc = vk_bind_tensor(c, ids, 0, qins_tensor_nbytes(ids), 4, &b[1], &off[1]);
+  if (!rc) rc = vk_bind_tensor(c, y, 0, qins_tensor_nbytes(y), 4, &b[2], &off[2]);
+  if (rc) return qins_error_wrap(rc, "embed: ");
+  for (int64_t r0 = 0; r0 < v; r0 += per) {
+    int64_t nr = v - r0 < per ? v - r0 : per;
+    rc = vk_bind_tensor(c, table, (size_t)r0 * trow, (size_t)nr * trow, table->dtype == QINS_DT_F32 ? 4 : 2, &b[0],
+                        &off[0]);
+    if (rc) return qins_error_wrap(rc, "embed: ");
+    uint32_t p[5] = {(uint32_t)m, (uint32_t)d, (uint32_t)r0, (uint32_t)(r0 + nr), (uint32_t)v};
+    uint32_t gx, gy;
+    vk_grid(c, (uint64_t)(m * d), 256, &gx, &gy);
+    rc = vk_dispatch(c, QINS_OP_EMBED, SH(name), b, 3, 1u << 2, off, p, 5, gx, gy);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------- attention */
+
+static int vk_attention(qins_backend *be, const qins_tensor *q, const qins_tensor *k_cache, const qins_tensor *v_cache,
+                        int64_t pos0, float scale, qins_tensor *out) {
+  vk_ctx *c = vk_of(be);
+  if (v_cache->dtype != QINS_DT_F32)
+    return qins_error_set(QINS_EUNSUPPORTED, "attention: %s has no kernel yet for a %s V cache", be->name,
+                          qins_dtype_name(v_cache->dtype));
+  int64_t m = q->shape[0], hq = q->shape[1], d = q->shape[2], hkv = k_cache->shape[1];
+  if (d > 256) return qins_error_set(QINS_EUNSUPPORTED, "attention: head size %lld over 256", (long long)d);
+  size_t visible = (size_t)(pos0 + m) * (size_t)(hkv * d) * 4; /* only the positions attended to are bound */
+  vk_bind b[4];
+  uint32_t off[8] = {0};
+  int rc = vk_bind_tensor(c, q, 0, qins_tensor_nbytes(q), 4, &b[0], &off[0]);
+  if (!rc) rc = vk_bind_tensor(c, k_cache, 0, visible, 4, &b[1], &off[1]);
+  if (!rc) rc = vk_bind_tensor(c, v_cache, 0, visible, 4, &b[2], &off[2]);
+  if (!rc) rc = vk_bind_tensor(c, out, 0, qins_tensor_nbytes(out), 4, &b[3], &off[3]);
+  if (rc) return qins_error_wrap(rc, "attention: ");
+  uint32_t p[6] = {(uint32_t)m, (uint32_t)hq, (uint32_t)hkv, (uint32_t)d, (uint32_t)pos0, fbits(scale)};
+  uint32_t gx, gy;
+  vk_grid(c, (uint64_t)(m * hq), 1, &gx, &gy);
+  return vk_dispatch(c, QINS_OP_ATTENTION, SH("attention"), b, 4, 1u << 3, off, p, 6, gx, gy);
+}
+
+/* ---------------------------------------------------------------- argmax, topk */
+
+static int vk_argmax(qins_backend *be, const qins_tensor *x, qins_tensor *idx) {
+  int64_t rows = qins_tensor_rows(x), n = qins_tensor_cols(x);
+  vk_arg args[3] = {{x, (size_t)n * 4, 4, 0}, {idx, 4, 4, 1}, {idx, 4, 4, 1}};
+  uint32_t p[3] = {0, (uint32_t)n, 1};
+  int rc = vk_run_rows(vk_of(be), QINS_OP_ARGMAX, SH("argmax"), args, 3, rows, p, 3, 0, 0, 1, 256);
+  return rc ? qins_error_wrap(rc, "argmax: ") : 0;
+}
+
+static int vk_topk(qins_backend *be, const qins_tensor *x, int k, qins_tensor *values, qins_tensor *idx) {
+  int64_t rows = qins_tensor_rows(x), n = qins_tensor_cols(x);
+  vk_arg args[3] = {{x, (size_t)n * 4, 4, 0}, {values, (size_t)k * 4, 4, 1}, {idx, (size_t)k * 4, 4, 1}};
+  uint32_t p[3] = {0, (uint32_t)n, (uint32_t)k};
+  int rc = vk_run_rows(vk_of(be), QINS_OP_TOPK, SH("topk"), args, 3, rows, p, 3, 0, 0, 1, 256);
+  return rc ? qins_error_wrap(rc, "topk: ") : 0;
+}
+
+/* ---------------------------------------------------------------- copy, cast */
+
+static int copy_bytes(vk_ctx *c, qins_op_kind kind, const qins_tensor *src, const qins_tensor *dst) {
+  vk_buffer *s = src->buf->impl, *d = dst->buf->impl;
+  size_t n = qins_tensor_nbytes(src);
+  if (s == d && src->offset == dst->offset) return 0;
+  if (s == d && src->offset < dst->offset + n && dst->offset < src->offset + n) {
+    /* overlapping views of one buffer (memmove): go through a temporary */
+    vk_buffer *tmp;
+    int rc = vk_buffer_create(c, n, 0, &tmp);
+    if (rc) return rc;
+    if ((rc = vk_garbage_add(c, tmp))) {
+      vk_buffer_destroy(c, tmp);
+      return rc;
+    }
+    rc = vk_copy_region(c, kind, s, src->offset, tmp, 0, n);
+    return rc ? rc : vk_copy_region(c, kind, tmp, 0, d, dst->offset, n);
+  }
+  return vk_copy_region(c, kind, s, src->offset, d, dst->offset, n);
+}
+
+static int vk_copy(qins_backend *be, const qins_tensor *src, qins_tensor *dst) {
+  return copy_bytes(vk_of(be), QINS_OP_COPY, src, dst);
+}
+
+int vk_cast_impl(vk_ctx *c, qins_op_kind kind, const qins_tensor *src, const qins_tensor *dst) {
+  if (src->dtype == dst->dtype) return copy_bytes(c, kind, src, dst);
+  char name[32];
+  snprintf(name, sizeof name, "cast_%s_%s", wt_suffix(src->dtype), wt_suffix(dst->dtype));
+  int64_t n = qins_tensor_numel(src);
+  int64_t cols = qins_tensor_cols(src) == qins_tensor_cols(dst) ? qins_tensor_cols(src) : n;
+  size_t ss = qins_dtype_size(src->dtype), ds = qins_dtype_size(dst->dtype);
+  vk_arg args[2] = {{src, (size_t)cols * ss, ss, 0}, {dst, (size_t)cols * ds, ds, 1}};
+  uint32_t p[2] = {0, (uint32_t)cols};
+  int rc = vk_run_rows(c, kind, SH(name), args, 2, n / cols, p, 2, (uint64_t)cols, ds == 2 ? 2 : 0, ds == 2 ? 2 : 1, 256);
+  return rc ? qins_error_wrap(rc, "%s: ", qins_op_name(kind)) : 0;
+}
+
+static int vk_cast(qins_backend *be, const qins_tensor *src, qins_tensor *dst) {
+  return vk_cast_impl(vk_of(be), QINS_OP_CAST, src, dst);
+}
+
+const qins_backend_ops vk_backend_ops = {
+    .buf_alloc = vk_buf_alloc,
+    .buf_wrap = vk_buf_wrap,
+    .buf_free = vk_buf_free,
+    .buf_write = vk_buf_write,
+    .buf_read = vk_buf_read,
+    .sync = vk_sync,
+    .destroy = vk_destroy_backend,
+    .matmul = vk_matmul,
+    .add = vk_add,
+    .mul = vk_mul,
+    .rmsnorm = vk_rmsnorm,
+    .layernorm = vk_layernorm,
+    .rope = vk_rope,
+    .softmax = vk_softmax,
+    .silu = vk_silu,
+    .gelu_tanh = vk_gelu_tanh,
+    .silu_mul = vk_silu_mul,
+    .embed = vk_embed,
+    .attention = vk_attention,
+    .argmax = vk_argmax,
+    .topk = vk_topk,
+    .copy = vk_copy,
+    .cast = vk_cast,
+    .calibrate = vk_calibrate,
+    .quantize = vk_quantize,
+    .dequantize = vk_dequantize,
+};

@@ -1,0 +1,86 @@
+// Per-row alpha for the QINS formats, one work group per row (QINS.md section 3).
+// mode 0 mse, 1 std:c, 2 absmax, 3 fixed:v; L = 255 (qins8, qins-f32) or 63 (qins6).
+// mse: 33-point grid on u = ln(alpha * sigma) over [ln 0.02, ln 20], then 24 golden-section
+// steps on [u_best - h, u_best + h]; the refined midpoint is kept only if its MSE is lower.
+// A constant nonzero row (sigma 0) uses absmax in place of sigma. NaN and +-Inf elements are
+// left out of every statistic (mean, sigma, absmax, MSE); the mean still divides by cols.
+#version 450
+#extension GL_GOOGLE_include_directive : require
+#include "common.glsl"
+#include "reduce.glsl"
+#include "codec.glsl"
+layout(local_size_x = WG) in;
+layout(push_constant) uniform PC { PC_HEAD; uint rows; uint cols; uint mode; uint L; float value; } pc;
+layout(binding = 0) readonly buffer X { float x[]; };
+layout(binding = 1) buffer A { float alpha[]; };
+layout(binding = 2) readonly buffer T { float lut[]; };
+
+shared float lut_s[256];
+
+float mse(uint xo, float a) {
+  float inv = 1.0 / a;
+  float s = 0.0;
+  for (uint i = gl_LocalInvocationID.x; i < pc.cols; i += WG) {
+    float v = x[xo + i];
+    if (isnan(v) || isinf(v)) continue;
+    float d = lut_s[qins_code(v, a, pc.L)] * inv - v;
+    s += d * d;
+  }
+  return wg_sum(s) / float(pc.cols);
+}
+
+void main() {
+  uint r = flat_group();
+  if (r >= pc.rows) return;
+  uint lid = gl_LocalInvocationID.x;
+  uint xo = (pc.off[0] >> 2) + r * pc.cols;
+  uint lbase = (pc.off[2] >> 2) + (pc.L == 255u ? 0u : 256u);
+  for (uint i = lid; i <= pc.L; i += WG) lut_s[i] = lut[lbase + i];
+  float s = 0.0, m = 0.0;
+  for (uint i = lid; i < pc.cols; i += WG) {
+    float v = x[xo + i];
+    if (isnan(v) || isinf(v)) continue;
+    s += v;
+    m = max(m, abs(v));
+  }
+  float mean = wg_sum(s) / float(pc.cols);
+  float absmax = wg_max(m);
+  float q = 0.0;
+  for (uint i = lid; i < pc.cols; i += WG) {
+    float v = x[xo + i];
+    if (isnan(v) || isinf(v)) continue;
+    q += (v - mean) * (v - mean);
+  }
+  float sigma = sqrt(wg_sum(q) / float(pc.cols)); // the barriers above also publish lut_s
+  float a = 1.0;
+  if (pc.mode == 3u) {
+    a = pc.value;
+  } else if (absmax == 0.0) {
+    a = 1.0;
+  } else if (pc.mode == 1u) {
+    a = sigma > 0.0 ? pc.value / sigma : pc.value / absmax;
+  } else if (pc.mode == 2u) {
+    a = (pc.L == 255u ? 254.0 : 62.0) / absmax;
+  } else {
+    float sg = sigma > 0.0 ? sigma : absmax;
+    const float U0 = -3.912023005428146, H = 0.21586735246819178;
+    float ub = U0, fb = 3.4e38;
+    for (uint i = 0; i <= 32u; i++) {
+      float u = U0 + float(i) * H;
+      float f = mse(xo, exp(u) / sg);
+      if (f < fb) { fb = f; ub = u; }
+    }
+    const float GR = 0.6180339887498949;
+    float lo = ub - H, hi = ub + H;
+    float c = hi - GR * (hi - lo), d = lo + GR * (hi - lo);
+    float fc = mse(xo, exp(c) / sg), fd = mse(xo, exp(d) / sg);
+    for (uint it = 0; it < 24u; it++) {
+      if (fc < fd) { hi = d; d = c; fd = fc; c = hi - GR * (hi - lo); fc = mse(xo, exp(c) / sg); }
+      else { lo = c; c = d; fc = fd; d = lo + GR * (hi - lo); fd = mse(xo, exp(d) / sg); }
+    }
+    float um = 0.5 * (lo + hi);
+    float fm = mse(xo, exp(um) / sg);
+    a = exp(fm < fb ? um : ub) / sg;
+  }
+  if (lid == 0u) alpha[(pc.off[1] >> 2) + r] = a;
+}
