@@ -6,9 +6,9 @@
  * scale applied once after the dot product (1/alpha_o for QINS, the step for int8-row; int8-block32
  * folds its step once per 32-block).
  *  - M == 1 (decode): GEMV. Threads split N; each row's code bytes are streamed once and decoded in
- *    registers (8 or 16 lanes at a time), so a qins8 row costs K bytes of memory traffic, not 4K.
+ *    registers (8 to 64 codes at a time), so a qins8 row costs K bytes of memory traffic, not 4K.
  *  - M > 1 (prefill): each task decodes a block of QMM_NB rows of W into a small per-thread float
- *    tile (unscaled) and sweeps all M rows of x over it with a 4x2 register-blocked kernel, so each
+ *    tile (unscaled) and sweeps all M rows of x over it with a 4x3 register-blocked kernel, so each
  *    code is decoded once per call however large M is.
  * Decode variants (cpu_qmatmul_set_decode, measured by bench/bench_qmatmul.c):
  *  - SCALAR: plain C lookups (portable; what builds without AVX2 use);
@@ -18,7 +18,7 @@
  *  - VBMI: AVX-512 VBMI looks up the table's four byte planes with vpermt2b, 64 codes per
  *    instruction (GEMV only; the GEMM tile uses PERM512). The default where the CPU has it.
  * qins-f32 has no table (D_1 is computed: one division per element) and int8 converts directly;
- * both use the AVX2 path in GATHER and PERM512 mode. */
+ * both use the AVX2 path in GATHER, PERM512 and VBMI mode. docs/qins-kernels.md has the numbers. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,7 +45,7 @@
  * misses in flight to reach the memory bandwidth when W streams from DRAM; asking for the lines
  * this far ahead does (rows are contiguous, so it runs on into the next rows; prefetches never
  * fault, even past the end). */
-#define g_pf 2048
+#define QMM_PREFETCH 2048
 
 /* ---------------------------------------------------------------- mode selection */
 
@@ -268,11 +268,12 @@ ALWAYS_INLINE __m256 dec8(qins_dtype fmt, const float *lut, const uint8_t *row, 
 ALWAYS_INLINE float row_dot_avx2(const qmm_job *j, qins_dtype fmt, const uint8_t *row, const float *x) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   int64_t i = 0, k = j->k;
-  /* bytes per 16 elements: 16 (qins8/int8), 12 (qins6), 64 (qins-f32); one prefetch per 64 bytes */
+  /* bytes per 4 elements: 4 (qins8), 3 (qins6), 16 (qins-f32); one iteration reads 4 * bpe4 bytes.
+   * One prefetch per 64-byte line: in the iteration whose bytes start within 4 * bpe4 of a line. */
   const int64_t bpe4 = fmt == QINS_DT_QINS_F32 ? 16 : fmt == QINS_DT_QINS6 ? 3 : 4;
   for (; i + 16 <= k; i += 16) {
-    if ((i * bpe4 / 4) % 64 < 16 * bpe4 / 4 || fmt == QINS_DT_QINS_F32)
-      _mm_prefetch((const char *)row + i * bpe4 / 4 + g_pf, _MM_HINT_T0);
+    int64_t at = i / 4 * bpe4;
+    if (at % 64 < 4 * bpe4) _mm_prefetch((const char *)row + at + QMM_PREFETCH, _MM_HINT_T0);
     a0 = _mm256_fmadd_ps(dec8(fmt, j->lut, row, i), _mm256_loadu_ps(x + i), a0);
     a1 = _mm256_fmadd_ps(dec8(fmt, j->lut, row, i + 8), _mm256_loadu_ps(x + i + 8), a1);
   }
@@ -288,7 +289,7 @@ static float row_dot_b32_avx2(const qmm_job *j, const uint8_t *row, const float 
   __m256 acc = _mm256_setzero_ps();
   int64_t i = 0, k = j->k;
   for (; i + 32 <= k; i += 32) {
-    if (i % 64 == 0) _mm_prefetch((const char *)row + i + g_pf, _MM_HINT_T0);
+    if (i % 64 == 0) _mm_prefetch((const char *)row + i + QMM_PREFETCH, _MM_HINT_T0);
     __m256 b0 = _mm256_mul_ps(dec8_i8(row + i), _mm256_loadu_ps(x + i));
     __m256 b1 = _mm256_mul_ps(dec8_i8(row + i + 8), _mm256_loadu_ps(x + i + 8));
     b0 = _mm256_fmadd_ps(dec8_i8(row + i + 16), _mm256_loadu_ps(x + i + 16), b0);
@@ -445,7 +446,7 @@ TVBMI static void gemv_rows_vbmi(const qmm_job *j, int64_t o0, int64_t o1) {
     for (int64_t i = 0; i < k64; i += 64) {
       __m512 v[4];
       const uint8_t *src = q8 ? row + i : row + i / 4 * 3;
-      _mm_prefetch((const char *)src + g_pf, _MM_HINT_T0);
+      _mm_prefetch((const char *)src + QMM_PREFETCH, _MM_HINT_T0);
       if (q8) dec64_q8_vbmi(&t, src, v);
       else dec64_q6_vbmi(&t, src, v);
       /* four independent accumulators: no FMA waits on the previous one */
