@@ -145,20 +145,14 @@ static inline float row_scale(const qmm_job *j, int64_t o) {
   }
 }
 
-/* D_1(z) = sign(z) (1 - |z|) / |z|, |z| clamped to 1e-12 as the codec's map_D (alpha = 1). */
-static inline float d1(float z) {
-  float a = fabsf(z);
-  a = a < QINS_CODEC_ZMIN ? QINS_CODEC_ZMIN : a;
-  float v = (1.0f - a) / a;
-  v = z < 0.0f ? -v : v;
-  return z == z ? v : z;
-}
+/* D_1(z): the codec's map with alpha = 1 (alpha * |z| is then exactly |z|). */
+static inline float d1(float z) { return qins_codec_D(z, 1.0f); }
 
-/* One qins6 code: group i/4 holds 4 codes in 3 little-endian bytes, code i%4 at bit 6*(i%4). */
+/* One qins6 code (scalar path and row tails only): the codec unpacks its group. */
 static inline int code6_at(const uint8_t *p, int64_t i) {
-  const uint8_t *g = p + (i >> 2) * 3;
-  uint32_t v = (uint32_t)g[0] | (uint32_t)g[1] << 8 | (uint32_t)g[2] << 16;
-  return (int)((v >> (6 * (i & 3))) & 63);
+  uint8_t c[4];
+  qins_codec_unpack6(p + (i >> 2) * 3, 4, c);
+  return c[i & 3];
 }
 
 /* Unscaled value of element i of a row (int8-block32 includes its block step). */
