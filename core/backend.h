@@ -44,6 +44,11 @@ typedef enum qins_op_kind {
   QINS_OP_SOFTMAX, QINS_OP_SILU, QINS_OP_GELU_TANH, QINS_OP_SILU_MUL, QINS_OP_EMBED,
   QINS_OP_ATTENTION, QINS_OP_ARGMAX, QINS_OP_TOPK, QINS_OP_COPY, QINS_OP_CAST,
   QINS_OP_CALIBRATE, QINS_OP_QUANTIZE, QINS_OP_DEQUANTIZE,
+  /* backward ops (core/backend_grad.h) */
+  QINS_OP_MATMUL_BACKWARD, QINS_OP_ADD_BACKWARD, QINS_OP_MUL_BACKWARD, QINS_OP_RMSNORM_BACKWARD,
+  QINS_OP_LAYERNORM_BACKWARD, QINS_OP_ROPE_BACKWARD, QINS_OP_SOFTMAX_BACKWARD, QINS_OP_SILU_BACKWARD,
+  QINS_OP_GELU_TANH_BACKWARD, QINS_OP_SILU_MUL_BACKWARD, QINS_OP_EMBED_BACKWARD, QINS_OP_ATTENTION_BACKWARD,
+  QINS_OP_CROSS_ENTROPY,
   QINS_OP_COUNT
 } qins_op_kind;
 
@@ -94,7 +99,31 @@ typedef struct qins_backend_ops {
   int (*quantize)(qins_backend *be, const qins_tensor *x, qins_tensor *dst);
   int (*dequantize)(qins_backend *be, const qins_tensor *src, qins_tensor *y);
 
-  /* ---- backward ops: added here with training (each *_backward beside its forward) ---- */
+  /* ---- backward ops: added here with training (each *_backward beside its forward) ----
+   * Shapes and the overwrite/accumulate convention are documented at the qins_op_*_backward
+   * wrappers in core/backend_grad.h. NULL members: the wrapper returns QINS_EUNSUPPORTED. */
+  int (*matmul_backward)(qins_backend *be, const qins_tensor *dy, const qins_tensor *x, const qins_tensor *w,
+                         qins_tensor *dx, qins_tensor *dw, qins_tensor *dbias);
+  int (*add_backward)(qins_backend *be, const qins_tensor *dy, qins_tensor *db);
+  int (*mul_backward)(qins_backend *be, const qins_tensor *dy, const qins_tensor *a, const qins_tensor *b,
+                      qins_tensor *da, qins_tensor *db);
+  int (*rmsnorm_backward)(qins_backend *be, const qins_tensor *dy, const qins_tensor *x, const qins_tensor *w,
+                          float eps, qins_tensor *dx, qins_tensor *dw);
+  int (*layernorm_backward)(qins_backend *be, const qins_tensor *dy, const qins_tensor *x, const qins_tensor *w,
+                            float eps, qins_tensor *dx, qins_tensor *dw, qins_tensor *db);
+  int (*rope_backward)(qins_backend *be, const qins_tensor *dy, const qins_tensor *pos, const qins_tensor *inv_freq,
+                       int rot_dim, float attn_factor, qins_rope_mode mode, qins_tensor *dx);
+  int (*softmax_backward)(qins_backend *be, const qins_tensor *y, const qins_tensor *dy, qins_tensor *dx);
+  int (*silu_backward)(qins_backend *be, const qins_tensor *x, const qins_tensor *dy, qins_tensor *dx);
+  int (*gelu_tanh_backward)(qins_backend *be, const qins_tensor *x, const qins_tensor *dy, qins_tensor *dx);
+  int (*silu_mul_backward)(qins_backend *be, const qins_tensor *gate, const qins_tensor *up, const qins_tensor *dy,
+                           qins_tensor *dgate, qins_tensor *dup);
+  int (*embed_backward)(qins_backend *be, const qins_tensor *ids, const qins_tensor *dy, qins_tensor *dtable);
+  int (*attention_backward)(qins_backend *be, const qins_tensor *q, const qins_tensor *k, const qins_tensor *v,
+                            int64_t pos0, float scale, const qins_tensor *dout, qins_tensor *dq, qins_tensor *dk,
+                            qins_tensor *dv);
+  int (*cross_entropy)(qins_backend *be, const qins_tensor *logits, const qins_tensor *targets, qins_tensor *loss,
+                       qins_tensor *dlogits, float scale);
 } qins_backend_ops;
 
 struct qins_backend {

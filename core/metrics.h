@@ -27,7 +27,9 @@ double qins_metric_value(const qins_metric *m);     /* counter/gauge value; hist
 double qins_metric_quantile(const qins_metric *m, double q);
 
 /* Whole registry as JSON text (caller frees with free()):
- * {"metrics":[{"name","help","kind","labels":{...},"value"|"buckets":[[le,count]...],"sum","count"}]} */
+ * {"metrics":[{"name","help","kind","labels":{...},"value"|"buckets":[[le,count]...],"sum","count"}]}
+ * kind is "counter"|"gauge"|"histogram"; bucket counts are per bucket (NOT cumulative), the last
+ * bucket's le is the string "+Inf"; a non-finite counter/gauge value is null. */
 char *qins_metrics_json(void);
 /* Merge a JSON snapshot from another process (a worker) into this registry, replacing that
  * process's previous values for the same (name, labels). */

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PKGS="meson ninja-build pkg-config gcc python3 libzmq3-dev libyaml-dev libvulkan-dev mesa-vulkan-drivers
 vulkan-validationlayers glslang-tools spirv-tools libjemalloc-dev libmicrohttpd-dev libjansson-dev
-libcmocka-dev libpcre2-dev"
+libcmocka-dev libpcre2-dev chromium fonts-liberation"
 
 missing=""
 for p in $PKGS; do
@@ -21,6 +21,27 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
 fi
 
+# Web dependencies, pinned in package-lock.json: the charting library the dashboard serves
+# (embedded at build time, never fetched by the page) and playwright-core for the browser test.
+# Offline once installed: nothing is fetched while node_modules matches the lock file.
+npm_ran=0
+if command -v npm >/dev/null 2>&1; then
+  if ! cmp -s package-lock.json node_modules/.qins-lock 2>/dev/null; then
+    echo "setup: npm ci (dashboard web dependencies)"
+    if npm ci --no-audit --no-fund --loglevel=error; then
+      cp package-lock.json node_modules/.qins-lock
+      npm_ran=1
+    else
+      echo "setup: npm ci failed: the dashboard builds without charts and the browser test is skipped"
+    fi
+  fi
+else
+  echo "setup: npm not found: the dashboard builds without charts and the browser test is skipped"
+fi
+
+if [ "$npm_ran" -eq 1 ] && [ -f build/build.ninja ]; then
+  meson setup --reconfigure build >/dev/null # picks up the charting library
+fi
 if [ ! -f build/build.ninja ]; then
   # shellcheck disable=SC2086
   meson setup build ${QINS_MESON_ARGS:-}

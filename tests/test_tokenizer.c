@@ -1,5 +1,7 @@
 /* Tokenizers: exact ids against the Hugging Face and llama2.c fixtures, decode round trips,
  * a run.c reference encoder on random text, bad files, and the tokenize/detokenize CLI. */
+#include <dirent.h>
+#include <pthread.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -401,6 +403,61 @@ static void test_round_trips(void **state) {
   }
 }
 
+/* Several threads encoding and decoding with one tokenizer get the single-threaded answers. */
+typedef struct thread_job {
+  qins_tokenizer *t;
+  json_t *cases;
+  int failures;
+} thread_job;
+
+static void *thread_main(void *arg) {
+  thread_job *j = arg;
+  for (int rep = 0; rep < 5; rep++) {
+    size_t i;
+    json_t *c;
+    json_array_foreach(j->cases, i, c) {
+      const char *text = json_string_value(json_object_get(c, "text"));
+      json_t *want = json_object_get(c, "ids_plain");
+      int32_t *ids;
+      size_t n;
+      char *dec;
+      if (qins_tokenizer_encode(j->t, text, 0, &ids, &n)) {
+        j->failures++;
+        continue;
+      }
+      int same = n == json_array_size(want);
+      for (size_t k = 0; same && k < n; k++) same = ids[k] == json_integer_value(json_array_get(want, k));
+      if (!same) j->failures++;
+      if (qins_tokenizer_decode(j->t, ids, n, &dec) == 0) {
+        if (strcmp(dec, text) != 0) j->failures++;
+        free(dec);
+      } else {
+        j->failures++;
+      }
+      free(ids);
+    }
+  }
+  return NULL;
+}
+
+static void test_threads_share_a_tokenizer(void **state) {
+  (void)state;
+  qins_tokenizer *t = open_tok("tokenizers/llama3/tokenizer.json");
+  json_t *cases = load_fixture("fixtures/tokenizers/llama3.json");
+  pthread_t th[4];
+  thread_job jobs[4];
+  for (int i = 0; i < 4; i++) {
+    jobs[i] = (thread_job){t, cases, 0};
+    assert_int_equal(pthread_create(&th[i], NULL, thread_main, &jobs[i]), 0);
+  }
+  for (int i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    assert_int_equal(jobs[i].failures, 0);
+  }
+  json_decref(cases);
+  qins_tokenizer_close(t);
+}
+
 /* ------------------------------------------------------------------ bad files */
 
 static char tmpdir[64];
@@ -430,8 +487,6 @@ static void expect_open_fails(const char *path, int code, const char *needle) {
 
 static void test_bad_files(void **state) {
   (void)state;
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/qins_tok_XXXXXX");
-  assert_non_null(mkdtemp(tmpdir));
   FILE *f = fopen(test_shared_path("models/stories260K/tok512.bin"), "rb");
   assert_non_null(f);
   static unsigned char bin[8192];
@@ -523,6 +578,9 @@ static void test_pretokenizer_behaviors(void **state) {
   const char *ms_dec = "{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"always\", \"split\": true}";
   expect_pieces("{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"always\", \"split\": true}",
                 ms_dec, "a b", (int32_t[]){7, 8}, 2, "a b");
+  /* spaces are replaced before the prefix check: " a b" is "▁a▁b", not "▁▁a▁b" */
+  expect_pieces("{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"always\", \"split\": true}",
+                ms_dec, " a b", (int32_t[]){7, 8}, 2, "a b");
   expect_pieces("{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"always\", \"split\": false}",
                 ms_dec, "a b", (int32_t[]){9, 0, 9, 1}, 4, "a b");
   expect_pieces("{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"never\", \"split\": true}",
@@ -534,6 +592,137 @@ static void test_pretokenizer_behaviors(void **state) {
   expect_pieces("{\"type\": \"Digits\", \"individual_digits\": false}", "null", "a12", (int32_t[]){0, 13}, 2, NULL);
   /* A Sequence of one step behaves like the step. */
   expect_pieces("{\"type\": \"Sequence\", \"pretokenizers\": [" SPLIT("Removed") "]}", "null", "b a", (int32_t[]){1, 0}, 2, NULL);
+}
+
+/* Corrupted files never crash the loaders: every truncation and random byte flips of a llama2.c
+ * file and of a small but complete tokenizer.json either load or fail with a message. */
+static void test_corrupt_files_fuzz(void **state) {
+  (void)state;
+  FILE *f = fopen(test_shared_path("models/stories260K/tok512.bin"), "rb");
+  assert_non_null(f);
+  static unsigned char bin[8192], mut[8192];
+  size_t n = fread(bin, 1, sizeof bin, f);
+  fclose(f);
+  const char *json =
+      "{\"added_tokens\": [{\"id\": 5, \"content\": \"<s>\", \"special\": true, \"lstrip\": true}],"
+      " \"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", \"prepend\": \"_\"},"
+      " {\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, \"content\": \"_\"}]},"
+      " \"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"\\\\p{L}+\"}, \"behavior\": \"Isolated\"},"
+      " \"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": [{\"SpecialToken\": {\"id\": \"<s>\"}},"
+      " {\"Sequence\": {\"id\": \"A\"}}], \"special_tokens\": {\"<s>\": {\"ids\": [5]}}},"
+      " \"decoder\": {\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Replace\", \"pattern\": {\"String\": \"_\"},"
+      " \"content\": \" \"}, {\"type\": \"Strip\", \"content\": \" \", \"start\": 1, \"stop\": 0}]},"
+      " \"model\": {\"type\": \"BPE\", \"unk_token\": \"?\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2, \"_\": 3, \"?\": 4},"
+      " \"merges\": [\"a b\"]}}";
+  size_t jn = strlen(json);
+  qins_tokenizer *t;
+  /* The intact file works: "<s>" prefix from the template, unk for unknown characters. */
+  assert_int_equal(qins_tokenizer_open(tmp_write("fuzz.json", json, jn), &t), 0);
+  int32_t *ids;
+  size_t cnt;
+  assert_int_equal(qins_tokenizer_encode(t, "ab ba!", QINS_TOK_ADD_SPECIAL, &ids, &cnt), 0);
+  int32_t want[] = {5, 3, 2, 3, 1, 0, 4};
+  assert_int_equal(cnt, 7);
+  assert_memory_equal(ids, want, sizeof want);
+  free(ids);
+  qins_tokenizer_close(t);
+  int loaded = 0, failed = 0;
+  for (int iter = 0; iter < 400; iter++) {
+    int is_json = iter % 2;
+    const unsigned char *src = is_json ? (const unsigned char *)json : bin;
+    size_t len = is_json ? jn : n;
+    memcpy(mut, src, len);
+    if (test_rand_u64() % 2) len = test_rand_u64() % len;
+    int flips = (int)(test_rand_u64() % 4);
+    for (int k = 0; k < flips && len; k++) mut[test_rand_u64() % len] = (unsigned char)test_rand_u64();
+    const char *path = tmp_write(is_json ? "fuzz.json" : "fuzz.bin", mut, len);
+    int rc = qins_tokenizer_open(path, &t);
+    if (rc == 0) {
+      loaded++;
+      /* A llama2.c file cut at a record boundary is a valid smaller vocabulary, too small for
+       * byte fallback: encoding may refuse, with a message, but must not crash. */
+      rc = qins_tokenizer_encode(t, "ab ba <s> x", QINS_TOK_ADD_SPECIAL | QINS_TOK_PARSE_SPECIAL, &ids, &cnt);
+      if (rc == 0) {
+        char *text;
+        assert_int_equal(qins_tokenizer_decode(t, ids, cnt, &text), 0);
+        free(text);
+        free(ids);
+      } else {
+        assert_true(rc < 0 && qins_error_msg()[0]);
+      }
+      qins_tokenizer_close(t);
+    } else {
+      failed++;
+      assert_true(rc < 0);
+      assert_non_null(strstr(qins_error_msg(), path));
+    }
+  }
+  print_message("corrupted files: %d loaded, %d refused\n", loaded, failed);
+  assert_true(failed > 0);
+}
+
+/* NFC / NFD normalizers: a byte-level tokenizer with one token per byte and no merges gives back
+ * exactly the normalized bytes. Expected values from Python's unicodedata (Unicode 14). */
+static void test_unicode_normalizers(void **state) {
+  (void)state;
+  static const char *cases[][3] = {
+      {"\x65\xcc\x81", "\xc3\xa9", "\x65\xcc\x81"},
+      {"\xe2\x84\xab", "\xc3\x85", "\x41\xcc\x8a"},
+      {"\xe1\x84\x80\xe1\x85\xa1", "\xea\xb0\x80", "\xe1\x84\x80\xe1\x85\xa1"},
+      {"\xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8", "\xea\xb0\x81", "\xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8"},
+      {"\xea\xb0\x80\xe1\x86\xa8", "\xea\xb0\x81", "\xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8"},
+      {"\x61\xcc\xa3\xcc\x87", "\xe1\xba\xa1\xcc\x87", "\x61\xcc\xa3\xcc\x87"},
+      {"\x61\xcc\x87\xcc\xa3", "\xe1\xba\xa1\xcc\x87", "\x61\xcc\xa3\xcc\x87"},
+      {"\xe1\xb8\x8b\xcc\xa3", "\xe1\xb8\x8d\xcc\x87", "\x64\xcc\xa3\xcc\x87"},
+      {"\x71\xcc\x87\xcc\xa3", "\x71\xcc\xa3\xcc\x87", "\x71\xcc\xa3\xcc\x87"},
+      {"\xcd\x84", "\xcc\x88\xcc\x81", "\xcc\x88\xcc\x81"},
+      {"\xe0\xa5\x98", "\xe0\xa4\x95\xe0\xa4\xbc", "\xe0\xa4\x95\xe0\xa4\xbc"},
+      {"\xc3\xa9", "\xc3\xa9", "\x65\xcc\x81"},
+      {"\x63\x61\x66\xc3\xa9\x20\x6e\x61\xc4\xb1\xcc\x88\x76\x65", "\x63\x61\x66\xc3\xa9\x20\x6e\x61\xc4\xb1\xcc\x88\x76\x65", "\x63\x61\x66\x65\xcc\x81\x20\x6e\x61\xc4\xb1\xcc\x88\x76\x65"},
+      {"\xe2\x84\xa6", "\xce\xa9", "\xce\xa9"},
+      {"\x41\xcc\x8a\xcc\x81", "\xc7\xba", "\x41\xcc\x8a\xcc\x81"},
+      {"\xd7\x90\xd6\xb8\xd6\xb7", "\xd7\x90\xd6\xb7\xd6\xb8", "\xd7\x90\xd6\xb7\xd6\xb8"},
+      {"\xcc\x81\x61", "\xcc\x81\x61", "\xcc\x81\x61"},
+      {"\xf0\x9d\x85\x9e", "\xf0\x9d\x85\x97\xf0\x9d\x85\xa5", "\xf0\x9d\x85\x97\xf0\x9d\x85\xa5"},
+      {"\xe0\xbd\xb3", "\xe0\xbd\xb1\xe0\xbd\xb2", "\xe0\xbd\xb1\xe0\xbd\xb2"},
+      {"\xc7\x85", "\xc7\x85", "\xc7\x85"},
+      {"\xc3\x85\xcc\xa7", "\xc3\x85\xcc\xa7", "\x41\xcc\xa7\xcc\x8a"},
+      {"\xed\x95\x9c\xea\xb5\xad\xec\x96\xb4", "\xed\x95\x9c\xea\xb5\xad\xec\x96\xb4", "\xe1\x84\x92\xe1\x85\xa1\xe1\x86\xab\xe1\x84\x80\xe1\x85\xae\xe1\x86\xa8\xe1\x84\x8b\xe1\x85\xa5"},
+      {"\x6f\xcc\xa8\xcc\x84", "\xc7\xad", "\x6f\xcc\xa8\xcc\x84"},
+      {"\xe1\xba\x9b\xcc\xa3", "\xe1\xba\x9b\xcc\xa3", "\xc5\xbf\xcc\xa3\xcc\x87"},
+  };
+  for (int form = 0; form < 2; form++) {
+    /* vocab: the GPT-2 byte-level character of every byte, id = byte value */
+    static char json[16384];
+    size_t n = (size_t)snprintf(json, sizeof json,
+                                "{\"normalizer\": {\"type\": \"%s\"}, \"pre_tokenizer\": {\"type\": \"ByteLevel\","
+                                " \"add_prefix_space\": false, \"use_regex\": false}, \"decoder\": {\"type\": \"ByteLevel\"},"
+                                " \"model\": {\"type\": \"BPE\", \"merges\": [], \"vocab\": {",
+                                form ? "NFD" : "NFC");
+    int extra = 0;
+    for (int b = 0; b < 256; b++) {
+      int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+      int cp = printable ? b : 256 + extra++;
+      n += (size_t)snprintf(json + n, sizeof json - n, "%s\"\\u%04x\": %d", b ? ", " : "", cp, b);
+    }
+    n += (size_t)snprintf(json + n, sizeof json - n, "}}}");
+    qins_tokenizer *t;
+    int rc = qins_tokenizer_open(tmp_write("nfc.json", json, n), &t);
+    if (rc) print_error("%s\n", qins_error_msg());
+    assert_int_equal(rc, 0);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+      int32_t *ids;
+      size_t cnt;
+      char *out;
+      assert_int_equal(qins_tokenizer_encode(t, cases[i][0], 0, &ids, &cnt), 0);
+      assert_int_equal(qins_tokenizer_decode(t, ids, cnt, &out), 0);
+      if (strcmp(out, cases[i][1 + form]) != 0) print_error("%s of case %zu is wrong\n", form ? "NFD" : "NFC", i);
+      assert_string_equal(out, cases[i][1 + form]);
+      free(out);
+      free(ids);
+    }
+    qins_tokenizer_close(t);
+  }
 }
 
 /* ------------------------------------------------------------------ CLI */
@@ -582,6 +771,29 @@ static void test_cli(void **state) {
   assert_non_null(strstr(out, "--tokenizer"));
 }
 
+/* One scratch folder for the files the tests write, removed afterwards. */
+static int make_tmpdir(void **state) {
+  (void)state;
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/qins_tok_XXXXXX");
+  return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int remove_tmpdir(void **state) {
+  (void)state;
+  DIR *d = opendir(tmpdir);
+  if (!d) return 0;
+  struct dirent *e;
+  char p[512];
+  while ((e = readdir(d)))
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+      snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
+      unlink(p);
+    }
+  closedir(d);
+  rmdir(tmpdir);
+  return 0;
+}
+
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
@@ -592,9 +804,12 @@ int main(void) {
       cmocka_unit_test(test_gpt2_fixture),
       cmocka_unit_test(test_special_tokens_and_ids),
       cmocka_unit_test(test_round_trips),
+      cmocka_unit_test(test_threads_share_a_tokenizer),
       cmocka_unit_test(test_bad_files),
       cmocka_unit_test(test_pretokenizer_behaviors),
+      cmocka_unit_test(test_corrupt_files_fuzz),
+      cmocka_unit_test(test_unicode_normalizers),
       cmocka_unit_test(test_cli),
   };
-  return cmocka_run_group_tests_name("tokenizer", tests, NULL, NULL);
+  return cmocka_run_group_tests_name("tokenizer", tests, make_tmpdir, remove_tmpdir);
 }

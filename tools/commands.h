@@ -12,10 +12,14 @@ typedef struct qins_command {
 int qins_cli_fail(int rc);
 
 int cmd_backends(int argc, char **argv);
+int cmd_monitor(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_worker(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
+int cmd_codec_report(int argc, char **argv);
 
 #endif

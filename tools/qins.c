@@ -7,11 +7,15 @@
 
 static const qins_command commands[] = {
     {"backends", "list compute backends and devices on this machine", cmd_backends},
+    {"monitor", "serve the live dashboard (--demo pipeline, or --connect to a running one)", cmd_monitor},
+    {"run", "validate and run a pipeline YAML (workers, channels, supervision)", cmd_run},
+    {"worker", "join a running pipeline from another host (--connect tcp://HOST:PORT)", cmd_worker},
     {"generate", "generate text from a prompt (greedy or sampled), streaming", cmd_generate},
     {"logits", "write the logits of one forward over given ids (raw f32)", cmd_logits},
     {"inspect", "show a model's format, config and tensors", cmd_inspect},
     {"tokenize", "text to token ids with a tokenizer (tokenizer.json, GPT-2, llama2.c)", cmd_tokenize},
     {"detokenize", "token ids to text", cmd_detokenize},
+    {"codec-report", "A1: every weight through every storage format and back, measured", cmd_codec_report},
 };
 
 static void usage(FILE *out) {

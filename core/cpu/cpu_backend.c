@@ -1,5 +1,6 @@
-/* The cpu backend: buffers in host memory and the op table. The ops themselves are in
- * cpu_ops.c (readable reference loops, parallelised over rows by cpu_parallel). */
+/* The cpu backend: buffers in host memory and two op tables: the fast path (cpu_ops.c,
+ * cpu_matmul.c: threads, vectorised and blocked loops) and the plain reference loops (cpu_ref.c),
+ * chosen at creation with QINS_CPU_REFERENCE=1. Both share the codec ops (cpu_codec.c). */
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -7,6 +8,7 @@
 
 #include "core/backend.h"
 #include "core/cpu/cpu_ops.h"
+#include "core/cpu/cpu_grad.h"
 #include "core/error.h"
 #include "core/mem.h"
 
@@ -87,6 +89,49 @@ static const qins_backend_ops cpu_ops = {
     .calibrate = cpu_calibrate,
     .quantize = cpu_quantize,
     .dequantize = cpu_dequantize,
+    /* backward ops (cpu_grad.c) */
+    .matmul_backward = cpu_matmul_backward,
+    .add_backward = cpu_add_backward,
+    .mul_backward = cpu_mul_backward,
+    .rmsnorm_backward = cpu_rmsnorm_backward,
+    .layernorm_backward = cpu_layernorm_backward,
+    .rope_backward = cpu_rope_backward,
+    .softmax_backward = cpu_softmax_backward,
+    .silu_backward = cpu_silu_backward,
+    .gelu_tanh_backward = cpu_gelu_tanh_backward,
+    .silu_mul_backward = cpu_silu_mul_backward,
+    .embed_backward = cpu_embed_backward,
+    .attention_backward = cpu_attention_backward,
+    .cross_entropy = cpu_cross_entropy,
+};
+
+static const qins_backend_ops cpu_ref_ops = {
+    .buf_alloc = cpu_buf_alloc,
+    .buf_wrap = cpu_buf_wrap,
+    .buf_free = cpu_buf_free,
+    .buf_write = cpu_buf_write,
+    .buf_read = cpu_buf_read,
+    .sync = cpu_sync,
+    .destroy = cpu_destroy,
+    .matmul = cpu_ref_matmul,
+    .add = cpu_ref_add,
+    .mul = cpu_ref_mul,
+    .rmsnorm = cpu_ref_rmsnorm,
+    .layernorm = cpu_ref_layernorm,
+    .rope = cpu_ref_rope,
+    .softmax = cpu_ref_softmax,
+    .silu = cpu_ref_silu,
+    .gelu_tanh = cpu_ref_gelu_tanh,
+    .silu_mul = cpu_ref_silu_mul,
+    .embed = cpu_ref_embed,
+    .attention = cpu_ref_attention,
+    .argmax = cpu_ref_argmax,
+    .topk = cpu_ref_topk,
+    .copy = cpu_ref_copy,
+    .cast = cpu_ref_cast,
+    .calibrate = cpu_calibrate,
+    .quantize = cpu_quantize,
+    .dequantize = cpu_dequantize,
 };
 
 int qins_cpu_backend_create(int threads, qins_backend **out) {
@@ -98,10 +143,14 @@ int qins_cpu_backend_create(int threads, qins_backend **out) {
   }
   qins_backend *be = qins_mem_calloc(cpu_owner(), 1, sizeof *be);
   if (!be) return QINS_ENOMEM;
-  be->ops = &cpu_ops;
+  /* the reference loops: for checking a result or a new backend against plain code */
+  const char *ref = getenv("QINS_CPU_REFERENCE");
+  int reference = ref && *ref && strcmp(ref, "0") != 0;
+  be->ops = reference ? &cpu_ref_ops : &cpu_ops;
   be->threads = threads;
   snprintf(be->name, sizeof be->name, "cpu");
-  snprintf(be->device_name, sizeof be->device_name, "cpu (%d threads)", threads);
+  snprintf(be->device_name, sizeof be->device_name, "cpu (%d threads%s)", threads,
+           reference ? ", reference loops" : "");
   int rc = cpu_pool_create(threads, (cpu_pool **)&be->impl);
   if (rc) {
     qins_mem_free(cpu_owner(), be);

@@ -478,7 +478,23 @@ static const qins_tensor *opt_t(const qins_tensor *t) { return t->buf ? t : NULL
 
 /* One forward over n <= max_batch tokens at positions pos0..pos0+n-1 (ids/positions uploaded by
  * the caller). head_rows: 0 (no logits), 1 (last row only, into logits row 0) or n (all rows). */
+/* The pipeline stages' variant (qins_llm_forward_range): embed only when asked (else x already
+ * holds the rows), layers [layer0, layer1) only, keys/values in `kv` when given. */
+struct qins_llm_kv {
+  qins_llm *llm;
+  int layer0, layer1;
+  qins_buf **kc, **vc; /* per layer of the range */
+};
+
+static int run_chunk_range(qins_llm *l, int n, int pos0, int head_rows, int embed, int layer0, int layer1,
+                           const qins_llm_kv *kv);
+
 static int run_chunk(qins_llm *l, int n, int pos0, int head_rows) {
+  return run_chunk_range(l, n, pos0, head_rows, 1, 0, l->cfg.n_layers, NULL);
+}
+
+static int run_chunk_range(qins_llm *l, int n, int pos0, int head_rows, int embed, int layer0, int layer1,
+                           const qins_llm_kv *kv) {
   const qins_model_config *c = &l->cfg;
   qins_backend *be = l->be;
   int64_t D = c->dim, hq = c->n_heads, hkv = c->n_kv_heads, hd = c->head_dim, F = c->ffn_dim;
@@ -501,19 +517,22 @@ static int run_chunk(qins_llm *l, int n, int pos0, int head_rows) {
   float scale = 1.0f / sqrtf((float)hd);
   size_t row_kv = (size_t)hkv * (size_t)hd * sizeof(float);
 
-  TRY(qins_op_embed(be, &l->tok_emb, &ids, &x));
-  if (l->is_gpt2) {
-    TRY(qins_op_embed(be, &l->pos_emb, &pos, &xb));
-    TRY(qins_op_add(be, &x, &xb, &x));
+  if (embed) {
+    TRY(qins_op_embed(be, &l->tok_emb, &ids, &x));
+    if (l->is_gpt2) {
+      TRY(qins_op_embed(be, &l->pos_emb, &pos, &xb));
+      TRY(qins_op_add(be, &x, &xb, &x));
+    }
   }
-  for (int i = 0; i < c->n_layers; i++) {
+  for (int i = layer0; i < layer1; i++) {
     llm_layer *L = &l->layers[i];
-    qins_tensor kc = view(L->kc_buf, 0, "k_cache", QINS_DT_F32, 3, l->max_seq, hkv, hd);
-    qins_tensor vc = view(L->vc_buf, 0, "v_cache", QINS_DT_F32, 3, l->max_seq, hkv, hd);
+    qins_buf *kcb = kv ? kv->kc[i - kv->layer0] : L->kc_buf, *vcb = kv ? kv->vc[i - kv->layer0] : L->vc_buf;
+    qins_tensor kc = view(kcb, 0, "k_cache", QINS_DT_F32, 3, l->max_seq, hkv, hd);
+    qins_tensor vc = view(vcb, 0, "v_cache", QINS_DT_F32, 3, l->max_seq, hkv, hd);
     /* new keys/values land straight in the cache rows pos0..pos0+n-1 */
-    qins_tensor kdst3 = view(L->kc_buf, (size_t)pos0 * row_kv, "k_cache rows", QINS_DT_F32, 3, n, hkv, hd);
-    qins_tensor kdst2 = view(L->kc_buf, (size_t)pos0 * row_kv, "k_cache rows", QINS_DT_F32, 2, n, hkv * hd, 0);
-    qins_tensor vdst2 = view(L->vc_buf, (size_t)pos0 * row_kv, "v_cache rows", QINS_DT_F32, 2, n, hkv * hd, 0);
+    qins_tensor kdst3 = view(kcb, (size_t)pos0 * row_kv, "k_cache rows", QINS_DT_F32, 3, n, hkv, hd);
+    qins_tensor kdst2 = view(kcb, (size_t)pos0 * row_kv, "k_cache rows", QINS_DT_F32, 2, n, hkv * hd, 0);
+    qins_tensor vdst2 = view(vcb, (size_t)pos0 * row_kv, "v_cache rows", QINS_DT_F32, 2, n, hkv * hd, 0);
 
     TRY(norm(l, &x, &L->attn_norm, opt_t(&L->attn_norm_b), &xb));
     TRY(qins_op_matmul(be, &xb, &L->wq, opt_t(&L->bq), &q2));
@@ -624,5 +643,107 @@ int qins_llm_forward(qins_llm *l, const int32_t *ids, int n, int all_logits, flo
   }
   int rc = run_tokens(l, ids, n, all_logits, logits, argmax);
   if (rc) l->pos = pos_before;
+  return rc;
+}
+
+/* ---------------------------------------------------------------- pipeline pieces */
+
+int qins_llm_kv_create(qins_llm *l, int layer0, int layer1, qins_llm_kv **out) {
+  *out = NULL;
+  if (layer0 < 0 || layer1 > l->cfg.n_layers || layer0 > layer1)
+    return qins_error_set(QINS_EINVAL, "llm kv: layers %d..%d outside 0..%d", layer0, layer1, l->cfg.n_layers);
+  qins_llm_kv *kv = qins_mem_calloc(l->owner, 1, sizeof *kv);
+  int n = layer1 - layer0;
+  if (!kv) return QINS_ENOMEM;
+  kv->llm = l;
+  kv->layer0 = layer0;
+  kv->layer1 = layer1;
+  kv->kc = qins_mem_calloc(l->owner, (size_t)n + 1, sizeof(qins_buf *));
+  kv->vc = qins_mem_calloc(l->owner, (size_t)n + 1, sizeof(qins_buf *));
+  if (!kv->kc || !kv->vc) {
+    qins_llm_kv_destroy(kv);
+    return QINS_ENOMEM;
+  }
+  size_t bytes = (size_t)l->max_seq * (size_t)l->cfg.n_kv_heads * (size_t)l->cfg.head_dim * sizeof(float);
+  for (int i = 0; i < n; i++) {
+    int rc = qins_buf_alloc(l->be, bytes, &kv->kc[i]);
+    if (!rc) rc = qins_buf_alloc(l->be, bytes, &kv->vc[i]);
+    if (rc) {
+      qins_llm_kv_destroy(kv);
+      return rc;
+    }
+  }
+  *out = kv;
+  return 0;
+}
+
+void qins_llm_kv_destroy(qins_llm_kv *kv) {
+  if (!kv) return;
+  int n = kv->layer1 - kv->layer0;
+  for (int i = 0; i < n; i++) {
+    if (kv->kc && kv->kc[i]) qins_buf_free(kv->kc[i]);
+    if (kv->vc && kv->vc[i]) qins_buf_free(kv->vc[i]);
+  }
+  qins_mem_free(kv->llm->owner, kv->kc);
+  qins_mem_free(kv->llm->owner, kv->vc);
+  qins_mem_free(kv->llm->owner, kv);
+}
+
+int qins_llm_forward_range(qins_llm *l, qins_llm_kv *kv, const int32_t *ids, float *x, int n, int pos0, int layer0,
+                           int layer1, float *logits, int32_t *argmax) {
+  const qins_model_config *c = &l->cfg;
+  int64_t V = c->vocab_size, D = c->dim;
+  if (n < 1 || (!ids && !x)) return qins_error_set(QINS_EINVAL, "llm forward_range: no rows");
+  if (layer0 < 0 || layer1 > c->n_layers || layer0 > layer1)
+    return qins_error_set(QINS_EINVAL, "llm forward_range: layers %d..%d outside 0..%d", layer0, layer1, c->n_layers);
+  if (layer1 > layer0 && (!kv || layer0 < kv->layer0 || layer1 > kv->layer1))
+    return qins_error_set(QINS_EINVAL, "llm forward_range: layers %d..%d need a cache for them", layer0, layer1);
+  if (pos0 < 0 || (int64_t)pos0 + n > l->max_seq)
+    return qins_error_set(QINS_EINVAL, "llm forward_range: %d rows at position %d exceed the context of %d", n, pos0,
+                          l->max_seq);
+  /* one policy for every piece: the factors a one-shot forward over pos0+n tokens would use (a
+   * split pipeline cannot recompute caches held by other workers, see docs/pipelines.md) */
+  if (l->has_rope && c->rope_scaling == QINS_ROPE_SCALING_LONGROPE) {
+    int want_long = pos0 + n > c->original_max_seq_len;
+    if (want_long && pos0 > 0 && pos0 <= c->original_max_seq_len && layer1 > layer0)
+      return qins_error_set(QINS_EUNSUPPORTED,
+                            "llm forward_range: the sequence crosses original_max_position_embeddings (%d); a split "
+                            "pipeline cannot recompute its cache",
+                            c->original_max_seq_len);
+    l->rope_long = want_long;
+  }
+  int32_t *posv = qins_mem_alloc(l->owner, (size_t)l->max_batch * sizeof(int32_t));
+  if (!posv) return QINS_ENOMEM;
+  int rc = 0;
+  int head = logits || argmax;
+  for (int s = 0; s < n && !rc; s += l->max_batch) {
+    int cn = n - s < l->max_batch ? n - s : l->max_batch;
+    int last = s + cn == n;
+    for (int i = 0; i < cn; i++) posv[i] = pos0 + s + i;
+    if ((rc = qins_buf_write(l->posb, 0, posv, (size_t)cn * sizeof(int32_t)))) break;
+    if (ids) {
+      for (int i = 0; i < cn; i++)
+        if (ids[s + i] < 0 || ids[s + i] >= V) {
+          rc = qins_error_set(QINS_EINPUT, "token id %d at index %d outside the vocabulary of %lld", ids[s + i], s + i,
+                              (long long)V);
+          break;
+        }
+      if (rc || (rc = qins_buf_write(l->ids, 0, ids + s, (size_t)cn * sizeof(int32_t)))) break;
+    } else if ((rc = qins_buf_write(l->x, 0, x + (size_t)s * (size_t)D, (size_t)cn * (size_t)D * sizeof(float)))) {
+      break;
+    }
+    int head_rows = head && last ? 1 : 0;
+    if ((rc = run_chunk_range(l, cn, pos0 + s, head_rows, ids != NULL, layer0, layer1, kv))) break;
+    if (!head && x && (rc = qins_buf_read(l->x, 0, x + (size_t)s * (size_t)D, (size_t)cn * (size_t)D * sizeof(float))))
+      break;
+    if (head_rows && logits && (rc = qins_buf_read(l->logits, 0, logits, (size_t)V * sizeof(float)))) break;
+    if (head_rows && argmax) {
+      qins_tensor lg = view(l->logits, 0, "logits", QINS_DT_F32, 2, 1, V, 0);
+      qins_tensor am = view(l->amax, 0, "argmax", QINS_DT_I32, 1, 1, 0, 0);
+      if ((rc = qins_op_argmax(l->be, &lg, &am))) break;
+      if ((rc = qins_buf_read(l->amax, 0, argmax, sizeof(int32_t)))) break;
+    }
+  }
+  qins_mem_free(l->owner, posv);
   return rc;
 }

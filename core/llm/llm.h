@@ -52,4 +52,18 @@ qins_tensor *qins_llm_matrix(qins_llm *llm, int layer, qins_llm_mat which);
 int qins_llm_rope_long(const qins_llm *llm);
 int qins_llm_rope_recomputes(const qins_llm *llm);
 
+/* Pipeline pieces (stages/: embed, qins_block, head run parts of one forward in different
+ * workers). A cache for layers [layer0, layer1) of one sequence; many per runtime (one per
+ * request in flight), sharing its weights. */
+typedef struct qins_llm_kv qins_llm_kv;
+int qins_llm_kv_create(qins_llm *llm, int layer0, int layer1, qins_llm_kv **out);
+void qins_llm_kv_destroy(qins_llm_kv *kv);
+/* Rows at positions pos0..pos0+n-1: input `ids` (embedded here) or host hidden rows `x`
+ * [n, dim]; then layers [layer0, layer1) with keys/values in `kv` (may be NULL for an empty
+ * range); then either the head on the last row (logits [vocab] and/or argmax, when either is
+ * non-NULL) or, with no head, the rows back into `x`. Does not touch qins_llm_pos. Longrope:
+ * the factors follow pos0+n; a range crossing original_max after position 0 is unsupported. */
+int qins_llm_forward_range(qins_llm *llm, qins_llm_kv *kv, const int32_t *ids, float *x, int n, int pos0, int layer0,
+                           int layer1, float *logits, int32_t *argmax);
+
 #endif

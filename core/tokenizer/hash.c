@@ -1,13 +1,17 @@
 /* Tokenizer containers: growable buffers, string->id and (id,id)->merge hash tables. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error.h"
 #include "core/tokenizer/tok_internal.h"
 
+static qins_mem_owner *owner;
+static pthread_once_t owner_once = PTHREAD_ONCE_INIT;
+static void owner_init(void) { owner = qins_mem_owner_get("tokenizer"); }
+
 qins_mem_owner *tok_owner(void) {
-  static qins_mem_owner *owner;
-  if (!owner) owner = qins_mem_owner_get("tokenizer");
+  pthread_once(&owner_once, owner_init);
   return owner;
 }
 

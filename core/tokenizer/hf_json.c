@@ -170,12 +170,10 @@ static int parse_normalizer(qins_tokenizer *t, const char *path, json_t *o) {
     }
     return 0;
   }
-  if (strcmp(type, "NFC") == 0) {
-    t->nfc = 1;
-    return 0;
-  }
   tok_norm nm = {0};
-  if (strcmp(type, "Prepend") == 0) {
+  if (strcmp(type, "NFC") == 0 || strcmp(type, "NFD") == 0) {
+    nm.kind = type[2] == 'C' ? NORM_NFC : NORM_NFD;
+  } else if (strcmp(type, "Prepend") == 0) {
     nm.kind = NORM_PREPEND;
     nm.a = dup_str(json_string_value(json_object_get(o, "prepend")));
   } else if (strcmp(type, "Replace") == 0) {

@@ -108,7 +108,6 @@ int tok_load_llama2c(qins_tokenizer *t, const char *path, int32_t vocab_size) {
   t->bos = 1;
   t->eos = 2;
   t->special[0] = t->special[1] = t->special[2] = 1;
-  t->strip_first_space = 1;
   tok_find_byte_tokens(t);
   return 0;
 }

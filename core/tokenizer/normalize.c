@@ -1,4 +1,4 @@
-/* Normalizers: Prepend, Replace (literal string) and Strip, applied in sequence. */
+/* Normalizers: Prepend, Replace (literal string), Strip, NFC and NFD, applied in sequence. */
 #include <string.h>
 
 #include "core/tokenizer/tok_internal.h"
@@ -25,6 +25,10 @@ static int apply(const tok_norm *n, const char *s, size_t len, tok_buf *out) {
     }
     break;
   }
+  case NORM_NFC:
+  case NORM_NFD:
+    rc = tok_unicode_normalize(s, len, n->kind == NORM_NFC, out);
+    break;
   case NORM_STRIP: {
     size_t a = 0, b = len;
     if (n->left)

@@ -190,8 +190,12 @@ static int metaspace_piece(const tok_pre *p, const char *s, size_t len, int firs
   size_t rl = strlen(p->replacement);
   tmp->len = 0;
   int rc = 0;
+  /* As HF: spaces become the replacement first, then the replacement is prepended unless the
+   * piece already starts with one (so " a" gives "▁a", not "▁▁a"). "first" prepends only on the
+   * piece at the very start of the text. */
   int prepend = p->prepend == 1 || (p->prepend == 2 && first);
-  if (prepend && !(len >= rl && memcmp(s, p->replacement, rl) == 0)) rc = tok_buf_put(tmp, p->replacement, rl);
+  if (prepend && !(len >= 1 && s[0] == ' ') && !(len >= rl && memcmp(s, p->replacement, rl) == 0))
+    rc = tok_buf_put(tmp, p->replacement, rl);
   for (size_t i = 0; i < len && !rc; i++)
     rc = s[i] == ' ' ? tok_buf_put(tmp, p->replacement, rl) : tok_buf_putc(tmp, s[i]);
   if (rc) return rc;

@@ -52,7 +52,7 @@ int tok_pairmap_put(tok_pairmap *m, int32_t a, int32_t b, float rank, int32_t me
 int tok_pairmap_get(const tok_pairmap *m, int32_t a, int32_t b, float *rank, int32_t *merged);
 
 /* ---- pipeline steps ---- */
-typedef enum { NORM_PREPEND, NORM_REPLACE, NORM_STRIP } norm_kind;
+typedef enum { NORM_PREPEND, NORM_REPLACE, NORM_STRIP, NORM_NFC, NORM_NFD } norm_kind;
 typedef struct tok_norm {
   norm_kind kind;
   char *a, *b; /* prepend: a; replace: a -> b */
@@ -113,11 +113,9 @@ struct qins_tokenizer {
   tok_dec *dec;
   int n_dec;
   int has_decoder;
-  int nfc; /* NFC normalizer: exact only for ASCII text, other text is refused */
   int32_t *post_pre, *post_post; /* ids the post-processor puts before / after the sequence */
   int n_post_pre, n_post_post;
   int32_t bos, eos;
-  int strip_first_space; /* decode_piece: drop a leading space at start / after BOS */
 };
 
 /* Allocate the id tables for n ids (tok, tok_len, special; scores if with_scores). */
@@ -150,6 +148,9 @@ int tok_pieces_add(tok_pieces *l, const char *s, size_t len);
 void *tok_regex_compile(const char *pattern, int literal, const char *file, const char *what);
 void tok_regex_free(void *re);
 int tok_pretokenize(const qins_tokenizer *t, const char *s, size_t len, int first, tok_pieces *out);
+
+/* nfc.c: canonical composition (NFC) or decomposition (NFD) of UTF-8; invalid bytes pass through. */
+int tok_unicode_normalize(const char *s, size_t len, int compose, tok_buf *out);
 
 /* normalize.c */
 int tok_normalize(const qins_tokenizer *t, const char *s, size_t len, tok_buf *out);

@@ -1,0 +1,550 @@
+/* Forward with saved activations and backward for Llama / Phi-3 / GPT-2, built from the op table
+ * (see model_grad.h). Parameters live in host f32 arrays wrapped as backend tensors; fused
+ * projections (Phi-3 qkv_proj, gate_up_proj; GPT-2 c_attn) are used through row-block views, so
+ * their gradients land in place; GPT-2's transposed Conv1D weights are multiplied through [out,in]
+ * working copies whose gradients are transposed back at the end of each call. */
+#include "core/train/model_grad.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/backend_grad.h"
+#include "core/error.h"
+#include "core/mem.h"
+
+typedef struct tparam {
+  qins_train_param pub;
+  char name[QINS_NAME_MAX];
+  qins_tensor w, g; /* wrapping pub.w / pub.g */
+} tparam;
+
+/* A [out,in] working copy of a GPT-2 Conv1D weight [in,out] and its gradient. */
+typedef struct transposed {
+  int src;         /* parameter index */
+  float *w, *g;
+  qins_tensor tw, tg;
+} transposed;
+
+typedef struct layer_w {
+  /* weight and gradient tensors as the matmuls use them ([N,K]); views where fused */
+  qins_tensor wq, wk, wv, wo, wg, wu, wd;
+  qins_tensor gq, gk, gv, go, gg, gu, gd;
+  /* biases (GPT-2, Llama attention_bias/mlp_bias): present flags and views */
+  int has_bqkv, has_bo, has_bmlp;
+  qins_tensor bq, bk, bv, bo, bg, bu, bd;  /* bg: GPT-2 c_fc bias; bu unused there */
+  qins_tensor dbq, dbk, dbv, dbo, dbg, dbu, dbd;
+  qins_tensor *ln1, *ln1b, *ln2, *ln2b;    /* norm gain/bias (b NULL for RMSNorm) */
+  qins_tensor *dln1, *dln1b, *dln2, *dln2b;
+} layer_w;
+
+struct qins_train_model {
+  qins_backend *be;
+  qins_model_config cfg;
+  float rope_short[256], rope_long[256];
+  int np;
+  tparam *p;
+  int nt;
+  transposed *t;
+  layer_w *L;
+  qins_tensor *emb, *demb, *pos_emb, *dpos_emb, *normf, *normfb, *dnormf, *dnormfb, *head, *dhead;
+};
+
+static qins_mem_owner *owner(void) { return qins_mem_owner_get("train.model"); }
+
+#define TRY(x) do { rc = (x); if (rc) goto out; } while (0)
+
+/* ---------------------------------------------------------------- parameters */
+
+static tparam *find(qins_train_model *tm, const char *fmt, int layer) {
+  char name[QINS_NAME_MAX];
+  snprintf(name, sizeof name, fmt, layer);
+  for (int i = 0; i < tm->np; i++)
+    if (strcmp(tm->p[i].name, name) == 0) return &tm->p[i];
+  return NULL;
+}
+
+static int need(qins_train_model *tm, const char *fmt, int layer, tparam **out) {
+  *out = find(tm, fmt, layer);
+  if (*out) return 0;
+  char name[QINS_NAME_MAX];
+  snprintf(name, sizeof name, fmt, layer);
+  return qins_error_set(QINS_EINPUT, "training: the model has no tensor %s", name);
+}
+
+/* Row block [r0, r0+rows) of a 2-D [N,K] tensor (or of a 1-D bias when cols == 1). */
+static void rows_view(qins_tensor *out, const qins_tensor *t, int64_t r0, int64_t rows) {
+  *out = *t;
+  int64_t cols = t->ndim == 2 ? t->shape[1] : 1;
+  out->offset = t->offset + (size_t)(r0 * cols) * sizeof(float);
+  out->shape[0] = rows;
+}
+
+static int wrap(qins_backend *be, qins_tensor *t, const char *name, float *host, int ndim, const int64_t *shape) {
+  int rc = qins_tensor_init(t, name, QINS_DT_F32, ndim, shape);
+  if (!rc) rc = qins_buf_wrap(be, host, qins_tensor_nbytes(t), &t->buf);
+  return rc;
+}
+
+static int add_transposed(qins_train_model *tm, tparam *src, qins_tensor *w_out, qins_tensor *g_out) {
+  transposed *t = &tm->t[tm->nt++];
+  int64_t in = src->pub.shape[0], outd = src->pub.shape[1];
+  t->src = (int)(src - tm->p);
+  t->w = qins_mem_alloc(owner(), (size_t)(in * outd) * sizeof(float));
+  t->g = qins_mem_calloc(owner(), (size_t)(in * outd), sizeof(float));
+  if (!t->w || !t->g) return QINS_ENOMEM;
+  int64_t shape[2] = {outd, in};
+  int rc = wrap(tm->be, &t->tw, src->name, t->w, 2, shape);
+  if (!rc) rc = wrap(tm->be, &t->tg, src->name, t->g, 2, shape);
+  *w_out = t->tw;
+  *g_out = t->tg;
+  return rc;
+}
+
+static int bind_llama(qins_train_model *tm) {
+  const qins_model_config *c = &tm->cfg;
+  int rc = 0;
+  int phi3 = c->arch == QINS_ARCH_PHI3;
+  int64_t hd = c->head_dim, qn = (int64_t)c->n_heads * hd, kn = (int64_t)c->n_kv_heads * hd, f = c->ffn_dim;
+  tparam *t;
+  TRY(need(tm, "model.embed_tokens.weight", 0, &t));
+  tm->emb = &t->w;
+  tm->demb = &t->g;
+  TRY(need(tm, "model.norm.weight", 0, &t));
+  tm->normf = &t->w;
+  tm->dnormf = &t->g;
+  t = find(tm, "lm_head.weight", 0);
+  if (!t && !c->tied_embeddings) return qins_error_set(QINS_EINPUT, "training: the model has no tensor lm_head.weight");
+  tm->head = t ? &t->w : tm->emb;
+  tm->dhead = t ? &t->g : tm->demb;
+  for (int l = 0; l < c->n_layers; l++) {
+    layer_w *L = &tm->L[l];
+    TRY(need(tm, "model.layers.%d.input_layernorm.weight", l, &t));
+    L->ln1 = &t->w;
+    L->dln1 = &t->g;
+    TRY(need(tm, "model.layers.%d.post_attention_layernorm.weight", l, &t));
+    L->ln2 = &t->w;
+    L->dln2 = &t->g;
+    if (phi3) {
+      TRY(need(tm, "model.layers.%d.self_attn.qkv_proj.weight", l, &t));
+      rows_view(&L->wq, &t->w, 0, qn); rows_view(&L->gq, &t->g, 0, qn);
+      rows_view(&L->wk, &t->w, qn, kn); rows_view(&L->gk, &t->g, qn, kn);
+      rows_view(&L->wv, &t->w, qn + kn, kn); rows_view(&L->gv, &t->g, qn + kn, kn);
+      TRY(need(tm, "model.layers.%d.mlp.gate_up_proj.weight", l, &t));
+      rows_view(&L->wg, &t->w, 0, f); rows_view(&L->gg, &t->g, 0, f);
+      rows_view(&L->wu, &t->w, f, f); rows_view(&L->gu, &t->g, f, f);
+    } else {
+      TRY(need(tm, "model.layers.%d.self_attn.q_proj.weight", l, &t)); L->wq = t->w; L->gq = t->g;
+      TRY(need(tm, "model.layers.%d.self_attn.k_proj.weight", l, &t)); L->wk = t->w; L->gk = t->g;
+      TRY(need(tm, "model.layers.%d.self_attn.v_proj.weight", l, &t)); L->wv = t->w; L->gv = t->g;
+      TRY(need(tm, "model.layers.%d.mlp.gate_proj.weight", l, &t)); L->wg = t->w; L->gg = t->g;
+      TRY(need(tm, "model.layers.%d.mlp.up_proj.weight", l, &t)); L->wu = t->w; L->gu = t->g;
+      tparam *bq = find(tm, "model.layers.%d.self_attn.q_proj.bias", l);
+      tparam *bk = find(tm, "model.layers.%d.self_attn.k_proj.bias", l);
+      tparam *bv = find(tm, "model.layers.%d.self_attn.v_proj.bias", l);
+      if (bq && bk && bv) {
+        L->has_bqkv = 1;
+        L->bq = bq->w; L->dbq = bq->g; L->bk = bk->w; L->dbk = bk->g; L->bv = bv->w; L->dbv = bv->g;
+      }
+      tparam *bg = find(tm, "model.layers.%d.mlp.gate_proj.bias", l);
+      tparam *bu = find(tm, "model.layers.%d.mlp.up_proj.bias", l);
+      tparam *bd = find(tm, "model.layers.%d.mlp.down_proj.bias", l);
+      if (bg && bu && bd) {
+        L->has_bmlp = 1;
+        L->bg = bg->w; L->dbg = bg->g; L->bu = bu->w; L->dbu = bu->g; L->bd = bd->w; L->dbd = bd->g;
+      }
+      tparam *bo = find(tm, "model.layers.%d.self_attn.o_proj.bias", l);
+      if (bo) {
+        L->has_bo = 1;
+        L->bo = bo->w;
+        L->dbo = bo->g;
+      }
+    }
+    TRY(need(tm, "model.layers.%d.self_attn.o_proj.weight", l, &t)); L->wo = t->w; L->go = t->g;
+    TRY(need(tm, "model.layers.%d.mlp.down_proj.weight", l, &t)); L->wd = t->w; L->gd = t->g;
+  }
+out:
+  return rc;
+}
+
+static int bind_gpt2(qins_train_model *tm) {
+  const qins_model_config *c = &tm->cfg;
+  int rc = 0;
+  int64_t d = c->dim;
+  tparam *t;
+  TRY(need(tm, "transformer.wte.weight", 0, &t));
+  tm->emb = tm->head = &t->w;
+  tm->demb = tm->dhead = &t->g;
+  t = find(tm, "lm_head.weight", 0);
+  if (t) {
+    tm->head = &t->w;
+    tm->dhead = &t->g;
+  }
+  TRY(need(tm, "transformer.wpe.weight", 0, &t));
+  tm->pos_emb = &t->w;
+  tm->dpos_emb = &t->g;
+  TRY(need(tm, "transformer.ln_f.weight", 0, &t));
+  tm->normf = &t->w;
+  tm->dnormf = &t->g;
+  TRY(need(tm, "transformer.ln_f.bias", 0, &t));
+  tm->normfb = &t->w;
+  tm->dnormfb = &t->g;
+  for (int l = 0; l < c->n_layers; l++) {
+    layer_w *L = &tm->L[l];
+    qins_tensor w, g;
+    TRY(need(tm, "transformer.h.%d.ln_1.weight", l, &t)); L->ln1 = &t->w; L->dln1 = &t->g;
+    TRY(need(tm, "transformer.h.%d.ln_1.bias", l, &t)); L->ln1b = &t->w; L->dln1b = &t->g;
+    TRY(need(tm, "transformer.h.%d.ln_2.weight", l, &t)); L->ln2 = &t->w; L->dln2 = &t->g;
+    TRY(need(tm, "transformer.h.%d.ln_2.bias", l, &t)); L->ln2b = &t->w; L->dln2b = &t->g;
+    TRY(need(tm, "transformer.h.%d.attn.c_attn.weight", l, &t));
+    TRY(add_transposed(tm, t, &w, &g));
+    rows_view(&L->wq, &w, 0, d); rows_view(&L->gq, &g, 0, d);
+    rows_view(&L->wk, &w, d, d); rows_view(&L->gk, &g, d, d);
+    rows_view(&L->wv, &w, 2 * d, d); rows_view(&L->gv, &g, 2 * d, d);
+    TRY(need(tm, "transformer.h.%d.attn.c_attn.bias", l, &t));
+    L->has_bqkv = 1;
+    rows_view(&L->bq, &t->w, 0, d); rows_view(&L->dbq, &t->g, 0, d);
+    rows_view(&L->bk, &t->w, d, d); rows_view(&L->dbk, &t->g, d, d);
+    rows_view(&L->bv, &t->w, 2 * d, d); rows_view(&L->dbv, &t->g, 2 * d, d);
+    TRY(need(tm, "transformer.h.%d.attn.c_proj.weight", l, &t));
+    TRY(add_transposed(tm, t, &L->wo, &L->go));
+    TRY(need(tm, "transformer.h.%d.attn.c_proj.bias", l, &t));
+    L->has_bo = 1; L->bo = t->w; L->dbo = t->g;
+    TRY(need(tm, "transformer.h.%d.mlp.c_fc.weight", l, &t));
+    TRY(add_transposed(tm, t, &L->wg, &L->gg)); /* the single up projection sits in the gate slot */
+    TRY(need(tm, "transformer.h.%d.mlp.c_fc.bias", l, &t));
+    L->has_bmlp = 1; L->bg = t->w; L->dbg = t->g;
+    TRY(need(tm, "transformer.h.%d.mlp.c_proj.weight", l, &t));
+    TRY(add_transposed(tm, t, &L->wd, &L->gd));
+    TRY(need(tm, "transformer.h.%d.mlp.c_proj.bias", l, &t));
+    L->bd = t->w; L->dbd = t->g;
+  }
+out:
+  return rc;
+}
+
+int qins_train_model_create(const qins_model *m, qins_backend *be, qins_train_model **out) {
+  *out = NULL;
+  const qins_model_config *c = &m->cfg;
+  if (c->arch != QINS_ARCH_LLAMA && c->arch != QINS_ARCH_PHI3 && c->arch != QINS_ARCH_GPT2)
+    return qins_error_set(QINS_EUNSUPPORTED, "training: %s: architecture %s cannot be trained", m->path,
+                          qins_arch_name(c->arch));
+  if (c->arch == QINS_ARCH_GPT2 ? c->act != QINS_ACT_GELU_TANH : c->act != QINS_ACT_SILU)
+    return qins_error_set(QINS_EUNSUPPORTED, "training: %s: activation %s has no backward here", m->path,
+                          qins_act_name(c->act));
+  if (strncmp(be->name, "cpu", 3) != 0)
+    return qins_error_set(QINS_EUNSUPPORTED, "training: model gradients run on the cpu backend only (not %s)",
+                          be->name);
+  if (c->rope_n_factors > 256)
+    return qins_error_set(QINS_EUNSUPPORTED, "training: %d rope factors (at most 256)", c->rope_n_factors);
+  qins_train_model *tm = qins_mem_calloc(owner(), 1, sizeof *tm);
+  if (!tm) return QINS_ENOMEM;
+  tm->be = be;
+  tm->cfg = *c;
+  for (int i = 0; i < c->rope_n_factors; i++) {
+    tm->rope_short[i] = c->rope_short_factor ? c->rope_short_factor[i] : 1.0f;
+    tm->rope_long[i] = c->rope_long_factor ? c->rope_long_factor[i] : 1.0f;
+  }
+  tm->cfg.rope_short_factor = tm->cfg.rope_long_factor = NULL; /* not owned: copied above */
+  int rc = 0;
+  tm->p = qins_mem_calloc(owner(), (size_t)m->n_weights, sizeof *tm->p);
+  tm->t = qins_mem_calloc(owner(), (size_t)(4 * c->n_layers + 1), sizeof *tm->t);
+  tm->L = qins_mem_calloc(owner(), (size_t)c->n_layers, sizeof *tm->L);
+  if (!tm->p || !tm->t || !tm->L) {
+    rc = QINS_ENOMEM;
+    goto out;
+  }
+  for (int i = 0; i < m->n_weights; i++) {
+    const qins_weight *w = &m->weights[i];
+    tparam *p = &tm->p[tm->np++];
+    snprintf(p->name, sizeof p->name, "%s", w->name);
+    int64_t n = 1;
+    for (int d = 0; d < w->ndim; d++) n *= w->shape[d];
+    p->pub.name = p->name;
+    p->pub.n = n;
+    p->pub.ndim = w->ndim;
+    memcpy(p->pub.shape, w->shape, sizeof p->pub.shape);
+    p->pub.is_vector = w->ndim == 1;
+    p->pub.w = qins_mem_alloc(owner(), (size_t)n * sizeof(float));
+    p->pub.g = qins_mem_calloc(owner(), (size_t)n, sizeof(float));
+    if (!p->pub.w || !p->pub.g) {
+      rc = qins_error_set(QINS_ENOMEM, "training: no memory for %s", w->name);
+      goto out;
+    }
+    for (int64_t k = 0; k < n; k++) {
+      const uint16_t *h = w->data;
+      p->pub.w[k] = w->dtype == QINS_DT_F32   ? ((const float *)w->data)[k]
+                    : w->dtype == QINS_DT_F16 ? qins_f16_to_f32(h[k])
+                                              : qins_bf16_to_f32(h[k]);
+    }
+    TRY(wrap(be, &p->w, p->name, p->pub.w, w->ndim, w->shape));
+    TRY(wrap(be, &p->g, p->name, p->pub.g, w->ndim, w->shape));
+  }
+  TRY(c->arch == QINS_ARCH_GPT2 ? bind_gpt2(tm) : bind_llama(tm));
+  *out = tm;
+  return 0;
+out:
+  qins_train_model_destroy(tm);
+  return rc;
+}
+
+void qins_train_model_destroy(qins_train_model *tm) {
+  if (!tm) return;
+  for (int i = 0; i < tm->np; i++) {
+    qins_buf_free(tm->p[i].w.buf);
+    qins_buf_free(tm->p[i].g.buf);
+    qins_mem_free(owner(), tm->p[i].pub.w);
+    qins_mem_free(owner(), tm->p[i].pub.g);
+  }
+  for (int i = 0; i < tm->nt; i++) {
+    qins_buf_free(tm->t[i].tw.buf);
+    qins_buf_free(tm->t[i].tg.buf);
+    qins_mem_free(owner(), tm->t[i].w);
+    qins_mem_free(owner(), tm->t[i].g);
+  }
+  qins_mem_free(owner(), tm->p);
+  qins_mem_free(owner(), tm->t);
+  qins_mem_free(owner(), tm->L);
+  qins_mem_free(owner(), tm);
+}
+
+int qins_train_model_count(const qins_train_model *tm) { return tm->np; }
+const qins_train_param *qins_train_model_param(const qins_train_model *tm, int i) {
+  return i >= 0 && i < tm->np ? &tm->p[i].pub : NULL;
+}
+void qins_train_model_zero_grad(qins_train_model *tm) {
+  for (int i = 0; i < tm->np; i++) memset(tm->p[i].pub.g, 0, (size_t)tm->p[i].pub.n * sizeof(float));
+}
+
+/* ---------------------------------------------------------------- activations */
+
+typedef struct arena {
+  qins_backend *be;
+  qins_tensor *t[512];
+  int n;
+} arena;
+
+static int act_dt(arena *a, qins_tensor **out, const char *name, qins_dtype dt, int64_t s0, int64_t s1, int64_t s2) {
+  if (a->n == 512) return qins_error_set(QINS_EINTERNAL, "training: activation arena full");
+  qins_tensor *t = qins_mem_calloc(owner(), 1, sizeof *t);
+  if (!t) return QINS_ENOMEM;
+  int64_t shape[3] = {s0, s1, s2};
+  int rc = qins_tensor_init(t, name, dt, s2 ? 3 : (s1 ? 2 : 1), shape);
+  if (!rc) rc = qins_tensor_alloc(a->be, t);
+  if (rc) {
+    qins_mem_free(owner(), t);
+    return rc;
+  }
+  a->t[a->n++] = t;
+  *out = t;
+  return 0;
+}
+
+static int act(arena *a, qins_tensor **out, const char *name, int64_t s0, int64_t s1, int64_t s2) {
+  return act_dt(a, out, name, QINS_DT_F32, s0, s1, s2);
+}
+
+static void arena_free(arena *a) {
+  for (int i = 0; i < a->n; i++) {
+    qins_tensor_free(a->t[i]);
+    qins_mem_free(owner(), a->t[i]);
+  }
+  a->n = 0;
+}
+
+/* Same bytes, another shape ([M,H,D] <-> [M,H*D]). */
+static qins_tensor reshaped(const qins_tensor *t, int ndim, int64_t s0, int64_t s1, int64_t s2) {
+  qins_tensor r = *t;
+  r.ndim = ndim;
+  r.shape[0] = s0;
+  r.shape[1] = s1;
+  r.shape[2] = s2;
+  return r;
+}
+
+typedef struct saved {
+  qins_tensor *x, *h1, *q, *k, *v, *att, *x2, *h2, *gate, *up, *a;
+} saved;
+
+static void transpose_into(float *dst, const float *src, int64_t rows, int64_t cols, int accumulate) {
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++) {
+      if (accumulate) dst[c * rows + r] += src[r * cols + c];
+      else dst[c * rows + r] = src[r * cols + c];
+    }
+}
+
+int qins_train_model_loss_grad(qins_train_model *tm, const int32_t *ids, int n, double *loss) {
+  const qins_model_config *c = &tm->cfg;
+  qins_backend *be = tm->be;
+  int gpt2 = c->arch == QINS_ARCH_GPT2;
+  if (n < 2 || n > c->max_seq_len)
+    return qins_error_set(QINS_EINVAL, "training: sequence of %d ids (need 2..%d)", n, c->max_seq_len);
+  for (int i = 0; i < n; i++)
+    if (ids[i] < 0 || ids[i] >= c->vocab_size)
+      return qins_error_set(QINS_EINPUT, "training: id %d at position %d outside vocabulary of %d", ids[i], i,
+                            c->vocab_size);
+  int64_t D = c->dim, H = c->n_heads, Hkv = c->n_kv_heads, hd = c->head_dim, F = c->ffn_dim, V = c->vocab_size;
+  if (gpt2) F = tm->L[0].wg.shape[0];
+  float eps = c->norm_eps, scale = 1.0f / sqrtf((float)hd);
+  int rc = 0;
+  arena a = {be, {0}, 0};
+  saved *S = qins_mem_calloc(owner(), (size_t)c->n_layers + 1, sizeof *S);
+  if (!S) return QINS_ENOMEM;
+
+  for (int i = 0; i < tm->nt; i++) { /* GPT-2: [in,out] -> [out,in] working copies */
+    const qins_train_param *src = &tm->p[tm->t[i].src].pub;
+    transpose_into(tm->t[i].w, src->w, src->shape[0], src->shape[1], 0);
+    memset(tm->t[i].g, 0, (size_t)src->n * sizeof(float));
+  }
+
+  qins_tensor *tids, *tpos, *ttgt, *freq = NULL, *x, *hf, *logits, *lossv;
+  TRY(act_dt(&a, &tids, "ids", QINS_DT_I32, n, 0, 0));
+  TRY(act_dt(&a, &tpos, "positions", QINS_DT_I32, n, 0, 0));
+  TRY(act_dt(&a, &ttgt, "targets", QINS_DT_I32, n, 0, 0));
+  TRY(qins_tensor_write(tids, ids));
+  {
+    /* positions and targets written through the host view (cpu backend, checked at create) */
+    int32_t *pos = qins_tensor_host(tpos), *tgt = qins_tensor_host(ttgt);
+    for (int i = 0; i < n; i++) {
+      pos[i] = i;
+      tgt[i] = i + 1 < n ? ids[i + 1] : -1; /* the last position has no target */
+    }
+  }
+  if (!gpt2) {
+    /* inv_freq = 1 / (factor_i * theta^(2i/rot)); longrope picks the long factors past the
+     * original context, as transformers does for the whole sequence */
+    int half = c->rope_dim / 2;
+    const float *fac = c->rope_scaling == QINS_ROPE_SCALING_LONGROPE
+                           ? (n > c->original_max_seq_len ? tm->rope_long : tm->rope_short)
+                           : NULL;
+    TRY(act(&a, &freq, "inv_freq", half, 0, 0));
+    float *f = qins_tensor_host(freq);
+    for (int i = 0; i < half; i++)
+      f[i] = (float)(1.0 / ((fac ? fac[i] : 1.0) * pow((double)c->rope_theta, 2.0 * i / c->rope_dim)));
+  }
+
+  /* ---- forward ---- */
+  TRY(act(&a, &x, "x0", n, D, 0));
+  TRY(qins_op_embed(be, tm->emb, tids, x));
+  if (gpt2) {
+    qins_tensor *pe;
+    TRY(act(&a, &pe, "pos_emb", n, D, 0));
+    TRY(qins_op_embed(be, tm->pos_emb, tpos, pe));
+    TRY(qins_op_add(be, x, pe, x));
+  }
+  for (int l = 0; l < c->n_layers; l++) {
+    layer_w *L = &tm->L[l];
+    saved *s = &S[l];
+    s->x = x;
+    TRY(act(&a, &s->h1, "h1", n, D, 0));
+    TRY(gpt2 ? qins_op_layernorm(be, x, L->ln1, L->ln1b, eps, s->h1) : qins_op_rmsnorm(be, x, L->ln1, eps, s->h1));
+    TRY(act(&a, &s->q, "q", n, H, hd));
+    TRY(act(&a, &s->k, "k", n, Hkv, hd));
+    TRY(act(&a, &s->v, "v", n, Hkv, hd));
+    qins_tensor q2 = reshaped(s->q, 2, n, H * hd, 0), k2 = reshaped(s->k, 2, n, Hkv * hd, 0),
+                v2 = reshaped(s->v, 2, n, Hkv * hd, 0);
+    TRY(qins_op_matmul(be, s->h1, &L->wq, L->has_bqkv ? &L->bq : NULL, &q2));
+    TRY(qins_op_matmul(be, s->h1, &L->wk, L->has_bqkv ? &L->bk : NULL, &k2));
+    TRY(qins_op_matmul(be, s->h1, &L->wv, L->has_bqkv ? &L->bv : NULL, &v2));
+    if (!gpt2) {
+      TRY(qins_op_rope(be, s->q, tpos, freq, c->rope_dim, c->rope_attn_factor, c->rope_mode, s->q));
+      TRY(qins_op_rope(be, s->k, tpos, freq, c->rope_dim, c->rope_attn_factor, c->rope_mode, s->k));
+    }
+    TRY(act(&a, &s->att, "att", n, H, hd));
+    TRY(qins_op_attention(be, s->q, s->k, s->v, 0, scale, s->att));
+    qins_tensor att2 = reshaped(s->att, 2, n, H * hd, 0);
+    TRY(act(&a, &s->x2, "x2", n, D, 0));
+    TRY(qins_op_matmul(be, &att2, &L->wo, L->has_bo ? &L->bo : NULL, s->x2));
+    TRY(qins_op_add(be, s->x2, x, s->x2));
+    TRY(act(&a, &s->h2, "h2", n, D, 0));
+    TRY(gpt2 ? qins_op_layernorm(be, s->x2, L->ln2, L->ln2b, eps, s->h2) : qins_op_rmsnorm(be, s->x2, L->ln2, eps, s->h2));
+    TRY(act(&a, &s->gate, "gate", n, F, 0));
+    TRY(act(&a, &s->a, "act", n, F, 0));
+    TRY(qins_op_matmul(be, s->h2, &L->wg, L->has_bmlp ? &L->bg : NULL, s->gate));
+    if (gpt2) {
+      TRY(qins_op_gelu_tanh(be, s->gate, s->a));
+    } else {
+      TRY(act(&a, &s->up, "up", n, F, 0));
+      TRY(qins_op_matmul(be, s->h2, &L->wu, L->has_bmlp ? &L->bu : NULL, s->up));
+      TRY(qins_op_silu_mul(be, s->gate, s->up, s->a));
+    }
+    TRY(act(&a, &x, "x", n, D, 0));
+    TRY(qins_op_matmul(be, s->a, &L->wd, (gpt2 || L->has_bmlp) ? &L->bd : NULL, x));
+    TRY(qins_op_add(be, x, s->x2, x));
+  }
+  TRY(act(&a, &hf, "h_final", n, D, 0));
+  TRY(gpt2 ? qins_op_layernorm(be, x, tm->normf, tm->normfb, eps, hf) : qins_op_rmsnorm(be, x, tm->normf, eps, hf));
+  TRY(act(&a, &logits, "logits", n, V, 0));
+  TRY(qins_op_matmul(be, hf, tm->head, NULL, logits));
+  TRY(act(&a, &lossv, "loss", n, 0, 0));
+  TRY(qins_op_cross_entropy(be, logits, ttgt, lossv, logits, 0.0f)); /* dlogits of the mean, in place */
+  {
+    const float *lv = qins_tensor_host(lossv);
+    double sum = 0;
+    for (int i = 0; i < n - 1; i++) sum += lv[i];
+    *loss = sum / (n - 1);
+  }
+
+  /* ---- backward ---- */
+  qins_tensor *dx, *dh, *dtmp, *dq, *dk, *dv, *datt, *dgate, *dup = NULL, *da;
+  TRY(act(&a, &dx, "dx", n, D, 0));
+  TRY(act(&a, &dh, "dh", n, D, 0));
+  TRY(act(&a, &dtmp, "dtmp", n, D, 0));
+  TRY(act(&a, &dq, "dq", n, H, hd));
+  TRY(act(&a, &dk, "dk", n, Hkv, hd));
+  TRY(act(&a, &dv, "dv", n, Hkv, hd));
+  TRY(act(&a, &datt, "datt", n, H, hd));
+  TRY(act(&a, &dgate, "dgate", n, F, 0));
+  TRY(act(&a, &da, "dact", n, F, 0));
+  if (!gpt2) TRY(act(&a, &dup, "dup", n, F, 0));
+  TRY(qins_op_matmul_backward(be, logits, hf, tm->head, dh, tm->dhead, NULL));
+  TRY(gpt2 ? qins_op_layernorm_backward(be, dh, x, tm->normf, eps, dx, tm->dnormf, tm->dnormfb)
+           : qins_op_rmsnorm_backward(be, dh, x, tm->normf, eps, dx, tm->dnormf));
+  for (int l = c->n_layers - 1; l >= 0; l--) {
+    layer_w *L = &tm->L[l];
+    saved *s = &S[l];
+    /* MLP branch: dx is the gradient of the layer output x3 = x2 + mlp(norm(x2)) */
+    TRY(qins_op_matmul_backward(be, dx, s->a, &L->wd, da, &L->gd, (gpt2 || L->has_bmlp) ? &L->dbd : NULL));
+    if (gpt2) {
+      TRY(qins_op_gelu_tanh_backward(be, s->gate, da, dgate));
+      TRY(qins_op_matmul_backward(be, dgate, s->h2, &L->wg, dh, &L->gg, &L->dbg));
+    } else {
+      TRY(qins_op_silu_mul_backward(be, s->gate, s->up, da, dgate, dup));
+      TRY(qins_op_matmul_backward(be, dgate, s->h2, &L->wg, dh, &L->gg, L->has_bmlp ? &L->dbg : NULL));
+      TRY(qins_op_matmul_backward(be, dup, s->h2, &L->wu, dtmp, &L->gu, L->has_bmlp ? &L->dbu : NULL));
+      TRY(qins_op_add(be, dh, dtmp, dh));
+    }
+    TRY(gpt2 ? qins_op_layernorm_backward(be, dh, s->x2, L->ln2, eps, dtmp, L->dln2, L->dln2b)
+             : qins_op_rmsnorm_backward(be, dh, s->x2, L->ln2, eps, dtmp, L->dln2));
+    TRY(qins_op_add(be, dx, dtmp, dx)); /* now the gradient of x2 */
+    /* attention branch */
+    qins_tensor att2 = reshaped(s->att, 2, n, H * hd, 0), datt2 = reshaped(datt, 2, n, H * hd, 0);
+    TRY(qins_op_matmul_backward(be, dx, &att2, &L->wo, &datt2, &L->go, L->has_bo ? &L->dbo : NULL));
+    TRY(qins_op_attention_backward(be, s->q, s->k, s->v, 0, scale, datt, dq, dk, dv));
+    if (!gpt2) {
+      TRY(qins_op_rope_backward(be, dq, tpos, freq, c->rope_dim, c->rope_attn_factor, c->rope_mode, dq));
+      TRY(qins_op_rope_backward(be, dk, tpos, freq, c->rope_dim, c->rope_attn_factor, c->rope_mode, dk));
+    }
+    qins_tensor dq2 = reshaped(dq, 2, n, H * hd, 0), dk2 = reshaped(dk, 2, n, Hkv * hd, 0),
+                dv2 = reshaped(dv, 2, n, Hkv * hd, 0);
+    TRY(qins_op_matmul_backward(be, &dq2, s->h1, &L->wq, dh, &L->gq, L->has_bqkv ? &L->dbq : NULL));
+    TRY(qins_op_matmul_backward(be, &dk2, s->h1, &L->wk, dtmp, &L->gk, L->has_bqkv ? &L->dbk : NULL));
+    TRY(qins_op_add(be, dh, dtmp, dh));
+    TRY(qins_op_matmul_backward(be, &dv2, s->h1, &L->wv, dtmp, &L->gv, L->has_bqkv ? &L->dbv : NULL));
+    TRY(qins_op_add(be, dh, dtmp, dh));
+    TRY(gpt2 ? qins_op_layernorm_backward(be, dh, s->x, L->ln1, eps, dtmp, L->dln1, L->dln1b)
+             : qins_op_rmsnorm_backward(be, dh, s->x, L->ln1, eps, dtmp, L->dln1));
+    TRY(qins_op_add(be, dx, dtmp, dx)); /* the gradient of the layer input */
+  }
+  TRY(qins_op_embed_backward(be, tids, dx, tm->demb));
+  if (gpt2) TRY(qins_op_embed_backward(be, tpos, dx, tm->dpos_emb));
+  for (int i = 0; i < tm->nt; i++) { /* working-copy gradients back to the [in,out] layout */
+    qins_train_param *dst = &tm->p[tm->t[i].src].pub;
+    transpose_into(dst->g, tm->t[i].g, dst->shape[1], dst->shape[0], 1);
+  }
+out:
+  arena_free(&a);
+  qins_mem_free(owner(), S);
+  return rc;
+}

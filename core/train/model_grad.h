@@ -1,0 +1,37 @@
+/* Model-level training step for Llama, Phi-3 and GPT-2: a trainable f32 copy of a loaded model's
+ * weights (under their Hugging Face names and on-disk shapes), a forward pass that keeps the
+ * activations the backward needs, and the backward pass chained from the backward ops
+ * (core/backend_grad.h). Loss: mean cross-entropy of the logits at positions 0..n-2 against
+ * ids[1..n-1] (PyTorch's causal-LM loss). Gradients are ADDED into each parameter's g.
+ * Runs on backends whose buffers are host memory (cpu). */
+#ifndef QINS_MODEL_GRAD_H
+#define QINS_MODEL_GRAD_H
+
+#include <stdint.h>
+
+#include "core/backend.h"
+#include "core/model/model.h"
+
+typedef struct qins_train_param {
+  const char *name;  /* Hugging Face name */
+  float *w;          /* weights, f32, on-disk layout (GPT-2 Conv1D weights stay [in, out]) */
+  float *g;          /* gradient, same layout (accumulated) */
+  int64_t n;
+  int ndim;
+  int64_t shape[4];
+  int is_vector;     /* 1-D (norm gains, biases): the usual no-weight-decay group */
+} qins_train_param;
+
+typedef struct qins_train_model qins_train_model;
+
+/* Copies (and converts to f32) every weight of m; m may be closed afterwards. */
+int qins_train_model_create(const qins_model *m, qins_backend *be, qins_train_model **out);
+void qins_train_model_destroy(qins_train_model *tm);
+int qins_train_model_count(const qins_train_model *tm);
+const qins_train_param *qins_train_model_param(const qins_train_model *tm, int i);
+void qins_train_model_zero_grad(qins_train_model *tm);
+/* Forward + backward on one sequence of n >= 2 ids (n <= max positions): *loss is the mean
+ * cross-entropy, every parameter's gradient is added into its g. Bad ids: QINS_EINPUT. */
+int qins_train_model_loss_grad(qins_train_model *tm, const int32_t *ids, int n, double *loss);
+
+#endif

@@ -1,0 +1,94 @@
+/* Worker-wide model resources for the model stages, and per-request state lists. */
+#include "stages/model_shared.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/pipeline.h"
+
+static void destroy_shared(void *p) {
+  qins_stage_model *m = p;
+  if (!m) return;
+  qins_llm_destroy(m->llm);
+  if (m->be) qins_backend_destroy(m->be);
+  qins_tokenizer_close(m->tok);
+  qins_model_close(m->model);
+  free(m);
+}
+
+int qins_stage_model_get(const qins_stage_ctx *ctx, int need, qins_stage_model **out) {
+  qins_stage_model *m = ctx->shared_get ? ctx->shared_get(ctx, "model") : NULL;
+  if (!m) {
+    m = calloc(1, sizeof *m);
+    if (!m) return qins_error_set(QINS_ENOMEM, "out of memory");
+    if (!ctx->shared_put || ctx->shared_put(ctx, "model", m, destroy_shared)) {
+      free(m);
+      return qins_error_set(QINS_EINTERNAL, "stage '%s': no worker to hold the model", ctx->stage_name);
+    }
+  }
+  int rc;
+  if ((need & (QINS_NEED_LLM | QINS_NEED_TOK)) && !m->model) {
+    if (!ctx->model_path)
+      return qins_error_set(QINS_EINPUT, "stage '%s': the pipeline has no 'model' key", ctx->stage_name);
+    if ((rc = qins_model_open(ctx->model_path, &m->model))) return rc;
+  }
+  if ((need & QINS_NEED_LLM) && !m->llm) {
+    if (!m->be && (rc = qins_backend_create(ctx->backend_name ? ctx->backend_name : "cpu", &m->be))) return rc;
+    qins_llm_options opt = {ctx->pipeline ? ctx->pipeline->max_seq : 0, 0};
+    if ((rc = qins_llm_create(m->model, m->be, &opt, &m->llm))) return rc;
+  }
+  if ((need & QINS_NEED_TOK) && !m->tok) {
+    if (!ctx->tokenizer_path)
+      return qins_error_set(QINS_EINPUT, "stage '%s': the pipeline has no 'tokenizer' key", ctx->stage_name);
+    size_t l = strlen(ctx->tokenizer_path);
+    /* a llama2.c tokenizer.bin does not record its vocabulary size: the model's says how many */
+    if (l > 4 && strcmp(ctx->tokenizer_path + l - 4, ".bin") == 0 && m->model && strcmp(m->model->format, "llama2c") == 0)
+      rc = qins_tokenizer_open_llama2c(ctx->tokenizer_path, m->model->cfg.vocab_size, &m->tok);
+    else
+      rc = qins_tokenizer_open(ctx->tokenizer_path, &m->tok);
+    if (rc) return rc;
+  }
+  *out = m;
+  return 0;
+}
+
+void *qins_reqstate_find(qins_reqstate *list, uint64_t req, uint32_t attempt) {
+  for (; list; list = list->next)
+    if (list->req == req && list->attempt == attempt) return list->data;
+  return NULL;
+}
+
+int qins_reqstate_add(qins_reqstate **list, uint64_t req, uint32_t attempt, void *data) {
+  qins_reqstate *s = malloc(sizeof *s);
+  if (!s) return qins_error_set(QINS_ENOMEM, "out of memory");
+  s->req = req;
+  s->attempt = attempt;
+  s->data = data;
+  s->next = *list;
+  *list = s;
+  return 0;
+}
+
+void qins_reqstate_forget(qins_reqstate **list, uint64_t req, uint32_t below, void (*destroy)(void *, void *),
+                          void *user) {
+  for (qins_reqstate **pp = list; *pp;) {
+    qins_reqstate *s = *pp;
+    if (s->req == req && s->attempt < below) {
+      *pp = s->next;
+      if (destroy) destroy(s->data, user);
+      free(s);
+    } else {
+      pp = &s->next;
+    }
+  }
+}
+
+void qins_reqstate_clear(qins_reqstate **list, void (*destroy)(void *, void *), void *user) {
+  while (*list) {
+    qins_reqstate *s = *list;
+    *list = s->next;
+    if (destroy) destroy(s->data, user);
+    free(s);
+  }
+}
