@@ -84,12 +84,18 @@ static void test_stories260k_greedy(void **state) {
     qins_llm *l = make_llm(m, be, steps, 0);
     int V = qins_llm_vocab(l);
     float *logits = malloc((size_t)steps * (size_t)V * sizeof(float));
-    for (size_t c = 0; c < json_array_size(cases); c++) {
+    /* Emulated devices (lavapipe) take ~0.5 s per forward: there, unless QINS_TEST_FULL is set,
+     * check the first case up to position 128 (three saved logit rows); cpu checks everything. */
+    int full = strncmp(names[b], "cpu", 3) == 0 || getenv("QINS_TEST_FULL");
+    size_t n_cases = full ? json_array_size(cases) : 1;
+    for (size_t c = 0; c < n_cases; c++) {
       json_t *cs = json_array_get(cases, c);
       int np, ng;
       int32_t *prompt = json_ids(json_object_get(cs, "prompt_ids"), &np);
       int32_t *want = json_ids(json_object_get(cs, "greedy_ids"), &ng);
       assert_int_equal(ng, steps - np + 1);
+      int last_pos = full ? steps : 129; /* forward positions 0..last_pos-1 */
+      ng = last_pos - np + 1;
       json_t *saved = json_object_get(cs, "logits");
       qins_llm_reset(l);
       int32_t next;
@@ -97,7 +103,7 @@ static void test_stories260k_greedy(void **state) {
       FWD(qins_llm_forward(l, prompt, np, 1, logits, &next));
       int32_t *got = malloc((size_t)ng * sizeof(int32_t));
       got[0] = next;
-      for (int p = np; p < steps; p++) {
+      for (int p = np; p < last_pos; p++) {
         FWD(qins_llm_forward(l, &got[p - np], 1, 0, logits + (size_t)p * (size_t)V, &next));
         got[p - np + 1] = next;
       }
@@ -128,8 +134,8 @@ static void test_stories260k_greedy(void **state) {
       json_t *vec;
       json_object_foreach(saved, key, vec) {
         int p = atoi(key);
-        if (p >= np - 1 + compared + 1) continue; /* after a legitimate divergence the inputs differ */
         assert_true(p >= 0 && p < steps);
+        if (p >= last_pos || p >= np - 1 + compared + 1) continue; /* not run, or after a legitimate divergence */
         assert_int_equal((int)json_array_size(vec), V);
         float *ref = malloc((size_t)V * sizeof(float));
         for (int i = 0; i < V; i++) ref[i] = (float)json_number_value(json_array_get(vec, (size_t)i));
