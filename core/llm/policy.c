@@ -282,6 +282,42 @@ static int upload(qins_policy_state *st, qins_backend *be, const void *host, siz
   return qins_buf_write(*out, 0, host, bytes);
 }
 
+int qins_policy_state_new(qins_policy_state **out) {
+  *out = calloc(1, sizeof **out);
+  return *out ? 0 : QINS_ENOMEM;
+}
+
+int qins_policy_state_set_matrix(qins_policy_state *st, qins_backend *be, qins_tensor *t, qins_dtype format,
+                                 const void *codes, const float *scales) {
+  int64_t rows = t->shape[0], cols = t->shape[1];
+  int64_t ns = qins_format_scale_count(format, rows, cols);
+  size_t code_bytes = (size_t)rows * qins_format_row_bytes(format, cols);
+  if (st->n + 2 > (int)(sizeof st->bufs / sizeof st->bufs[0]) ||
+      st->n_scales + 1 > (int)(sizeof st->scales / sizeof st->scales[0]))
+    return qins_error_set(QINS_EINVAL, "policy: too many re-encoded matrices");
+  qins_buf *b;
+  int rc = upload(st, be, codes, code_bytes, &b);
+  if (rc) return rc;
+  qins_tensor *s = NULL;
+  if (ns > 0) {
+    s = calloc(1, sizeof *s);
+    if (!s) return QINS_ENOMEM;
+    st->scales[st->n_scales++] = s;
+    snprintf(s->name, sizeof s->name, "%.*s scale", (int)sizeof s->name - 8, t->name);
+    s->dtype = QINS_DT_F32;
+    s->ndim = format == QINS_DT_INT8_B32 ? 2 : 1;
+    s->shape[0] = s->ndim == 2 ? rows : ns;
+    s->shape[1] = s->ndim == 2 ? ns / rows : 0;
+    if ((rc = upload(st, be, scales, (size_t)ns * 4, &s->buf))) return rc;
+  }
+  st->bytes += (int64_t)code_bytes + ns * 4;
+  t->dtype = format;
+  t->buf = b;
+  t->offset = 0;
+  t->scale = s;
+  return 0;
+}
+
 static float to_f32(const void *base, qins_dtype dt, int64_t i) {
   if (dt == QINS_DT_F16) return qins_f16_to_f32(((const uint16_t *)base)[i]);
   if (dt == QINS_DT_BF16) return qins_bf16_to_f32(((const uint16_t *)base)[i]);

@@ -63,6 +63,12 @@ void qins_policy_state_free(qins_policy_state *st);
 /* Bytes of the weights the policy touched, as stored (codes + scales) and as they were (f32/f16). */
 int64_t qins_policy_state_bytes(const qins_policy_state *st, int64_t *orig_bytes);
 
+/* For loaders of already-coded weights (qins convert output): an empty state, and replacing one
+ * runtime matrix by codes (rows x cols in `format`) and their scales, uploaded into the state. */
+int qins_policy_state_new(qins_policy_state **out);
+int qins_policy_state_set_matrix(qins_policy_state *st, qins_backend *be, qins_tensor *t, qins_dtype format,
+                                 const void *codes, const float *scales);
+
 /* "v_proj,o_proj:qins8(mse); v_cache:qins8" style one-line summary, for reports. */
 void qins_policy_describe(const qins_policy *pol, char *buf, size_t n);
 
