@@ -110,6 +110,8 @@ static int find_tokenizer(const char *model, char *out, size_t n) {
   if (access(dir, F_OK)) return 0;
   snprintf(out, n, "%s/tokenizer.json", dir);
   if (!access(out, R_OK)) return 1;
+  snprintf(out, n, "%s/tokenizer.bin", dir); /* qins convert output of a llama2.c model */
+  if (!access(out, R_OK)) return 1;
   char *slash = strrchr(dir, '/');
   if (slash) *slash = 0;
   else snprintf(dir, sizeof dir, ".");
