@@ -1018,6 +1018,26 @@ static int gate_c1(gctx *g) {
       json_object_set_new(row, "kv_cache_bytes", json_integer(qins_llm_cache_bytes(b.llm)));
       qins_report_row(&g->rep, "branches", row);
       if (bi < 0) {
+        /* hidden-state cosine after every layer on prompt 0 + its FP continuation */
+        int L = g->m->cfg.n_layers, nt = g->plen[0] + steps[0];
+        double *cosl = malloc((size_t)L * sizeof(double)), *xl = malloc((size_t)L * sizeof(double));
+        int32_t *seq = malloc((size_t)nt * 4);
+        if (cosl && xl && seq) {
+          memcpy(seq, g->prompts[0], (size_t)g->plen[0] * 4);
+          memcpy(seq + g->plen[0], ref[0], (size_t)steps[0] * 4);
+          if (!qins_eval_layer_cosine(fp.llm, b.llm, seq, nt, cosl)) {
+            for (int l = 0; l < L; l++) {
+              xl[l] = l;
+              json_t *cr = json_object();
+              json_object_set_new(cr, "layer", json_integer(l));
+              json_object_set_new(cr, "mean_cosine_fp_vs_qins", json_real(cosl[l]));
+              qins_report_row(&g->rep, "hidden-state cosine per layer (weights; pipeline path keeps f32 V caches)", cr);
+            }
+            qins_report_series(&g->rep, "hidden-state cosine FP vs QINS after each layer", "layer", "mean cosine", 0,
+                               "QINS weights", xl, cosl, L);
+          }
+        }
+        free(cosl), free(xl), free(seq);
         char note[160];
         snprintf(note, sizeof note, "ppl FP %.4f, QINS %.4f over %lld tokens", ppl_fp, ppl, (long long)scored);
         qins_report_check(&g->rep, "|delta perplexity| / FP perplexity", fabs(ppl / ppl_fp - 1), "<=", thr_ppl, note);
@@ -1086,14 +1106,20 @@ static int transport_rows(gctx *g, const float *x, int nc, int ne, const float *
   int rc = QINS_ENOMEM;
   if (!ai || !ao || !x0 || !y0 || !Wl || !cc || !jac || !col || !yfp || !ye || !yl || !xq || !z) goto done;
   /* FP outputs for every row, timed on the eval rows */
-  double t0 = now_s();
-  for (int t = 0; t < T; t++)
-    for (int o = 0; o < N; o++) {
-      double acc = 0;
-      for (int i = 0; i < K; i++) acc += (double)W[(size_t)o * K + i] * x[(size_t)t * K + i];
-      yfp[(size_t)t * N + o] = (float)acc;
-    }
-  r->t_fp = (now_s() - t0) * ne / T;
+  /* every timed block: best of 5 (a shared machine's load comes and goes) */
+  double t0;
+  r->t_fp = r->t_exact = r->t_lin = 1e30;
+  for (int rep = 0; rep < 5; rep++) {
+    t0 = now_s();
+    for (int t = 0; t < T; t++)
+      for (int o = 0; o < N; o++) {
+        double acc = 0;
+        for (int i = 0; i < K; i++) acc += (double)W[(size_t)o * K + i] * x[(size_t)t * K + i];
+        yfp[(size_t)t * N + o] = (float)acc;
+      }
+    double dt = (now_s() - t0) * ne / T;
+    if (dt < r->t_fp) r->t_fp = dt;
+  }
   /* operating points and per-channel alphas from the calibration rows */
   double spread = 0;
   for (int i = 0; i < K; i++) {
@@ -1132,30 +1158,34 @@ static int transport_rows(gctx *g, const float *x, int nc, int ne, const float *
   long cin = 0, cout = 0;
   /* exact transport: activations as qins8 codes (alpha per channel), decoded by the table */
   const float *lut = qins_codec_lut8();
-  t0 = now_s();
-  for (int t = 0; t < ne; t++)
-    for (int i = 0; i < K; i++) {
-      int q = qins_codec_x_to_code8(xe[(size_t)t * K + i], (float)ai[i]);
-      xq[(size_t)t * K + i] = lut[q] * (1.0f / (float)ai[i]);
-    }
-  for (int t = 0; t < ne; t++)
-    for (int o = 0; o < N; o++) {
-      double acc = 0;
-      for (int i = 0; i < K; i++) acc += (double)W[(size_t)o * K + i] * xq[(size_t)t * K + i];
-      ye[(size_t)t * N + o] = (float)acc;
-    }
-  r->t_exact = now_s() - t0;
+  for (int rep = 0; rep < 5; rep++) {
+    t0 = now_s();
+    for (int t = 0; t < ne; t++)
+      for (int i = 0; i < K; i++) {
+        int q = qins_codec_x_to_code8(xe[(size_t)t * K + i], (float)ai[i]);
+        xq[(size_t)t * K + i] = lut[q] * (1.0f / (float)ai[i]);
+      }
+    for (int t = 0; t < ne; t++)
+      for (int o = 0; o < N; o++) {
+        double acc = 0;
+        for (int i = 0; i < K; i++) acc += (double)W[(size_t)o * K + i] * xq[(size_t)t * K + i];
+        ye[(size_t)t * N + o] = (float)acc;
+      }
+    if (now_s() - t0 < r->t_exact) r->t_exact = now_s() - t0;
+  }
   /* linearised: y ~ D(W'' E(x) + c) */
-  t0 = now_s();
-  for (int t = 0; t < ne; t++)
-    for (int i = 0; i < K; i++) z[(size_t)t * K + i] = qins_codec_E(xe[(size_t)t * K + i], (float)ai[i]);
-  for (int t = 0; t < ne; t++)
-    for (int o = 0; o < N; o++) {
-      double acc = cc[o];
-      for (int i = 0; i < K; i++) acc += Wl[(size_t)o * K + i] * z[(size_t)t * K + i];
-      yl[(size_t)t * N + o] = qins_codec_D((float)acc, (float)ao[o]);
-    }
-  r->t_lin = now_s() - t0;
+  for (int rep = 0; rep < 5; rep++) {
+    t0 = now_s();
+    for (int t = 0; t < ne; t++)
+      for (int i = 0; i < K; i++) z[(size_t)t * K + i] = qins_codec_E(xe[(size_t)t * K + i], (float)ai[i]);
+    for (int t = 0; t < ne; t++)
+      for (int o = 0; o < N; o++) {
+        double acc = cc[o];
+        for (int i = 0; i < K; i++) acc += Wl[(size_t)o * K + i] * z[(size_t)t * K + i];
+        yl[(size_t)t * N + o] = qins_codec_D((float)acc, (float)ao[o]);
+      }
+    if (now_s() - t0 < r->t_lin) r->t_lin = now_s() - t0;
+  }
   double n_fp = 0, n_e = 0, n_l = 0, n_le = 0, n_ex = 0;
   for (int t = 0; t < ne; t++) {
     for (int o = 0; o < N; o++) {

@@ -239,7 +239,7 @@ static void svg_text(FILE *f, const char *s) {
 static void write_svg(const qins_report *r, FILE *f) {
   json_t *plots = json_object_get(r->root, "plots");
   int np = (int)json_array_size(plots);
-  const int W = 720, H = 320, L = 80, R = 170, T = 36, B = 48;
+  const int W = 860, H = 320, L = 90, R = 300, T = 36, B = 48;
   fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" "
              "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
           W, np ? H * np : 60);
@@ -283,7 +283,8 @@ static void write_svg(const qins_report *r, FILE *f) {
     for (int t = 0; t <= 4; t++) {
       double yv = y0 + (y1 - y0) * t / 4, py = T + ph - ph * t / 4;
       double xv = x0 + (x1 - x0) * t / 4, px = L + pw * t / 4;
-      fprintf(f, "<text x=\"%d\" y=\"%g\" text-anchor=\"end\">%.3g</text>\n", L - 4, py + 4, logy ? pow(10, yv) : yv);
+      fprintf(f, "<text x=\"%d\" y=\"%g\" text-anchor=\"end\">%.*g</text>\n", L - 4, py + 4, logy ? 2 : 6,
+              logy ? pow(10, yv) : yv);
       fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">%.4g</text>\n", px, (double)T + ph + 16, xv);
       fprintf(f, "<line x1=\"%d\" x2=\"%g\" y1=\"%g\" y2=\"%g\" stroke=\"#ddd\"/>\n", L, L + pw, py, py);
     }
@@ -324,7 +325,10 @@ static void write_svg(const qins_report *r, FILE *f) {
         }
       fprintf(f, "<rect x=\"%g\" y=\"%d\" width=\"12\" height=\"3\" fill=\"%s\"/><text x=\"%g\" y=\"%d\">", L + pw + 10,
               T + 8 + 16 * (int)si, col, L + pw + 26, T + 12 + 16 * (int)si);
-      svg_text(f, json_string_value(json_object_get(s, "name")));
+      char nm[48];
+      const char *full = json_string_value(json_object_get(s, "name"));
+      snprintf(nm, sizeof nm, "%.44s%s", full, strlen(full) > 44 ? "..." : "");
+      svg_text(f, nm);
       fputs("</text>\n", f);
     }
     fputs("</g>\n", f);
@@ -334,6 +338,14 @@ static void write_svg(const qins_report *r, FILE *f) {
 
 int qins_report_write(qins_report *r, const char *dir) {
   qins_report_finish(r);
+  char tmp[1024];
+  snprintf(tmp, sizeof tmp, "%s", dir);
+  for (char *p = tmp + 1; *p; p++) /* like mkdir -p */
+    if (*p == '/') {
+      *p = 0;
+      if (mkdir(tmp, 0777) && errno != EEXIST) return qins_error_set(QINS_EIO, "report: cannot create %s", tmp);
+      *p = '/';
+    }
   if (mkdir(dir, 0777) && errno != EEXIST) return qins_error_set(QINS_EIO, "report: cannot create %s", dir);
   const char *gate = json_string_value(json_object_get(r->root, "gate"));
   char path[1200], svg[256];
