@@ -855,8 +855,7 @@ static int gate_b5(gctx *g) {
     qins_tensor_init(&vdec, "v decoded", QINS_DT_F32, 3, sc);
     qins_tensor_init(&o1, "o fused", QINS_DT_F32, 3, sq);
     qins_tensor_init(&o2, "o decode", QINS_DT_F32, 3, sq);
-    vq.scale = &va;
-    qins_tensor *all[] = {&q, &kc, &vc, &vq, &va, &vdec, &o1, &o2};
+    qins_tensor *all[] = {&q, &kc, &vc, &vq, &va, &vdec, &o1, &o2}; /* vq.scale is set after: one buffer each */
     for (int i = 0; i < 8 && !rc; i++) rc = qins_tensor_alloc(g->be, all[i]);
     vq.scale = &va;
     size_t nkv = (size_t)(T * hkv * hd);
@@ -917,6 +916,7 @@ static int gate_b5(gctx *g) {
       qins_report_check(&g->rep, what, bd / bf, ">", 1.0, "QINS.md 7: faster");
     }
     free(h), free(r1), free(r2);
+    vq.scale = NULL; /* va is freed on its own */
     for (int i = 0; i < 8; i++) qins_tensor_free(all[i]);
   }
   return rc;
