@@ -4,11 +4,14 @@
  * (f32 [T*Hkv]). Since x = LUT8[q] / alpha_t, the weighted sum of values is
  *     out = sum_t p_t x_t = sum_t (p_t / alpha_t) LUT8[q_t]
  * so 1/alpha_t is folded into the softmax probability once per token and the codes are looked up
- * straight into the accumulator: no float V row is ever written. Keys stay f32. */
+ * straight into the accumulator: no float V row is ever written. Keys stay f32. Head dims that are
+ * multiples of 64 use the VBMI byte-plane decode (cpu_qdecode.h) where the CPU has it, others an
+ * AVX2 gather or plain C. */
 #include <math.h>
 #include <string.h>
 
 #include "core/cpu/cpu_ops.h"
+#include "core/cpu/cpu_qdecode.h"
 #include "core/cpu/cpu_qkern.h"
 #include "core/error.h"
 #include "core/qins_codec.h"
@@ -26,6 +29,7 @@ typedef struct qattn_job {
   int64_t m, hq, hkv, d, pos0;
   float scale;
   const float *lut;
+  int vbmi; /* the byte-plane decode (cpu_qdecode.h) for head dims that are multiples of 64 */
   qins_backend *be;
 } qattn_job;
 
@@ -54,6 +58,31 @@ static inline void axpy_lut8(float *restrict o, float wgt, const float *lut, con
   for (; i < d; i++) o[i] += wgt * lut[codes[i]];
 }
 
+#ifdef QINS_CPU_QDECODE_VBMI
+/* o = sum_p w[p] LUT8[codes of token p] for d a multiple of 64, one 64-column chunk at a time over
+ * all tokens: the chunk's 64 sums stay in four zmm registers (nothing is stored per token), in
+ * the byte-plane decode's lane order, and are put back in element order once at the end. */
+TVBMI static void vsum_q8_vbmi(const float *lut8, const uint8_t *vb, int64_t ld, const float *w, int64_t visible,
+                               int64_t d, float *o) {
+  ptab t = ptab_load(lut8 + 128, 128);
+  for (int64_t c0 = 0; c0 < d; c0 += 64) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t p = 0; p < visible; p++) {
+      __m512 v[4];
+      dec64_q8_vbmi(&t, vb + p * ld + c0, v);
+      __m512 wv = _mm512_set1_ps(w[p]);
+      for (int r = 0; r < 4; r++) acc[r] = _mm512_fmadd_ps(wv, v[r], acc[r]);
+    }
+    float tmp[64];
+    for (int r = 0; r < 4; r++) _mm512_storeu_ps(tmp + 16 * r, acc[r]);
+    /* acc[v] lane 4L+t holds column 16L + 4v + t (see planes_to_floats) */
+    for (int v = 0; v < 4; v++)
+      for (int l = 0; l < 4; l++)
+        for (int e = 0; e < 4; e++) o[c0 + 16 * l + 4 * v + e] = tmp[16 * v + 4 * l + e];
+  }
+}
+#endif
+
 /* One (query, head) pair per index; the scores row lives in the thread's scratch. */
 static void qattention_pairs(void *user, int64_t b, int64_t e, int tid) {
   const qattn_job *j = user;
@@ -74,13 +103,17 @@ static void qattention_pairs(void *user, int64_t b, int64_t e, int tid) {
     for (int64_t p = 0; p < visible; p++) sum += (scores[p] = expf(scores[p] - mx));
     float inv = 1.0f / sum;
     float *restrict o = j->out + (t * j->hq + h) * d;
-    memset(o, 0, (size_t)d * sizeof(float));
     const uint8_t *vb = j->v + kvh * d;
-    for (int64_t p = 0; p < visible; p++) {
-      /* p_t / alpha_t: the V scale folded into the probability, once per token */
-      float wgt = scores[p] * inv / j->alpha[p * j->hkv + kvh];
-      axpy_lut8(o, wgt, j->lut, vb + p * ld, d);
+    /* p_t / alpha_t: the V scale folded into the probability, once per token */
+    for (int64_t p = 0; p < visible; p++) scores[p] = scores[p] * inv / j->alpha[p * j->hkv + kvh];
+#ifdef QINS_CPU_QDECODE_VBMI
+    if (j->vbmi && d % 64 == 0) {
+      vsum_q8_vbmi(j->lut, vb, ld, scores, visible, d, o);
+      continue;
     }
+#endif
+    memset(o, 0, (size_t)d * sizeof(float));
+    for (int64_t p = 0; p < visible; p++) axpy_lut8(o, scores[p], j->lut, vb + p * ld, d);
   }
 }
 
@@ -95,7 +128,7 @@ int cpu_qattention(qins_backend *be, const qins_tensor *q, const qins_tensor *k_
                           qins_tensor_describe(v_cache, desc, sizeof desc), (long long)(t * hkv));
   qattn_job j = {qins_tensor_host(q), qins_tensor_host(k_cache), qins_tensor_host(v_cache), qins_tensor_host(s),
                  qins_tensor_host(out), q->shape[0], q->shape[1], hkv, q->shape[2], pos0, scale, qins_codec_lut8(),
-                 be};
+                 cpu_qdecode_current() == CPU_QDECODE_VBMI, be};
   int rc = cpu_scratch_reserve(be, (size_t)(pos0 + j.m) * sizeof(float));
   if (rc) return rc;
   /* a pair costs ~3 * visible * d flops: hand out pairs in groups worth a few thousand */

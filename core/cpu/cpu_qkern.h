@@ -27,6 +27,8 @@ typedef enum cpu_qdecode {
 /* Returns the decode actually used after falling back to what the CPU supports. */
 cpu_qdecode cpu_qmatmul_set_decode(cpu_qdecode d);
 const char *cpu_qdecode_name(cpu_qdecode d);
+/* The decode in use (chosen at the first call: QINS_QMATMUL_DECODE or the fastest available). */
+cpu_qdecode cpu_qdecode_current(void);
 /* 1: every quantized matmul takes the unfused path; 0: fused. Overrides QINS_MATMUL_UNFUSED. */
 void cpu_qmatmul_set_unfused(int unfused);
 

@@ -6,9 +6,9 @@
  * scale applied once after the dot product (1/alpha_o for QINS, the step for int8-row; int8-block32
  * folds its step once per 32-block).
  *  - M == 1 (decode): GEMV. Threads split N; each row's code bytes are streamed once and decoded in
- *    registers (8 or 16 lanes at a time), so a qins8 row costs K bytes of memory traffic, not 4K.
+ *    registers (8 to 64 codes at a time), so a qins8 row costs K bytes of memory traffic, not 4K.
  *  - M > 1 (prefill): each task decodes a block of QMM_NB rows of W into a small per-thread float
- *    tile (unscaled) and sweeps all M rows of x over it with a 4x2 register-blocked kernel, so each
+ *    tile (unscaled) and sweeps all M rows of x over it with a 4x3 register-blocked kernel, so each
  *    code is decoded once per call however large M is.
  * Decode variants (cpu_qmatmul_set_decode, measured by bench/bench_qmatmul.c):
  *  - SCALAR: plain C lookups (portable; what builds without AVX2 use);
@@ -18,12 +18,13 @@
  *  - VBMI: AVX-512 VBMI looks up the table's four byte planes with vpermt2b, 64 codes per
  *    instruction (GEMV only; the GEMM tile uses PERM512). The default where the CPU has it.
  * qins-f32 has no table (D_1 is computed: one division per element) and int8 converts directly;
- * both use the AVX2 path in GATHER and PERM512 mode. */
+ * both use the AVX2 path in GATHER, PERM512 and VBMI mode. docs/qins-kernels.md has the numbers. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/cpu/cpu_ops.h"
+#include "core/cpu/cpu_qdecode.h"
 #include "core/cpu/cpu_qkern.h"
 #include "core/error.h"
 #include "core/mem.h"
@@ -44,7 +45,7 @@
  * misses in flight to reach the memory bandwidth when W streams from DRAM; asking for the lines
  * this far ahead does (rows are contiguous, so it runs on into the next rows; prefetches never
  * fault, even past the end). */
-#define g_pf 2048
+#define QMM_PREFETCH 2048
 
 /* ---------------------------------------------------------------- mode selection */
 
@@ -71,8 +72,7 @@ static int cpu_has_avx512(void) {
 
 static int cpu_has_vbmi(void) {
 #ifdef QMM_AVX2
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vbmi");
+  return cpu_qdecode_has_vbmi();
 #else
   return 0;
 #endif
@@ -104,6 +104,8 @@ static cpu_qdecode current_decode(void) {
   int d = __atomic_load_n(&g_decode, __ATOMIC_RELAXED);
   return d < 0 ? cpu_qmatmul_set_decode(CPU_QDECODE_AUTO) : (cpu_qdecode)d;
 }
+
+cpu_qdecode cpu_qdecode_current(void) { return current_decode(); }
 
 static int current_unfused(void) {
   int u = __atomic_load_n(&g_unfused, __ATOMIC_RELAXED);
@@ -143,20 +145,14 @@ static inline float row_scale(const qmm_job *j, int64_t o) {
   }
 }
 
-/* D_1(z) = sign(z) (1 - |z|) / |z|, |z| clamped to 1e-12 as the codec's map_D (alpha = 1). */
-static inline float d1(float z) {
-  float a = fabsf(z);
-  a = a < QINS_CODEC_ZMIN ? QINS_CODEC_ZMIN : a;
-  float v = (1.0f - a) / a;
-  v = z < 0.0f ? -v : v;
-  return z == z ? v : z;
-}
+/* D_1(z): the codec's map with alpha = 1 (alpha * |z| is then exactly |z|). */
+static inline float d1(float z) { return qins_codec_D(z, 1.0f); }
 
-/* One qins6 code: group i/4 holds 4 codes in 3 little-endian bytes, code i%4 at bit 6*(i%4). */
+/* One qins6 code (scalar path and row tails only): the codec unpacks its group. */
 static inline int code6_at(const uint8_t *p, int64_t i) {
-  const uint8_t *g = p + (i >> 2) * 3;
-  uint32_t v = (uint32_t)g[0] | (uint32_t)g[1] << 8 | (uint32_t)g[2] << 16;
-  return (int)((v >> (6 * (i & 3))) & 63);
+  uint8_t c[4];
+  qins_codec_unpack6(p + (i >> 2) * 3, 4, c);
+  return c[i & 3];
 }
 
 /* Unscaled value of element i of a row (int8-block32 includes its block step). */
@@ -266,11 +262,12 @@ ALWAYS_INLINE __m256 dec8(qins_dtype fmt, const float *lut, const uint8_t *row, 
 ALWAYS_INLINE float row_dot_avx2(const qmm_job *j, qins_dtype fmt, const uint8_t *row, const float *x) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   int64_t i = 0, k = j->k;
-  /* bytes per 16 elements: 16 (qins8/int8), 12 (qins6), 64 (qins-f32); one prefetch per 64 bytes */
+  /* bytes per 4 elements: 4 (qins8), 3 (qins6), 16 (qins-f32); one iteration reads 4 * bpe4 bytes.
+   * One prefetch per 64-byte line: in the iteration whose bytes start within 4 * bpe4 of a line. */
   const int64_t bpe4 = fmt == QINS_DT_QINS_F32 ? 16 : fmt == QINS_DT_QINS6 ? 3 : 4;
   for (; i + 16 <= k; i += 16) {
-    if ((i * bpe4 / 4) % 64 < 16 * bpe4 / 4 || fmt == QINS_DT_QINS_F32)
-      _mm_prefetch((const char *)row + i * bpe4 / 4 + g_pf, _MM_HINT_T0);
+    int64_t at = i / 4 * bpe4;
+    if (at % 64 < 4 * bpe4) _mm_prefetch((const char *)row + at + QMM_PREFETCH, _MM_HINT_T0);
     a0 = _mm256_fmadd_ps(dec8(fmt, j->lut, row, i), _mm256_loadu_ps(x + i), a0);
     a1 = _mm256_fmadd_ps(dec8(fmt, j->lut, row, i + 8), _mm256_loadu_ps(x + i + 8), a1);
   }
@@ -286,7 +283,7 @@ static float row_dot_b32_avx2(const qmm_job *j, const uint8_t *row, const float 
   __m256 acc = _mm256_setzero_ps();
   int64_t i = 0, k = j->k;
   for (; i + 32 <= k; i += 32) {
-    if (i % 64 == 0) _mm_prefetch((const char *)row + i + g_pf, _MM_HINT_T0);
+    if (i % 64 == 0) _mm_prefetch((const char *)row + i + QMM_PREFETCH, _MM_HINT_T0);
     __m256 b0 = _mm256_mul_ps(dec8_i8(row + i), _mm256_loadu_ps(x + i));
     __m256 b1 = _mm256_mul_ps(dec8_i8(row + i + 8), _mm256_loadu_ps(x + i + 8));
     b0 = _mm256_fmadd_ps(dec8_i8(row + i + 16), _mm256_loadu_ps(x + i + 16), b0);
@@ -432,79 +429,6 @@ T512 static void decode_row_perm(const qmm_job *j, const uint8_t *row, float *ou
 
 /* ---------------------------------------------------------------- AVX-512 VBMI byte-plane path */
 
-#define TVBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
-
-/* The fastest decode here. A float is 4 bytes, so a 128-entry float table is 4 tables of 128 bytes
- * ("byte planes"), and vpermt2b looks up 64 bytes at once in a 128-byte table. So 64 codes cost
- * 4 byte lookups plus 8 unpacks that interleave the planes into 4 vectors of 16 floats: about
- * 0.2 shuffle-port cycles per element, against 0.5 for vpermt2ps (16 floats per lookup) and more
- * for a gather. The unpacks interleave within 128-bit lanes, so the floats come out in a fixed
- * permuted order; the GEMV permutes x into that order once per call (xp), which costs K floats of
- * work against N*K decodes, and the dot product does not care about order.
- * The values are bit-identical to the codec's table (the planes are its bytes). */
-typedef struct { __m512i lo[4], hi[4]; } ptab; /* plane p: entries 0..63 in lo[p], 64..127 in hi[p] */
-
-/* Planes of 128 floats (qins8: the magnitudes lut8[128..255]; qins6: all of lut6 in lo, 64 entries). */
-TVBMI static ptab ptab_load(const float *vals, int count) {
-  uint8_t planes[4][128];
-  memset(planes, 0, sizeof planes);
-  for (int e = 0; e < count; e++) {
-    uint32_t bits;
-    memcpy(&bits, &vals[e], 4);
-    for (int p = 0; p < 4; p++) planes[p][e] = (uint8_t)(bits >> (8 * p));
-  }
-  ptab t;
-  for (int p = 0; p < 4; p++) {
-    t.lo[p] = _mm512_loadu_si512(planes[p]);
-    t.hi[p] = _mm512_loadu_si512(planes[p] + 64);
-  }
-  return t;
-}
-
-/* Four byte planes -> 4 x 16 floats. out[v] lane 4L+t holds element 16L + 4v + t of the 64. */
-TVBMI static inline void planes_to_floats(__m512i b0, __m512i b1, __m512i b2, __m512i b3, __m512 out[4]) {
-  __m512i lo01 = _mm512_unpacklo_epi8(b0, b1), hi01 = _mm512_unpackhi_epi8(b0, b1);
-  __m512i lo23 = _mm512_unpacklo_epi8(b2, b3), hi23 = _mm512_unpackhi_epi8(b2, b3);
-  out[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(lo01, lo23));
-  out[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(lo01, lo23));
-  out[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(hi01, hi23));
-  out[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(hi01, hi23));
-}
-
-/* 64 qins8 codes. The table is odd-symmetric (LUT8[q] = -LUT8[255-q]): the magnitude index is
- * q - 128 for q >= 128 (vpermt2b ignores bit 7) and 127 - q below, and the sign bit is added
- * into the top byte plane (one masked byte op each). */
-TVBMI static inline void dec64_q8_vbmi(const ptab *t, const uint8_t *codes, __m512 out[4]) {
-  __m512i q = _mm512_loadu_si512(codes);
-  __mmask64 neg = ~_mm512_movepi8_mask(q); /* q < 128: top bit clear */
-  __m512i j = _mm512_mask_sub_epi8(q, neg, _mm512_set1_epi8(0x7f), q); /* 127 - q where negative */
-  __m512i b0 = _mm512_permutex2var_epi8(t->lo[0], j, t->hi[0]);
-  __m512i b1 = _mm512_permutex2var_epi8(t->lo[1], j, t->hi[1]);
-  __m512i b2 = _mm512_permutex2var_epi8(t->lo[2], j, t->hi[2]);
-  __m512i b3 = _mm512_permutex2var_epi8(t->lo[3], j, t->hi[3]);
-  b3 = _mm512_mask_add_epi8(b3, neg, b3, _mm512_set1_epi8((char)0x80)); /* sign bit (was 0) */
-  planes_to_floats(b0, b1, b2, b3, out);
-}
-
-/* 64 qins6 codes from 48 packed bytes: a masked load (never past them), vpermb puts each 6-byte
- * run of 8 codes into its own qword, vpmultishiftqb extracts the 8 six-bit fields at bits 0, 6,
- * ..., 42 into bytes (the top two bits of each byte are left over; vpermb ignores them), then
- * 4 one-register byte lookups in the 64-entry planes. */
-TVBMI static inline void dec64_q6_vbmi(const ptab *t, const uint8_t *packed, __m512 out[4]) {
-  const __m512i spread = _mm512_set_epi8(
-      47, 47, 47, 46, 45, 44, 43, 42, 41, 41, 41, 40, 39, 38, 37, 36, 35, 35, 35, 34, 33, 32, 31, 30, 29, 29, 29, 28,
-      27, 26, 25, 24, 23, 23, 23, 22, 21, 20, 19, 18, 17, 17, 17, 16, 15, 14, 13, 12, 11, 11, 11, 10, 9, 8, 7, 6, 5, 5,
-      5, 4, 3, 2, 1, 0);
-  const __m512i shifts = _mm512_set1_epi64(0x2a241e18120c0600ll); /* bytes 0, 6, 12, ..., 42 */
-  __m512i raw = _mm512_maskz_loadu_epi8(0x0000ffffffffffffull, packed);
-  __m512i c = _mm512_multishift_epi64_epi8(shifts, _mm512_permutexvar_epi8(spread, raw));
-  __m512i b0 = _mm512_permutexvar_epi8(c, t->lo[0]);
-  __m512i b1 = _mm512_permutexvar_epi8(c, t->lo[1]);
-  __m512i b2 = _mm512_permutexvar_epi8(c, t->lo[2]);
-  __m512i b3 = _mm512_permutexvar_epi8(c, t->lo[3]);
-  planes_to_floats(b0, b1, b2, b3, out);
-}
-
 /* GEMV rows [o0, o1): 64 codes per step against the permuted x; tails as in the AVX2 path. */
 TVBMI static void gemv_rows_vbmi(const qmm_job *j, int64_t o0, int64_t o1) {
   int q8 = j->fmt == QINS_DT_QINS8;
@@ -516,7 +440,7 @@ TVBMI static void gemv_rows_vbmi(const qmm_job *j, int64_t o0, int64_t o1) {
     for (int64_t i = 0; i < k64; i += 64) {
       __m512 v[4];
       const uint8_t *src = q8 ? row + i : row + i / 4 * 3;
-      _mm_prefetch((const char *)src + g_pf, _MM_HINT_T0);
+      _mm_prefetch((const char *)src + QMM_PREFETCH, _MM_HINT_T0);
       if (q8) dec64_q8_vbmi(&t, src, v);
       else dec64_q6_vbmi(&t, src, v);
       /* four independent accumulators: no FMA waits on the previous one */
