@@ -41,6 +41,7 @@ typedef struct gctx {
   qins_policy pol;      /* the subject (QINS) policy */
   char pol_desc[512];
   int vocab, max_seq;
+  int unfused;          /* the backend has no quantized matmul: weights decoded to f32 at load */
 } gctx;
 
 typedef struct branch {
@@ -193,7 +194,7 @@ static int make_branch(gctx *g, const char *name, const qins_policy *pol, int un
   qins_llm_options lo = {0, 0};
   int rc = qins_llm_create(g->m, g->be, &lo, &b->llm);
   if (rc) return rc;
-  if (pol && (rc = qins_policy_apply(b->llm, g->be, pol, unfused, &b->st))) {
+  if (pol && (rc = qins_policy_apply(b->llm, g->be, pol, unfused || g->unfused, &b->st))) {
     qins_llm_destroy(b->llm);
     b->llm = NULL;
     return rc;
@@ -1435,6 +1436,12 @@ int qins_gate_run(const char *name, const qins_gate_opts *o, char *verdict, size
     goto write;
   }
   qins_report_run_str(&g.rep, "backend", g.be->name);
+  /* only the cpu backend has the fused quantized matmul (core/cpu/cpu_qmatmul.c) */
+  g.unfused = strncmp(g.be->name, "cpu", 3) != 0;
+  qins_report_run_str(&g.rep, "weights_path",
+                      g.unfused ? "unfused: quantized weights decoded to f32 at load (the backend has no quantized "
+                                  "matmul); same numbers, not the same speed"
+                                : "fused quantized matmul (cpu)");
   qins_report_run_str(&g.rep, "device", g.be->device_name);
   if ((rc = qins_policy_parse(qins_cfg_get(g.cfg, "policy"), g.m->cfg.n_layers, &g.pol))) goto fail_input;
   qins_policy_describe(&g.pol, g.pol_desc, sizeof g.pol_desc);

@@ -233,20 +233,23 @@ void qins_policy_describe(const qins_policy *pol, char *buf, size_t n) {
   size_t used = 0;
   buf[0] = 0;
   for (int p = 0; p < QINS_PATH_COUNT; p++) {
-    int count = 0;
+    int count = 0, mixed = 0;
     qins_dtype fmt = QINS_DT_F32;
     qins_alpha_spec al = {QINS_ALPHA_MSE, 0};
     for (int l = 0; l < pol->n_layers; l++) {
       const qins_path_policy *pp = &pol->p[l][p];
       if (pp->format != QINS_DT_F32 && !pp->fallback) {
         if (!count) fmt = pp->format, al = pp->alpha;
+        else if (pp->format != fmt || pp->alpha.mode != al.mode || pp->alpha.value != al.value) mixed = 1;
         count++;
       }
     }
     if (!count) continue;
     char as[48];
     int w = snprintf(buf + used, n - used, "%s%s:%s(%s)%s", used ? " " : "", path_names[p], qins_dtype_name(fmt),
-                     qins_alpha_spec_format(al, as, sizeof as), count == pol->n_layers ? "" : "[some layers]");
+                     qins_alpha_spec_format(al, as, sizeof as), mixed                      ? "[per-layer formats differ]"
+                     : count == pol->n_layers ? ""
+                                              : "[some layers]");
     if (w < 0 || (size_t)w >= n - used) break;
     used += (size_t)w;
   }
