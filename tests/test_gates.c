@@ -60,9 +60,27 @@ static void test_all_gates(void **state) {
   assert_int_equal(WEXITSTATUS(st), 2);
 }
 
+/* The pipeline YAML's `policy:` reaches the model stages: a qins6 policy runs, a float-only path
+ * is refused with exit 2 naming QINS.md section 5. */
+static void test_pipeline_policy(void **state) {
+  (void)state;
+  const char *exe = getenv("QINS_EXE");
+  char cmd[4096];
+  snprintf(cmd, sizeof cmd,
+           "%s run pipelines/generate.yaml --set 'inputs.prompts=[Once upon a time]' --set model=%s --set tokenizer=%s "
+           "--set 'policy={format: qins6}' > /dev/null",
+           exe, test_shared_path("models/stories260K/stories260K.bin"), test_shared_path("models/stories260K/tok512.bin"));
+  assert_int_equal(WEXITSTATUS(system(cmd)), 0);
+  snprintf(cmd, sizeof cmd,
+           "%s run pipelines/generate.yaml --set 'inputs.prompts=[Once upon a time]' --set model=%s --set tokenizer=%s "
+           "--set 'policy={format: qins8, k_proj: qins8}' > /dev/null 2>&1",
+           exe, test_shared_path("models/stories260K/stories260K.bin"), test_shared_path("models/stories260K/tok512.bin"));
+  assert_int_equal(WEXITSTATUS(system(cmd)), 2);
+}
+
 int main(int argc, char **argv) {
   test_seed();
   out_dir = argc > 1 ? argv[1] : "reports-ci";
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_all_gates)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_all_gates), cmocka_unit_test(test_pipeline_policy)};
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
