@@ -13,7 +13,8 @@
  * the same products in different orders over K <= 257 (~1e-6). A wrong code, table entry, scale
  * or row shows as >= 1e-3. The runs under QINS_VK_VALIDATION=1 assert zero validation messages;
  * the forced fallbacks (QINS_VK_NO_STORAGE8: codes read as 32-bit words; QINS_VK_NO_SUBGROUP;
- * QINS_VK_NO_PUSH_DESCRIPTORS) rerun the same comparisons. */
+ * QINS_VK_NO_PUSH_DESCRIPTORS; QINS_VK_LUT_ARITH: D_1 by division instead of the table) rerun the
+ * same comparisons. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -305,6 +306,10 @@ static void test_fallback_paths(void **state) {
   const char *env[] = {"QINS_VK_NO_STORAGE8", "1", "QINS_VK_NO_SUBGROUP", "1", "QINS_VK_NO_PUSH_DESCRIPTORS", "1",
                        NULL};
   assert_int_equal(run_with_env(env), 0);
+  const char *env2[] = {"QINS_VK_LUT_ARITH", "1", NULL};
+  assert_int_equal(run_with_env(env2), 0);
+  const char *env3[] = {"QINS_VK_LUT_ARITH", "1", "QINS_VK_NO_STORAGE8", "1", NULL};
+  assert_int_equal(run_with_env(env3), 0);
 }
 
 static void test_validation(void **state) {

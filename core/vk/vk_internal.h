@@ -72,6 +72,7 @@ typedef struct vk_ctx {
   vk_buffer *scratch; /* attention split partials; replaced (old one to garbage) when too small */
   qins_buf *lut; /* D_1 tables of qins8 (256) and qins6 (64) */
   int validation_msgs;
+  int lut_arith; /* QINS_VK_LUT_ARITH=1: qins8/qins6 matmul computes D_1 instead of the table (_la) */
 } vk_ctx;
 
 static inline vk_ctx *vk_of(qins_backend *be) { return (vk_ctx *)be->impl; }

@@ -63,8 +63,8 @@ int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, cons
   char name[64];
   int s16 = !quant && w->dtype != QINS_DT_F32 && c->info.storage16;
   int s8 = bytes && c->info.storage8;
-  snprintf(name, sizeof name, "matmul_%s_%s%s", gemv ? "gemv" : big ? "gemm128" : "gemm", wt_suffix_q(w->dtype),
-           s16 ? "_s16" : s8 ? "_s8" : "");
+  snprintf(name, sizeof name, "matmul_%s_%s%s%s", gemv ? "gemv" : big ? "gemm128" : "gemm", wt_suffix_q(w->dtype),
+           s16 ? "_s16" : s8 ? "_s8" : "", has_lut && c->lut_arith ? "_la" : "");
   int shader = SH(name);
   size_t wrow = quant ? qins_format_row_bytes(w->dtype, k) : (size_t)k * qins_dtype_size(w->dtype);
   size_t wunit = w->dtype == QINS_DT_F32 || w->dtype == QINS_DT_QINS_F32 ? 4 : bytes ? 1 : 2;
