@@ -1,8 +1,9 @@
 /* Vulkan op timings from GPU timestamps: GEMV/GEMM at model sizes (f32/f16/bf16 and the quantized
  * formats, fused, plus the unfused dequantize-then-f32 path), attention at several context lengths
  * (f32 and qins8 V cache), norms and the codec. Prints a table (device ns per call, GB/s or
- * GFLOP/s); never asserts. Usage: bench_vk [backend] [scale] [all|quant]   (backend default vk:0;
- * scale 1 = 7B-like sizes, pass 0.25 on lavapipe; `quant`: only the quantized part). GB/s for a
+ * GFLOP/s); never asserts. Usage: bench_vk [backend] [scale] [all|quant [format]]   (backend default vk:0;
+ * scale 1 = 7B-like sizes, pass 0.25 on lavapipe; `quant`: only the quantized part, optionally one
+ * format such as qins8, without attention). GB/s for a
  * GEMV counts the bytes the weight occupies in its format (codes and scales). */
 #include <math.h>
 #include <stdio.h>
@@ -79,10 +80,11 @@ static int run_unfused(void *u) {
   return rc ? rc : qins_op_matmul(be, a->x, a->wd, NULL, a->y);
 }
 
-static void bench_quant(double scale) {
+static void bench_quant(double scale, const char *only) {
   int64_t K = (int64_t)(4096 * scale), N = (int64_t)(11008 * scale);
   const qins_dtype fmts[5] = {QINS_DT_QINS_F32, QINS_DT_QINS8, QINS_DT_QINS6, QINS_DT_INT8_ROW, QINS_DT_INT8_B32};
   for (int f = 0; f < 5; f++) {
+    if (only && strcmp(only, qins_dtype_name(fmts[f])) != 0) continue;
     qins_tensor w, s, wd;
     make_q(&w, &s, fmts[f], N, K);
     double wbytes = (double)qins_tensor_nbytes(&w) + (double)qins_tensor_nbytes(&s);
@@ -123,7 +125,7 @@ static void bench_quant(double scale) {
     qins_tensor_free(&w); /* and its scale */
   }
   int64_t ctxs[3] = {512, 2048, 8192};
-  for (int ci = 0; ci < 3; ci++) {
+  for (int ci = 0; ci < 3 && !only; ci++) {
     int64_t t = (int64_t)(ctxs[ci] * scale), hq = 32, hkv = 8, dh = 128, nal;
     if (t < 2) t = 2;
     nal = t * hkv;
@@ -160,7 +162,7 @@ int main(int argc, char **argv) {
   printf("backend %s (%s), scale %g; times are device ns per call from timestamps\n", be->name, be->device_name, scale);
   printf("%-40s %12s %12s\n", "op", "us/call", "rate");
   if (argc > 3 && strcmp(argv[3], "quant") == 0) {
-    bench_quant(scale);
+    bench_quant(scale, argc > 4 ? argv[4] : NULL);
     qins_backend_destroy(be);
     return 0;
   }
@@ -226,7 +228,7 @@ int main(int argc, char **argv) {
     printf("%-40s %12.1f %9.1f GB/s\n", "quantize qins8 [rows,4096]", ns / 1e3, (double)qins_tensor_nbytes(&x) / ns);
     qins_tensor_free(&x); qins_tensor_free(&w); qins_tensor_free(&y); qins_tensor_free(&a); qins_tensor_free(&q);
   }
-  bench_quant(scale);
+  bench_quant(scale, NULL);
   qins_backend_destroy(be);
   return 0;
 }

@@ -133,6 +133,8 @@ int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, cons
 int vk_calibrate(qins_backend *be, const qins_tensor *x, qins_dtype format, qins_alpha_spec spec, qins_tensor *alpha);
 int vk_quantize(qins_backend *be, const qins_tensor *x, qins_tensor *dst);
 int vk_dequantize(qins_backend *be, const qins_tensor *src, qins_tensor *y);
+/* The D_1 tables (c->lut: qins8's 256 entries, then qins6's 64) as an f32 tensor for binding. */
+void vk_lut_tensor(vk_ctx *c, qins_tensor *lut);
 /* vk_grad.c: backward ops */
 int vk_matmul_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *x, const qins_tensor *w,
                               qins_tensor *dx, qins_tensor *dw, qins_tensor *dbias);

@@ -30,17 +30,6 @@ static const char *wt_suffix_q(qins_dtype dt) {
   }
 }
 
-static qins_tensor lut_view(vk_ctx *c) {
-  qins_tensor lut;
-  memset(&lut, 0, sizeof lut);
-  snprintf(lut.name, sizeof lut.name, "qins_lut");
-  lut.dtype = QINS_DT_F32;
-  lut.ndim = 1;
-  lut.shape[0] = VK_LUT_FLOATS;
-  lut.buf = c->lut;
-  return lut;
-}
-
 /* Quantized weights (qins-f32, qins8, qins6, int8-row, int8-block32) run the same GEMV/GEMM
  * shaders with the decode in registers (shaders/qweights.glsl): two more bindings, the weight's
  * scales (bound per row range like the weight) and, for qins8/qins6, the D_1 table. */
@@ -77,7 +66,8 @@ int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, cons
   vk_bind b[6];
   uint32_t off[8] = {0};
   int nbind = quant ? (has_lut ? 6 : 5) : 4;
-  qins_tensor lut = lut_view(c);
+  qins_tensor lut;
+  vk_lut_tensor(c, &lut);
   int rc = vk_bind_tensor(c, x, 0, qins_tensor_nbytes(x), 4, &b[0], &off[0]);
   if (!rc) rc = bias ? vk_bind_tensor(c, bias, 0, qins_tensor_nbytes(bias), 4, &b[2], &off[2])
                      : vk_bind_tensor(c, x, 0, qins_tensor_nbytes(x), 4, &b[2], &off[2]);
@@ -273,7 +263,8 @@ static int vk_attention(qins_backend *be, const qins_tensor *q, const qins_tenso
   size_t visible = vis_rows * (size_t)d * 4;
   vk_bind b[7];
   uint32_t off[8] = {0};
-  qins_tensor lut = lut_view(c);
+  qins_tensor lut;
+  vk_lut_tensor(c, &lut);
   int rc = vk_bind_tensor(c, q, 0, qins_tensor_nbytes(q), 4, &b[0], &off[0]);
   if (!rc) rc = vk_bind_tensor(c, k_cache, 0, visible, 4, &b[1], &off[1]);
   if (!rc) rc = vq8 ? vk_bind_tensor(c, v_cache, 0, vis_rows * (size_t)d, 1, &b[2], &off[2])
