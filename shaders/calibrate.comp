@@ -58,14 +58,19 @@ void main() {
   for (uint i = lid; i < pc.cols; i += WG) {
     float v = x[xo + i];
     if (isnan(v) || isinf(v)) continue;
-    s += v * inv_am;
+    precise float vs = v * inv_am;
+    s += vs;
   }
   float mean_s = wg_sum(s) / kf;
   float q = 0.0;
   for (uint i = lid; i < pc.cols; i += WG) {
     float v = x[xo + i];
     if (isnan(v) || isinf(v)) continue;
-    float d = v * inv_am - mean_s;
+    // `precise` forbids fusing into fma(v, inv_am, -mean_s): on NVIDIA that fusion left the
+    // rounding error of v * inv_am in d, so a constant row got sigma ~1e-8 * absmax instead of 0
+    // and std:c produced an alpha 1e8 times too large.
+    precise float vs = v * inv_am;
+    float d = vs - mean_s;
     q += d * d;
   }
   float sigma = sqrt(wg_sum(q) / kf) * absmax; // the barriers above also publish lut_s
