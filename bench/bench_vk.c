@@ -1,7 +1,10 @@
-/* Vulkan op timings from GPU timestamps: GEMV/GEMM at model sizes, attention at several context
- * lengths, norms and the codec. Prints a table (device ns per call, GB/s or GFLOP/s); never
- * asserts. Usage: bench_vk [backend] [scale]   (backend default vk:0; scale 1 = 7B-like sizes,
- * pass 0.25 on lavapipe). */
+/* Vulkan op timings from GPU timestamps: GEMV/GEMM at model sizes (f32/f16/bf16 and the quantized
+ * formats, fused, plus the unfused dequantize-then-f32 path), attention at several context lengths
+ * (f32 and qins8 V cache), norms and the codec. Prints a table (device ns per call, GB/s or
+ * GFLOP/s); never asserts. Usage: bench_vk [backend] [scale] [all|quant [format]]   (backend default vk:0;
+ * scale 1 = 7B-like sizes, pass 0.25 on lavapipe; `quant`: only the quantized part, optionally one
+ * format such as qins8, without attention). GB/s for a
+ * GEMV counts the bytes the weight occupies in its format (codes and scales). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +49,108 @@ typedef struct { qins_tensor *x, *a, *q; } cd_args;
 static int run_cal(void *u) { cd_args *c = u; qins_alpha_spec s = {QINS_ALPHA_MSE, 0}; return qins_op_calibrate(be, c->x, QINS_DT_QINS8, s, c->a); }
 static int run_quant(void *u) { cd_args *c = u; return qins_op_quantize(be, c->x, c->q); }
 
+/* A quantized weight [n,k] with plausible codes and scales (alpha/step 1; qins-f32 z = 0.5). */
+static void make_q(qins_tensor *w, qins_tensor *s, qins_dtype fmt, int64_t n, int64_t k) {
+  int64_t ws[2] = {n, k}, ns = qins_format_scale_count(fmt, n, k);
+  if (qins_tensor_init(w, "wq", fmt, 2, ws) || qins_tensor_init(s, "wq.scale", QINS_DT_F32, 1, &ns)) exit(1);
+  w->scale = s;
+  if (qins_tensor_alloc(be, w)) {
+    fprintf(stderr, "bench_vk: %s\n", qins_error_msg());
+    exit(1);
+  }
+  float *sc = malloc((size_t)ns * sizeof *sc);
+  for (int64_t i = 0; i < ns; i++) sc[i] = 1.0f;
+  qins_tensor_write(s, sc);
+  free(sc);
+  size_t nb = qins_tensor_nbytes(w);
+  unsigned char *h = malloc(nb);
+  if (fmt == QINS_DT_QINS_F32) {
+    for (size_t i = 0; i < nb / 4; i++) ((float *)h)[i] = (i & 1) ? 0.5f : -0.5f;
+  } else {
+    for (size_t i = 0; i < nb; i++) h[i] = (unsigned char)(i * 2654435761u >> 24);
+  }
+  qins_tensor_write(w, h);
+  free(h);
+}
+
+typedef struct { qins_tensor *x, *w, *wd, *y; } uq_args;
+static int run_unfused(void *u) {
+  uq_args *a = u;
+  int rc = qins_op_dequantize(be, a->w, a->wd);
+  return rc ? rc : qins_op_matmul(be, a->x, a->wd, NULL, a->y);
+}
+
+static void bench_quant(double scale, const char *only) {
+  int64_t K = (int64_t)(4096 * scale), N = (int64_t)(11008 * scale);
+  const qins_dtype fmts[5] = {QINS_DT_QINS_F32, QINS_DT_QINS8, QINS_DT_QINS6, QINS_DT_INT8_ROW, QINS_DT_INT8_B32};
+  for (int f = 0; f < 5; f++) {
+    if (only && strcmp(only, qins_dtype_name(fmts[f])) != 0) continue;
+    qins_tensor w, s, wd;
+    make_q(&w, &s, fmts[f], N, K);
+    double wbytes = (double)qins_tensor_nbytes(&w) + (double)qins_tensor_nbytes(&s);
+    int64_t ms[3] = {1, 8, 512};
+    for (int mi = 0; mi < 3; mi++) {
+      int64_t m = (int64_t)(ms[mi] * (mi == 2 ? scale : 1.0));
+      if (m < 1) m = 1;
+      qins_tensor x, y;
+      int64_t xs[2] = {m, K}, ys[2] = {m, N};
+      make(&x, "x", QINS_DT_F32, 2, xs);
+      make(&y, "y", QINS_DT_F32, 2, ys);
+      mm_args a = {&x, &w, &y};
+      double ns = timed(QINS_OP_MATMUL, run_mm, &a, m > 8 ? 3 : 10);
+      char what[80];
+      snprintf(what, sizeof what, "matmul %s M=%lld K=%lld N=%lld", qins_dtype_name(fmts[f]), (long long)m, (long long)K,
+               (long long)N);
+      if (m <= 8)
+        printf("%-40s %12.1f %9.1f GB/s\n", what, ns / 1e3, wbytes / ns);
+      else
+        printf("%-40s %12.1f %6.1f GFLOP/s\n", what, ns / 1e3, 2.0 * (double)(m * K * N) / ns);
+      if (m == 1) {
+        /* the unfused path for comparison: dequantize to an f32 weight, then the f32 GEMV */
+        int64_t ws[2] = {N, K};
+        make(&wd, "w_deq", QINS_DT_F32, 2, ws);
+        uq_args u = {&x, &w, &wd, &y};
+        if (run_unfused(&u)) { fprintf(stderr, "bench_vk: %s\n", qins_error_msg()); exit(1); }
+        qins_backend_sync(be);
+        uint64_t d0 = be->stats[QINS_OP_DEQUANTIZE].ns, m0 = be->stats[QINS_OP_MATMUL].ns;
+        for (int i = 0; i < 5; i++) run_unfused(&u);
+        qins_backend_sync(be);
+        double uns = (double)(be->stats[QINS_OP_DEQUANTIZE].ns - d0 + be->stats[QINS_OP_MATMUL].ns - m0) / 5;
+        snprintf(what, sizeof what, "  unfused (dequantize + f32) M=1");
+        printf("%-40s %12.1f %9.1f GB/s\n", what, uns / 1e3, wbytes / uns);
+        qins_tensor_free(&wd);
+      }
+      qins_tensor_free(&x); qins_tensor_free(&y);
+    }
+    qins_tensor_free(&w); /* and its scale */
+  }
+  int64_t ctxs[3] = {512, 2048, 8192};
+  for (int ci = 0; ci < 3 && !only; ci++) {
+    int64_t t = (int64_t)(ctxs[ci] * scale), hq = 32, hkv = 8, dh = 128, nal;
+    if (t < 2) t = 2;
+    nal = t * hkv;
+    qins_tensor q, k, v, va, o;
+    int64_t qs[3] = {1, hq, dh}, cs[3] = {t, hkv, dh};
+    make(&q, "q", QINS_DT_F32, 3, qs);
+    make(&k, "k", QINS_DT_F32, 3, cs);
+    make(&o, "o", QINS_DT_F32, 3, qs);
+    if (qins_tensor_init(&v, "v8", QINS_DT_QINS8, 3, cs) || qins_tensor_init(&va, "v8.alpha", QINS_DT_F32, 1, &nal)) exit(1);
+    v.scale = &va;
+    if (qins_tensor_alloc(be, &v)) { fprintf(stderr, "bench_vk: %s\n", qins_error_msg()); exit(1); }
+    float *al = malloc((size_t)nal * sizeof *al);
+    for (int64_t i = 0; i < nal; i++) al[i] = 1.0f;
+    qins_tensor_write(&va, al);
+    free(al);
+    at_args a = {&q, &k, &v, &o, t - 1};
+    double ns = timed(QINS_OP_ATTENTION, run_at, &a, 5);
+    char what[64];
+    snprintf(what, sizeof what, "attention decode qins8-V T=%lld", (long long)t);
+    printf("%-40s %12.1f %9.1f GB/s\n", what, ns / 1e3,
+           ((double)qins_tensor_nbytes(&k) + (double)qins_tensor_nbytes(&v) + 4.0 * (double)nal) / ns);
+    qins_tensor_free(&q); qins_tensor_free(&k); qins_tensor_free(&v); qins_tensor_free(&o);
+  }
+}
+
 int main(int argc, char **argv) {
   const char *spec = argc > 1 ? argv[1] : "vk:0";
   double scale = argc > 2 ? atof(argv[2]) : 1.0;
@@ -56,6 +161,11 @@ int main(int argc, char **argv) {
   }
   printf("backend %s (%s), scale %g; times are device ns per call from timestamps\n", be->name, be->device_name, scale);
   printf("%-40s %12s %12s\n", "op", "us/call", "rate");
+  if (argc > 3 && strcmp(argv[3], "quant") == 0) {
+    bench_quant(scale, argc > 4 ? argv[4] : NULL);
+    qins_backend_destroy(be);
+    return 0;
+  }
   int64_t K = (int64_t)(4096 * scale), N = (int64_t)(11008 * scale);
   const qins_dtype dts[3] = {QINS_DT_F32, QINS_DT_F16, QINS_DT_BF16};
   for (int d = 0; d < 3; d++) {
@@ -118,6 +228,7 @@ int main(int argc, char **argv) {
     printf("%-40s %12.1f %9.1f GB/s\n", "quantize qins8 [rows,4096]", ns / 1e3, (double)qins_tensor_nbytes(&x) / ns);
     qins_tensor_free(&x); qins_tensor_free(&w); qins_tensor_free(&y); qins_tensor_free(&a); qins_tensor_free(&q);
   }
+  bench_quant(scale, NULL);
   qins_backend_destroy(be);
   return 0;
 }

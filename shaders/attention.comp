@@ -3,8 +3,15 @@
 // shared memory. q[M,Hq,D], caches [T,Hkv,D], out[M,Hq,D]; D <= DMAX. With nsplit > 1 (few
 // queries, long context: more work groups than heads) each split writes its running max, sum
 // and unnormalised output to `part`, and attention_combine.comp merges them.
+// V_QINS8: the V cache holds qins8 codes with alpha per (token, KV head) (binding 5) and the D_1
+// table (binding 6, staged in shared memory): out = sum_t (p_t / alpha_t) LUT[q_t] / sum_t p_t,
+// 1/alpha_t folded into the probabilities; no float V is ever formed.
 #version 450
 #extension GL_GOOGLE_include_directive : require
+#ifdef STORAGE8
+#extension GL_EXT_shader_8bit_storage : require
+#extension GL_EXT_shader_explicit_arithmetic_types_int8 : require
+#endif
 #ifndef WG
 #define WG 128
 #endif
@@ -16,9 +23,23 @@ layout(local_size_x = WG) in;
 layout(push_constant) uniform PC { PC_HEAD; uint M; uint Hq; uint Hkv; uint D; uint pos0; float scale; uint nsplit; uint chunk; } pc;
 layout(binding = 0) readonly buffer Q { float q[]; };
 layout(binding = 1) readonly buffer K { float k[]; };
+#if defined(V_QINS8) && defined(STORAGE8)
+layout(binding = 2) readonly buffer V { uint8_t v[]; };
+uint v_code(uint b) { return uint(v[b]); }
+#elif defined(V_QINS8)
+layout(binding = 2) readonly buffer V { uint v[]; };
+uint v_code(uint b) { return (v[b >> 2] >> ((b & 3u) * 8u)) & 0xffu; }
+#else
 layout(binding = 2) readonly buffer V { float v[]; };
+#endif
 layout(binding = 3) buffer O { float o[]; };
 layout(binding = 4) buffer Part { float part[]; };
+#ifdef V_QINS8
+layout(binding = 5) readonly buffer VA { float valpha[]; };
+layout(binding = 6) readonly buffer LT { float lut[]; };
+shared float lut_s[256];
+shared float pv_s[WG]; // p_t / alpha_t
+#endif
 
 shared float q_s[DMAX];
 shared float p_s[WG];
@@ -33,6 +54,9 @@ void main() {
   uint D = pc.D;
   uint qo = (pc.off[0] >> 2) + g * D;
   for (uint i = lid; i < D; i += WG) q_s[i] = q[qo + i];
+#ifdef V_QINS8
+  for (uint i = lid; i < 256u; i += WG) lut_s[i] = lut[(pc.off[6] >> 2) + i];
+#endif
   barrier();
   uint ko = pc.off[1] >> 2, vo = pc.off[2] >> 2;
   uint stride = pc.Hkv * D;
@@ -71,6 +95,9 @@ void main() {
     float p = j < visible ? exp(s - new_max) : 0.0;
     float corr = exp(run_max - new_max);
     p_s[lid] = p;
+#ifdef V_QINS8
+    pv_s[lid] = j < visible ? p * (1.0 / valpha[(pc.off[5] >> 2) + j * pc.Hkv + kvh]) : 0.0;
+#endif
     run_sum = run_sum * corr + wg_sum(p); // wg_sum's barriers also publish p_s
     run_max = new_max;
     uint nblk = min(uint(WG), visible - j0);
@@ -78,8 +105,13 @@ void main() {
       uint dd = lid + d * WG;
       if (dd >= D) break;
       float a = acc[d] * corr;
+#ifdef V_QINS8
+      uint vb = pc.off[2] + j0 * stride + kvh * D + dd; // byte index of the code
+      for (uint jj = 0; jj < nblk; jj++) a += pv_s[jj] * lut_s[v_code(vb + jj * stride)];
+#else
       uint vb = vo + j0 * stride + kvh * D + dd;
       for (uint jj = 0; jj < nblk; jj++) a += p_s[jj] * v[vb + jj * stride];
+#endif
       acc[d] = a;
     }
     barrier(); // p_s is rewritten by the next block

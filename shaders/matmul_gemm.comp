@@ -1,11 +1,16 @@
 // Tiled GEMM for larger M: y[m, n0+n] = x[m,:] . w[n,:] (+ bias). Each work group computes a
 // BM x BN tile of y from BK-deep slices of x and w staged in shared memory; each invocation
 // owns a TM x TN block of outputs. Tile sizes are defines so variants need no copied shaders.
+// Quantized weights are decoded while staging (qweights.glsl); the row scale multiplies each sum.
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #ifdef STORAGE16
 #extension GL_EXT_shader_16bit_storage : require
 #extension GL_EXT_shader_explicit_arithmetic_types_int16 : require
+#endif
+#ifdef STORAGE8
+#extension GL_EXT_shader_8bit_storage : require
+#extension GL_EXT_shader_explicit_arithmetic_types_int8 : require
 #endif
 #ifndef BM
 #define BM 64
@@ -26,11 +31,12 @@
 #include "common.glsl"
 #include "weights.glsl"
 layout(local_size_x = WG) in;
-layout(push_constant) uniform PC { PC_HEAD; uint nrows; uint M; uint K; uint N; uint n0; uint has_bias; } pc;
+layout(push_constant) uniform PC { PC_HEAD; uint nrows; uint M; uint K; uint N; uint n0; uint has_bias; uint rb; uint nblk; } pc;
 layout(binding = 0) readonly buffer X { float x[]; };
 layout(binding = 1) readonly buffer Wb { W_ELEM w[]; };
 layout(binding = 2) readonly buffer B { float bias[]; };
 layout(binding = 3) buffer Y { float y[]; };
+#include "qweights.glsl"
 
 shared float As[BK][BM + 1];
 shared float Bs[BK][BN + 1];
@@ -40,6 +46,7 @@ void main() {
   uint tn = lid % (BN / TN), tm = lid / (BN / TN);
   uint nb = gl_WorkGroupID.x * BN, mb = gl_WorkGroupID.y * BM;
   uint xo = pc.off[0] >> 2;
+  wq_init();
   float acc[TM][TN];
   for (uint i = 0; i < TM; i++)
     for (uint j = 0; j < TN; j++) acc[i][j] = 0.0;
@@ -53,7 +60,7 @@ void main() {
     for (uint e = lid; e < BN * BK; e += WG) {
       uint rr = e / BK, kk = e % BK;
       uint n = nb + rr, k = k0 + kk;
-      Bs[kk][rr] = (n < pc.nrows && k < pc.K) ? LOAD_W(w, pc.off[1], n * pc.K + k) : 0.0;
+      Bs[kk][rr] = (n < pc.nrows && k < pc.K) ? wq_load(n, k) : 0.0;
     }
     barrier();
     for (uint kk = 0; kk < BK; kk++) {
@@ -74,7 +81,7 @@ void main() {
       if (n >= pc.nrows) continue;
       uint col = pc.n0 + n;
       float b = pc.has_bias != 0u ? bias[(pc.off[2] >> 2) + col] : 0.0;
-      y[yo + m * pc.N + col] = acc[i][j] + b;
+      y[yo + m * pc.N + col] = acc[i][j] * wq_row_scale(n) + b;
     }
   }
 }

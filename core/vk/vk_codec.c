@@ -13,7 +13,7 @@ static uint32_t fbits(float f) {
   return u;
 }
 
-static void lut_tensor(vk_ctx *c, qins_tensor *lut) {
+void vk_lut_tensor(vk_ctx *c, qins_tensor *lut) {
   memset(lut, 0, sizeof *lut);
   snprintf(lut->name, sizeof lut->name, "qins_lut");
   lut->dtype = QINS_DT_F32;
@@ -28,7 +28,7 @@ int vk_calibrate(qins_backend *be, const qins_tensor *x, qins_dtype format, qins
                                        [QINS_ALPHA_FIXED] = 3};
   vk_ctx *c = vk_of(be);
   qins_tensor lut;
-  lut_tensor(c, &lut);
+  vk_lut_tensor(c, &lut);
   vk_arg args[3] = {{x, (size_t)cols * 4, 4, 0}, {alpha, 4, 4, 1}, {&lut, 0, 4, 0}};
   uint32_t p[5] = {0, (uint32_t)cols, mode_code[spec.mode], format == QINS_DT_QINS6 ? 63u : 255u, fbits(spec.value)};
   int rc = vk_run_rows(c, QINS_OP_CALIBRATE, SH("calibrate"), args, 3, rows, p, 5, 0, 0, 1, 256);
@@ -97,7 +97,7 @@ int vk_dequantize(qins_backend *be, const qins_tensor *src, qins_tensor *y) {
     return qins_error_set(QINS_EUNSUPPORTED, "dequantize: %s cannot decode %s", be->name, qins_dtype_name(src->dtype));
   }
   qins_tensor lut;
-  lut_tensor(c, &lut);
+  vk_lut_tensor(c, &lut);
   vk_arg args[4] = {{src, rb, unit, 0}, {src->scale, (size_t)nblk * 4, 4, 0}, {&lut, 0, 4, 0}, {y, yr, 4, 1}};
   uint32_t p[5] = {0, (uint32_t)cols, (uint32_t)rb, blk, nblk};
   int rc = vk_run_rows(c, QINS_OP_DEQUANTIZE, SH(shader), args, 4, rows, p, 5, (uint64_t)cols, 0, 1, 256);

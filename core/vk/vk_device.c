@@ -184,7 +184,8 @@ static int create_device(vk_ctx *c) {
   in->api_version = c->props.apiVersion;
   in->is_cpu = c->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
   in->storage16 = f11.storageBuffer16BitAccess && !getenv("QINS_VK_NO_STORAGE16");
-  in->storage8 = f12.storageBuffer8BitAccess;
+  in->storage8 = f12.storageBuffer8BitAccess && !getenv("QINS_VK_NO_STORAGE8");
+  c->lut_arith = getenv("QINS_VK_LUT_ARITH") != NULL;
   in->float16 = f12.shaderFloat16;
   in->int8 = f12.shaderInt8;
   in->float64 = f2.features.shaderFloat64 && !getenv("QINS_VK_NO_F64");

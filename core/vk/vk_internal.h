@@ -72,6 +72,7 @@ typedef struct vk_ctx {
   vk_buffer *scratch; /* attention split partials; replaced (old one to garbage) when too small */
   qins_buf *lut; /* D_1 tables of qins8 (256) and qins6 (64) */
   int validation_msgs;
+  int lut_arith; /* QINS_VK_LUT_ARITH=1: qins8/qins6 matmul computes D_1 instead of the table (_la) */
 } vk_ctx;
 
 static inline vk_ctx *vk_of(qins_backend *be) { return (vk_ctx *)be->impl; }
@@ -132,6 +133,8 @@ int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, cons
 int vk_calibrate(qins_backend *be, const qins_tensor *x, qins_dtype format, qins_alpha_spec spec, qins_tensor *alpha);
 int vk_quantize(qins_backend *be, const qins_tensor *x, qins_tensor *dst);
 int vk_dequantize(qins_backend *be, const qins_tensor *src, qins_tensor *y);
+/* The D_1 tables (c->lut: qins8's 256 entries, then qins6's 64) as an f32 tensor for binding. */
+void vk_lut_tensor(vk_ctx *c, qins_tensor *lut);
 /* vk_grad.c: backward ops */
 int vk_matmul_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *x, const qins_tensor *w,
                               qins_tensor *dx, qins_tensor *dw, qins_tensor *dbias);

@@ -19,38 +19,69 @@ static const char *wt_suffix(qins_dtype dt) {
 
 /* ---------------------------------------------------------------- matmul */
 
+static const char *wt_suffix_q(qins_dtype dt) {
+  switch (dt) {
+  case QINS_DT_QINS_F32: return "qinsf32";
+  case QINS_DT_QINS8: return "qins8";
+  case QINS_DT_QINS6: return "qins6";
+  case QINS_DT_INT8_ROW: return "int8";
+  case QINS_DT_INT8_B32: return "int8b32";
+  default: return wt_suffix(dt);
+  }
+}
+
+/* Quantized weights (qins-f32, qins8, qins6, int8-row, int8-block32) run the same GEMV/GEMM
+ * shaders with the decode in registers (shaders/qweights.glsl): two more bindings, the weight's
+ * scales (bound per row range like the weight) and, for qins8/qins6, the D_1 table. */
 int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, const qins_tensor *bias, qins_tensor *y) {
   vk_ctx *c = vk_of(be);
-  if (qins_dtype_is_quantized(w->dtype))
-    return qins_error_set(QINS_EUNSUPPORTED, "matmul: %s has no kernel yet for %s weights (%s)", be->name,
-                          qins_dtype_name(w->dtype), w->name);
   int64_t m = qins_tensor_rows(x), n = w->shape[0], k = w->shape[1];
+  int quant = qins_dtype_is_quantized(w->dtype);
+  int bytes = quant && w->dtype != QINS_DT_QINS_F32; /* one code (or 3/4 byte) per element */
+  int has_lut = w->dtype == QINS_DT_QINS8 || w->dtype == QINS_DT_QINS6;
+  int64_t nblk = w->dtype == QINS_DT_INT8_B32 ? (k + 31) / 32 : 1;
+  if (quant) {
+    char d[192];
+    const qins_tensor *s = w->scale;
+    if (!s || s->dtype != QINS_DT_F32 || qins_tensor_numel(s) != qins_format_scale_count(w->dtype, n, k))
+      return qins_error_set(QINS_EINVAL, "matmul: weight %s needs %lld f32 scales", qins_tensor_describe(w, d, sizeof d),
+                            (long long)qins_format_scale_count(w->dtype, n, k));
+  }
   int gemv = m <= 8, big = !gemv && m >= 128 && n >= 128; /* big: 128x128 tiles */
   uint32_t tile = big ? 128 : 64;
   char name[64];
-  int s16 = w->dtype != QINS_DT_F32 && c->info.storage16;
-  snprintf(name, sizeof name, "matmul_%s_%s%s", gemv ? "gemv" : big ? "gemm128" : "gemm", wt_suffix(w->dtype),
-           s16 ? "_s16" : "");
+  int s16 = !quant && w->dtype != QINS_DT_F32 && c->info.storage16;
+  int s8 = bytes && c->info.storage8;
+  snprintf(name, sizeof name, "matmul_%s_%s%s%s", gemv ? "gemv" : big ? "gemm128" : "gemm", wt_suffix_q(w->dtype),
+           s16 ? "_s16" : s8 ? "_s8" : "", has_lut && c->lut_arith ? "_la" : "");
   int shader = SH(name);
-  size_t wrow = (size_t)k * qins_dtype_size(w->dtype);
-  size_t wunit = w->dtype == QINS_DT_F32 ? 4 : 2;
+  size_t wrow = quant ? qins_format_row_bytes(w->dtype, k) : (size_t)k * qins_dtype_size(w->dtype);
+  size_t wunit = w->dtype == QINS_DT_F32 || w->dtype == QINS_DT_QINS_F32 ? 4 : bytes ? 1 : 2;
   size_t lim = c->max_range > 2 * c->align + 8 ? c->max_range - 2 * c->align - 8 : 4;
   int64_t per = (int64_t)(lim / wrow);
   if (per < 1)
     return qins_error_set(QINS_EUNSUPPORTED, "matmul: one row of %s (%zu bytes) exceeds the binding limit", w->name, wrow);
+  if (quant && (int64_t)(lim / ((size_t)nblk * 4)) < per) per = (int64_t)(lim / ((size_t)nblk * 4));
   if (per > n) per = n;
-  vk_bind b[4];
+  vk_bind b[6];
   uint32_t off[8] = {0};
+  int nbind = quant ? (has_lut ? 6 : 5) : 4;
+  qins_tensor lut;
+  vk_lut_tensor(c, &lut);
   int rc = vk_bind_tensor(c, x, 0, qins_tensor_nbytes(x), 4, &b[0], &off[0]);
   if (!rc) rc = bias ? vk_bind_tensor(c, bias, 0, qins_tensor_nbytes(bias), 4, &b[2], &off[2])
                      : vk_bind_tensor(c, x, 0, qins_tensor_nbytes(x), 4, &b[2], &off[2]);
   if (!rc) rc = vk_bind_tensor(c, y, 0, qins_tensor_nbytes(y), 4, &b[3], &off[3]);
+  if (!rc && has_lut) rc = vk_bind_tensor(c, &lut, 0, VK_LUT_FLOATS * 4, 4, &b[5], &off[5]);
   if (rc) return qins_error_wrap(rc, "matmul: ");
   for (int64_t n0 = 0; n0 < n; n0 += per) {
     int64_t nr = n - n0 < per ? n - n0 : per;
     rc = vk_bind_tensor(c, w, (size_t)n0 * wrow, (size_t)nr * wrow, wunit, &b[1], &off[1]);
+    if (!rc && quant)
+      rc = vk_bind_tensor(c, w->scale, (size_t)(n0 * nblk) * 4, (size_t)(nr * nblk) * 4, 4, &b[4], &off[4]);
     if (rc) return qins_error_wrap(rc, "matmul: ");
-    uint32_t p[6] = {(uint32_t)nr, (uint32_t)m, (uint32_t)k, (uint32_t)n, (uint32_t)n0, bias != NULL};
+    uint32_t p[8] = {(uint32_t)nr, (uint32_t)m, (uint32_t)k, (uint32_t)n, (uint32_t)n0, bias != NULL, (uint32_t)wrow,
+                     (uint32_t)nblk};
     uint32_t gx, gy;
     if (gemv) {
       vk_grid(c, (uint64_t)nr, 1, &gx, &gy);
@@ -58,7 +89,7 @@ int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, cons
       gx = (uint32_t)((nr + tile - 1) / tile);
       gy = (uint32_t)((m + tile - 1) / tile);
     }
-    rc = vk_dispatch(c, QINS_OP_MATMUL, shader, b, 4, 1u << 3, off, p, 6, gx, gy);
+    rc = vk_dispatch(c, QINS_OP_MATMUL, shader, b, nbind, 1u << 3, off, p, 8, gx, gy);
     if (rc) return rc;
   }
   return 0;
@@ -214,18 +245,33 @@ static int vk_embed(qins_backend *be, const qins_tensor *table, const qins_tenso
 static int vk_attention(qins_backend *be, const qins_tensor *q, const qins_tensor *k_cache, const qins_tensor *v_cache,
                         int64_t pos0, float scale, qins_tensor *out) {
   vk_ctx *c = vk_of(be);
-  if (v_cache->dtype != QINS_DT_F32)
-    return qins_error_set(QINS_EUNSUPPORTED, "attention: %s has no kernel yet for a %s V cache", be->name,
-                          qins_dtype_name(v_cache->dtype));
   int64_t m = q->shape[0], hq = q->shape[1], d = q->shape[2], hkv = k_cache->shape[1];
+  /* qins8 V cache: codes with alpha per (token, KV head), decoded by table inside the kernel */
+  int vq8 = v_cache->dtype == QINS_DT_QINS8;
+  if (vq8) {
+    const qins_tensor *s = v_cache->scale;
+    char dd[192];
+    if (!s || s->dtype != QINS_DT_F32 || qins_tensor_numel(s) != v_cache->shape[0] * hkv)
+      return qins_error_set(QINS_EINVAL, "attention: qins8 V cache %s needs an f32 alpha per token and KV head (%lld)",
+                            qins_tensor_describe(v_cache, dd, sizeof dd), (long long)(v_cache->shape[0] * hkv));
+  } else if (v_cache->dtype != QINS_DT_F32) {
+    return qins_error_set(QINS_EUNSUPPORTED, "attention: %s has no kernel for a %s V cache", be->name,
+                          qins_dtype_name(v_cache->dtype));
+  }
   if (d > 256) return qins_error_set(QINS_EUNSUPPORTED, "attention: head size %lld over 256", (long long)d);
-  size_t visible = (size_t)(pos0 + m) * (size_t)(hkv * d) * 4; /* only the positions attended to are bound */
-  vk_bind b[5];
+  size_t vis_rows = (size_t)(pos0 + m) * (size_t)hkv; /* only the positions attended to are bound */
+  size_t visible = vis_rows * (size_t)d * 4;
+  vk_bind b[7];
   uint32_t off[8] = {0};
+  qins_tensor lut;
+  vk_lut_tensor(c, &lut);
   int rc = vk_bind_tensor(c, q, 0, qins_tensor_nbytes(q), 4, &b[0], &off[0]);
   if (!rc) rc = vk_bind_tensor(c, k_cache, 0, visible, 4, &b[1], &off[1]);
-  if (!rc) rc = vk_bind_tensor(c, v_cache, 0, visible, 4, &b[2], &off[2]);
+  if (!rc) rc = vq8 ? vk_bind_tensor(c, v_cache, 0, vis_rows * (size_t)d, 1, &b[2], &off[2])
+                    : vk_bind_tensor(c, v_cache, 0, visible, 4, &b[2], &off[2]);
   if (!rc) rc = vk_bind_tensor(c, out, 0, qins_tensor_nbytes(out), 4, &b[3], &off[3]);
+  if (!rc && vq8) rc = vk_bind_tensor(c, v_cache->scale, 0, vis_rows * 4, 4, &b[5], &off[5]);
+  if (!rc && vq8) rc = vk_bind_tensor(c, &lut, 0, VK_LUT_FLOATS * 4, 4, &b[6], &off[6]);
   if (rc) return qins_error_wrap(rc, "attention: ");
   /* Few (query, head) pairs over a long context would leave most of a GPU idle: split the keys
    * into chunks of at least 256, each its own work group, and merge the partial softmaxes. */
@@ -256,7 +302,8 @@ static int vk_attention(qins_backend *be, const qins_tensor *q, const qins_tenso
   uint32_t p[8] = {(uint32_t)m, (uint32_t)hq, (uint32_t)hkv, (uint32_t)d, (uint32_t)pos0, fbits(scale), nsplit, chunk};
   uint32_t gx, gy;
   vk_grid(c, pairs * nsplit, 1, &gx, &gy);
-  rc = vk_dispatch(c, QINS_OP_ATTENTION, SH("attention"), b, 5, nsplit > 1 ? 1u << 4 : 1u << 3, off, p, 8, gx, gy);
+  const char *ash = !vq8 ? "attention" : c->info.storage8 ? "attention_vq8_s8" : "attention_vq8";
+  rc = vk_dispatch(c, QINS_OP_ATTENTION, SH(ash), b, vq8 ? 7 : 5, nsplit > 1 ? 1u << 4 : 1u << 3, off, p, 8, gx, gy);
   if (rc || nsplit == 1) return rc;
   vk_bind cb[2] = {b[4], b[3]};
   uint32_t coff[8] = {0, off[3]};
