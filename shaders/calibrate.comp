@@ -17,7 +17,7 @@ layout(binding = 1) buffer A { float alpha[]; };
 layout(binding = 2) readonly buffer T { float lut[]; };
 
 shared float lut_s[256];
-float g_inv_am; // 1/absmax of the row (set before any mse call)
+float g_am; // absmax of the row (set before any mse call)
 
 float store_alpha(float a) { return !(a > 0.0) ? 1.0 : clamp(a, 1.17549435e-38, 3.40282347e38); }
 
@@ -29,7 +29,7 @@ float mse(uint xo, float kf, float a) {
   for (uint i = gl_LocalInvocationID.x; i < pc.cols; i += WG) {
     float v = x[xo + i];
     if (isnan(v) || isinf(v)) continue;
-    float d = (lut_s[qins_code(v, a, pc.L)] * inv - v) * g_inv_am;
+    float d = (lut_s[qins_code(v, a, pc.L)] * inv - v) / g_am;
     s += d * d;
   }
   return wg_sum(s) / kf;
@@ -52,13 +52,15 @@ void main() {
   }
   float absmax = wg_max(m);
   float kf = max(wg_sum(k), 1.0);
-  float inv_am = absmax > 0.0 ? 1.0 / absmax : 0.0;
-  g_inv_am = inv_am;
+  // Divide by absmax rather than multiply by 1/absmax: for rows near FLT_MAX, 1/absmax is
+  // subnormal and NVIDIA flushes it to zero (sigma became 0 and std:c gave alpha 1).
+  float am = absmax > 0.0 ? absmax : 1.0;
+  g_am = am;
   float s = 0.0;
   for (uint i = lid; i < pc.cols; i += WG) {
     float v = x[xo + i];
     if (isnan(v) || isinf(v)) continue;
-    precise float vs = v * inv_am;
+    precise float vs = v / am;
     s += vs;
   }
   float mean_s = wg_sum(s) / kf;
@@ -66,10 +68,10 @@ void main() {
   for (uint i = lid; i < pc.cols; i += WG) {
     float v = x[xo + i];
     if (isnan(v) || isinf(v)) continue;
-    // `precise` forbids fusing into fma(v, inv_am, -mean_s): on NVIDIA that fusion left the
-    // rounding error of v * inv_am in d, so a constant row got sigma ~1e-8 * absmax instead of 0
+    // `precise` forbids fusing into fma(v, 1/am, -mean_s): on NVIDIA that fusion left the
+    // rounding error of the scaled v in d, so a constant row got sigma ~1e-8 * absmax instead of 0
     // and std:c produced an alpha 1e8 times too large.
-    precise float vs = v * inv_am;
+    precise float vs = v / am;
     float d = vs - mean_s;
     q += d * d;
   }
