@@ -230,6 +230,9 @@ void qins_codec_stats_row(const float *x, int64_t n, qins_codec_row_stats *st) {
   st->finite = k;
   st->mean = mean;
   st->sigma = k ? sqrt(ss / (double)k) : 0.0;
+  /* A spread below 2^-20 of absmax is rounding, not data: treat the row as constant, as every
+   * backend does (a float GPU reduction cannot tell such a row from a constant one). */
+  if (st->sigma <= absmax * 0x1p-20) st->sigma = 0.0;
   st->absmax = absmax;
 }
 

@@ -76,6 +76,9 @@ void main() {
     q += d * d;
   }
   float sigma = sqrt(wg_sum(q) / kf) * absmax; // the barriers above also publish lut_s
+  // A spread below 2^-20 of absmax is float rounding, not data: the row counts as constant
+  // (the cpu codec applies the same rule, so both agree whatever their summation order).
+  if (sigma <= absmax * 9.5367431640625e-7) sigma = 0.0;
   float a = 1.0;
   if (pc.mode == 3u) {
     a = pc.value;

@@ -141,9 +141,10 @@ static void qmatmul_case(qins_dtype fmt, int64_t m, int64_t k, int64_t n, int wi
   snprintf(what, sizeof what, "%s M=%lld K=%lld N=%lld bias=%d", qins_dtype_name(fmt), (long long)m, (long long)k,
            (long long)n, with_bias);
   char w2[200];
-  /* the vk dequantize is the codec's decode (qins-f32: D through a device division, a few ulp) */
+  /* the vk dequantize is the codec's decode; exact on lavapipe, but GPU division and 1/alpha are
+   * not correctly rounded everywhere (NVIDIA: 1 ulp, rel L2 3e-8), so allow float rounding */
   snprintf(w2, sizeof w2, "vk dequantize %s", what);
-  test_assert_close(w2, wd, q.deq, n * k, fmt == QINS_DT_QINS_F32 ? 1e-6 : 0.0);
+  test_assert_close(w2, wd, q.deq, n * k, 1e-6);
   snprintf(w2, sizeof w2, "vk fused vs vk unfused %s", what);
   test_assert_close(w2, fused, unf, m * n, TOL);
   snprintf(w2, sizeof w2, "vk fused vs cpu %s", what);
