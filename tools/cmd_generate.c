@@ -30,8 +30,8 @@ static void usage(FILE *f) {
           "  --backend B          cpu, cpu:T, vk, vk:N, auto (default auto)\n"
           "  --max-seq N          KV cache length (default: the model's context)\n"
           "  --json               print only {\"prompt_ids\": [...], \"ids\": [...], \"text\": \"...\"}\n"
-          "Without --tokenizer: tokenizer.bin / tok*.bin beside a llama2.c .bin, tokenizer.json in an HF\n"
-          "folder. Without a tokenizer --prompt is an error and --ids prints ids. llama2.c models get BOS\n"
+          "Without --tokenizer: tokenizer.bin / tok*.bin beside a llama2.c .bin, tokenizer.json (else\n"
+          "tokenizer.bin) in an HF folder. Without a tokenizer --prompt is an error and --ids prints ids. llama2.c models get BOS\n"
           "before the prompt text and stop on EOS or BOS; other models stop on EOS.\n");
 }
 
@@ -130,6 +130,9 @@ static int find_tokenizer(const char *model_path, char *out, size_t n) {
   struct stat st;
   if (stat(model_path, &st) == 0 && S_ISDIR(st.st_mode)) {
     snprintf(out, n, "%s/tokenizer.json", model_path);
+    if (file_exists(out)) return 1;
+    /* a folder written by `qins train` carries its llama2.c tokenizer.bin */
+    snprintf(out, n, "%s/tokenizer.bin", model_path);
     return file_exists(out);
   }
   char dir[1024];

@@ -15,6 +15,7 @@ static const qins_command commands[] = {
     {"inspect", "show a model's format, config and tensors", cmd_inspect},
     {"tokenize", "text to token ids with a tokenizer (tokenizer.json, GPT-2, llama2.c)", cmd_tokenize},
     {"detokenize", "token ids to text", cmd_detokenize},
+    {"train", "train a model from a YAML config (AdamW / QINS-AdamW, checkpoints, exact resume)", cmd_train},
     {"codec-report", "A1: every weight through every storage format and back, measured", cmd_codec_report},
 };
 
