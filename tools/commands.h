@@ -22,5 +22,6 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_codec_report(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_train_compare(int argc, char **argv);
 
 #endif

@@ -16,6 +16,7 @@ static const qins_command commands[] = {
     {"tokenize", "text to token ids with a tokenizer (tokenizer.json, GPT-2, llama2.c)", cmd_tokenize},
     {"detokenize", "token ids to text", cmd_detokenize},
     {"train", "train a model from a YAML config (AdamW / QINS-AdamW, checkpoints, exact resume)", cmd_train},
+    {"train-compare", "KL to a teacher and greedy agreement of student models (C2, distillation)", cmd_train_compare},
     {"codec-report", "A1: every weight through every storage format and back, measured", cmd_codec_report},
 };
 

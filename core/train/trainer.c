@@ -29,7 +29,7 @@ typedef struct tcfg {
   char name[64], out_dir[512], backend[64];
   uint64_t seed;
   int64_t steps, stop_after, checkpoint_every;
-  int batch, seq, grad_accum, log_every, eval_every, eval_windows;
+  int batch, seq, grad_accum, log_every, eval_every, eval_windows, checkpoint_initial;
   double ckpt_at[MAX_CKPT_AT];
   int n_ckpt_at;
   /* data */
@@ -125,8 +125,10 @@ static int parse_cfg(const qins_cfg *root, tcfg *c) {
   if (r) {
     static const char *k[] = {"name", "out_dir", "seed", "steps", "batch", "seq", "grad_accum", "log_every",
                               "eval_every", "eval_windows", "checkpoint_every", "checkpoint_at", "stop_after",
+                              "checkpoint_initial",
                               "backend", NULL};
     int64_t seed = (int64_t)c->seed;
+    int ci = 0;
     if ((rc = qins_cfg_check_keys(r, "run", k)) || (rc = get_str(r, "name", "run.name", c->name, sizeof c->name)) ||
         (rc = get_str(r, "out_dir", "run.out_dir", c->out_dir, sizeof c->out_dir)) ||
         (rc = get_str(r, "backend", "run.backend", c->backend, sizeof c->backend)) ||
@@ -137,9 +139,11 @@ static int parse_cfg(const qins_cfg *root, tcfg *c) {
         (rc = get_int(r, "eval_every", "run.eval_every", &c->eval_every)) ||
         (rc = get_int(r, "eval_windows", "run.eval_windows", &c->eval_windows)) ||
         (rc = get_i64(r, "checkpoint_every", "run.checkpoint_every", &c->checkpoint_every)) ||
-        (rc = get_i64(r, "stop_after", "run.stop_after", &c->stop_after)))
+        (rc = get_i64(r, "stop_after", "run.stop_after", &c->stop_after)) ||
+        (rc = get_bool(r, "checkpoint_initial", "run.checkpoint_initial", &ci)))
       return rc;
     c->seed = (uint64_t)seed;
+    c->checkpoint_initial = ci;
     qins_cfg *ca = qins_cfg_get(r, "checkpoint_at");
     if (ca) {
       if (ca->type != QINS_CFG_SEQ || ca->n > MAX_CKPT_AT)
@@ -224,7 +228,7 @@ static int parse_cfg(const qins_cfg *root, tcfg *c) {
       (rc = positive("run.seq", c->seq)) || (rc = positive("run.grad_accum", c->grad_accum)) ||
       (rc = positive("optim.lr", c->lr)) || (rc = positive("optim.qins_lr_scale", c->qins_lr_scale)))
     return rc;
-  if (c->seq + 1 > c->shape.max_seq)
+  if (!strcmp(c->init, "scratch") && c->seq + 1 > c->shape.max_seq)
     return qins_error_set(QINS_EINPUT, "run.seq %d + 1 exceeds model.seq %d", c->seq, c->shape.max_seq);
   if (c->log_every < 1) c->log_every = 1;
   return 0;
@@ -397,6 +401,50 @@ done:
   free(shapes);
   free(names);
   free(e);
+  return rc;
+}
+
+/* Row permutation of a q/k projection from llama2.c's interleaved RoPE pairs (2i, 2i+1) to the
+ * HF half split (i, i + hd/2): new row h*hd + j*hd/2 + i = old row h*hd + 2i + j. */
+static void permute_rows(float *dst, const float *src, int heads, int hd, int64_t cols) {
+  for (int h = 0; h < heads; h++)
+    for (int i = 0; i < hd / 2; i++)
+      for (int j = 0; j < 2; j++)
+        memcpy(dst + ((int64_t)h * hd + (int64_t)j * (hd / 2) + i) * cols, src + ((int64_t)h * hd + 2 * i + j) * cols,
+               (size_t)cols * sizeof(float));
+}
+
+int qins_train_export_hf(const qins_model *m, const char *dir) {
+  qins_model_config c = m->cfg;
+  if (c.arch != QINS_ARCH_LLAMA || c.rope_scaling != QINS_ROPE_SCALING_NONE || c.attn_bias || c.mlp_bias ||
+      (c.rope_mode == QINS_ROPE_INTERLEAVED && c.rope_dim != c.head_dim))
+    return qins_error_set(QINS_EUNSUPPORTED, "%s: only plain Llama models can be exported as an HF folder", m->path);
+  int permute = c.rope_mode == QINS_ROPE_INTERLEAVED;
+  c.rope_mode = QINS_ROPE_HALF;
+  int rc = mkdirs(dir);
+  if (rc || (rc = write_llama_config(dir, &c))) return rc;
+  /* f32 copies of every weight (the train model does the conversion from f16/bf16) */
+  qins_backend *be = NULL;
+  qins_train_model *tm = NULL;
+  if ((rc = qins_backend_create("cpu", &be)) || (rc = qins_train_model_create(m, be, &tm))) goto done;
+  if (permute)
+    for (int i = 0; i < qins_train_model_count(tm); i++) {
+      const qins_train_param *p = qins_train_model_param(tm, i);
+      int heads = strstr(p->name, "q_proj.weight") ? c.n_heads : strstr(p->name, "k_proj.weight") ? c.n_kv_heads : 0;
+      if (!heads) continue;
+      float *tmp = malloc((size_t)p->n * sizeof(float));
+      if (!tmp) {
+        rc = qins_error_set(QINS_ENOMEM, "no memory");
+        goto done;
+      }
+      permute_rows(tmp, p->w, heads, c.head_dim, p->shape[1]);
+      memcpy(p->w, tmp, (size_t)p->n * sizeof(float));
+      free(tmp);
+    }
+  rc = write_weights(dir, tm, NULL);
+done:
+  qins_train_model_destroy(tm);
+  if (be) qins_backend_destroy(be);
   return rc;
 }
 
@@ -668,6 +716,14 @@ int qins_train_run(const qins_train_opts *opts, qins_train_result *res) {
   } else snprintf(model_path, sizeof model_path, "%s", c->init);
   qins_model *m = NULL;
   if ((rc = qins_model_open(model_path, &m))) goto out;
+  if (m->cfg.rope_mode != QINS_ROPE_HALF && !opts->resume) {
+    /* a llama2.c model: train (and checkpoint) its HF form, q/k rows permuted to half-split RoPE */
+    snprintf(model_path, sizeof model_path, "%s/init", c->out_dir);
+    rc = qins_train_export_hf(m, model_path);
+    qins_model_close(m);
+    m = NULL;
+    if (rc || (rc = qins_model_open(model_path, &m))) goto out;
+  }
   t.mcfg = m->cfg;
   t.mcfg.rope_short_factor = t.mcfg.rope_long_factor = NULL; /* not needed after the copy below */
   if ((rc = qins_backend_create(c->backend, &t.be)) == 0) rc = qins_train_model_create(m, t.be, &t.tm);
@@ -736,6 +792,12 @@ int qins_train_run(const qins_train_opts *opts, qins_train_result *res) {
   }
   double t0 = now_s();
   int64_t first = t.step, tokens = 0;
+  if (c->checkpoint_initial && t.step == 0) {
+    /* step 0: the starting point as the forward sees it (QINS weights already on their grid) */
+    snprintf(res->last_checkpoint, sizeof res->last_checkpoint, "%s/ckpt-000000", c->out_dir);
+    if ((rc = save_checkpoint(&t, res->last_checkpoint))) goto out_batch;
+    t0 = now_s();
+  }
   while (t.step < c->steps) {
     qins_optim_zero_grad(t.o);
     double loss_sum = 0;
@@ -792,6 +854,7 @@ int qins_train_run(const qins_train_opts *opts, qins_train_result *res) {
     }
     if (c->stop_after > 0 && t.step >= c->stop_after) break;
   }
+out_batch:
   free(batch);
   res->steps = t.step;
   double el = now_s() - t0;

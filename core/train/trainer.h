@@ -35,4 +35,9 @@ typedef struct qins_llama_shape {
 } qins_llama_shape;
 int qins_train_init_llama(const char *dir, const qins_llama_shape *s, uint64_t seed);
 
+/* Write a loaded Llama model as an HF folder (config.json + f32 model.safetensors); llama2.c
+ * models get their q/k rows permuted from interleaved to half-split RoPE (same outputs). */
+typedef struct qins_model qins_model;
+int qins_train_export_hf(const qins_model *m, const char *dir);
+
 #endif
