@@ -18,9 +18,19 @@ if [ ! -s data/teacher_stories.txt ]; then
   done
   mv data/teacher_stories.txt.tmp data/teacher_stories.txt
 fi
+if [ "${C2_SKIP_FINETUNE:-0}" != 1 ]; then
 "$Q" train pipelines/train/finetune.yaml "$@" > runs/finetune.result.json
 cat runs/finetune.result.json
 LAST=$(sed -n 's/.*"checkpoint": "\([^"]*\)".*/\1/p' runs/finetune.result.json)
 "$Q" train-compare --teacher "$M" --student "qins8 conversion (before)=runs/finetune/ckpt-000000" \
   --student "qins8 finetuned (after)=$LAST" --tokenizer "$TOK" --shard runs/teacher_stories.tok512.shard \
   --seq 128 --windows 64 --out reports/C2 --title "C2: stories260K in QINS compute, before/after finetuning"
+fi
+
+# Distillation: the same student trained on KL(teacher || student) (+ ce * CE), pipelines/train/distill.yaml
+"$Q" train pipelines/train/distill.yaml "$@" > runs/distill.result.json
+cat runs/distill.result.json
+LAST=$(sed -n 's/.*"checkpoint": "\([^"]*\)".*/\1/p' runs/distill.result.json)
+"$Q" train-compare --teacher "$M" --student "qins8 conversion (before)=runs/distill/ckpt-000000" \
+  --student "qins8 distilled (after)=$LAST" --tokenizer "$TOK" --shard runs/teacher_stories.tok512.shard \
+  --seq 128 --windows 64 --out reports/distill --title "Distillation: FP stories260K into its qins8 QINS student"

@@ -411,6 +411,47 @@ static void test_config_errors(void **state) {
   assert_true(qins_train_run(&o4, &r) < 0);
 }
 
+/* Distillation hook: a student identical to its teacher (stories260K, AdamW, pure KL) has KL ~ 0
+ * and a ~zero gradient; a qins8 student has a small positive KL. */
+static void test_distill_self(void **state) {
+  (void)state;
+  const char *kinds[2] = {"adamw", "qins-adamw"};
+  for (int k = 0; k < 2; k++) {
+    char cfg[600], out[600], p[800];
+    snprintf(cfg, sizeof cfg, "%s/distill.yaml", g_dir);
+    snprintf(out, sizeof out, "%s/distill-%s", g_dir, kinds[k]);
+    FILE *f = fopen(cfg, "w");
+    fprintf(f,
+            "run: {out_dir: '%s', seed: 3, steps: 1, batch: 2, seq: 32, eval_windows: 2}\n"
+            "data: {text: '%s', tokenizer: '%s', shard: '%s'}\n"
+            "model: {init: '%s'}\n"
+            "distill: {teacher: '%s', ce: 0, kl: 1}\n"
+            "optim: {kind: %s, lr: 1e-4}\n",
+            out, g_text, tok_path(), g_shard, test_shared_path("models/stories260K/stories260K.bin"),
+            test_shared_path("models/stories260K/stories260K.bin"), kinds[k]);
+    fclose(f);
+    qins_train_result r;
+    qins_train_opts o = {cfg, NULL, 0, NULL, NULL};
+    assert_int_equal(qins_train_run(&o, &r), 0);
+    snprintf(p, sizeof p, "%s/train_log.jsonl", out);
+    json_error_t err;
+    json_t *j = json_load_file(p, JSON_DISABLE_EOF_CHECK, &err);
+    assert_non_null(j);
+    double kl = json_real_value(json_object_get(j, "kl")), gn = json_real_value(json_object_get(j, "grad_norm"));
+    double loss = json_real_value(json_object_get(j, "loss"));
+    printf("distill %s: kl %.3g grad norm %.3g\n", kinds[k], kl, gn);
+    if (k == 0) {
+      assert_true(fabs(kl) < 1e-5);
+      assert_true(fabs(loss) < 1e-5); /* ce 0: the loss is the KL */
+      assert_true(gn < 1e-3);
+    } else {
+      assert_true(kl > 1e-6 && kl < 0.05); /* 8-bit storage: close but not equal */
+      assert_true(gn > 1e-4);
+    }
+    json_decref(j);
+  }
+}
+
 static void test_svg_and_curve(void **state) {
   (void)state;
   char p[600], svg[600];
@@ -446,6 +487,7 @@ int main(void) {
       cmocka_unit_test(test_exact_resume_qins),    cmocka_unit_test(test_checkpoint_contents),
       cmocka_unit_test(test_generate_on_checkpoint), cmocka_unit_test(test_pilot_smoke),
       cmocka_unit_test(test_config_errors),        cmocka_unit_test(test_svg_and_curve),
+      cmocka_unit_test(test_distill_self),
   };
   return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }

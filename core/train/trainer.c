@@ -14,6 +14,7 @@
 #include "core/backend.h"
 #include "core/config.h"
 #include "core/error.h"
+#include "core/llm/llm.h"
 #include "core/metrics.h"
 #include "core/model/model.h"
 #include "core/model/safetensors.h"
@@ -45,6 +46,9 @@ typedef struct tcfg {
   int64_t warmup;
   char qins_paths[MAX_QINS_PATHS][32];
   int n_qins_paths;
+  /* distillation: loss = ce * CE + kl * KL(teacher || student) per position */
+  char teacher[512];
+  double ce_w, kl_w;
 } tcfg;
 
 /* ------------------------------------------------------------------ config */
@@ -117,7 +121,7 @@ static int parse_cfg(const qins_cfg *root, tcfg *c) {
   for (int i = 0; i < 5; i++) snprintf(c->qins_paths[i], 32, "%s", def_paths[i]);
   c->n_qins_paths = 5;
   if (!root || root->type != QINS_CFG_MAP) return qins_error_set(QINS_EINPUT, "train config: top level must be a map");
-  static const char *top[] = {"run", "data", "model", "optim", NULL};
+  static const char *top[] = {"run", "data", "model", "optim", "distill", NULL};
   int rc = qins_cfg_check_keys(root, "train config", top);
   if (rc) return rc;
   const qins_cfg *r = qins_cfg_get(root, "run"), *d = qins_cfg_get(root, "data"), *m = qins_cfg_get(root, "model"),
@@ -220,6 +224,18 @@ static int parse_cfg(const qins_cfg *root, tcfg *c) {
       }
       c->n_qins_paths = qp->n;
     }
+  }
+  c->ce_w = 1.0;
+  c->kl_w = 1.0;
+  const qins_cfg *dd = qins_cfg_get(root, "distill");
+  if (dd) {
+    static const char *k[] = {"teacher", "ce", "kl", NULL};
+    if ((rc = qins_cfg_check_keys(dd, "distill", k)) ||
+        (rc = get_str(dd, "teacher", "distill.teacher", c->teacher, sizeof c->teacher)) ||
+        (rc = get_dbl(dd, "ce", "distill.ce", &c->ce_w)) || (rc = get_dbl(dd, "kl", "distill.kl", &c->kl_w)))
+      return rc;
+    if (!(c->ce_w >= 0) || !(c->kl_w >= 0))
+      return qins_error_set(QINS_EINPUT, "distill.ce and distill.kl must be >= 0");
   }
   if (!c->text[0] && !c->shard[0]) return qins_error_set(QINS_EINPUT, "data.text (a corpus) or data.shard is required");
   if (!c->tokenizer[0]) return qins_error_set(QINS_EINPUT, "data.tokenizer is required");
@@ -461,6 +477,10 @@ typedef struct trainer {
   int64_t step;      /* steps done */
   int64_t data_pos;  /* batches served */
   FILE *log;
+  qins_model *teacher_m;
+  qins_llm *teacher;
+  float *tlogits;
+  double last_kl;
   qins_metric *m_loss, *m_eval, *m_lr, *m_norm, *m_tps, *m_tokens, *m_step;
 } trainer;
 
@@ -637,6 +657,8 @@ static int name_is_qins(const tcfg *c, const char *name, int ndim) {
   return 0;
 }
 
+static int distill_hook(void *user, const int32_t *ids, int n, int V, float *dl, double *loss);
+
 static int eval_heldout(trainer *t, double *mean) {
   int64_t nw = qins_data_eval_windows(&t->held, t->c.seq);
   if (nw > t->c.eval_windows) nw = t->c.eval_windows;
@@ -646,6 +668,7 @@ static int eval_heldout(trainer *t, double *mean) {
   if (!ids) return qins_error_set(QINS_ENOMEM, "no memory");
   double sum = 0;
   int rc = 0;
+  qins_train_model_set_logit_hook(t->tm, NULL, NULL); /* held-out loss: plain cross-entropy */
   for (int64_t j = 0; j < nw && !rc; j++) {
     double l = 0;
     rc = qins_data_eval_window(&t->held, j, t->c.seq, ids);
@@ -654,9 +677,41 @@ static int eval_heldout(trainer *t, double *mean) {
     sum += l;
   }
   free(ids);
+  if (t->teacher) qins_train_model_set_logit_hook(t->tm, distill_hook, t);
   qins_optim_zero_grad(t->o);
   if (!rc) *mean = sum / (double)nw;
   return rc;
+}
+
+/* Distillation (logit hook): dlogits holds (s - onehot)/(n-1) for the student's softmax s; the
+ * teacher's softmax p comes from the inference runtime on the same ids. New gradient:
+ * ce * dlogits + kl * (s - p)/(n-1); loss: ce * CE + kl * mean KL(p || s). */
+static int distill_hook(void *user, const int32_t *ids, int n, int V, float *dl, double *loss) {
+  trainer *t = user;
+  qins_llm_reset(t->teacher);
+  int rc = qins_llm_forward(t->teacher, ids, n, 1, t->tlogits, NULL);
+  if (rc) return rc;
+  float ce = (float)t->c.ce_w, kl = (float)t->c.kl_w, inv = 1.0f / (float)(n - 1);
+  double kl_sum = 0;
+  for (int r = 0; r < n - 1; r++) {
+    float *d = dl + (size_t)r * V;
+    const float *tl = t->tlogits + (size_t)r * V;
+    float mx = tl[0];
+    for (int v = 1; v < V; v++) mx = tl[v] > mx ? tl[v] : mx;
+    double z = 0;
+    for (int v = 0; v < V; v++) z += exp((double)tl[v] - mx);
+    double lz = log(z);
+    for (int v = 0; v < V; v++) {
+      double lp = (double)tl[v] - mx - lz, p = exp(lp);
+      double sv = (double)d[v] * (n - 1) + (v == ids[r + 1] ? 1.0 : 0.0);
+      if (sv < 1e-30) sv = 1e-30;
+      kl_sum += p * (lp - log(sv));
+      d[v] = ce * d[v] + kl * inv * (float)(sv - p);
+    }
+  }
+  t->last_kl += kl_sum / (n - 1); /* summed over the step's rows; the loop averages */
+  *loss = t->c.ce_w * *loss + t->c.kl_w * kl_sum / (n - 1);
+  return 0;
 }
 
 static double now_s(void) {
@@ -676,6 +731,9 @@ static int ckpt_due(const tcfg *c, int64_t s) {
 }
 
 static void trainer_free(trainer *t) {
+  qins_llm_destroy(t->teacher);
+  qins_model_close(t->teacher_m);
+  free(t->tlogits);
   if (t->log) fclose(t->log);
   qins_optim_destroy(t->o);
   qins_train_model_destroy(t->tm);
@@ -762,6 +820,22 @@ int qins_train_run(const qins_train_opts *opts, qins_train_result *res) {
   }
   rc = 0;
   if (opts->resume && (rc = restore_optim(&t, opts->resume))) goto out;
+  if (c->teacher[0]) {
+    qins_llm_options lo = {c->seq + 1, 0};
+    if ((rc = qins_model_open(c->teacher, &t.teacher_m)) || (rc = qins_llm_create(t.teacher_m, t.be, &lo, &t.teacher)))
+      goto out;
+    if (qins_llm_vocab(t.teacher) != vocab) {
+      rc = qins_error_set(QINS_EINPUT, "distill.teacher %s: vocabulary %d differs from the student's %d", c->teacher,
+                          qins_llm_vocab(t.teacher), vocab);
+      goto out;
+    }
+    t.tlogits = malloc((size_t)(c->seq + 1) * vocab * sizeof(float));
+    if (!t.tlogits) {
+      rc = qins_error_set(QINS_ENOMEM, "no memory for teacher logits");
+      goto out;
+    }
+    qins_train_model_set_logit_hook(t.tm, distill_hook, &t);
+  }
   if (pr)
     fprintf(pr, "model: %s, %d tensors (%d QINS %s), optimizer %s, lr %g%s\n", model_path,
             qins_train_model_count(t.tm), n_qins, qins_dtype_name(c->storage), c->qins ? "qins-adamw" : "adamw",
@@ -801,6 +875,7 @@ int qins_train_run(const qins_train_opts *opts, qins_train_result *res) {
   while (t.step < c->steps) {
     qins_optim_zero_grad(t.o);
     double loss_sum = 0;
+    t.last_kl = 0;
     for (int a = 0; a < c->grad_accum && !rc; a++) {
       rc = qins_data_batch(&t.train, c->seed, t.data_pos++, B, T, batch);
       for (int b = 0; b < B && !rc; b++) {
@@ -817,8 +892,11 @@ int qins_train_run(const qins_train_opts *opts, qins_train_result *res) {
     t.step++;
     tokens += (int64_t)B * c->grad_accum * T;
     double el = now_s() - t0, tps = (double)tokens / (el > 0 ? el : 1e-9);
-    fprintf(t.log, "{\"step\": %lld, \"loss\": %.17g, \"lr\": %.9g, \"grad_norm\": %.17g, \"tokens_per_s\": %.1f%s}\n",
-            (long long)t.step, loss, (double)rep.lr, rep.grad_norm, tps, rep.applied ? "" : ", \"skipped\": true");
+    char kl_text[64] = "";
+    if (t.teacher) snprintf(kl_text, sizeof kl_text, ", \"kl\": %.9g", t.last_kl / (B * c->grad_accum));
+    fprintf(t.log, "{\"step\": %lld, \"loss\": %.17g, \"lr\": %.9g, \"grad_norm\": %.17g, \"tokens_per_s\": %.1f%s%s}\n",
+            (long long)t.step, loss, (double)rep.lr, rep.grad_norm, tps, rep.applied ? "" : ", \"skipped\": true",
+            kl_text);
     qins_metric_set(t.m_loss, loss);
     qins_metric_set(t.m_lr, rep.lr);
     qins_metric_set(t.m_norm, rep.grad_norm);
