@@ -1,7 +1,8 @@
 #!/bin/sh
 # C2: convert stories260K to QINS compute (qins8 on v/o/MLP) and finetune it on text the FP teacher
 # samples; report KL to the teacher, greedy agreement and loss before and after (reports/C2.*).
-# Usage: scripts/c2.sh [--set key=value ...]   (QINS=path/to/qins, C2_SAMPLES=N teacher samples)
+# Usage: scripts/c2.sh [--set key=value ...]   (QINS=path/to/qins, C2_SAMPLES=N teacher samples,
+#        C2_SKIP_FINETUNE=1 / C2_SKIP_DISTILL=1 to run one half)
 set -e
 Q=${QINS:-build/tools/qins}
 M=../shared/models/stories260K/stories260K.bin
@@ -28,6 +29,7 @@ LAST=$(sed -n 's/.*"checkpoint": "\([^"]*\)".*/\1/p' runs/finetune.result.json)
 fi
 
 # Distillation: the same student trained on KL(teacher || student) (+ ce * CE), pipelines/train/distill.yaml
+[ "${C2_SKIP_DISTILL:-0}" = 1 ] && exit 0
 "$Q" train pipelines/train/distill.yaml "$@" > runs/distill.result.json
 cat runs/distill.result.json
 LAST=$(sed -n 's/.*"checkpoint": "\([^"]*\)".*/\1/p' runs/distill.result.json)
