@@ -93,7 +93,7 @@ int cmd_train_compare(int argc, char **argv) {
     if (!rc && !f) rc = qins_error_set(QINS_EIO, "%s: cannot create", p);
     if (f) {
       fprintf(f, "# %s\n\nTeacher: `%s`. Held-out windows of `%s`, %d positions each.\n\n", title, teacher, shard, seq);
-      fprintf(f, "| student | KL(teacher||student) | greedy agreement | student loss | teacher loss |\n|---|---|---|---|---|\n");
+      fprintf(f, "| student | KL(teacher ∥ student) | greedy agreement | student loss | teacher loss |\n|---|---|---|---|---|\n");
       for (int k = 0; k < ns; k++)
         fprintf(f, "| %s | %.5f | %.2f%% | %.4f | %.4f |\n", labels[k], ag[k].kl, 100 * ag[k].agree,
                 ag[k].student_loss, ag[k].teacher_loss);
