@@ -173,6 +173,11 @@ static int run_one(const qins_model *m, const char *model_name, const char *back
   memset(r, 0, sizeof *r);
   uint64_t total_ns = 0;
   for (int k = 0; k < QINS_OP_COUNT; k++) total_ns += be->stats[k].ns;
+  if (getenv("QINS_BENCH_OPS"))
+    for (int k = 0; k < QINS_OP_COUNT; k++)
+      if (be->stats[k].calls)
+        fprintf(stderr, "  %s %s: %llu calls, %.3f ms\n", backend, qins_op_name((qins_op_kind)k),
+                (unsigned long long)be->stats[k].calls, be->stats[k].ns / 1e6);
   if (total_ns) {
     r->matmul_share = (double)be->stats[QINS_OP_MATMUL].ns / (double)total_ns;
     r->attention_share = (double)be->stats[QINS_OP_ATTENTION].ns / (double)total_ns;
@@ -201,7 +206,8 @@ done:
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: qins-bench-decode [--quick] [--json FILE] [--backend B[,B...]] [--prefill N] [--decode N]\n"
+          "usage: qins-bench-decode [--quick] [--json FILE] [--backend B[,B...]] [--model stories260K|synthetic]\n"
+          "                         [--prefill N] [--decode N]\n"
           "  Prefill and decode tokens/s for stories260K and a synthetic 110M Llama (f32 weights), and the\n"
           "  fraction of the bandwidth bound (memcpy bandwidth / weight bytes per token) decode reaches.\n"
           "  Default backends: every one available (qins backends).\n");
@@ -209,11 +215,12 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
   int quick = 0, prefill = 0, decode = 0;
-  const char *json_path = NULL, *backend_list = NULL;
+  const char *json_path = NULL, *backend_list = NULL, *only = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--quick")) quick = 1;
     else if (!strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
     else if (!strcmp(argv[i], "--backend") && i + 1 < argc) backend_list = argv[++i];
+    else if (!strcmp(argv[i], "--model") && i + 1 < argc) only = argv[++i];
     else if (!strcmp(argv[i], "--prefill") && i + 1 < argc) prefill = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--decode") && i + 1 < argc) decode = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -244,12 +251,18 @@ int main(int argc, char **argv) {
   double bw = memcpy_bandwidth(quick ? (64u << 20) : (256u << 20), quick ? 4 : 8);
   printf("memcpy bandwidth: %.2f GB/s (bytes read + written per second, best of several passes)\n", bw / 1e9);
 
+  if (only && strcmp(only, "stories260K") && strcmp(only, "synthetic")) {
+    fprintf(stderr, "qins-bench-decode: --model is stories260K or synthetic\n");
+    return 2;
+  }
   qins_model *stories = NULL;
   char spath[1200];
   snprintf(spath, sizeof spath, "%s/models/stories260K/stories260K.bin", QINS_SHARED_DIR);
-  if (qins_model_open(spath, &stories)) fprintf(stderr, "skipping stories260K: %s\n", qins_error_msg());
+  if ((!only || !strcmp(only, "stories260K")) && qins_model_open(spath, &stories))
+    fprintf(stderr, "skipping stories260K: %s\n", qins_error_msg());
   synth big;
-  if (synth_create(&big, 768, 12, 12, 2048, 32000, 4096)) {
+  memset(&big, 0, sizeof big);
+  if ((!only || !strcmp(only, "synthetic")) && synth_create(&big, 768, 12, 12, 2048, 32000, 4096)) {
     fprintf(stderr, "qins-bench-decode: %s\n", qins_error_msg());
     return 1;
   }
@@ -259,7 +272,7 @@ int main(int argc, char **argv) {
   printf("\n| model | backend | device | params | weight MB/token | prefill tok/s (N) | decode tok/s (N) | bound tok/s | "
          "decode / bound | decode op time: matmul / attention |\n|---|---|---|---|---|---|---|---|---|---|\n");
   for (int mi = 0; mi < 2; mi++) {
-    const qins_model *m = mi == 0 ? stories : &big.m;
+    const qins_model *m = mi == 0 ? stories : big.blob ? &big.m : NULL;
     const char *mname = mi == 0 ? "stories260K" : "synthetic-llama-110M";
     if (!m) continue;
     int p = prefill, d = decode;

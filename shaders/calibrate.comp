@@ -2,8 +2,9 @@
 // mode 0 mse, 1 std:c, 2 absmax, 3 fixed:v; L = 255 (qins8, qins-f32) or 63 (qins6).
 // mse: 33-point grid on u = ln(alpha * sigma) over [ln 0.02, ln 20], then 24 golden-section
 // steps on [u_best - h, u_best + h]; the refined midpoint is kept only if its MSE is lower.
-// A constant nonzero row (sigma 0) uses absmax in place of sigma. NaN and +-Inf elements are
-// left out of every statistic (mean, sigma, absmax, MSE); the mean still divides by cols.
+// A constant nonzero row (sigma 0) uses absmax in place of sigma (std and mse). NaN and +-Inf
+// elements are left out of every statistic (mean, sigma, absmax, MSE: all divide by the finite
+// count). alpha is stored finite and > 0 (clamped to [FLT_MIN, FLT_MAX]), like the cpu codec.
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -16,17 +17,22 @@ layout(binding = 1) buffer A { float alpha[]; };
 layout(binding = 2) readonly buffer T { float lut[]; };
 
 shared float lut_s[256];
+float g_inv_am; // 1/absmax of the row (set before any mse call)
 
-float mse(uint xo, float a) {
+float store_alpha(float a) { return !(a > 0.0) ? 1.0 : clamp(a, 1.17549435e-38, 3.40282347e38); }
+
+// (decoded - x) / absmax squared: the same ordering as the MSE, without float overflow on huge rows
+float mse(uint xo, float kf, float a) {
+  a = store_alpha(a);
   float inv = 1.0 / a;
   float s = 0.0;
   for (uint i = gl_LocalInvocationID.x; i < pc.cols; i += WG) {
     float v = x[xo + i];
     if (isnan(v) || isinf(v)) continue;
-    float d = lut_s[qins_code(v, a, pc.L)] * inv - v;
+    float d = (lut_s[qins_code(v, a, pc.L)] * inv - v) * g_inv_am;
     s += d * d;
   }
-  return wg_sum(s) / float(pc.cols);
+  return wg_sum(s) / kf;
 }
 
 void main() {
@@ -36,22 +42,38 @@ void main() {
   uint xo = (pc.off[0] >> 2) + r * pc.cols;
   uint lbase = (pc.off[2] >> 2) + (pc.L == 255u ? 0u : 256u);
   for (uint i = lid; i <= pc.L; i += WG) lut_s[i] = lut[lbase + i];
-  float s = 0.0, m = 0.0;
+  // statistics of the finite elements, scaled by absmax so that huge rows cannot overflow
+  float m = 0.0, k = 0.0;
   for (uint i = lid; i < pc.cols; i += WG) {
     float v = x[xo + i];
     if (isnan(v) || isinf(v)) continue;
-    s += v;
     m = max(m, abs(v));
+    k += 1.0;
   }
-  float mean = wg_sum(s) / float(pc.cols);
   float absmax = wg_max(m);
+  float kf = max(wg_sum(k), 1.0);
+  float inv_am = absmax > 0.0 ? 1.0 / absmax : 0.0;
+  g_inv_am = inv_am;
+  float s = 0.0;
+  for (uint i = lid; i < pc.cols; i += WG) {
+    float v = x[xo + i];
+    if (isnan(v) || isinf(v)) continue;
+    precise float vs = v * inv_am;
+    s += vs;
+  }
+  float mean_s = wg_sum(s) / kf;
   float q = 0.0;
   for (uint i = lid; i < pc.cols; i += WG) {
     float v = x[xo + i];
     if (isnan(v) || isinf(v)) continue;
-    q += (v - mean) * (v - mean);
+    // `precise` forbids fusing into fma(v, inv_am, -mean_s): on NVIDIA that fusion left the
+    // rounding error of v * inv_am in d, so a constant row got sigma ~1e-8 * absmax instead of 0
+    // and std:c produced an alpha 1e8 times too large.
+    precise float vs = v * inv_am;
+    float d = vs - mean_s;
+    q += d * d;
   }
-  float sigma = sqrt(wg_sum(q) / float(pc.cols)); // the barriers above also publish lut_s
+  float sigma = sqrt(wg_sum(q) / kf) * absmax; // the barriers above also publish lut_s
   float a = 1.0;
   if (pc.mode == 3u) {
     a = pc.value;
@@ -67,20 +89,21 @@ void main() {
     float ub = U0, fb = 3.4e38;
     for (uint i = 0; i <= 32u; i++) {
       float u = U0 + float(i) * H;
-      float f = mse(xo, exp(u) / sg);
+      float f = mse(xo, kf, exp(u) / sg);
       if (f < fb) { fb = f; ub = u; }
     }
     const float GR = 0.6180339887498949;
     float lo = ub - H, hi = ub + H;
     float c = hi - GR * (hi - lo), d = lo + GR * (hi - lo);
-    float fc = mse(xo, exp(c) / sg), fd = mse(xo, exp(d) / sg);
+    float fc = mse(xo, kf, exp(c) / sg), fd = mse(xo, kf, exp(d) / sg);
     for (uint it = 0; it < 24u; it++) {
-      if (fc < fd) { hi = d; d = c; fd = fc; c = hi - GR * (hi - lo); fc = mse(xo, exp(c) / sg); }
-      else { lo = c; c = d; fc = fd; d = lo + GR * (hi - lo); fd = mse(xo, exp(d) / sg); }
+      if (fc < fd) { hi = d; d = c; fd = fc; c = hi - GR * (hi - lo); fc = mse(xo, kf, exp(c) / sg); }
+      else { lo = c; c = d; fc = fd; d = lo + GR * (hi - lo); fd = mse(xo, kf, exp(d) / sg); }
     }
     float um = 0.5 * (lo + hi);
-    float fm = mse(xo, exp(um) / sg);
+    float fm = mse(xo, kf, exp(um) / sg);
     a = exp(fm < fb ? um : ub) / sg;
   }
+  if (pc.mode != 3u) a = store_alpha(a);
   if (lid == 0u) alpha[(pc.off[1] >> 2) + r] = a;
 }

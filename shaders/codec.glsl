@@ -2,12 +2,13 @@
 #ifndef QINS_CODEC_GLSL
 #define QINS_CODEC_GLSL
 
-// z = s / (1 + alpha |x|) with sign(0) = sign(-0) = +1; NaN encodes as x = 0.
+// z = s / (1 + alpha |x|) with sign(0) = sign(-0) = +1; NaN encodes as x = 0. |z| is kept
+// >= 1e-12 (where D clamps anyway) so that huge |x| and +-Inf keep their sign, as on the cpu.
 float qins_z(float xv, float alpha) {
   if (isnan(xv)) return 1.0;
-  if (isinf(xv)) return xv < 0.0 ? -0.0 : 0.0; // some devices' 1/inf is not 0
-  precise float z = 1.0 / (1.0 + alpha * abs(xv));
-  return xv < 0.0 ? -z : z;
+  precise float m = 1.0 / (1.0 + alpha * abs(xv));
+  if (isinf(xv) || !(m >= 1e-12)) m = 1e-12; // some devices' 1/inf is not 0
+  return xv < 0.0 ? -m : m;
 }
 
 // Code for levels L = 255 (qins8) or 63 (qins6): q = clamp(rint((z + 1) * L/2), 0, L).

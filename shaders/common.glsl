@@ -3,6 +3,11 @@
 #ifndef QINS_COMMON_GLSL
 #define QINS_COMMON_GLSL
 
+#ifdef USE_SUBGROUP
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#endif
+
 #ifndef WG
 #define WG 256
 #endif

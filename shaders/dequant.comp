@@ -35,7 +35,8 @@ void main() {
   float z = src[(pc.off[0] >> 2) + g];
   float az = abs(z);
   float mag = (1.0 - az) / (s * max(az, 1e-12));
-  v = (floatBitsToUint(z) >> 31) != 0u ? -mag : mag;
+  v = z < 0.0 ? -mag : mag; // sign(-0) = +1
+  if (isnan(z)) v = z;
 #endif
   y[(pc.off[3] >> 2) + g] = v;
 }

@@ -11,21 +11,6 @@ layout(binding = 2) buffer Y { float y[]; };
 
 float silu(float v) { return v / (1.0 + exp(-v)); }
 
-// tanh from exp: the GLSL built-in has no useful precision bound
-float tanh_acc(float u) {
-  float au = abs(u);
-  float t;
-  if (au < 0.125) {
-    float u2 = u * u; // odd series, enough for |u| < 1/8 at f32
-    t = au * (1.0 - u2 * (1.0 / 3.0 - u2 * (2.0 / 15.0 - u2 * (17.0 / 315.0))));
-  } else if (au > 20.0) {
-    t = 1.0;
-  } else {
-    t = 1.0 - 2.0 / (exp(2.0 * au) + 1.0);
-  }
-  return u < 0.0 ? -t : t;
-}
-
 void main() {
   uint i = flat_id();
   if (i >= pc.rows * pc.cols) return;
@@ -43,7 +28,9 @@ void main() {
 #elif defined(OP_SILU_MUL)
   float r = silu(v) * u;
 #elif defined(OP_GELU)
-  float r = 0.5 * v * (1.0 + tanh_acc(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+  // 0.5 v (1 + tanh(u)) == v / (1 + exp(-2u)): no cancellation for negative v, and no use of
+  // the built-in tanh (which has no useful precision bound)
+  float r = v / (1.0 + exp(-2.0 * 0.7978845608028654 * (v + 0.044715 * v * v * v)));
 #endif
   y[(pc.off[2] >> 2) + i] = r;
 }

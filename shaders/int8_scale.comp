@@ -1,5 +1,5 @@
 // int8 steps: absmax/127 per row (blk >= cols) or per block of blk elements of a row (the last
-// block may be shorter). NaN elements are ignored; all-zero blocks get step 0. One work group
+// block may be shorter). NaN and +-Inf elements are ignored; all-zero blocks get step 0. One work group
 // per row.
 #version 450
 #extension GL_GOOGLE_include_directive : require
@@ -17,14 +17,14 @@ void main() {
   uint xo = (pc.off[0] >> 2) + r * pc.cols, so = (pc.off[1] >> 2) + r * pc.nblk;
   if (pc.nblk == 1u) {
     float m = 0.0;
-    for (uint i = lid; i < pc.cols; i += WG) { float v = abs(x[xo + i]); if (!isnan(v)) m = max(m, v); }
+    for (uint i = lid; i < pc.cols; i += WG) { float v = abs(x[xo + i]); if (!isnan(v) && !isinf(v)) m = max(m, v); }
     m = wg_max(m);
     if (lid == 0u) sc[so] = m / 127.0;
   } else {
     for (uint b = lid; b < pc.nblk; b += WG) {
       float m = 0.0;
       uint end = min(pc.cols, (b + 1u) * pc.blk);
-      for (uint i = b * pc.blk; i < end; i++) { float v = abs(x[xo + i]); if (!isnan(v)) m = max(m, v); }
+      for (uint i = b * pc.blk; i < end; i++) { float v = abs(x[xo + i]); if (!isnan(v) && !isinf(v)) m = max(m, v); }
       sc[so + b] = m / 127.0;
     }
   }

@@ -16,8 +16,12 @@
 #ifndef BK
 #define BK 16
 #endif
+#ifndef TM
 #define TM 4
+#endif
+#ifndef TN
 #define TN 4
+#endif
 #define WG ((BM / TM) * (BN / TN))
 #include "common.glsl"
 #include "weights.glsl"
@@ -54,8 +58,8 @@ void main() {
     barrier();
     for (uint kk = 0; kk < BK; kk++) {
       float a[TM], b[TN];
-      for (uint i = 0; i < TM; i++) a[i] = As[kk][tm * TM + i];
-      for (uint j = 0; j < TN; j++) b[j] = Bs[kk][tn * TN + j];
+      for (uint i = 0; i < TM; i++) a[i] = As[kk][tm + i * (BM / TM)];
+      for (uint j = 0; j < TN; j++) b[j] = Bs[kk][tn + j * (BN / TN)];
       for (uint i = 0; i < TM; i++)
         for (uint j = 0; j < TN; j++) acc[i][j] += a[i] * b[j];
     }
@@ -63,10 +67,10 @@ void main() {
   }
   uint yo = pc.off[3] >> 2;
   for (uint i = 0; i < TM; i++) {
-    uint m = mb + tm * TM + i;
+    uint m = mb + tm + i * (BM / TM);
     if (m >= pc.M) continue;
     for (uint j = 0; j < TN; j++) {
-      uint n = nb + tn * TN + j;
+      uint n = nb + tn + j * (BN / TN);
       if (n >= pc.nrows) continue;
       uint col = pc.n0 + n;
       float b = pc.has_bias != 0u ? bias[(pc.off[2] >> 2) + col] : 0.0;

@@ -1,5 +1,6 @@
 // Rotary embedding of x[M,H,D] (rows = M tokens in this dispatch): per (row, j) either rotates pair j (j < rot_dim/2, interleaved
-// or half mode) or copies dimension rot_dim + (j - rot_dim/2). y may alias x.
+// or half mode; mode bit 1: the transposed rotation, for rope_backward) or copies dimension
+// rot_dim + (j - rot_dim/2). y may alias x.
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
@@ -27,8 +28,9 @@ void main() {
   precise_sincos(angle, s, c);
   c *= pc.attn;
   s *= pc.attn;
-  uint i0 = pc.mode == 0u ? 2u * j : j;
-  uint i1 = pc.mode == 0u ? 2u * j + 1u : j + pc.half_;
+  if ((pc.mode & 2u) != 0u) s = -s; // backward: the transposed rotation
+  uint i0 = (pc.mode & 1u) == 0u ? 2u * j : j;
+  uint i1 = (pc.mode & 1u) == 0u ? 2u * j + 1u : j + pc.half_;
   float a = x[xo + i0], b = x[xo + i1];
   y[yo + i0] = a * c - b * s;
   y[yo + i1] = a * s + b * c;

@@ -231,7 +231,7 @@ static void test_toy_qins_adamw(void **st) {
     toy_f f;
     toy_f_init(&f, be, &init);
     qins_optim_config cfg = qins_optim_config_default();
-    cfg.adamw.lr = 3e-2f;
+    cfg.adamw.lr = 1e-2f; /* 3e-2 made QINS-AdamW diverge on some seeds: its w-step grows as 1/z^2 */
     cfg.adamw.beta2 = 0.95f;
     qins_optim *o;
     assert_int_equal(qins_optim_create(&cfg, &o), 0);
@@ -245,7 +245,7 @@ static void test_toy_qins_adamw(void **st) {
       }
       assert_true(qins_optim_add(o, toy_names[k], f.w[k], f.g[k], toy_sizes[k], &po) >= 0);
     }
-    for (int s = 0; s < 40; s++) {
+    for (int s = 0; s < 80; s++) {
       qins_optim_zero_grad(o);
       double loss;
       assert_int_equal(toy_loss_grad(&f, ids, T, &loss), 0);

@@ -8,8 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/backend.h"
+#include "core/backend_grad.h"
 #include "core/error.h"
 #include "core/vk/vk.h"
 #include "tests/test_util.h"
@@ -52,7 +54,7 @@ static void pmake(pair *p, const char *name, qins_dtype dt, int nd, const int64_
   }
 }
 
-static void *pread(const pair *p, int i) {
+static void *pair_read(const pair *p, int i) {
   size_t n = qins_tensor_nbytes(&p->t[i]);
   void *h = malloc(n ? n : 1);
   assert_int_equal(qins_tensor_read(&p->t[i], h), 0);
@@ -67,7 +69,7 @@ static void pfree(pair *p) {
 }
 
 static void compare_f32(const char *what, const pair *p, double tol) {
-  float *a = pread(p, 0), *b = pread(p, 1);
+  float *a = pair_read(p, 0), *b = pair_read(p, 1);
   test_assert_close(what, b, a, qins_tensor_numel(&p->t[0]), tol);
   free(a);
   free(b);
@@ -92,6 +94,40 @@ static void *to_dtype(const float *x, int64_t n, qins_dtype dt) {
 }
 
 static size_t rand_off(size_t unit) { return unit * (size_t)(test_rand_u64() % 6); } /* 0..5 units: mostly unaligned */
+
+/* Every embedded variant passes spirv-val for Vulkan 1.2 (skipped when spirv-val is missing). */
+static void test_spirv_valid(void **state) {
+  (void)state;
+  if (system("spirv-val --version > /dev/null 2>&1") != 0) {
+    skip();
+    return;
+  }
+  char path[] = "/tmp/qins_spv_XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  close(fd);
+  int n = qins_vk_shader_count();
+  assert_true(n > 40);
+  for (int i = 0; i < n; i++) {
+    const char *name;
+    const uint32_t *code;
+    size_t bytes;
+    assert_int_equal(qins_vk_shader_get(i, &name, &code, &bytes), 0);
+    assert_int_equal(code[0], 0x07230203u); /* SPIR-V magic */
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(code, 1, bytes, f), bytes);
+    fclose(f);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "spirv-val --target-env vulkan1.2 %s", path);
+    if (system(cmd) != 0) {
+      remove(path);
+      fail_msg("shader %s fails spirv-val", name);
+    }
+  }
+  remove(path);
+  assert_int_equal(qins_vk_shader_get(n, &(const char *){NULL}, &(const uint32_t *){NULL}, &(size_t){0}), -1);
+}
 
 /* ---------------------------------------------------------------- probe, buffers */
 
@@ -196,7 +232,7 @@ static void matmul_case(int64_t m, int64_t k, int64_t n, qins_dtype wdt, int wit
 static void test_matmul(void **state) {
   (void)state;
   NEED_VK();
-  static const int64_t shapes[][3] = {{1, 7, 5}, {1, 257, 33}, {3, 33, 257}, {8, 64, 1}, {9, 33, 7}, {33, 257, 65}, {70, 128, 130}};
+  static const int64_t shapes[][3] = {{1, 7, 5}, {1, 257, 33}, {3, 33, 257}, {8, 64, 1}, {9, 33, 7}, {33, 257, 65}, {70, 128, 130}, {130, 70, 259}};
   for (int d = 0; d < 3; d++)
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
       matmul_case(shapes[s][0], shapes[s][1], shapes[s][2], (qins_dtype[]){QINS_DT_F32, QINS_DT_F16, QINS_DT_BF16}[d],
@@ -240,6 +276,21 @@ static void test_split_small_limit(void **state) {
   pmake(&BY, "wide_out", QINS_DT_F32, 2, big, NULL, 0);
   assert_int_equal(qins_op_softmax(B[1], &BX.t[1], &BY.t[1]), QINS_EUNSUPPORTED);
   assert_non_null(strstr(qins_error_msg(), "wide"));
+  /* elementwise ops and casts do not care about row length: they run on flattened rows */
+  for (int i = 0; i < 2; i++) {
+    OK(qins_op_silu_mul(B[i], &BX.t[i], &BX.t[i], &BY.t[i]));
+    OK(qins_op_add(B[i], &BY.t[i], &BX.t[i], &BY.t[i]));
+  }
+  compare_f32("silu_mul then add on rows over the limit", &BY, 1e-5);
+  pair BH;
+  pmake(&BH, "wide_f16", QINS_DT_F16, 2, big, NULL, 2);
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(qins_tensor_write(&BY.t[i], bx), 0); /* the same input on both backends */
+    OK(qins_op_cast(B[i], &BY.t[i], &BH.t[i]));
+    OK(qins_op_cast(B[i], &BH.t[i], &BX.t[i]));
+  }
+  compare_f32("casts f32 -> f16 -> f32 on rows over the limit", &BX, 0);
+  pfree(&BH);
   pfree(&X); pfree(&Wt); pfree(&Y); pfree(&T); pfree(&I); pfree(&E); pfree(&BX); pfree(&BY);
   free(x); free(w); free(table); free(bx);
 }
@@ -413,6 +464,8 @@ static void test_attention(void **state) {
   attention_case(5, 6, 3, 64, 300, 200);
   attention_case(1, 8, 1, 128, 8192, 8191); /* long context, decode */
   attention_case(3, 2, 2, 256, 130, 0);
+  attention_case(4, 4, 2, 32, 1500, 1000); /* key splits with causal ends inside them */
+  attention_case(40, 2, 1, 16, 700, 600);
 }
 
 /* ---------------------------------------------------------------- argmax, topk */
@@ -441,8 +494,8 @@ static void test_select(void **state) {
       OK(qins_op_argmax(B[i], &X.t[i], &I1.t[i]));
       OK(qins_op_topk(B[i], &X.t[i], k, &V.t[i], &I.t[i]));
     }
-    int32_t *a0 = pread(&I1, 0), *a1 = pread(&I1, 1), *t0 = pread(&I, 0), *t1 = pread(&I, 1);
-    float *v0 = pread(&V, 0), *v1 = pread(&V, 1);
+    int32_t *a0 = pair_read(&I1, 0), *a1 = pair_read(&I1, 1), *t0 = pair_read(&I, 0), *t1 = pair_read(&I, 1);
+    float *v0 = pair_read(&V, 0), *v1 = pair_read(&V, 1);
     assert_memory_equal(a0, a1, (size_t)r * 4);
     assert_memory_equal(t0, t1, (size_t)(r * k) * 4);
     assert_memory_equal(v0, v1, (size_t)(r * k) * 4);
@@ -485,7 +538,7 @@ static void test_copy_cast(void **state) {
       pmake(&D, "dst", dts[b], 1, &n, NULL, rand_off(qins_dtype_size(dts[b])));
       /* neighbours of the view must survive 16-bit writes */
       for (int i = 0; i < 2; i++) OK(qins_op_cast(B[i], &S.t[i], &D.t[i]));
-      void *d0 = pread(&D, 0), *d1 = pread(&D, 1);
+      void *d0 = pair_read(&D, 0), *d1 = pair_read(&D, 1);
       if (memcmp(d0, d1, qins_tensor_nbytes(&D.t[0])) != 0) fail_msg("cast %s -> %s differs from cpu", qins_dtype_name(dts[a]), qins_dtype_name(dts[b]));
       free(d0); free(d1);
       pfree(&S); pfree(&D);
@@ -540,8 +593,8 @@ static void test_copy_cast(void **state) {
 
 static float ref_z(float x, float alpha) {
   if (isnan(x)) return 1.0f;
-  if (isinf(x)) return x < 0 ? -0.0f : 0.0f;
   float z = 1.0f / (1.0f + alpha * fabsf(x));
+  if (isinf(x) || !(z >= 1e-12f)) z = 1e-12f; /* |z| >= 1e-12 keeps the sign of huge |x| */
   return x < 0 ? -z : z;
 }
 
@@ -653,7 +706,7 @@ static void test_codec(void **state) {
                        alpha[row], want_a);
           } else {
             double mg = ref_mse(xr, c, alpha[row], L), mw = ref_mse(xr, c, (float)want_a, L);
-            if (mg > mw * (1 + 1e-3) + 1e-30)
+            if (mg > mw * (1 + 1e-2) + 1e-30) /* the MSE jumps with alpha: allow a near-tie */
               fail_msg("calibrate mse %s row %lld: alpha %g has MSE %g, reference alpha %g has %g", qins_dtype_name(fmt),
                        (long long)row, alpha[row], mg, want_a, mw);
           }
@@ -730,7 +783,7 @@ static void test_codec(void **state) {
         if (fmt == QINS_DT_QINS_F32) {
           float z = ref_z(x[i], a), az = fabsf(z);
           float mag = (1.0f - az) / (a * fmaxf(az, 1e-12f));
-          yr[i] = signbit(z) ? -mag : mag;
+          yr[i] = z < 0 ? -mag : mag;
         } else {
           yr[i] = ref_decode(fmt == QINS_DT_QINS8 || fmt == QINS_DT_QINS6 ? ref_code(x[i], a, L) : 0, a, L);
         }
@@ -765,7 +818,7 @@ static void test_codec(void **state) {
         for (int64_t b = 0; b < nblk; b++) {
           float amax = 0;
           for (int64_t i = b * blk; i < (b + 1) * blk && i < c; i++)
-            if (!isnan(x[row * c + i])) amax = fmaxf(amax, fabsf(x[row * c + i]));
+            if (isfinite(x[row * c + i])) amax = fmaxf(amax, fabsf(x[row * c + i]));
           float want_s = amax / 127.0f;
           if (!(fabsf(st[row * nblk + b] - want_s) <= 1e-6f * want_s) && !(isinf(want_s) && isinf(st[row * nblk + b])))
             fail_msg("%s step [%lld,%lld] = %g, expected %g", qins_dtype_name(fmt), (long long)row, (long long)b,
@@ -798,6 +851,135 @@ static void test_codec(void **state) {
   }
 }
 
+/* The codec against the cpu backend on rows with special values (NaN, +-Inf, huge, constant,
+ * all-zero): same alphas (mse: same MSE within a near-tie), codes off by at most one rarely,
+ * identical int8 steps. */
+static void test_codec_vs_cpu(void **state) {
+  (void)state;
+  NEED_VK();
+  int64_t shape[2] = {6, 67}, r = 6, c = 67, n = r * c;
+  float *x = randn(n, 0.3f);
+  for (int64_t i = 0; i < c; i++) { x[c + i] = 0.0f; x[2 * c + i] = -1.5f; }
+  x[3 * c + 1] = NAN; x[3 * c + 2] = INFINITY; x[3 * c + 3] = -INFINITY; x[3 * c + 4] = 1e30f; x[3 * c + 5] = -0.0f;
+  x[4 * c + 7] = 3e38f; x[4 * c + 8] = -3e38f;
+  pair X, A;
+  pmake(&X, "x", QINS_DT_F32, 2, shape, x, 4);
+  pmake(&A, "alpha", QINS_DT_F32, 1, &r, NULL, 0);
+  const qins_dtype fmts[5] = {QINS_DT_QINS8, QINS_DT_QINS6, QINS_DT_QINS_F32, QINS_DT_INT8_ROW, QINS_DT_INT8_B32};
+  const char *specs[4] = {"fixed:0.5", "std:0.7", "absmax", "mse"};
+  for (int f = 0; f < 5; f++) {
+    qins_dtype fmt = fmts[f];
+    int qins = qins_dtype_is_qins(fmt);
+    for (int sp = 0; qins && sp < 4; sp++) {
+      qins_alpha_spec spec;
+      assert_int_equal(qins_alpha_spec_parse(specs[sp], &spec), 0);
+      test_poison(&A.t[1]);
+      for (int i = 0; i < 2; i++) OK(qins_op_calibrate(B[i], &X.t[i], fmt, spec, &A.t[i]));
+      float *a0 = pair_read(&A, 0), *a1 = pair_read(&A, 1);
+      for (int64_t row = 0; row < r; row++) {
+        int L = fmt == QINS_DT_QINS6 ? 63 : 255;
+        int ok = fabsf(a1[row] - a0[row]) <= 2e-6f * a0[row];
+        if (!ok && sp == 3) { /* compare the MSE of the finite part of the row */
+          float fin[67];
+          int64_t k = 0;
+          for (int64_t i = 0; i < c; i++) if (isfinite(x[row * c + i])) fin[k++] = x[row * c + i];
+          ok = ref_mse(fin, k, a1[row], L) <= ref_mse(fin, k, a0[row], L) * (1 + 1e-2);
+        }
+        if (!ok) fail_msg("calibrate %s %s row %lld: vk %g, cpu %g", specs[sp], qins_dtype_name(fmt), (long long)row,
+                          a1[row], a0[row]);
+      }
+      free(a0);
+      free(a1);
+    }
+    pair Q, S, Y;
+    int64_t ns = qins_format_scale_count(fmt, r, c);
+    pmake(&Q, "codes", fmt, 2, shape, NULL, qins ? (fmt == QINS_DT_QINS_F32 ? 8 : 3) : 5);
+    pmake(&S, "codes.scale", QINS_DT_F32, 1, &ns, NULL, 0);
+    pmake(&Y, "y", QINS_DT_F32, 2, shape, NULL, 0);
+    float *acpu = pair_read(&A, 0); /* the cpu's last calibration (mse), on both: codes comparable */
+    for (int i = 0; i < 2; i++) {
+      Q.t[i].scale = &S.t[i];
+      if (qins) assert_int_equal(qins_tensor_write(&S.t[i], acpu), 0);
+      OK(qins_op_quantize(B[i], &X.t[i], &Q.t[i]));
+      OK(qins_op_dequantize(B[i], &Q.t[i], &Y.t[i]));
+    }
+    if (!qins) {
+      float *s0 = pair_read(&S, 0), *s1 = pair_read(&S, 1);
+      assert_memory_equal(s0, s1, (size_t)ns * 4);
+      free(s0); free(s1);
+    }
+    unsigned char *q0 = pair_read(&Q, 0), *q1 = pair_read(&Q, 1);
+    size_t nb = qins_tensor_nbytes(&Q.t[0]);
+    if (fmt == QINS_DT_QINS_F32) {
+      test_assert_close("qins-f32 z vs cpu", (float *)q1, (float *)q0, n, 1e-6);
+    } else {
+      int64_t diff = 0;
+      for (size_t i = 0; i < nb; i++) diff += q0[i] != q1[i];
+      if (diff * 100 > (int64_t)nb + 100) fail_msg("%s: %lld of %zu bytes differ from cpu", qins_dtype_name(fmt), (long long)diff, nb);
+    }
+    float *y0 = pair_read(&Y, 0), *y1 = pair_read(&Y, 1);
+    for (int64_t i = 0; i < n; i++) {
+      if (isnan(y0[i]) != isnan(y1[i])) fail_msg("%s decode %lld: vk %g, cpu %g", qins_dtype_name(fmt), (long long)i, y1[i], y0[i]);
+      if (!isfinite(y0[i]) || !isfinite(y1[i]) || fabsf(y0[i]) > 1e20f) { y0[i] = y1[i] = 0; }
+    }
+    test_assert_close("decode vs cpu", y1, y0, n, fmt == QINS_DT_QINS_F32 || !qins ? 1e-6 : 1e-2);
+    free(q0); free(q1); free(y0); free(y1); free(acpu);
+    for (int i = 0; i < 2; i++) Q.t[i].scale = NULL;
+    pfree(&Q); pfree(&S); pfree(&Y);
+  }
+  pfree(&X); pfree(&A);
+  free(x);
+}
+
+/* More commands than one batch holds, with host writes (in-stream updates and staging copies on
+ * device-only memory) and overlapping copies between them: order and lifetimes hold across the
+ * automatic submissions. */
+static void test_long_batch(void **state) {
+  (void)state;
+  NEED_VK();
+  setenv("QINS_VK_NO_MAP", "1", 1);
+  qins_backend *v;
+  int rc = qins_backend_create("vk:0", &v);
+  unsetenv("QINS_VK_NO_MAP");
+  assert_int_equal(rc, 0);
+  int64_t n[2] = {37, 1}, one = 1;
+  float x[37], inc, big[2000];
+  for (int i = 0; i < 37; i++) x[i] = (float)i;
+  for (int i = 0; i < 2000; i++) big[i] = (float)i;
+  qins_tensor X, Bt, Big;
+  test_tensor_make(v, &X, "x", QINS_DT_F32, 2, n, x);
+  test_tensor_make(v, &Bt, "inc", QINS_DT_F32, 1, &one, NULL);
+  int64_t bn = 2000;
+  test_tensor_make(v, &Big, "big", QINS_DT_F32, 1, &bn, big);
+  float want = 0;
+  for (int it = 0; it < 700; it++) {
+    inc = (float)(it % 3);
+    want += inc;
+    assert_int_equal(qins_tensor_write(&Bt, &inc), 0);  /* 4 bytes: in-stream update */
+    OK(qins_op_add(v, &X, &Bt, &X));
+    if (it % 97 == 0) {
+      /* an unaligned staged write, then an overlapping copy inside the same buffer */
+      assert_int_equal(qins_buf_write(Big.buf, 1, (const char *)big + 1, sizeof big - 1), 0);
+      qins_tensor a = Big, b = Big;
+      a.shape[0] = b.shape[0] = 1000;
+      b.offset = 400;
+      OK(qins_op_copy(v, &a, &b));
+    }
+  }
+  float got[37], gb[2000];
+  assert_int_equal(qins_tensor_read(&X, got), 0);
+  for (int i = 0; i < 37; i++) assert_true(got[i] == (float)i + want);
+  assert_int_equal(qins_tensor_read(&Big, gb), 0);
+  for (int i = 0; i < 2000; i++) {
+    float w = i >= 100 && i < 1100 ? (float)(i - 100) : (float)i;
+    if (gb[i] != w) fail_msg("big[%d] = %g, expected %g", i, gb[i], w);
+  }
+  qins_tensor_free(&X);
+  qins_tensor_free(&Bt);
+  qins_tensor_free(&Big);
+  qins_backend_destroy(v);
+}
+
 /* ---------------------------------------------------------------- timing, validation */
 
 static void test_timestamps(void **state) {
@@ -812,55 +994,141 @@ static void test_timestamps(void **state) {
   if (in.timestamp_period > 0) assert_true(B[1]->stats[QINS_OP_MATMUL].ns > before);
 }
 
-static void test_validation(void **state) {
+/* A few backward ops against the cpu (test_grad.c checks every one against finite differences on
+ * every backend; here they also run under the validation layer). */
+static void grad_cases(void) {
+  int64_t m = 5, n = 33, k = 17;
+  int64_t ys[2] = {m, n}, xs[2] = {m, k}, ws[2] = {n, k};
+  float *dy = randn(m * n, 1.0f), *x = randn(m * k, 1.0f), *w = randn(n * k, 0.2f), *z = calloc((size_t)(n * k), 4);
+  pair DY, X, W, DX, DW, DB;
+  pmake(&DY, "dy", QINS_DT_F32, 2, ys, dy, 4);
+  pmake(&X, "x", QINS_DT_F32, 2, xs, x, 0);
+  pmake(&W, "w", QINS_DT_F32, 2, ws, w, 8);
+  pmake(&DX, "dx", QINS_DT_F32, 2, xs, NULL, 0);
+  pmake(&DW, "dw", QINS_DT_F32, 2, ws, z, 4);
+  pmake(&DB, "dbias", QINS_DT_F32, 1, &n, z, 0);
+  for (int i = 0; i < 2; i++) OK(qins_op_matmul_backward(B[i], &DY.t[i], &X.t[i], &W.t[i], &DX.t[i], &DW.t[i], &DB.t[i]));
+  compare_f32("matmul_backward dx", &DX, 1e-5);
+  compare_f32("matmul_backward dw", &DW, 1e-5);
+  compare_f32("matmul_backward dbias", &DB, 1e-5);
+  int64_t qs[3] = {4, 4, 16}, cs[3] = {6, 2, 16};
+  float *q = randn(256, 1.0f), *kk = randn(192, 1.0f), *v = randn(192, 1.0f), *g = randn(256, 1.0f);
+  pair Q, K, V, G, DQ, DK, DV;
+  pmake(&Q, "q", QINS_DT_F32, 3, qs, q, 0);
+  pmake(&K, "k", QINS_DT_F32, 3, cs, kk, 4);
+  pmake(&V, "v", QINS_DT_F32, 3, cs, v, 0);
+  pmake(&G, "dout", QINS_DT_F32, 3, qs, g, 0);
+  pmake(&DQ, "dq", QINS_DT_F32, 3, qs, NULL, 0);
+  pmake(&DK, "dk", QINS_DT_F32, 3, cs, NULL, 0);
+  pmake(&DV, "dv", QINS_DT_F32, 3, cs, NULL, 0);
+  for (int i = 0; i < 2; i++)
+    OK(qins_op_attention_backward(B[i], &Q.t[i], &K.t[i], &V.t[i], 1, 0.25f, &G.t[i], &DQ.t[i], &DK.t[i], &DV.t[i]));
+  compare_f32("attention_backward dq", &DQ, 1e-4);
+  compare_f32("attention_backward dk", &DK, 1e-4);
+  compare_f32("attention_backward dv", &DV, 1e-4);
+  int32_t tg[5] = {3, -1, 32, 0, 7};
+  pair T, L, DL;
+  pmake(&T, "targets", QINS_DT_I32, 1, &m, tg, 0);
+  pmake(&L, "loss", QINS_DT_F32, 1, &m, NULL, 0);
+  pmake(&DL, "dlogits", QINS_DT_F32, 2, ys, NULL, 0);
+  for (int i = 0; i < 2; i++) OK(qins_op_cross_entropy(B[i], &DY.t[i], &T.t[i], &L.t[i], &DL.t[i], 0.0f));
+  compare_f32("cross_entropy loss", &L, 1e-5);
+  compare_f32("cross_entropy dlogits", &DL, 1e-5);
+  pfree(&DY); pfree(&X); pfree(&W); pfree(&DX); pfree(&DW); pfree(&DB);
+  pfree(&Q); pfree(&K); pfree(&V); pfree(&G); pfree(&DQ); pfree(&DK); pfree(&DV);
+  pfree(&T); pfree(&L); pfree(&DL);
+  free(dy); free(x); free(w); free(z); free(q); free(kk); free(v); free(g);
+}
+
+static void test_grad_vs_cpu(void **state) {
   (void)state;
   NEED_VK();
-  setenv("QINS_VK_VALIDATION", "1", 1);
+  grad_cases();
+}
+
+/* Runs a few ops (compared with cpu) on a fresh vk:0 created with the given environment; returns
+ * the validation messages counted (QINS_VK_VALIDATION=1 in env) or -1 if the layer is missing. */
+static int run_with_env(const char *const *env) {
+  for (int i = 0; env[i]; i += 2) setenv(env[i], env[i + 1], 1);
   qins_backend *v;
   int rc = qins_backend_create("vk:0", &v);
-  unsetenv("QINS_VK_VALIDATION");
-  if (rc == QINS_EUNSUPPORTED && strstr(qins_error_msg(), "not installed")) {
-    skip();
-    return;
-  }
+  for (int i = 0; env[i]; i += 2) unsetenv(env[i]);
+  if (rc == QINS_EUNSUPPORTED && strstr(qins_error_msg(), "not installed")) return -1;
   assert_int_equal(rc, 0);
-  qins_vk_info in;
-  qins_vk_get_info(v, &in);
-  assert_true(in.validation);
   qins_backend *keep = B[1];
-  B[1] = v; /* run a few cases on the validated device */
+  B[1] = v; /* the shared cases run on this device */
   matmul_case(1, 33, 17, QINS_DT_F16, 1);
   matmul_case(12, 33, 17, QINS_DT_BF16, 0);
   attention_case(3, 4, 2, 16, 10, 5);
+  attention_case(2, 2, 1, 16, 600, 500); /* split keys + combine */
+  grad_cases();
   int64_t shape[2] = {3, 40};
   float *x = randn(120, 1.0f);
-  qins_tensor X, A, Q, Y;
-  test_tensor_make(v, &X, "x", QINS_DT_F32, 2, shape, x);
+  pair X, Y, W;
+  pmake(&X, "x", QINS_DT_F32, 2, shape, x, 4);
+  pmake(&Y, "y", QINS_DT_F32, 2, shape, NULL, 0);
+  pmake(&W, "w", QINS_DT_F32, 1, &shape[1], x, 8);
+  for (int i = 0; i < 2; i++) {
+    OK(qins_op_softmax(B[i], &X.t[i], &Y.t[i]));
+    OK(qins_op_rmsnorm(B[i], &Y.t[i], &W.t[i], 1e-5f, &Y.t[i]));
+  }
+  compare_f32("softmax then rmsnorm", &Y, 1e-5);
+  qins_tensor A, Q, D;
   test_tensor_make(v, &A, "alpha", QINS_DT_F32, 1, shape, NULL);
   qins_tensor_init(&Q, "q", QINS_DT_QINS6, 2, shape);
   Q.scale = &A;
   assert_int_equal(qins_tensor_alloc(v, &Q), 0);
-  test_tensor_make(v, &Y, "y", QINS_DT_F32, 2, shape, NULL);
+  test_tensor_make(v, &D, "y", QINS_DT_F32, 2, shape, NULL);
   qins_alpha_spec spec = {QINS_ALPHA_MSE, 0};
-  OK(qins_op_calibrate(v, &X, QINS_DT_QINS6, spec, &A));
-  OK(qins_op_quantize(v, &X, &Q));
-  OK(qins_op_dequantize(v, &Q, &Y));
-  OK(qins_op_softmax(v, &Y, &Y));
+  OK(qins_op_calibrate(v, &X.t[1], QINS_DT_QINS6, spec, &A));
+  OK(qins_op_quantize(v, &X.t[1], &Q));
+  OK(qins_op_dequantize(v, &Q, &D));
+  float *y = malloc(120 * sizeof *y);
+  assert_int_equal(qins_tensor_read(&D, y), 0);
+  test_assert_close("qins6 round trip", y, x, 120, 0.1);
   assert_int_equal(qins_backend_sync(v), 0);
   Q.scale = NULL;
   qins_tensor_free(&Q);
   qins_tensor_free(&A);
-  qins_tensor_free(&X);
-  qins_tensor_free(&Y);
+  qins_tensor_free(&D);
+  pfree(&X);
+  pfree(&Y);
+  pfree(&W);
   free(x);
+  free(y);
   B[1] = keep;
   int msgs = qins_vk_validation_messages(v);
   qins_backend_destroy(v);
+  return msgs;
+}
+
+/* Without push descriptors (descriptor pool), mapped memory (staging), subgroup arithmetic
+ * (shared-memory reductions) or 16-bit storage (packed f16/bf16 loads): paths other devices take. */
+static void test_fallback_paths(void **state) {
+  (void)state;
+  NEED_VK();
+  const char *env[] = {"QINS_VK_NO_PUSH_DESCRIPTORS", "1", "QINS_VK_NO_MAP", "1", "QINS_VK_NO_SUBGROUP", "1",
+                       "QINS_VK_NO_STORAGE16", "1", NULL};
+  assert_int_equal(run_with_env(env), 0);
+}
+
+static void test_validation(void **state) {
+  (void)state;
+  NEED_VK();
+  const char *env[] = {"QINS_VK_VALIDATION", "1", NULL};
+  int msgs = run_with_env(env);
+  if (msgs < 0) {
+    skip();
+    return;
+  }
   assert_int_equal(msgs, 0);
+  const char *env2[] = {"QINS_VK_VALIDATION", "1", "QINS_VK_NO_PUSH_DESCRIPTORS", "1", "QINS_VK_NO_MAP", "1", NULL};
+  assert_int_equal(run_with_env(env2), 0);
 }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_spirv_valid),
       cmocka_unit_test(test_probe),
       cmocka_unit_test(test_buffers),
       cmocka_unit_test(test_matmul),
@@ -873,7 +1141,11 @@ int main(void) {
       cmocka_unit_test(test_select),
       cmocka_unit_test(test_copy_cast),
       cmocka_unit_test(test_codec),
+      cmocka_unit_test(test_codec_vs_cpu),
+      cmocka_unit_test(test_long_batch),
       cmocka_unit_test(test_timestamps),
+      cmocka_unit_test(test_grad_vs_cpu),
+      cmocka_unit_test(test_fallback_paths),
       cmocka_unit_test(test_validation),
   };
   return cmocka_run_group_tests_name("vk", tests, setup, teardown);

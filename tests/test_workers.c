@@ -39,7 +39,7 @@ static const char *ECHO =
     "  - {name: sink, type: sink}\n"
     "edges:\n"
     "  - {from: sample, to: embed, loop: true}\n"
-    "heartbeat_ms: 50\n";
+    "heartbeat_ms: 100\n";
 
 static char tmpdir[256];
 
@@ -307,7 +307,7 @@ static void fault_run(const char *victim, int sig, int restart, int *rc_out, fau
   snprintf(set_in, sizeof set_in, "inputs={file: %s/prompts.jsonl}", tmpdir);
   snprintf(set_out, sizeof set_out, "outputs={jsonl: %s/%s}", tmpdir, outname);
   const char *sets[] = {set_in, set_out, restart ? "restart={policy: restart, max_attempts: 2}" : "restart=stop",
-                        "stages.mix1.options.delay_us=300", extra_set ? extra_set : "heartbeat_ms=50"};
+                        "stages.mix1.options.delay_us=300", extra_set ? extra_set : "heartbeat_ms=100"};
   memset(fl, 0, sizeof *fl);
   fl->victim = victim;
   fl->sig = sig;
@@ -401,7 +401,7 @@ static void test_stage_error_stops(void **state) {
   (void)state;
   const char *sets[] = {"inputs={prompts: [ok, '']}", "restart=restart"};
   int rc = run_echo(sets, 2, NULL, NULL);
-  assert_int_equal(rc, QINS_EIPC);
+  assert_int_equal(rc, QINS_EINPUT); /* bad input data: exit status 2 */
   if (!strstr(qins_error_msg(), "worker 'front'") || !strstr(qins_error_msg(), "stage 'tok'") ||
       !strstr(qins_error_msg(), "empty prompt"))
     fail_msg("unclear message: %s", qins_error_msg());
@@ -547,8 +547,8 @@ static const char *MODEL_TMPL =
     "  - {from: sample, to: embed, loop: true}\n";
 
 /* Run the model pipeline (split or not) on prompts; texts[i] gets request i's text. */
-static void run_model(const char *model, const char *tokenizer, int max_seq, int layers, int split, int text_io,
-                      int max_tokens, int stop, char **prompts, int n, char **texts) {
+static void run_model_fault(const char *model, const char *tokenizer, int max_seq, int layers, int split, int text_io,
+                            int max_tokens, int stop, char **prompts, int n, char **texts, fault *fl) {
   char yaml[4096], tokline[600] = "", workers[512];
   if (tokenizer) snprintf(tokline, sizeof tokline, "tokenizer: %s\n", tokenizer);
   int cut = layers > 1 ? layers / 2 : 1;
@@ -571,13 +571,16 @@ static void run_model(const char *model, const char *tokenizer, int max_seq, int
   char *set_in = malloc(strlen(prs) + 32);
   sprintf(set_in, "inputs={prompts: %s}", prs);
   free(prs);
-  const char *sets[] = {set_out, set_in};
+  const char *sets[] = {set_out, set_in, "restart={policy: restart, max_attempts: 2}"};
   qins_pipeline *pl = NULL;
-  int rc = qins_pipeline_load_string(yaml, strlen(yaml), "model-test.yaml", sets, 2, &pl);
+  int rc = qins_pipeline_load_string(yaml, strlen(yaml), "model-test.yaml", sets, 3, &pl);
   free(set_in);
   if (rc) fail_msg("%s", qins_error_msg());
   qins_run_opts o = {0};
   o.quiet = 1;
+  o.on_event = on_event;
+  o.user = fl;
+  o.event_every_result = 1;
   rc = qins_run_pipeline(pl, &o);
   qins_pipeline_free(pl);
   if (rc) fail_msg("model run failed: %s", qins_error_msg());
@@ -600,6 +603,11 @@ static void run_model(const char *model, const char *tokenizer, int max_seq, int
   free(line);
   fclose(f);
   assert_int_equal(lines, n);
+}
+
+static void run_model(const char *model, const char *tokenizer, int max_seq, int layers, int split, int text_io,
+                      int max_tokens, int stop, char **prompts, int n, char **texts) {
+  run_model_fault(model, tokenizer, max_seq, layers, split, text_io, max_tokens, stop, prompts, n, texts, NULL);
 }
 
 static void test_stories_split_equals_one_worker(void **state) {
@@ -646,6 +654,22 @@ static void test_stories_split_equals_one_worker(void **state) {
   assert_string_equal(two[0], expect);
   free(two[0]);
   json_decref(fx);
+  /* SIGKILL of the back worker (layers 2:5, head, sample) mid-run: restarted, in-flight requests
+   * replayed from their prompts; every answer equals the undisturbed run's */
+  enum { NP = 16 };
+  char *many[NP], *ref[NP], *got[NP];
+  const char *words[] = {"Once upon a time", "The little dog", "Lily", "Tom and his mom"};
+  for (int i = 0; i < NP; i++) many[i] = (char *)words[i % 4];
+  run_model(model, tok, 512, 5, 1, 1, 60, 1, many, NP, ref);
+  fault fl = {"back", SIGKILL, NP / 4, 0, 0};
+  run_model_fault(model, tok, 512, 5, 1, 1, 60, 1, many, NP, got, &fl);
+  assert_true(fl.done);
+  assert_int_equal(fl.restarts_seen, 1);
+  for (int i = 0; i < NP; i++) {
+    assert_string_equal(ref[i], got[i]);
+    free(ref[i]);
+    free(got[i]);
+  }
 }
 
 static void test_hf_fixtures_split(void **state) {
@@ -678,6 +702,142 @@ static void test_hf_fixtures_split(void **state) {
     free(two[0]);
     json_decref(fx);
   }
+}
+
+
+/* A remote worker outlives nothing: kill -9 of its coordinator makes it leave by itself. */
+static void test_tcp_worker_leaves_dead_coordinator(void **state) {
+  (void)state;
+  char **pr;
+  int n = 40;
+  write_prompts(n, &pr);
+  int port = free_port();
+  char out[600];
+  snprintf(out, sizeof out, "%s/tcp9.jsonl", tmpdir);
+  unlink(out);
+  pid_t w = fork();
+  assert_true(w >= 0);
+  if (w == 0) {
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
+    int devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 2);
+    execl(getenv("QINS_BIN"), "qins", "worker", "--connect", ep, (char *)NULL);
+    _exit(127);
+  }
+  pid_t coord = fork();
+  assert_true(coord >= 0);
+  if (coord == 0) {
+    char host[128], set_in[700], set_out[700];
+    snprintf(host, sizeof host, "workers.back.host=tcp://127.0.0.1:%d", port);
+    snprintf(set_in, sizeof set_in, "inputs={file: %s/prompts.jsonl}", tmpdir);
+    snprintf(set_out, sizeof set_out, "outputs={jsonl: %s}", out);
+    const char *sets[] = {set_in, set_out, host, "stages.mix1.options.delay_us=3000"};
+    _exit(run_echo(sets, 4, NULL, NULL) == 0 ? 0 : 1);
+  }
+  for (int i = 0; i < 1000; i++) { /* until the run is under way */
+    FILE *f = fopen(out, "r");
+    int lines = 0, c;
+    if (f) {
+      while ((c = fgetc(f)) != EOF) lines += c == '\n';
+      fclose(f);
+    }
+    if (lines >= 1) break;
+    usleep(10000);
+  }
+  kill(coord, SIGKILL);
+  int st;
+  waitpid(coord, &st, 0);
+  pid_t got = 0;
+  for (int i = 0; i < 1000 && got == 0; i++) { /* the worker notices within ~3 s */
+    got = waitpid(w, &st, WNOHANG);
+    if (!got) usleep(10000);
+  }
+  if (got != w) {
+    kill(w, SIGKILL);
+    waitpid(w, &st, 0);
+    fail_msg("the remote worker did not leave after its coordinator died");
+  }
+  for (int i = 0; i < n; i++) free(pr[i]);
+  free(pr);
+}
+
+
+static pid_t spawn_remote(int port) {
+  pid_t w = fork();
+  if (w == 0) {
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
+    int devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 2);
+    execl(getenv("QINS_BIN"), "qins", "worker", "--connect", ep, (char *)NULL);
+    _exit(127);
+  }
+  return w;
+}
+
+typedef struct rejoin {
+  pid_t worker;
+  int port, after, done, restarts_seen;
+} rejoin;
+
+static void on_event_rejoin(qins_run *run, int final, void *user) {
+  rejoin *j = user;
+  if (final) {
+    char *s = qins_run_state_json(run);
+    json_t *o = json_loads(s, 0, NULL);
+    size_t i;
+    json_t *in;
+    json_array_foreach(json_object_get(o, "instances"), i, in) j->restarts_seen += (int)json_integer_value(json_object_get(in, "restarts"));
+    json_decref(o);
+    free(s);
+    return;
+  }
+  if (j->done || qins_run_done_count(run) < j->after) return;
+  j->done = 1;
+  int st;
+  kill(j->worker, SIGKILL);
+  waitpid(j->worker, &st, 0);
+  j->worker = spawn_remote(j->port); /* a new worker takes the dead one's place */
+}
+
+/* A remote worker killed mid-run with restart: a new `qins worker --connect` joins, in-flight
+ * requests are replayed, every request is answered once, as the local run answers it. */
+static void test_tcp_worker_rejoin(void **state) {
+  (void)state;
+  char **pr;
+  int n = 40;
+  write_prompts(n, &pr);
+  int port = free_port();
+  char host[128], set_in[700], set_out[700];
+  snprintf(host, sizeof host, "workers.back.host=tcp://127.0.0.1:%d", port);
+  snprintf(set_in, sizeof set_in, "inputs={file: %s/prompts.jsonl}", tmpdir);
+  snprintf(set_out, sizeof set_out, "outputs={jsonl: %s/rejoin.jsonl}", tmpdir);
+  const char *sets[] = {set_in, set_out, host, "restart={policy: restart, max_attempts: 2}",
+                        "stages.mix1.options.delay_us=300"};
+  rejoin j = {spawn_remote(port), port, n / 4, 0, 0};
+  qins_pipeline *pl = load(ECHO, sets, 5);
+  qins_run_opts o = {0};
+  o.quiet = 1;
+  o.on_event = on_event_rejoin;
+  o.user = &j;
+  o.event_every_result = 1;
+  int rc = qins_run_pipeline(pl, &o);
+  qins_pipeline_free(pl);
+  int st;
+  if (rc) kill(j.worker, SIGKILL);
+  waitpid(j.worker, &st, 0);
+  if (rc) fail_msg("run failed: %s", qins_error_msg());
+  assert_true(j.done);
+  assert_int_equal(j.restarts_seen, 1);
+  pl = load(ECHO, NULL, 0);
+  int seen[64];
+  char out[600];
+  snprintf(out, sizeof out, "%s/rejoin.jsonl", tmpdir);
+  assert_int_equal(check_outputs(out, pl, pr, n, seen, 1), n);
+  qins_pipeline_free(pl);
+  for (int i = 0; i < n; i++) free(pr[i]);
+  free(pr);
 }
 
 /* The CLI: exit 2 and a located message for a bad pipeline, 0 and records for a good one. */
@@ -731,6 +891,8 @@ int main(void) {
       cmocka_unit_test(test_sigkill_restart),         cmocka_unit_test(test_sigkill_stop),
       cmocka_unit_test(test_sigstop_hang),            cmocka_unit_test(test_stage_error_stops),
       cmocka_unit_test(test_kill9_coordinator),       cmocka_unit_test(test_tcp_worker),
+      cmocka_unit_test(test_tcp_worker_leaves_dead_coordinator),
+      cmocka_unit_test(test_tcp_worker_rejoin),
       cmocka_unit_test(test_cli),
       cmocka_unit_test(test_stories_split_equals_one_worker),
       cmocka_unit_test(test_hf_fixtures_split),

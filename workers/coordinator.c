@@ -37,10 +37,18 @@ typedef struct cinst {
   double last_seen, started;
   int restarts;
   int peers_sent;
+  int inflight;  /* requests in flight that entered through this (entry) instance */
+  int rejoin;    /* a remote worker died: its replacement must tell everyone its new endpoints */
+  int ack_wait;  /* a RESET_ACK is owed */
   json_t *data_ep, *credit_ep; /* {"ipc":..,"tcp":..} */
 } cinst;
 
 enum { R_PENDING, R_INFLIGHT, R_DONE };
+
+#define QINS_MAX_WAITING 16
+typedef struct waiting_joiner {
+  char ident[128], peer[64], name[96];
+} waiting_joiner;
 
 typedef struct creq {
   int state;
@@ -65,15 +73,22 @@ struct qins_run {
   char **prompts, **ids;
   creq *req;
   int n_done, n_inflight;
+  int next_new;      /* first request never sent (they go in input order) */
+  int *replay;       /* requests to send again (a worker restarted), FIFO */
+  int n_replay, replay_head;
   int feeding;
   int out_fd;
   FILE *records;
   pthread_mutex_t lock;
   atomic_int stop_requested;
   int failed;
+  int fail_code; /* QINS_EINPUT when a stage rejected its input (exit status 2), else QINS_EIPC */
   char fail_msg[1024];
   uint64_t reset_token;
   int acks_pending;
+  int peers_update; /* a re-joined remote worker has new endpoints: running workers must learn them */
+  waiting_joiner waiting[QINS_MAX_WAITING]; /* remote workers that joined while every place was taken */
+  int n_waiting;
   const char *exe;
   qins_metric *m_done, *m_inflight, *m_restarts, *m_replayed;
 };
@@ -196,6 +211,8 @@ static void describe_status(int status, char *buf, size_t n) {
 static void send_peers(qins_run *r, int i);
 
 /* A worker is gone: stop, or restart it and replay what was in flight. */
+static void send_config(qins_run *r, int i);
+
 static void instance_lost(qins_run *r, int i, const char *why) {
   char stages[512];
   qins_topo_stage_list(r->pl, &r->topo, i, stages, sizeof stages);
@@ -203,9 +220,12 @@ static void instance_lost(qins_run *r, int i, const char *why) {
   pthread_mutex_lock(&r->lock);
   r->inst[i].state = I_DEAD;
   pthread_mutex_unlock(&r->lock);
-  if (r->pl->restart != QINS_RESTART_RESTART || r->topo.inst[i].remote) {
-    fail(r, "worker '%s' (stages: %s) %s; restart policy is %s, stopping", name, stages, why,
-         r->topo.inst[i].remote ? "not available for remote workers" : "'stop'");
+  if (r->inst[i].ack_wait) { /* it will never acknowledge a RESET now */
+    r->inst[i].ack_wait = 0;
+    r->acks_pending--;
+  }
+  if (r->pl->restart != QINS_RESTART_RESTART) {
+    fail(r, "worker '%s' (stages: %s) %s; restart policy is 'stop', stopping", name, stages, why);
     return;
   }
   if (r->inst[i].restarts >= r->pl->restart_max) {
@@ -213,7 +233,9 @@ static void instance_lost(qins_run *r, int i, const char *why) {
          r->inst[i].restarts);
     return;
   }
-  if (!r->opts->quiet) QINS_WARN("worker '%s' (stages: %s) %s; restarting it", name, stages, why);
+  if (!r->opts->quiet)
+    QINS_WARN("worker '%s' (stages: %s) %s; %s", name, stages, why,
+              r->topo.inst[i].remote ? "waiting for a worker to re-join (qins worker --connect)" : "restarting it");
   r->inst[i].restarts++;
   qins_metric_add(r->m_restarts, 1);
   /* new epochs for every channel touching it; peers reset their ends before the new one starts */
@@ -232,16 +254,26 @@ static void instance_lost(qins_run *r, int i, const char *why) {
     json_t *b = json_object();
     json_object_set(b, "chans", chans);
     json_object_set_new(b, "token", json_integer((json_int_t)r->reset_token));
-    if (qins_ctl_send(r->router, r->inst[k].ident, "RESET", b) == 0) r->acks_pending++;
+    if (qins_ctl_send(r->router, r->inst[k].ident, "RESET", b) == 0 && !r->inst[k].ack_wait) {
+      r->acks_pending++;
+      r->inst[k].ack_wait = 1;
+    }
   }
   json_decref(chans);
   /* replay: every request in flight gets a new attempt; older attempts are dropped everywhere */
   json_t *reqs = json_array();
+  /* compact the replay queue: what is left in it is pending, so with the requests in flight
+   * added below it never holds more than n_req entries */
+  memmove(r->replay, r->replay + r->replay_head, sizeof(int) * (size_t)(r->n_replay - r->replay_head));
+  r->n_replay -= r->replay_head;
+  r->replay_head = 0;
   for (int q = 0; q < r->n_req; q++) {
     if (r->req[q].state != R_INFLIGHT) continue;
     r->req[q].attempt++;
     r->req[q].state = R_PENDING;
     r->n_inflight--;
+    r->inst[r->req[q].inst].inflight--;
+    r->replay[r->n_replay++] = q;
     qins_metric_add(r->m_replayed, 1);
     json_array_append_new(reqs, json_pack("[I,I]", (json_int_t)q, (json_int_t)r->req[q].attempt));
   }
@@ -252,6 +284,28 @@ static void instance_lost(qins_run *r, int i, const char *why) {
     qins_ctl_send(r->router, r->inst[k].ident, "FORGET", b);
   }
   json_decref(reqs);
+  if (r->topo.inst[i].remote) { /* another `qins worker --connect` takes its place */
+    pthread_mutex_lock(&r->lock);
+    r->inst[i].state = I_SPAWNED;
+    r->inst[i].ident[0] = 0;
+    r->inst[i].peers_sent = 0;
+    r->inst[i].rejoin = 1;
+    r->inst[i].started = r->inst[i].last_seen = now_s();
+    pthread_mutex_unlock(&r->lock);
+    for (int k = 0; k < r->n_waiting; k++) {
+      waiting_joiner *wj = &r->waiting[k];
+      if (wj->name[0] && strcmp(wj->name, name) != 0) continue;
+      snprintf(r->inst[i].ident, sizeof r->inst[i].ident, "%s", wj->ident);
+      snprintf(r->inst[i].peer, sizeof r->inst[i].peer, "%s", wj->peer);
+      memmove(wj, wj + 1, sizeof *wj * (size_t)(r->n_waiting - k - 1));
+      r->n_waiting--;
+      r->inst[i].state = I_HELLO;
+      r->inst[i].last_seen = now_s();
+      send_config(r, i);
+      break;
+    }
+    return;
+  }
   if (spawn(r, i) != 0) fail(r, "worker '%s' (stages: %s): restart failed: %s", name, stages, qins_error_msg());
 }
 
@@ -275,7 +329,15 @@ static void check_children(qins_run *r) {
     }
     /* startup gets longer (a model may be loading before the heartbeat thread starts) */
     double limit = ci->state == I_SPAWNED ? 30.0 : hb_limit;
-    if (r->topo.inst[i].remote && ci->state == I_SPAWNED) continue; /* waiting for someone to join */
+    if (r->topo.inst[i].remote && ci->state == I_SPAWNED) { /* waiting for someone to join */
+      if (ci->rejoin && t - ci->started > 60.0) {
+        char stages[512];
+        qins_topo_stage_list(r->pl, &r->topo, i, stages, sizeof stages);
+        fail(r, "worker '%s' (stages: %s): no worker re-joined at %s within 60 s; stopping", r->topo.inst[i].name,
+             stages, r->pl->workers[r->topo.inst[i].group].host);
+      }
+      continue;
+    }
     if (t - ci->last_seen > limit) {
       char why[200];
       snprintf(why, sizeof why, "stopped responding: no heartbeat for %.0f ms (limit %d ms = 5 x heartbeat_ms)",
@@ -359,6 +421,46 @@ static int all_bound(qins_run *r) {
 
 static int coord_connect(qins_run *r);
 
+/* Running workers get the endpoint table again and reconnect to whoever moved. */
+static void broadcast_peers(qins_run *r) {
+  r->peers_update = 0;
+  for (int k = 0; k < r->topo.n_inst; k++)
+    if (r->inst[k].state == I_READY) send_peers(r, k);
+}
+
+/* A remote instance came back on new tcp ports: our own sockets to it must follow. */
+static int coord_reconnect(qins_run *r, int inst) {
+  void **caches[2] = {r->push_data, r->push_credit};
+  for (int w = 0; w < 2; w++)
+    if (caches[w][inst]) {
+      zmq_close(caches[w][inst]);
+      caches[w][inst] = NULL;
+    }
+  for (int c = 0; c < r->topo.n_chan; c++) {
+    const qins_topo_chan *ch = &r->topo.chan[c];
+    int ours_tx = ch->from_inst == QINS_COORD && ch->to_inst == inst;
+    int ours_rx = ch->to_inst == QINS_COORD && ch->from_inst == inst;
+    if (!ours_tx && !ours_rx) continue;
+    json_t *ep = ours_tx ? r->inst[inst].data_ep : r->inst[inst].credit_ep;
+    const char *addr = json_string_value(json_object_get(ep, "tcp"));
+    void **cache = ours_tx ? r->push_data : r->push_credit;
+    if (!cache[inst]) {
+      void *s = mk_socket(r, ZMQ_PUSH);
+      if (!addr || zmq_connect(s, addr) != 0) {
+        zmq_close(s);
+        return qins_error_set(QINS_EIPC, "reconnect to worker '%s' at %s: %s", r->topo.inst[inst].name,
+                              addr ? addr : "(none)", zmq_strerror(errno));
+      }
+      cache[inst] = s;
+    }
+    if (ours_tx)
+      r->tx[c].sock = cache[inst];
+    else
+      r->rx[c].credit_sock = cache[inst];
+  }
+  return 0;
+}
+
 static void handle_ctl(qins_run *r, const char *ident, const char *type, json_t *body, const char *peer) {
   double t = now_s();
   if (strcmp(type, "HELLO") == 0) {
@@ -371,8 +473,15 @@ static void handle_ctl(qins_run *r, const char *ident, const char *type, json_t 
       const char *nm = json_string_value(json_object_get(body, "name"));
       for (int k = 0; k < r->topo.n_inst && i < 0; k++)
         if (r->topo.inst[k].remote && r->inst[k].state == I_SPAWNED && (!nm || !strcmp(nm, r->topo.inst[k].name))) i = k;
-      if (i < 0) {
-        qins_ctl_send(r->router, ident, "STOP", json_pack("{s:s}", "reason", "no remote worker slot free"));
+      if (i < 0) { /* every remote place is taken: it waits for one to free (a worker dying) */
+        if (r->n_waiting < QINS_MAX_WAITING) {
+          waiting_joiner *wj = &r->waiting[r->n_waiting++];
+          snprintf(wj->ident, sizeof wj->ident, "%s", ident);
+          snprintf(wj->peer, sizeof wj->peer, "%s", peer);
+          snprintf(wj->name, sizeof wj->name, "%s", nm ? nm : "");
+        } else {
+          qins_ctl_send(r->router, ident, "STOP", json_pack("{s:s}", "reason", "no remote worker place free"));
+        }
         return;
       }
       snprintf(r->inst[i].peer, sizeof r->inst[i].peer, "%s", peer);
@@ -400,6 +509,15 @@ static void handle_ctl(qins_run *r, const char *ident, const char *type, json_t 
     pthread_mutex_lock(&r->lock);
     r->inst[i].state = I_BOUND;
     pthread_mutex_unlock(&r->lock);
+    if (r->inst[i].rejoin) {
+      r->inst[i].rejoin = 0;
+      if (coord_reconnect(r, i) != 0) {
+        fail(r, "%s", qins_error_msg());
+        return;
+      }
+      r->peers_update = 1; /* sent once the RESETs are acknowledged */
+    }
+    if (r->peers_update && r->acks_pending == 0) broadcast_peers(r);
     if (all_bound(r)) {
       if (!r->push_data[0] && coord_connect(r) != 0) {
         fail(r, "%s", qins_error_msg());
@@ -413,7 +531,9 @@ static void handle_ctl(qins_run *r, const char *ident, const char *type, json_t 
     r->inst[i].state = I_READY;
     pthread_mutex_unlock(&r->lock);
   } else if (strcmp(type, "RESET_ACK") == 0) {
-    if (r->acks_pending > 0) r->acks_pending--;
+    if (r->inst[i].ack_wait && r->acks_pending > 0) r->acks_pending--;
+    r->inst[i].ack_wait = 0;
+    if (r->peers_update && r->acks_pending == 0) broadcast_peers(r);
     if (r->acks_pending == 0)
       for (int k = 0; k < r->topo.n_inst; k++)
         if (r->inst[k].state == I_BOUND && !r->inst[k].peers_sent && all_bound(r)) send_peers(r, k);
@@ -422,6 +542,8 @@ static void handle_ctl(qins_run *r, const char *ident, const char *type, json_t 
     qins_topo_stage_list(r->pl, &r->topo, i, stages, sizeof stages);
     const char *st = json_string_value(json_object_get(body, "stage"));
     const char *msg = json_string_value(json_object_get(body, "message"));
+    int code = (int)json_integer_value(json_object_get(body, "code"));
+    if (!r->failed && code == QINS_EINPUT) r->fail_code = QINS_EINPUT;
     fail(r, "worker '%s' (stages: %s): %s%s%s", r->topo.inst[i].name, stages, st && *st ? st : "",
          st && *st ? ": " : "", msg ? msg : "unknown error");
   }
@@ -514,7 +636,10 @@ static void handle_result(qins_run *r) {
     if (ok && q < (uint64_t)r->n_req && r->req[q].state != R_DONE) {
       if (write_record(r, (int)q, m.data, m.nbytes) != 0) fail(r, "%s", qins_error_msg());
       pthread_mutex_lock(&r->lock);
-      if (r->req[q].state == R_INFLIGHT) r->n_inflight--;
+      if (r->req[q].state == R_INFLIGHT) {
+        r->n_inflight--;
+        r->inst[r->req[q].inst].inflight--;
+      }
       r->req[q].state = R_DONE;
       r->n_done++;
       pthread_mutex_unlock(&r->lock);
@@ -541,11 +666,20 @@ static void handle_credits(qins_run *r) {
   }
 }
 
-static int inflight_on(qins_run *r, int inst) {
-  int n = 0;
-  for (int q = 0; q < r->n_req; q++)
-    if (r->req[q].state == R_INFLIGHT && r->req[q].inst == inst) n++;
-  return n;
+/* The next request to send: replays first, then new ones in input order. -1: none. */
+static int next_request(qins_run *r, int take) {
+  while (r->replay_head < r->n_replay) {
+    int q = r->replay[r->replay_head];
+    if (r->req[q].state == R_PENDING) {
+      if (take) r->replay_head++;
+      return q;
+    }
+    r->replay_head++; /* answered meanwhile by an older attempt */
+  }
+  if (r->replay_head == r->n_replay) r->replay_head = r->n_replay = 0;
+  while (r->next_new < r->n_req && r->req[r->next_new].state != R_PENDING) r->next_new++;
+  if (r->next_new >= r->n_req) return -1;
+  return take ? r->next_new++ : r->next_new;
 }
 
 static void feed(qins_run *r) {
@@ -554,19 +688,19 @@ static void feed(qins_run *r) {
   int first = r->topo.group_first[g], reps = pl->workers[g].replicas;
   /* a loop never holds more messages than a ring: cap the total when several groups exist */
   int cap_total = pl->n_workers > 1 ? pl->slots : pl->max_inflight * reps;
-  for (int q = 0; q < r->n_req && r->n_inflight < cap_total; q++) {
-    if (r->req[q].state != R_PENDING) continue;
+  while (r->n_inflight < cap_total && next_request(r, 0) >= 0) {
     int best = -1, best_load = 1 << 30;
     for (int k = 0; k < reps; k++) {
       int inst = first + k;
       if (r->inst[inst].state != I_READY) continue;
       int c = qins_topo_chan_for(pl, &r->topo, -1, QINS_COORD, (unsigned)k);
       if (c < 0 || qins_chan_tx_credits(&r->tx[c]) == 0) continue;
-      int load = inflight_on(r, inst);
+      int load = r->inst[inst].inflight;
       if (load >= pl->max_inflight) continue;
       if (load < best_load) best = k, best_load = load;
     }
     if (best < 0) return;
+    int q = next_request(r, 1);
     int c = qins_topo_chan_for(pl, &r->topo, -1, QINS_COORD, (unsigned)best);
     qins_msg m;
     memset(&m, 0, sizeof m);
@@ -586,6 +720,7 @@ static void feed(qins_run *r) {
     pthread_mutex_lock(&r->lock);
     r->req[q].state = R_INFLIGHT;
     r->req[q].inst = first + best;
+    r->inst[first + best].inflight++;
     r->n_inflight++;
     pthread_mutex_unlock(&r->lock);
   }
@@ -647,7 +782,8 @@ static int setup(qins_run *r) {
   r->push_data = calloc((size_t)n + 1, sizeof(void *));
   r->push_credit = calloc((size_t)n + 1, sizeof(void *));
   r->req = calloc((size_t)r->n_req + 1, sizeof *r->req);
-  if (!r->inst || !r->epochs || !r->tx || !r->rx || !r->push_data || !r->push_credit || !r->req)
+  r->replay = calloc((size_t)r->n_req + 1, sizeof(int));
+  if (!r->replay || !r->inst || !r->epochs || !r->tx || !r->rx || !r->push_data || !r->push_credit || !r->req)
     return qins_error_set(QINS_ENOMEM, "out of memory");
   if ((rc = qins_shm_create(r->topo.arena_size, &r->shm))) return rc;
   /* abstract-namespace ipc: no socket files anywhere, nothing to clean up after a crash */
@@ -721,6 +857,7 @@ static void teardown(qins_run *r) {
   free(r->push_data);
   free(r->push_credit);
   free(r->req);
+  free(r->replay);
   qins_topo_free(&r->topo);
   if (r->out_fd >= 0) close(r->out_fd);
   pthread_mutex_destroy(&r->lock);
@@ -765,7 +902,7 @@ int qins_run_pipeline(const qins_pipeline *pl, const qins_run_opts *opts_in) {
     }
     if ((rc = spawn(r, i))) goto done;
   }
-  double last_event = 0, started = now_s();
+  double last_event = 0, last_ping = 0, started = now_s();
   int announced = 0;
   while (!r->failed) {
     if (atomic_load(&r->stop_requested)) {
@@ -779,7 +916,9 @@ int qins_run_pipeline(const qins_pipeline *pl, const qins_run_opts *opts_in) {
         QINS_INFO("pipeline '%s': %d worker process(es) ready in %.2f s; %d request(s)", pl->name, r->topo.n_inst,
                   now_s() - started, r->n_req);
     }
-    if (r->feeding && r->acks_pending == 0) feed(r);
+    /* feed only with every worker running: a replaced remote worker's messages would otherwise
+     * queue for its old address */
+    if (r->feeding && r->acks_pending == 0 && all_ready(r)) feed(r);
     zmq_pollitem_t it[3] = {{r->router, 0, ZMQ_POLLIN, 0}, {r->data_in, 0, ZMQ_POLLIN, 0}, {r->credit_in, 0, ZMQ_POLLIN, 0}};
     int n = zmq_poll(it, 3, 20);
     if (n < 0 && errno != EINTR) {
@@ -799,12 +938,17 @@ int qins_run_pipeline(const qins_pipeline *pl, const qins_run_opts *opts_in) {
     check_children(r);
     qins_metric_set(r->m_inflight, r->n_inflight);
     double t = now_s();
+    if (t - last_ping >= pl->heartbeat_ms / 1000.0) { /* workers leave when we fall silent */
+      last_ping = t;
+      for (int i = 0; i < r->topo.n_inst; i++)
+        if (r->inst[i].state == I_READY) qins_ctl_send(r->router, r->inst[i].ident, "PING", NULL);
+    }
     if (opts->on_event && t - last_event >= 0.05) {
       last_event = t;
       opts->on_event(r, 0, opts->user);
     }
   }
-  if (r->failed) rc = qins_error_set(QINS_EIPC, "%s", r->fail_msg);
+  if (r->failed) rc = qins_error_set(r->fail_code ? r->fail_code : QINS_EIPC, "%s", r->fail_msg);
   else if (!opts->quiet)
     QINS_INFO("pipeline '%s': %d request(s) answered in %.2f s", pl->name, r->n_done, now_s() - started);
 done:

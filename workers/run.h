@@ -27,7 +27,8 @@ typedef struct qins_run_opts {
 
 /* Run to completion. 0 when every request was answered exactly once; QINS_EIPC (with a message
  * naming the worker and its stages) when a worker failed and the policy says stop or restarts
- * ran out; QINS_EINPUT for bad inputs. */
+ * ran out; QINS_EINPUT for bad inputs (an unreadable inputs file, or a stage rejecting a
+ * request's data, e.g. an empty prompt). */
 int qins_run_pipeline(const qins_pipeline *pl, const qins_run_opts *opts);
 
 /* Hooks (valid inside on_event). */

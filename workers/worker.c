@@ -69,10 +69,14 @@ typedef struct wk {
   forget_ent *forget;
   int n_forget, cap_forget;
   int stopping, reported;
+  double last_ctl; /* when the coordinator was last heard (it PINGs every heartbeat) */
   atomic_int hb_stop;
   pthread_t hb_thread;
   int hb_started;
-  qins_metric *m_credit_wait;
+  qins_metric *m_credit_wait, *m_zero_copy;
+  /* zero-copy output: the running stage may write straight into this channel's next slot */
+  qins_chan_tx *zc_tx;
+  int zc_edge, zc_slot, zc_used;
 } wk;
 
 static wk *g_wk; /* for the output allocator and shared objects */
@@ -88,6 +92,25 @@ static void *obuf_alloc(qins_msg *m, size_t bytes) {
 
 static void obuf_unref(obuf *b) {
   if (b && --b->refs == 0) free(b);
+}
+
+/* Output allocator when the stage's one destination is a shared-memory channel: a free slot
+ * right now becomes the output buffer (no copy later). Never waits (waiting here would run
+ * control messages, e.g. FORGET, inside the stage's forward): without a credit it falls back
+ * to a private buffer, copied when the credit comes. */
+static void *zc_alloc(qins_msg *m, size_t bytes) {
+  wk *w = g_wk;
+  int slot;
+  if (w->zc_tx && !w->zc_used) {
+    void *p = qins_chan_tx_reserve(w->zc_tx, bytes, &slot);
+    if (p) {
+      w->zc_used = 1;
+      w->zc_slot = slot;
+      m->alloc_user = NULL;
+      return p;
+    }
+  }
+  return obuf_alloc(m, bytes);
 }
 
 static void *shared_get(const qins_stage_ctx *ctx, const char *key) {
@@ -171,7 +194,15 @@ static void fatal(wk *w, const char *stage) {
   json_object_set_new(b, "message", json_string(qins_error_msg()));
   json_object_set_new(b, "code", json_integer(qins_error_code()));
   qins_ctl_send(w->ctl, NULL, "ERROR", b);
-  QINS_ERROR("%s%s%s", stage ? stage : "", stage ? ": " : "", qins_error_msg());
+  /* the coordinator prints it; a worker on another host also says it where it runs */
+  int remote = w->pl && w->inst >= 0 && w->inst < w->topo.n_inst && w->topo.inst[w->inst].remote;
+  qins_log(remote ? QINS_LOG_ERROR : QINS_LOG_DEBUG, "%s%s%s", stage ? stage : "", stage ? ": " : "", qins_error_msg());
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static int handle_control(wk *w, const char *type, json_t *body);
@@ -184,10 +215,20 @@ static int poll_control(wk *w, int timeout_ms) {
     char type[32];
     json_t *body;
     while (qins_ctl_recv(w->ctl, 1, NULL, type, sizeof type, &body, NULL) == 1) {
+      w->last_ctl = now_s();
       int rc = handle_control(w, type, body);
       json_decref(body);
       if (rc) return rc;
     }
+  }
+  /* A coordinator on another host cannot take us down with it (no parent-death signal there):
+   * silence for 20 heartbeats (at least 3 s) means it is gone. */
+  double limit = 20.0 * w->pl->heartbeat_ms / 1000.0;
+  if (limit < 3.0) limit = 3.0;
+  if (w->last_ctl > 0 && now_s() - w->last_ctl > limit) {
+    w->stopping = 1;
+    return qins_error_set(QINS_EIPC, "the coordinator at %s has been silent for %.1f s; leaving", w->control,
+                          now_s() - w->last_ctl);
   }
   if (w->credit_in && n > 0 && (it[1].revents & ZMQ_POLLIN)) {
     qins_wire_hdr h;
@@ -200,11 +241,6 @@ static int poll_control(wk *w, int timeout_ms) {
   return 0;
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Block (servicing control and credits) until the channel has a credit: back-pressure. */
 static int wait_credit(wk *w, qins_chan_tx *tx) {
@@ -269,6 +305,17 @@ static int send_to(wk *w, int edge, const qins_msg *m) {
 static int route(wk *w, int s, qins_msg *out, obuf *b) {
   const qins_pipeline *pl = w->pl;
   int rc = 0;
+  if (w->zc_used) { /* the output already sits in the channel's slot */
+    w->zc_used = 0;
+    if (out->data == w->zc_tx->ring + (size_t)w->zc_slot * w->zc_tx->slot_bytes) {
+      rc = qins_chan_send_slot(w->zc_tx, w->zc_slot, out);
+      if (rc == 0) {
+        edge_metrics(w, w->zc_edge, w->zc_tx);
+        qins_metric_add(w->m_zero_copy, 1);
+      }
+      return rc;
+    }
+  }
   if (s == pl->exit_stage) rc = send_to(w, -2, out);
   for (int e = 0; e < pl->n_edges && rc == 0; e++) {
     const qins_pl_edge *ed = &pl->edges[e];
@@ -289,6 +336,24 @@ static int run_stage(wk *w, int s, const qins_msg *in) {
   qins_msg out;
   memset(&out, 0, sizeof out);
   out.alloc = obuf_alloc;
+  w->zc_tx = NULL;
+  w->zc_used = 0;
+  {
+    /* one outgoing edge, to another worker, over shared memory, not a loop edge (which END
+     * skips), not the final stage: the output can be written in place */
+    const qins_pipeline *pl = w->pl;
+    int n_out = 0, e1 = -1;
+    for (int e = 0; e < pl->n_edges; e++)
+      if (pl->edges[e].from == s) n_out++, e1 = e;
+    if (n_out == 1 && s != pl->exit_stage && !pl->edges[e1].loop && pl->stages[pl->edges[e1].to].worker != pl->stages[s].worker) {
+      int c = qins_topo_chan_for(pl, &w->topo, e1, w->inst, in->route);
+      if (c >= 0 && w->tx[c].ring) {
+        w->zc_tx = &w->tx[c];
+        w->zc_edge = e1;
+        out.alloc = zc_alloc;
+      }
+    }
+  }
   out.req = in->req;
   out.attempt = in->attempt;
   out.route = in->route;
@@ -303,6 +368,7 @@ static int run_stage(wk *w, int s, const qins_msg *in) {
   qins_metric_add(st->m_items, 1);
   qins_metric_add(st->m_bytes_in, (double)in->nbytes);
   obuf *b = out.alloc_user;
+  if (rc != 1) w->zc_used = 0; /* a reserved slot stays free: nothing was sent */
   if (rc < 0) {
     qins_metric_add(st->m_errors, 1);
     obuf_unref(b);
@@ -334,6 +400,47 @@ static void reset_channels(wk *w, json_t *chans) {
   }
 }
 
+static void *peer_socket(wk *w, void **cache, int idx, const char *ipc, const char *tcp);
+
+/* A replaced remote worker listens on new ports: reconnect the sockets that point at it. */
+static int update_peers(wk *w, json_t *peers) {
+  json_t *eps = json_object_get(peers, "endpoints");
+  int n = w->topo.n_inst + 1;
+  for (int i = 0; i < n; i++) {
+    json_t *e = json_array_get(eps, (size_t)i);
+    const char *dt = json_string_value(json_object_get(json_object_get(e, "data"), "tcp"));
+    const char *ct = json_string_value(json_object_get(json_object_get(e, "credit"), "tcp"));
+    int moved_d = dt && strcmp(dt, w->ep_data_tcp[i]) != 0, moved_c = ct && strcmp(ct, w->ep_credit_tcp[i]) != 0;
+    if (!moved_d && !moved_c) continue;
+    if (moved_d) {
+      snprintf(w->ep_data_tcp[i], 256, "%s", dt);
+      if (w->push_data[i]) zmq_close(w->push_data[i]);
+      w->push_data[i] = NULL;
+    }
+    if (moved_c) {
+      snprintf(w->ep_credit_tcp[i], 256, "%s", ct);
+      if (w->push_credit[i]) zmq_close(w->push_credit[i]);
+      w->push_credit[i] = NULL;
+    }
+    for (int c = 0; c < w->topo.n_chan; c++) {
+      const qins_topo_chan *ch = &w->topo.chan[c];
+      int to = ch->to_inst == QINS_COORD ? w->topo.n_inst : ch->to_inst;
+      int from = ch->from_inst == QINS_COORD ? w->topo.n_inst : ch->from_inst;
+      if (moved_d && ch->from_inst == w->inst && to == i) {
+        void *sk = peer_socket(w, w->push_data, i, w->ep_data_ipc[i], w->ep_data_tcp[i]);
+        if (!sk) return QINS_EIPC;
+        w->tx[c].sock = sk;
+      }
+      if (moved_c && ch->to_inst == w->inst && from == i) {
+        void *sk = peer_socket(w, w->push_credit, i, w->ep_credit_ipc[i], w->ep_credit_tcp[i]);
+        if (!sk) return QINS_EIPC;
+        w->rx[c].credit_sock = sk;
+      }
+    }
+  }
+  return 0;
+}
+
 static int handle_control(wk *w, const char *type, json_t *body) {
   if (strcmp(type, "STOP") == 0) {
     w->stopping = 1;
@@ -351,6 +458,8 @@ static int handle_control(wk *w, const char *type, json_t *body) {
       for (int s = 0; s < w->pl->n_stages; s++)
         if (w->ours[s] && w->stages[s].type->forget) w->stages[s].type->forget(&w->stages[s], req, b);
     }
+  } else if (strcmp(type, "PEERS") == 0) {
+    return update_peers(w, body);
   } else if (strcmp(type, "RESET") == 0) {
     reset_channels(w, json_object_get(body, "chans"));
     return qins_ctl_send(w->ctl, NULL, "RESET_ACK", json_pack("{s:I}", "token", json_integer_value(json_object_get(body, "token"))));
@@ -481,6 +590,8 @@ static int init_stages(wk *w) {
   snprintf(labels, sizeof labels, "worker=\"%s\"", w->name);
   w->m_credit_wait = qins_metric_counter("qins_channel_credit_wait_seconds_total",
                                          "time producers waited for a free slot (back-pressure)", labels);
+  w->m_zero_copy = qins_metric_counter("qins_channel_zero_copy_total",
+                                       "stage outputs written straight into a channel slot (no copy)", labels);
   return 0;
 }
 
@@ -491,7 +602,7 @@ static int main_loop(wk *w) {
     zmq_pollitem_t it[3] = {{w->ctl, 0, ZMQ_POLLIN, 0}, {w->credit_in, 0, ZMQ_POLLIN, 0}, {w->data_in, 0, ZMQ_POLLIN, 0}};
     int n = zmq_poll(it, 3, timeout);
     if (n < 0 && errno != EINTR) return qins_error_set(QINS_EIPC, "poll: %s", zmq_strerror(errno));
-    if (n > 0 && ((it[0].revents | it[1].revents) & ZMQ_POLLIN) && (rc = poll_control(w, 0))) return rc;
+    if ((rc = poll_control(w, 0))) return rc; /* control, credits, coordinator silence */
     if (w->stopping) break;
     if (n > 0 && (it[2].revents & ZMQ_POLLIN)) {
       qins_wire_hdr h;
@@ -681,6 +792,7 @@ int qins_worker_main(const qins_worker_args *a) {
   json_decref(body);
   body = NULL;
   if ((rc = qins_ctl_send(w->ctl, NULL, "READY", json_object()))) goto out;
+  w->last_ctl = now_s();
   QINS_DEBUG("ready");
   rc = main_loop(w);
   if (rc < 0) goto out;

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "core/cpu/cpu_ops.h"
+#include "core/cpu/cpu_qkern.h"
 #include "core/error.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -176,9 +177,7 @@ static void gemm_f16(void *u, int64_t b, int64_t e) { gemm_dt(u, QINS_DT_F16, b,
 static void gemm_bf16(void *u, int64_t b, int64_t e) { gemm_dt(u, QINS_DT_BF16, b, e); }
 
 int cpu_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, const qins_tensor *bias, qins_tensor *y) {
-  if (qins_dtype_is_quantized(w->dtype))
-    return qins_error_set(QINS_EUNSUPPORTED, "matmul: cpu has no kernel yet for %s weights (%s)",
-                          qins_dtype_name(w->dtype), w->name);
+  if (qins_dtype_is_quantized(w->dtype)) return cpu_qmatmul(be, x, w, bias, y); /* cpu_qmatmul.c */
   matmul_job j = {qins_tensor_host(x), qins_tensor_host(w), bias ? qins_tensor_host(bias) : NULL, qins_tensor_host(y),
                   qins_tensor_rows(x), w->shape[0], w->shape[1], 0};
   int di = w->dtype == QINS_DT_F16 ? 1 : w->dtype == QINS_DT_BF16 ? 2 : 0;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/cpu/cpu_ops.h"
+#include "core/cpu/cpu_qkern.h"
 #include "core/error.h"
 
 #if defined(__AVX2__) && defined(__F16C__)
@@ -348,6 +349,7 @@ static void attention_pairs(void *user, int64_t b, int64_t e, int tid) {
 
 int cpu_attention(qins_backend *be, const qins_tensor *q, const qins_tensor *k_cache, const qins_tensor *v_cache,
                   int64_t pos0, float scale, qins_tensor *out) {
+  if (v_cache->dtype == QINS_DT_QINS8) return cpu_qattention(be, q, k_cache, v_cache, pos0, scale, out);
   if (v_cache->dtype != QINS_DT_F32)
     return qins_error_set(QINS_EUNSUPPORTED, "attention: cpu has no kernel yet for a %s V cache",
                           qins_dtype_name(v_cache->dtype));

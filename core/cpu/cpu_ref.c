@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/cpu/cpu_ops.h"
+#include "core/cpu/cpu_qkern.h"
 #include "core/error.h"
 #include "core/mem.h"
 
@@ -25,9 +26,7 @@ static inline float load_weight(const void *base, qins_dtype dt, int64_t i) {
 
 int cpu_ref_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, const qins_tensor *bias,
                    qins_tensor *y) {
-  if (qins_dtype_is_quantized(w->dtype))
-    return qins_error_set(QINS_EUNSUPPORTED, "matmul: cpu has no kernel yet for %s weights (%s)",
-                          qins_dtype_name(w->dtype), w->name);
+  if (qins_dtype_is_quantized(w->dtype)) return cpu_qmatmul_unfused(be, x, w, bias, y); /* cpu_qmatmul.c */
   int64_t m = qins_tensor_rows(x), n = w->shape[0], k = w->shape[1];
   const void *pw = qins_tensor_host(w);
   for (int64_t r = 0; r < m; r++)
@@ -189,6 +188,7 @@ int cpu_ref_embed(qins_backend *be, const qins_tensor *table, const qins_tensor 
 
 int cpu_ref_attention(qins_backend *be, const qins_tensor *q, const qins_tensor *k_cache, const qins_tensor *v_cache,
                       int64_t pos0, float scale, qins_tensor *out) {
+  if (v_cache->dtype == QINS_DT_QINS8) return cpu_qattention(be, q, k_cache, v_cache, pos0, scale, out);
   if (v_cache->dtype != QINS_DT_F32)
     return qins_error_set(QINS_EUNSUPPORTED, "attention: cpu has no kernel yet for a %s V cache",
                           qins_dtype_name(v_cache->dtype));

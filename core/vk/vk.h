@@ -3,6 +3,7 @@
 #ifndef QINS_VK_H
 #define QINS_VK_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/backend.h"
@@ -13,9 +14,11 @@ typedef struct qins_vk_info {
   int is_cpu;                     /* lavapipe/llvmpipe and other CPU emulations */
   int storage16, storage8;        /* storageBuffer16BitAccess, storageBuffer8BitAccess */
   int float16, int8;              /* shaderFloat16, shaderInt8 */
+  int float64;                    /* shaderFloat64: norm backward sums in double (_f64 variants) */
   int push_descriptors;           /* VK_KHR_push_descriptor in use */
   int cooperative_matrix;         /* VK_KHR_cooperative_matrix or VK_NV_cooperative_matrix offered (reported only) */
   uint32_t subgroup_size;
+  int subgroup_arith;             /* subgroup arithmetic in compute shaders: picks the _sg shader variants */
   uint32_t max_storage_range;     /* maxStorageBufferRange */
   uint32_t min_storage_align;     /* minStorageBufferOffsetAlignment */
   uint32_t max_wg_invocations;    /* maxComputeWorkGroupInvocations */
@@ -32,5 +35,10 @@ int qins_vk_validation_messages(qins_backend *be);
 /* Overrides (for tests): limit every binding to max_range bytes (0 restores the device limit),
  * so splitting paths run at small sizes. */
 void qins_vk_set_max_range(qins_backend *be, uint32_t max_range);
+
+/* The embedded SPIR-V variants (for tests that run spirv-val, and for listing): count, then
+ * name and words of variant i. Returns -1 past the end. */
+int qins_vk_shader_count(void);
+int qins_vk_shader_get(int i, const char **name, const uint32_t **code, size_t *bytes);
 
 #endif

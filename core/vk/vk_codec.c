@@ -5,7 +5,7 @@
 
 #include "core/vk/vk_internal.h"
 
-#define SH(name) vk_shader_index(name)
+#define SH(name) vk_shader_pick(c, name)
 
 static uint32_t fbits(float f) {
   uint32_t u;

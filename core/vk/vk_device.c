@@ -131,6 +131,7 @@ static void vk_destroy(qins_backend *be) {
       vk_flush(c);
       vkDeviceWaitIdle(c->dev);
       if (c->lut) vk_buf_free(be, c->lut);
+      vk_buffer_destroy(c, c->scratch);
       vk_garbage_free(c);
       qins_mem_free(vk_owner(), c->garbage);
       vk_pipelines_fini(c);
@@ -172,6 +173,7 @@ static int create_device(vk_ctx *c) {
   VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12};
   vkGetPhysicalDeviceFeatures2(c->phys, &f2);
   VkPhysicalDeviceVulkan11Properties p11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_PROPERTIES};
+  /* p11.maxMemoryAllocationSize bounds one buffer */
   VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &p11};
   vkGetPhysicalDeviceProperties2(c->phys, &p2);
   c->props = p2.properties;
@@ -181,11 +183,17 @@ static int create_device(vk_ctx *c) {
   snprintf(in->device_name, sizeof in->device_name, "%s", c->props.deviceName);
   in->api_version = c->props.apiVersion;
   in->is_cpu = c->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
-  in->storage16 = f11.storageBuffer16BitAccess;
+  in->storage16 = f11.storageBuffer16BitAccess && !getenv("QINS_VK_NO_STORAGE16");
   in->storage8 = f12.storageBuffer8BitAccess;
   in->float16 = f12.shaderFloat16;
   in->int8 = f12.shaderInt8;
+  in->float64 = f2.features.shaderFloat64 && !getenv("QINS_VK_NO_F64");
   in->subgroup_size = p11.subgroupSize;
+  c->max_alloc = p11.maxMemoryAllocationSize;
+  in->subgroup_arith = (p11.subgroupSupportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
+                       (p11.subgroupSupportedOperations & VK_SUBGROUP_FEATURE_BASIC_BIT) &&
+                       (p11.subgroupSupportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT) &&
+                       !getenv("QINS_VK_NO_SUBGROUP");
   in->max_storage_range = c->props.limits.maxStorageBufferRange;
   in->min_storage_align = (uint32_t)c->props.limits.minStorageBufferOffsetAlignment;
   in->max_wg_invocations = c->props.limits.maxComputeWorkGroupInvocations;
@@ -224,6 +232,7 @@ static int create_device(vk_ctx *c) {
   if (fam < 0) return qins_error_set(QINS_EUNSUPPORTED, "vulkan: %s has no compute queue", in->device_name);
   c->qfam = (uint32_t)fam;
   c->timestamps = ts_bits > 0 && c->props.limits.timestampPeriod > 0;
+  c->ts_mask = ts_bits >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << ts_bits) - 1);
   in->timestamp_period = c->timestamps ? c->props.limits.timestampPeriod : 0.0f;
 
   /* enable only what the shaders may use */
@@ -236,7 +245,9 @@ static int create_device(vk_ctx *c) {
   VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, .queueFamilyIndex = c->qfam,
                                  .queueCount = 1, .pQueuePriorities = &prio};
   const char *dext[1] = {VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME};
+  VkPhysicalDeviceFeatures base = {.shaderFloat64 = (VkBool32)in->float64};
   VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .pNext = &e12, .queueCreateInfoCount = 1,
+                            .pEnabledFeatures = &base,
                             .pQueueCreateInfos = &qci, .enabledExtensionCount = push ? 1u : 0u,
                             .ppEnabledExtensionNames = dext};
   int rc = vk_check(vkCreateDevice(c->phys, &dci, NULL, &c->dev), "vkCreateDevice");

@@ -2,6 +2,7 @@
  * with hazard-tracked barriers, descriptor binding (push descriptors or a per-batch pool),
  * timestamp queries per op, batch submission, and tensor bindings that respect the device's
  * offset alignment and maximum binding range (splitting row-parallel ops into chunks). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +17,26 @@ int vk_shader_index(const char *name) {
   for (int i = 0; i < SHADER_COUNT; i++)
     if (strcmp(vk_shader_table[i].name, name) == 0) return i;
   return -1;
+}
+
+int qins_vk_shader_count(void) { return SHADER_COUNT; }
+
+int qins_vk_shader_get(int i, const char **name, const uint32_t **code, size_t *bytes) {
+  if (i < 0 || i >= SHADER_COUNT) return -1;
+  *name = vk_shader_table[i].name;
+  *code = vk_shader_table[i].code;
+  *bytes = vk_shader_table[i].bytes;
+  return 0;
+}
+
+int vk_shader_pick(vk_ctx *c, const char *name) {
+  if (c->info.subgroup_arith) {
+    char sg[96];
+    snprintf(sg, sizeof sg, "%s_sg", name);
+    int i = vk_shader_index(sg);
+    if (i >= 0) return i;
+  }
+  return vk_shader_index(name);
 }
 
 /* Bindings a module declares: the largest Binding decoration + 1 (OpDecorate = 71, Binding = 33). */
@@ -149,14 +170,16 @@ static void hazard(vk_ctx *c, const VkBuffer *bufs, int n, unsigned write_mask) 
   }
 }
 
-/* Room for one more command in the batch (submits a full one first). */
-static int make_room(vk_ctx *c) {
-  if (c->recording && c->ndispatch >= VK_MAX_DISPATCH) {
+int vk_reserve(vk_ctx *c, int n) {
+  if (c->recording && c->ndispatch + n > VK_MAX_DISPATCH) {
     int rc = vk_flush(c);
     if (rc) return rc;
   }
   return vk_begin(c);
 }
+
+/* Room for one more command in the batch (submits a full one first). */
+static int make_room(vk_ctx *c) { return vk_reserve(c, 1); }
 
 static void stamp(vk_ctx *c, int after, qins_op_kind kind) {
   if (!c->timestamps) return;
@@ -227,6 +250,16 @@ int vk_copy_region(vk_ctx *c, qins_op_kind kind, vk_buffer *src, VkDeviceSize so
   return 0;
 }
 
+int vk_update_region(vk_ctx *c, vk_buffer *dst, VkDeviceSize off, const void *data, VkDeviceSize bytes) {
+  int rc = make_room(c);
+  if (rc) return rc;
+  dst->batch = c->batch;
+  hazard(c, &dst->buf, 1, 1u);
+  vkCmdUpdateBuffer(c->cmd, dst->buf, off, bytes, data);
+  c->garbage_bytes += bytes; /* the data lives in the command buffer until the batch completes */
+  return c->garbage_bytes > 4 * VK_STAGING_CHUNK ? vk_flush(c) : 0;
+}
+
 int vk_flush(vk_ctx *c) {
   if (!c->recording) return 0;
   /* make every write visible to the host that maps the memory after the fence */
@@ -243,8 +276,9 @@ int vk_flush(vk_ctx *c) {
                                        VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT);
     if (r == VK_SUCCESS)
       for (int i = 0; i < c->ndispatch; i++)
-        if (c->qkind[i] < QINS_OP_COUNT && ts[2 * i + 1] >= ts[2 * i])
-          c->be->stats[c->qkind[i]].ns += (uint64_t)((double)(ts[2 * i + 1] - ts[2 * i]) * c->info.timestamp_period);
+        if (c->qkind[i] < QINS_OP_COUNT)
+          c->be->stats[c->qkind[i]].ns +=
+              (uint64_t)((double)((ts[2 * i + 1] - ts[2 * i]) & c->ts_mask) * c->info.timestamp_period);
   }
   c->batch++;
   c->ndispatch = 0;

@@ -43,6 +43,7 @@ typedef struct vk_ctx {
   qins_vk_info info;
   uint32_t max_range; /* binding limit in use (device limit unless overridden) */
   uint32_t align;     /* binding offset alignment (>= 4) */
+  VkDeviceSize max_alloc; /* maxMemoryAllocationSize: the largest buffer */
   int mem_device;     /* memory type for tensors */
   int mem_staging;    /* host-visible coherent memory type for staging */
   int map_device;     /* tensors are host-mapped */
@@ -59,6 +60,7 @@ typedef struct vk_ctx {
   int ndispatch;
   VkQueryPool qpool;
   int timestamps;
+  uint64_t ts_mask; /* timestampValidBits as a mask: differences wrap within it */
   uint8_t qkind[VK_MAX_DISPATCH];
   /* hazard tracking since the last barrier */
   VkBuffer pend_read[VK_MAX_PENDING], pend_write[VK_MAX_PENDING];
@@ -67,6 +69,7 @@ typedef struct vk_ctx {
   vk_buffer **garbage;
   int ngarbage, cap_garbage;
   size_t garbage_bytes;
+  vk_buffer *scratch; /* attention split partials; replaced (old one to garbage) when too small */
   qins_buf *lut; /* D_1 tables of qins8 (256) and qins6 (64) */
   int validation_msgs;
 } vk_ctx;
@@ -97,7 +100,12 @@ typedef struct vk_bind {
 int vk_pipelines_init(vk_ctx *c);
 void vk_pipelines_fini(vk_ctx *c);
 int vk_shader_index(const char *name);
+/* The variant of `name` this device runs best (the _sg one where subgroup arithmetic exists). */
+int vk_shader_pick(vk_ctx *c, const char *name);
 int vk_begin(vk_ctx *c);
+/* Room for n more commands in the recording batch, submitting the current one if needed. Call it
+ * before putting a buffer those commands use into the garbage list (a flush frees the list). */
+int vk_reserve(vk_ctx *c, int n);
 int vk_flush(vk_ctx *c);
 int vk_sync(qins_backend *be);
 /* Bind `bytes` bytes of t starting `start` bytes past its offset; *boff receives the byte
@@ -113,6 +121,8 @@ void vk_grid(vk_ctx *c, uint64_t items, uint32_t per_group, uint32_t *gx, uint32
 /* Record a buffer copy (transfer) in the batch. */
 int vk_copy_region(vk_ctx *c, qins_op_kind kind, vk_buffer *src, VkDeviceSize soff, vk_buffer *dst, VkDeviceSize doff,
                    VkDeviceSize bytes);
+/* Record a small host-to-buffer write (vkCmdUpdateBuffer: <= 64 KiB, 4-byte aligned). */
+int vk_update_region(vk_ctx *c, vk_buffer *dst, VkDeviceSize off, const void *data, VkDeviceSize bytes);
 /* Wait for the batch if it used b (before host access or destruction). */
 int vk_wait_for(vk_ctx *c, vk_buffer *b);
 
@@ -122,6 +132,29 @@ int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, cons
 int vk_calibrate(qins_backend *be, const qins_tensor *x, qins_dtype format, qins_alpha_spec spec, qins_tensor *alpha);
 int vk_quantize(qins_backend *be, const qins_tensor *x, qins_tensor *dst);
 int vk_dequantize(qins_backend *be, const qins_tensor *src, qins_tensor *y);
+/* vk_grad.c: backward ops */
+int vk_matmul_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *x, const qins_tensor *w,
+                              qins_tensor *dx, qins_tensor *dw, qins_tensor *dbias);
+int vk_add_backward(qins_backend *be, const qins_tensor *dy, qins_tensor *db);
+int vk_mul_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *a, const qins_tensor *b,
+                           qins_tensor *da, qins_tensor *db);
+int vk_rmsnorm_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *x, const qins_tensor *w,
+                               float eps, qins_tensor *dx, qins_tensor *dw);
+int vk_layernorm_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *x, const qins_tensor *w,
+                                 float eps, qins_tensor *dx, qins_tensor *dw, qins_tensor *db);
+int vk_rope_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *pos, const qins_tensor *inv_freq,
+                            int rot_dim, float attn_factor, qins_rope_mode mode, qins_tensor *dx);
+int vk_softmax_backward(qins_backend *be, const qins_tensor *y, const qins_tensor *dy, qins_tensor *dx);
+int vk_silu_backward(qins_backend *be, const qins_tensor *x, const qins_tensor *dy, qins_tensor *dx);
+int vk_gelu_tanh_backward(qins_backend *be, const qins_tensor *x, const qins_tensor *dy, qins_tensor *dx);
+int vk_silu_mul_backward(qins_backend *be, const qins_tensor *gate, const qins_tensor *up, const qins_tensor *dy,
+                                qins_tensor *dgate, qins_tensor *dup);
+int vk_embed_backward(qins_backend *be, const qins_tensor *ids, const qins_tensor *dy, qins_tensor *dtable);
+int vk_attention_backward(qins_backend *be, const qins_tensor *q, const qins_tensor *k, const qins_tensor *v,
+                          int64_t pos0, float scale, const qins_tensor *dout, qins_tensor *dq, qins_tensor *dk,
+                          qins_tensor *dv);
+int vk_cross_entropy(qins_backend *be, const qins_tensor *logits, const qins_tensor *targets, qins_tensor *loss,
+                            qins_tensor *dlogits, float scale);
 int vk_cast_impl(vk_ctx *c, qins_op_kind kind, const qins_tensor *src, const qins_tensor *dst);
 
 /* A row-parallel op argument: bound per chunk of rows (row_bytes > 0) or whole (row_bytes 0). */

@@ -77,8 +77,9 @@ void vk_garbage_free(vk_ctx *c) {
 int vk_buf_alloc(qins_backend *be, size_t bytes, qins_buf **out) {
   vk_ctx *c = vk_of(be);
   *out = NULL;
-  if (bytes > c->props.limits.maxStorageBufferRange && (uint64_t)bytes > ((uint64_t)1 << 40))
-    return qins_error_set(QINS_EINVAL, "vulkan: buffer of %zu bytes is too large", bytes);
+  if (c->max_alloc && bytes + 16 > c->max_alloc)
+    return qins_error_set(QINS_EUNSUPPORTED, "vulkan: buffer of %zu bytes exceeds %s's largest allocation (%llu bytes)",
+                          bytes, c->info.device_name, (unsigned long long)c->max_alloc);
   qins_buf *buf = qins_mem_calloc(vk_owner(), 1, sizeof *buf);
   if (!buf) return QINS_ENOMEM;
   vk_buffer *vb;
@@ -124,11 +125,14 @@ int vk_buf_write(qins_backend *be, qins_buf *buf, size_t offset, const void *src
     memcpy((char *)vb->map + offset, src, bytes);
     return 0;
   }
-  /* device-only memory: staged copies recorded in order with the ops around them */
+  /* device-only memory: small aligned writes travel inside the command buffer */
+  if (bytes <= 65536 && offset % 4 == 0 && bytes % 4 == 0) return vk_update_region(c, vb, offset, src, bytes);
+  /* larger ones as staged copies, recorded in order with the ops around them */
   for (size_t done = 0; done < bytes;) {
     size_t n = bytes - done < VK_STAGING_CHUNK ? bytes - done : VK_STAGING_CHUNK;
     vk_buffer *st;
-    int rc = vk_buffer_create(c, n, 1, &st);
+    int rc = vk_reserve(c, 1);
+    if (!rc) rc = vk_buffer_create(c, n, 1, &st);
     if (rc) return rc;
     memcpy(st->map, (const char *)src + done, n);
     rc = vk_garbage_add(c, st);

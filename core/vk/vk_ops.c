@@ -5,7 +5,7 @@
 
 #include "core/vk/vk_internal.h"
 
-#define SH(name) vk_shader_index(name)
+#define SH(name) vk_shader_pick(c, name)
 
 static uint32_t fbits(float f) {
   uint32_t u;
@@ -25,10 +25,12 @@ int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, cons
     return qins_error_set(QINS_EUNSUPPORTED, "matmul: %s has no kernel yet for %s weights (%s)", be->name,
                           qins_dtype_name(w->dtype), w->name);
   int64_t m = qins_tensor_rows(x), n = w->shape[0], k = w->shape[1];
-  int gemv = m <= 8;
+  int gemv = m <= 8, big = !gemv && m >= 128 && n >= 128; /* big: 128x128 tiles */
+  uint32_t tile = big ? 128 : 64;
   char name[64];
   int s16 = w->dtype != QINS_DT_F32 && c->info.storage16;
-  snprintf(name, sizeof name, "matmul_%s_%s%s", gemv ? "gemv" : "gemm", wt_suffix(w->dtype), s16 ? "_s16" : "");
+  snprintf(name, sizeof name, "matmul_%s_%s%s", gemv ? "gemv" : big ? "gemm128" : "gemm", wt_suffix(w->dtype),
+           s16 ? "_s16" : "");
   int shader = SH(name);
   size_t wrow = (size_t)k * qins_dtype_size(w->dtype);
   size_t wunit = w->dtype == QINS_DT_F32 ? 4 : 2;
@@ -53,8 +55,8 @@ int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, cons
     if (gemv) {
       vk_grid(c, (uint64_t)nr, 1, &gx, &gy);
     } else {
-      gx = (uint32_t)((nr + 63) / 64);
-      gy = (uint32_t)((m + 63) / 64);
+      gx = (uint32_t)((nr + tile - 1) / tile);
+      gy = (uint32_t)((m + tile - 1) / tile);
     }
     rc = vk_dispatch(c, QINS_OP_MATMUL, shader, b, 4, 1u << 3, off, p, 6, gx, gy);
     if (rc) return rc;
@@ -64,15 +66,57 @@ int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, cons
 
 /* ---------------------------------------------------------------- elementwise */
 
-static int eltwise(qins_backend *be, qins_op_kind kind, const char *shader, const qins_tensor *a, const qins_tensor *b,
-                   qins_tensor *y) {
-  vk_ctx *c = vk_of(be);
+/* Views of t's elements [e0, e0 + rows*cols) as a [rows, cols] tensor (same buffer). */
+static qins_tensor flat_view(const qins_tensor *t, int64_t e0, int64_t rows, int64_t cols) {
+  qins_tensor v = *t;
+  v.ndim = 2;
+  v.shape[0] = rows;
+  v.shape[1] = cols;
+  v.shape[2] = v.shape[3] = 0;
+  v.offset = t->offset + (size_t)e0 * qins_dtype_size(t->dtype);
+  return v;
+}
+
+/* Elementwise ops without broadcast run on rows of this many elements (well under a binding). */
+static int64_t flat_cols(const vk_ctx *c) {
+  int64_t n = (int64_t)(c->max_range / 32);
+  return n < 16384 ? (n < 1 ? 1 : n) : 16384;
+}
+#define FLAT_COLS flat_cols(c)
+
+static int eltwise_rows(vk_ctx *c, qins_op_kind kind, const char *shader, const qins_tensor *a, const qins_tensor *b,
+                        int bcast, const qins_tensor *y) {
   int64_t rows = qins_tensor_rows(a), cols = qins_tensor_cols(a);
-  int bcast = b && qins_tensor_numel(b) != qins_tensor_numel(a);
   size_t rb = (size_t)cols * 4;
   vk_arg args[3] = {{a, rb, 4, 0}, {b ? b : a, bcast ? 0 : rb, 4, 0}, {y, rb, 4, 1}};
   uint32_t p[3] = {0, (uint32_t)cols, (uint32_t)bcast};
-  int rc = vk_run_rows(c, kind, SH(shader), args, 3, rows, p, 3, (uint64_t)cols, 0, 1, 256);
+  return vk_run_rows(c, kind, SH(shader), args, 3, rows, p, 3, (uint64_t)cols, 0, 1, 256);
+}
+
+static int eltwise(qins_backend *be, qins_op_kind kind, const char *shader, const qins_tensor *a, const qins_tensor *b,
+                   qins_tensor *y) {
+  vk_ctx *c = vk_of(be);
+  int64_t n = qins_tensor_numel(a);
+  int bcast = b && qins_tensor_numel(b) != n;
+  int rc;
+  if (bcast) {
+    rc = eltwise_rows(c, kind, shader, a, b, 1, y);
+  } else {
+    /* the shape does not matter: rows of FLAT_COLS elements (then the rest) split into chunks
+     * under the binding limit however long the tensor's own rows are */
+    int64_t full = n / FLAT_COLS, tail = n % FLAT_COLS;
+    rc = 0;
+    if (full) {
+      qins_tensor va = flat_view(a, 0, full, FLAT_COLS), vb = b ? flat_view(b, 0, full, FLAT_COLS) : va,
+                  vy = flat_view(y, 0, full, FLAT_COLS);
+      rc = eltwise_rows(c, kind, shader, &va, b ? &vb : NULL, 0, &vy);
+    }
+    if (!rc && tail) {
+      int64_t e0 = full * FLAT_COLS;
+      qins_tensor va = flat_view(a, e0, 1, tail), vb = b ? flat_view(b, e0, 1, tail) : va, vy = flat_view(y, e0, 1, tail);
+      rc = eltwise_rows(c, kind, shader, &va, b ? &vb : NULL, 0, &vy);
+    }
+  }
   return rc ? qins_error_wrap(rc, "%s: ", qins_op_name(kind)) : 0;
 }
 
@@ -96,11 +140,12 @@ static int vk_silu_mul(qins_backend *be, const qins_tensor *gate, const qins_ten
 
 static int norm(qins_backend *be, qins_op_kind kind, const char *shader, const qins_tensor *x, const qins_tensor *w,
                 const qins_tensor *b, float eps, qins_tensor *y) {
+  vk_ctx *c = vk_of(be);
   int64_t rows = qins_tensor_rows(x), d = qins_tensor_cols(x);
   size_t rb = (size_t)d * 4;
   vk_arg args[4] = {{x, rb, 4, 0}, {w, 0, 4, 0}, {b ? b : w, 0, 4, 0}, {y, rb, 4, 1}};
   uint32_t p[4] = {0, (uint32_t)d, fbits(eps), b != NULL};
-  int rc = vk_run_rows(vk_of(be), kind, SH(shader), args, 4, rows, p, 4, 0, 0, 1, 256);
+  int rc = vk_run_rows(c, kind, SH(shader), args, 4, rows, p, 4, 0, 0, 1, 256);
   return rc ? qins_error_wrap(rc, "%s: ", qins_op_name(kind)) : 0;
 }
 
@@ -113,10 +158,11 @@ static int vk_layernorm(qins_backend *be, const qins_tensor *x, const qins_tenso
 }
 
 static int vk_softmax(qins_backend *be, const qins_tensor *x, qins_tensor *y) {
+  vk_ctx *c = vk_of(be);
   int64_t rows = qins_tensor_rows(x), n = qins_tensor_cols(x);
   vk_arg args[2] = {{x, (size_t)n * 4, 4, 0}, {y, (size_t)n * 4, 4, 1}};
   uint32_t p[2] = {0, (uint32_t)n};
-  int rc = vk_run_rows(vk_of(be), QINS_OP_SOFTMAX, SH("softmax"), args, 2, rows, p, 2, 0, 0, 1, 256);
+  int rc = vk_run_rows(c, QINS_OP_SOFTMAX, SH("softmax"), args, 2, rows, p, 2, 0, 0, 1, 256);
   return rc ? qins_error_wrap(rc, "softmax: ") : 0;
 }
 
@@ -124,12 +170,13 @@ static int vk_softmax(qins_backend *be, const qins_tensor *x, qins_tensor *y) {
 
 static int vk_rope(qins_backend *be, const qins_tensor *x, const qins_tensor *pos, const qins_tensor *inv_freq,
                    int rot_dim, float attn_factor, qins_rope_mode mode, qins_tensor *y) {
+  vk_ctx *c = vk_of(be);
   int64_t m = x->shape[0], h = x->shape[1], d = x->shape[2];
   size_t rb = (size_t)(h * d) * 4;
   vk_arg args[4] = {{x, rb, 4, 0}, {pos, 4, 4, 0}, {inv_freq, 0, 4, 0}, {y, rb, 4, 1}};
   uint32_t half = (uint32_t)rot_dim / 2;
   uint32_t p[6] = {0, (uint32_t)h, (uint32_t)d, half, (uint32_t)mode, fbits(attn_factor)};
-  int rc = vk_run_rows(vk_of(be), QINS_OP_ROPE, SH("rope"), args, 4, m, p, 6, (uint64_t)(h * (d - half)), 0, 1, 256);
+  int rc = vk_run_rows(c, QINS_OP_ROPE, SH("rope"), args, 4, m, p, 6, (uint64_t)(h * (d - half)), 0, 1, 256);
   return rc ? qins_error_wrap(rc, "rope: ") : 0;
 }
 
@@ -173,34 +220,68 @@ static int vk_attention(qins_backend *be, const qins_tensor *q, const qins_tenso
   int64_t m = q->shape[0], hq = q->shape[1], d = q->shape[2], hkv = k_cache->shape[1];
   if (d > 256) return qins_error_set(QINS_EUNSUPPORTED, "attention: head size %lld over 256", (long long)d);
   size_t visible = (size_t)(pos0 + m) * (size_t)(hkv * d) * 4; /* only the positions attended to are bound */
-  vk_bind b[4];
+  vk_bind b[5];
   uint32_t off[8] = {0};
   int rc = vk_bind_tensor(c, q, 0, qins_tensor_nbytes(q), 4, &b[0], &off[0]);
   if (!rc) rc = vk_bind_tensor(c, k_cache, 0, visible, 4, &b[1], &off[1]);
   if (!rc) rc = vk_bind_tensor(c, v_cache, 0, visible, 4, &b[2], &off[2]);
   if (!rc) rc = vk_bind_tensor(c, out, 0, qins_tensor_nbytes(out), 4, &b[3], &off[3]);
   if (rc) return qins_error_wrap(rc, "attention: ");
-  uint32_t p[6] = {(uint32_t)m, (uint32_t)hq, (uint32_t)hkv, (uint32_t)d, (uint32_t)pos0, fbits(scale)};
+  /* Few (query, head) pairs over a long context would leave most of a GPU idle: split the keys
+   * into chunks of at least 256, each its own work group, and merge the partial softmaxes. */
+  uint64_t pairs = (uint64_t)(m * hq), span = (uint64_t)(pos0 + m);
+  uint32_t nsplit = 1, chunk = (uint32_t)span;
+  if (pairs < 1024 && span > 256) {
+    uint64_t want = (2048 + pairs - 1) / pairs; /* aim at ~2048 work groups */
+    uint64_t maxs = (span + 255) / 256;
+    nsplit = (uint32_t)(want < maxs ? want : maxs);
+    if (nsplit > 64) nsplit = 64;
+    chunk = (uint32_t)(((span + nsplit - 1) / nsplit + 127) / 128 * 128);
+    nsplit = (uint32_t)((span + chunk - 1) / chunk);
+  }
+  b[4] = b[3];
+  off[4] = off[3];
+  if (nsplit > 1) {
+    VkDeviceSize need = (VkDeviceSize)pairs * nsplit * (uint64_t)(d + 2) * 4;
+    if ((rc = vk_reserve(c, 2))) return rc;
+    if (!c->scratch || c->scratch->size < need) {
+      if (c->scratch && (rc = vk_garbage_add(c, c->scratch))) return rc;
+      c->scratch = NULL;
+      if ((rc = vk_buffer_create(c, need, 0, &c->scratch))) return rc;
+    }
+    if (need > c->max_range) return qins_error_set(QINS_EUNSUPPORTED, "attention: split partials exceed the binding limit");
+    b[4] = (vk_bind){c->scratch, 0, need};
+    off[4] = 0;
+  }
+  uint32_t p[8] = {(uint32_t)m, (uint32_t)hq, (uint32_t)hkv, (uint32_t)d, (uint32_t)pos0, fbits(scale), nsplit, chunk};
   uint32_t gx, gy;
-  vk_grid(c, (uint64_t)(m * hq), 1, &gx, &gy);
-  return vk_dispatch(c, QINS_OP_ATTENTION, SH("attention"), b, 4, 1u << 3, off, p, 6, gx, gy);
+  vk_grid(c, pairs * nsplit, 1, &gx, &gy);
+  rc = vk_dispatch(c, QINS_OP_ATTENTION, SH("attention"), b, 5, nsplit > 1 ? 1u << 4 : 1u << 3, off, p, 8, gx, gy);
+  if (rc || nsplit == 1) return rc;
+  vk_bind cb[2] = {b[4], b[3]};
+  uint32_t coff[8] = {0, off[3]};
+  uint32_t cp[3] = {(uint32_t)pairs, (uint32_t)d, nsplit};
+  vk_grid(c, pairs, 1, &gx, &gy);
+  return vk_dispatch(c, QINS_OP_ATTENTION, SH("attention_combine"), cb, 2, 2u, coff, cp, 3, gx, gy);
 }
 
 /* ---------------------------------------------------------------- argmax, topk */
 
 static int vk_argmax(qins_backend *be, const qins_tensor *x, qins_tensor *idx) {
+  vk_ctx *c = vk_of(be);
   int64_t rows = qins_tensor_rows(x), n = qins_tensor_cols(x);
   vk_arg args[3] = {{x, (size_t)n * 4, 4, 0}, {idx, 4, 4, 1}, {idx, 4, 4, 1}};
   uint32_t p[3] = {0, (uint32_t)n, 1};
-  int rc = vk_run_rows(vk_of(be), QINS_OP_ARGMAX, SH("argmax"), args, 3, rows, p, 3, 0, 0, 1, 256);
+  int rc = vk_run_rows(c, QINS_OP_ARGMAX, SH("argmax"), args, 3, rows, p, 3, 0, 0, 1, 256);
   return rc ? qins_error_wrap(rc, "argmax: ") : 0;
 }
 
 static int vk_topk(qins_backend *be, const qins_tensor *x, int k, qins_tensor *values, qins_tensor *idx) {
+  vk_ctx *c = vk_of(be);
   int64_t rows = qins_tensor_rows(x), n = qins_tensor_cols(x);
   vk_arg args[3] = {{x, (size_t)n * 4, 4, 0}, {values, (size_t)k * 4, 4, 1}, {idx, (size_t)k * 4, 4, 1}};
   uint32_t p[3] = {0, (uint32_t)n, (uint32_t)k};
-  int rc = vk_run_rows(vk_of(be), QINS_OP_TOPK, SH("topk"), args, 3, rows, p, 3, 0, 0, 1, 256);
+  int rc = vk_run_rows(c, QINS_OP_TOPK, SH("topk"), args, 3, rows, p, 3, 0, 0, 1, 256);
   return rc ? qins_error_wrap(rc, "topk: ") : 0;
 }
 
@@ -213,7 +294,8 @@ static int copy_bytes(vk_ctx *c, qins_op_kind kind, const qins_tensor *src, cons
   if (s == d && src->offset < dst->offset + n && dst->offset < src->offset + n) {
     /* overlapping views of one buffer (memmove): go through a temporary */
     vk_buffer *tmp;
-    int rc = vk_buffer_create(c, n, 0, &tmp);
+    int rc = vk_reserve(c, 2);
+    if (!rc) rc = vk_buffer_create(c, n, 0, &tmp);
     if (rc) return rc;
     if ((rc = vk_garbage_add(c, tmp))) {
       vk_buffer_destroy(c, tmp);
@@ -229,16 +311,29 @@ static int vk_copy(qins_backend *be, const qins_tensor *src, qins_tensor *dst) {
   return copy_bytes(vk_of(be), QINS_OP_COPY, src, dst);
 }
 
+static int cast_rows(vk_ctx *c, qins_op_kind kind, const char *name, const qins_tensor *src, const qins_tensor *dst) {
+  int64_t rows = qins_tensor_rows(src), cols = qins_tensor_cols(src);
+  size_t ss = qins_dtype_size(src->dtype), ds = qins_dtype_size(dst->dtype);
+  vk_arg args[2] = {{src, (size_t)cols * ss, ss, 0}, {dst, (size_t)cols * ds, ds, 1}};
+  uint32_t p[2] = {0, (uint32_t)cols};
+  return vk_run_rows(c, kind, SH(name), args, 2, rows, p, 2, (uint64_t)cols, ds == 2 ? 2 : 0, ds == 2 ? 2 : 1, 256);
+}
+
 int vk_cast_impl(vk_ctx *c, qins_op_kind kind, const qins_tensor *src, const qins_tensor *dst) {
   if (src->dtype == dst->dtype) return copy_bytes(c, kind, src, dst);
   char name[32];
   snprintf(name, sizeof name, "cast_%s_%s", wt_suffix(src->dtype), wt_suffix(dst->dtype));
-  int64_t n = qins_tensor_numel(src);
-  int64_t cols = qins_tensor_cols(src) == qins_tensor_cols(dst) ? qins_tensor_cols(src) : n;
-  size_t ss = qins_dtype_size(src->dtype), ds = qins_dtype_size(dst->dtype);
-  vk_arg args[2] = {{src, (size_t)cols * ss, ss, 0}, {dst, (size_t)cols * ds, ds, 1}};
-  uint32_t p[2] = {0, (uint32_t)cols};
-  int rc = vk_run_rows(c, kind, SH(name), args, 2, n / cols, p, 2, (uint64_t)cols, ds == 2 ? 2 : 0, ds == 2 ? 2 : 1, 256);
+  /* shapes may differ (same element count): run on rows of FLAT_COLS elements, then the rest */
+  int64_t n = qins_tensor_numel(src), full = n / FLAT_COLS, tail = n % FLAT_COLS;
+  int rc = 0;
+  if (full) {
+    qins_tensor vs = flat_view(src, 0, full, FLAT_COLS), vd = flat_view(dst, 0, full, FLAT_COLS);
+    rc = cast_rows(c, kind, name, &vs, &vd);
+  }
+  if (!rc && tail) {
+    qins_tensor vs = flat_view(src, full * FLAT_COLS, 1, tail), vd = flat_view(dst, full * FLAT_COLS, 1, tail);
+    rc = cast_rows(c, kind, name, &vs, &vd);
+  }
   return rc ? qins_error_wrap(rc, "%s: ", qins_op_name(kind)) : 0;
 }
 
@@ -273,4 +368,17 @@ const qins_backend_ops vk_backend_ops = {
     .calibrate = vk_calibrate,
     .quantize = vk_quantize,
     .dequantize = vk_dequantize,
+    .matmul_backward = vk_matmul_backward,
+    .add_backward = vk_add_backward,
+    .mul_backward = vk_mul_backward,
+    .rmsnorm_backward = vk_rmsnorm_backward,
+    .layernorm_backward = vk_layernorm_backward,
+    .rope_backward = vk_rope_backward,
+    .softmax_backward = vk_softmax_backward,
+    .silu_backward = vk_silu_backward,
+    .gelu_tanh_backward = vk_gelu_tanh_backward,
+    .silu_mul_backward = vk_silu_mul_backward,
+    .embed_backward = vk_embed_backward,
+    .attention_backward = vk_attention_backward,
+    .cross_entropy = vk_cross_entropy,
 };
