@@ -15,7 +15,8 @@
 #define W(node) qins_cfg_where((node), wbuf, sizeof wbuf)
 
 static const char *const top_keys[] = {"name", "model", "tokenizer", "backend", "workers", "stages", "edges", "inputs",
-                                       "outputs", "restart", "monitor", "heartbeat_ms", "channels", "max_seq", NULL};
+                                       "outputs", "restart", "monitor", "heartbeat_ms", "channels", "max_seq",
+                                       "policy", NULL}; /* policy: QINS coverage, core/llm/policy.h */
 static const char *const worker_keys[] = {"name", "host", "replicas", "stages", NULL};
 static const char *const stage_keys[] = {"name", "type", "options", NULL};
 static const char *const edge_keys[] = {"from", "to", "loop", NULL};

@@ -5,12 +5,14 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/llm/policy.h"
 #include "core/pipeline.h"
 
 static void destroy_shared(void *p) {
   qins_stage_model *m = p;
   if (!m) return;
   qins_llm_destroy(m->llm);
+  qins_policy_state_free(m->policy);
   if (m->be) qins_backend_destroy(m->be);
   qins_tokenizer_close(m->tok);
   qins_model_close(m->model);
@@ -37,6 +39,21 @@ int qins_stage_model_get(const qins_stage_ctx *ctx, int need, qins_stage_model *
     if (!m->be && (rc = qins_backend_create(ctx->backend_name ? ctx->backend_name : "cpu", &m->be))) return rc;
     qins_llm_options opt = {ctx->pipeline ? ctx->pipeline->max_seq : 0, 0};
     if ((rc = qins_llm_create(m->model, m->be, &opt, &m->llm))) return rc;
+    /* the pipeline's coverage policy (docs/gates.md): weights re-encoded once per worker */
+    qins_cfg *pn = ctx->pipeline && ctx->pipeline->root ? qins_cfg_get(ctx->pipeline->root, "policy") : NULL;
+    if (pn) {
+      qins_policy pol;
+      if ((rc = qins_policy_parse(pn, m->model->cfg.n_layers, &pol))) return rc;
+      for (int l = 0; l < pol.n_layers; l++)
+        if (pol.p[l][QINS_PATH_VCACHE].format != QINS_DT_F32 && !pol.p[l][QINS_PATH_VCACHE].fallback) {
+          char w[256];
+          return qins_error_set(QINS_EUNSUPPORTED,
+                                "%s: policy: a QINS V cache is not available to pipeline stages yet (their per-request "
+                                "caches are f32); use qins gate / the single runtime, or set v_cache: f32",
+                                qins_cfg_where(pn, w, sizeof w));
+        }
+      if ((rc = qins_policy_apply(m->llm, m->be, &pol, strncmp(m->be->name, "cpu", 3) != 0, &m->policy))) return rc;
+    }
   }
   if ((need & QINS_NEED_TOK) && !m->tok) {
     if (!ctx->tokenizer_path)

@@ -17,6 +17,7 @@ typedef struct qins_stage_model {
   qins_backend *be;
   qins_llm *llm;
   qins_tokenizer *tok;
+  struct qins_policy_state *policy; /* the pipeline's `policy:` applied to llm (NULL: none) */
 } qins_stage_model;
 
 /* need: bit 1 runtime (model + backend + llm), bit 2 tokenizer. Errors name the stage and key. */

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/mem.h"
+#include "core/qins_kv.h"
 
 #define MAX_OWNED_BUFS 4096
 
@@ -15,6 +16,9 @@ typedef struct llm_layer {
   qins_tensor wq, wk, wv, wo, bq, bk, bv, bo;                    /* b*: optional biases */
   qins_tensor wgate, wup, wdown, bgate, bup, bdown;              /* GPT-2: up = c_fc, down = c_proj */
   qins_buf *kc_buf, *vc_buf;                                     /* [max_seq, n_kv, head_dim] f32 */
+  /* QINS V cache (qins_llm_set_vcache): vq [max_seq, n_kv, head_dim] qins8 with vq_alpha [max_seq*n_kv] */
+  qins_tensor vq, vq_alpha;
+  qins_alpha_spec vq_spec;
 } llm_layer;
 
 struct qins_llm {
@@ -35,6 +39,7 @@ struct qins_llm {
   /* activations, each its own buffer, sized for max_batch rows */
   qins_buf *x, *xb, *xb2, *q, *k, *att, *h1, *h2, *logits, *ids, *posb, *amax;
   qins_buf *inv_freq[2]; /* short (or only) and long factors */
+  qins_buf *vtmp;        /* new V rows before they are encoded into a QINS V cache */
 
   qins_buf *owned[MAX_OWNED_BUFS];
   int n_owned;
@@ -467,6 +472,40 @@ qins_tensor *qins_llm_matrix(qins_llm *l, int layer, qins_llm_mat which) {
   return t->buf ? t : NULL;
 }
 
+int qins_llm_set_vcache(qins_llm *l, int layer, qins_dtype format, qins_alpha_spec spec) {
+  if (layer < 0 || layer >= l->cfg.n_layers)
+    return qins_error_set(QINS_EINVAL, "llm vcache: layer %d outside 0..%d", layer, l->cfg.n_layers - 1);
+  if (format != QINS_DT_F32 && format != QINS_DT_QINS8)
+    return qins_error_set(QINS_EUNSUPPORTED, "llm vcache: layer %d: a %s V cache is not supported (f32 or qins8)",
+                          layer, qins_dtype_name(format));
+  llm_layer *L = &l->layers[layer];
+  if (format == QINS_DT_F32) {
+    L->vq.buf = NULL;
+    return 0;
+  }
+  if (L->vq.buf) {
+    L->vq_spec = spec;
+    return 0;
+  }
+  int64_t hkv = l->cfg.n_kv_heads, hd = l->cfg.head_dim;
+  if (!l->vtmp) TRY(alloc_act(l, (size_t)l->max_batch * (size_t)(hkv * hd) * sizeof(float), &l->vtmp));
+  qins_buf *codes, *alpha;
+  TRY(alloc_act(l, (size_t)l->max_seq * (size_t)(hkv * hd), &codes));
+  TRY(alloc_act(l, (size_t)l->max_seq * (size_t)hkv * sizeof(float), &alpha));
+  L->vq_alpha = view(alpha, 0, "v_cache alpha", QINS_DT_F32, 1, (int64_t)l->max_seq * hkv, 0, 0);
+  L->vq = view(codes, 0, "v_cache qins8", QINS_DT_QINS8, 3, l->max_seq, hkv, hd);
+  L->vq.scale = &L->vq_alpha;
+  L->vq_spec = spec;
+  return 0;
+}
+
+int64_t qins_llm_cache_bytes(const qins_llm *l) {
+  int64_t per = (int64_t)l->max_seq * l->cfg.n_kv_heads * l->cfg.head_dim, total = 0;
+  for (int i = 0; i < l->cfg.n_layers; i++)
+    total += per * 4 + (l->layers[i].vq.buf ? per + (int64_t)l->max_seq * l->cfg.n_kv_heads * 4 : per * 4);
+  return total;
+}
+
 /* ---------------------------------------------------------------- forward */
 
 static int norm(qins_llm *l, const qins_tensor *x, const qins_tensor *w, const qins_tensor *b, qins_tensor *y) {
@@ -536,7 +575,15 @@ static int run_chunk_range(qins_llm *l, int n, int pos0, int head_rows, int embe
 
     TRY(norm(l, &x, &L->attn_norm, opt_t(&L->attn_norm_b), &xb));
     TRY(qins_op_matmul(be, &xb, &L->wq, opt_t(&L->bq), &q2));
-    TRY(qins_op_matmul(be, &xb, &L->wv, opt_t(&L->bv), &vdst2));
+    int vq = L->vq.buf && !kv; /* QINS V cache (single-runtime path only) */
+    if (vq) {
+      qins_tensor v2 = view(l->vtmp, 0, "v rows", QINS_DT_F32, 2, n, hkv * hd, 0);
+      qins_tensor v3 = view(l->vtmp, 0, "v rows", QINS_DT_F32, 3, n, hkv, hd);
+      TRY(qins_op_matmul(be, &xb, &L->wv, opt_t(&L->bv), &v2));
+      TRY(qins_kv_append_v(be, &v3, &L->vq, pos0, L->vq_spec));
+    } else {
+      TRY(qins_op_matmul(be, &xb, &L->wv, opt_t(&L->bv), &vdst2));
+    }
     if (l->has_rope) {
       TRY(qins_op_matmul(be, &xb, &L->wk, opt_t(&L->bk), &k2));
       TRY(qins_op_rope(be, &q3, &pos, &inv_freq, c->rope_dim, attn_factor, c->rope_mode, &q3));
@@ -544,7 +591,7 @@ static int run_chunk_range(qins_llm *l, int n, int pos0, int head_rows, int embe
     } else {
       TRY(qins_op_matmul(be, &xb, &L->wk, opt_t(&L->bk), &kdst2));
     }
-    TRY(qins_op_attention(be, &q3, &kc, &vc, pos0, scale, &att3));
+    TRY(qins_op_attention(be, &q3, &kc, vq ? &L->vq : &vc, pos0, scale, &att3));
     TRY(qins_op_matmul(be, &att2, &L->wo, opt_t(&L->bo), &xb2));
     TRY(qins_op_add(be, &x, &xb2, &x));
 

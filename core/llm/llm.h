@@ -47,6 +47,15 @@ typedef enum qins_llm_mat {
 } qins_llm_mat;
 qins_tensor *qins_llm_matrix(qins_llm *llm, int layer, qins_llm_mat which);
 
+/* QINS V cache (QINS.md sections 4-5, plan step B1): layer's values are stored as qins8 codes
+ * with one alpha per token and KV head chosen by `spec` as they are appended, and attention reads
+ * them through the decode table (no f32 V buffer). format QINS_DT_F32 switches back. Applies to
+ * qins_llm_forward (the pipeline pieces' qins_llm_kv caches stay f32). Set before the first
+ * forward (or after a reset). */
+int qins_llm_set_vcache(qins_llm *llm, int layer, qins_dtype format, qins_alpha_spec spec);
+/* Bytes the K and V caches hold (f32 keys; f32 or qins8 codes + alphas for values). */
+int64_t qins_llm_cache_bytes(const qins_llm *llm);
+
 /* Longrope (Phi-3) only: which factors the cache was built with (0 short, 1 long, -1 n/a), and how
  * many times the cache was recomputed because a sequence crossed original_max_position_embeddings. */
 int qins_llm_rope_long(const qins_llm *llm);

@@ -243,6 +243,7 @@ static int has_suffix(const char *s, const char *suf) {
 /* Buffers some checkpoints carry that are not parameters: GPT-2's causal mask ("attn.bias",
  * "attn.masked_bias") and old rotary caches. */
 static int ignorable(const qins_model_config *c, const char *name) {
+  if (strncmp(name, "qins.", 5) == 0) return 1; /* QINS codes/scales of a converted model (qins_st.c) */
   if (c->arch == QINS_ARCH_GPT2) return has_suffix(name, ".attn.bias") || has_suffix(name, ".attn.masked_bias");
   return has_suffix(name, ".rotary_emb.inv_freq");
 }
@@ -266,7 +267,8 @@ static int check_weights(qins_model *m, const char *where) {
   for (int i = 0; i < m->n_weights; i++) {
     qins_weight *w = &m->weights[i];
     /* GPT-2 checkpoints from the original release name tensors without "transformer." */
-    if (c->arch == QINS_ARCH_GPT2 && strncmp(w->name, "transformer.", 12) != 0 && strncmp(w->name, "lm_head.", 8) != 0) {
+    if (c->arch == QINS_ARCH_GPT2 && strncmp(w->name, "transformer.", 12) != 0 && strncmp(w->name, "lm_head.", 8) != 0 &&
+        strncmp(w->name, "qins.", 5) != 0) {
       char full[QINS_NAME_MAX];
       if (snprintf(full, sizeof full, "transformer.%s", w->name) >= (int)sizeof full) {
         rc = qins_error_set(QINS_EINPUT, "%s: tensor name too long: %s", w->file, w->name);
@@ -350,5 +352,6 @@ int qins_hf_load(qins_model *m, const char *dir) {
                           "(PyTorch .bin weights are not supported: convert them to safetensors)", dir);
   }
   if (rc) return rc;
+  if ((rc = qins_model_expand_qins(m))) return rc; /* `qins convert` output: decode QINS segments */
   return check_weights(m, where);
 }

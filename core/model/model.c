@@ -198,6 +198,8 @@ void qins_model_close(qins_model *m) {
     for (int i = 0; i < impl->n_st; i++) qins_st_close(impl->st[i]);
     qins_mem_free(qins_model_owner(), impl->st);
     qins_mem_free(qins_model_owner(), impl->sorted);
+    for (int i = 0; i < impl->n_owned; i++) qins_mem_free(qins_model_owner(), impl->owned[i]);
+    qins_mem_free(qins_model_owner(), impl->owned);
     qins_mem_free(qins_model_owner(), impl);
   }
   qins_mem_free(qins_model_owner(), m->cfg.rope_short_factor);

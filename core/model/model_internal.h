@@ -26,6 +26,8 @@ typedef struct qins_model_impl {
   int n_st;
   int *sorted;               /* weight indices sorted by name, for qins_model_find */
   int cap_weights;
+  void **owned;              /* buffers the loader allocated (decoded QINS weights), freed at close */
+  int n_owned;
 } qins_model_impl;
 
 qins_mem_owner *qins_model_owner(void);
@@ -39,6 +41,10 @@ int qins_model_index(qins_model *m);
 int qins_llama2c_load(qins_model *m, const char *path);
 int qins_hf_load(qins_model *m, const char *dir);
 int qins_st_model_load(qins_model *m, const char *path); /* bare .safetensors or index.json */
+
+/* A file written by `qins convert` (metadata qins.converted): decode every QINS segment into an
+ * f32 weight under its Hugging Face name, so the runtime loads it like any model (core/model/qins_st.c). */
+int qins_model_expand_qins(qins_model *m);
 
 /* Parse config.json into cfg (rope factor arrays allocated with qins_model_owner(), freed by
  * qins_model_close). */
