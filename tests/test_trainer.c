@@ -384,6 +384,27 @@ static void test_pilot_smoke(void **state) {
   free(md);
 }
 
+/* `qins gate C3 --gates DIR` runs the pilot on DIR/C3.yaml and writes OUT/C3.json. */
+static void test_gate_c3(void **state) {
+  (void)state;
+  const char *exe = getenv("QINS_EXE");
+  if (!exe) skip();
+  char cfg[600], out[600], cmd[3000], *o;
+  snprintf(cfg, sizeof cfg, "%s/C3.yaml", g_dir);
+  snprintf(out, sizeof out, "%s/gate-pilot", g_dir);
+  write_config(cfg, out, "adamw", 6);
+  snprintf(cmd, sizeof cmd, "'%s' gate C3 --gates '%s' --out '%s/gate'", exe, g_dir, g_dir);
+  assert_int_equal(run_cmd(cmd, &o), 0);
+  free(o);
+  char p[800];
+  snprintf(p, sizeof p, "%s/gate/C3.json", g_dir);
+  json_error_t err;
+  json_t *j = json_load_file(p, 0, &err);
+  assert_non_null(j);
+  assert_string_equal(json_string_value(json_object_get(j, "gate")), "C3");
+  json_decref(j);
+}
+
 static void test_config_errors(void **state) {
   (void)state;
   char cfg[600];
@@ -487,7 +508,7 @@ int main(void) {
       cmocka_unit_test(test_exact_resume_qins),    cmocka_unit_test(test_checkpoint_contents),
       cmocka_unit_test(test_generate_on_checkpoint), cmocka_unit_test(test_pilot_smoke),
       cmocka_unit_test(test_config_errors),        cmocka_unit_test(test_svg_and_curve),
-      cmocka_unit_test(test_distill_self),
+      cmocka_unit_test(test_distill_self),         cmocka_unit_test(test_gate_c3),
   };
   return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }

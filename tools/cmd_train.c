@@ -32,7 +32,8 @@ static const char *PILOT_NOTES =
     "AdamW's. Held-out = the last 10% of the tokenized corpus, mean cross-entropy over fixed windows.";
 
 /* --pilot: the three C3 runs and their report. */
-static int run_pilot(const char *config, const char **sets, int n_sets, const char *prefix, int report_only, int quiet) {
+int qins_cli_train_pilot(const char *config, const char **sets, int n_sets, const char *prefix, int report_only,
+                         int quiet) {
   qins_cfg *root = NULL;
   int rc = qins_cfg_load_file(config, &root);
   for (int i = 0; !rc && i < n_sets; i++) rc = qins_cfg_set(root, sets[i]);
@@ -116,7 +117,7 @@ int cmd_train(int argc, char **argv) {
     return qins_cli_fail(qins_error_set(QINS_EINVAL, "train: a CONFIG.yaml is required"));
   }
   if (pilot) {
-    int prc = run_pilot(config, sets, n_sets, prefix, report_only, quiet);
+    int prc = qins_cli_train_pilot(config, sets, n_sets, prefix, report_only, quiet);
     free(sets);
     return prc ? qins_cli_fail(prc) : 0;
   }
