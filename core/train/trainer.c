@@ -190,7 +190,7 @@ static int parse_cfg(const qins_cfg *root, tcfg *c) {
       return rc;
     if (!qins_cfg_get(m, "kv_heads")) s->kv_heads = s->heads;
   }
-  if (c->shape.max_seq <= 0) c->shape.max_seq = c->seq;
+  if (c->shape.max_seq <= 0) c->shape.max_seq = 2 * c->seq; /* rows are T+1 ids: room for T+1 positions */
   if (o) {
     static const char *k[] = {"kind", "lr", "min_lr_ratio", "warmup", "beta1", "beta2", "eps", "weight_decay",
                               "clip", "qins_storage", "qins_lr_scale", "qins_paths", NULL};
