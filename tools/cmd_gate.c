@@ -11,6 +11,7 @@ static void usage(FILE *f) {
           "usage: qins gate NAME|all --model PATH [--set key=value ...] [--backend B] [--out DIR]\n"
           "                 [--gates DIR] [--tokenizer PATH] [--quick]\n\n"
           "Runs a gate of the plan (QINS.md section 7): A1 A2 A3 A4 A5 B1 B2 B3 B4 B5 C1, with its parameters\n"
+          "(C3, the training pilot, needs no --model: it runs `qins train --pilot` on pipelines/train/pilot.yaml)\n"
           "from DIR/NAME.yaml (default pipelines/gates), and writes OUT/NAME.json, .md and .svg (default\n"
           "reports/). --set overrides a key of the gate YAML (e.g. --set steps=64 --set policy.format=qins6).\n"
           "--quick applies the YAML's quick: block (short CI runs). A gate that cannot run on the model or\n"
@@ -62,6 +63,25 @@ int cmd_gate(int argc, char **argv) {
       return 2;
     }
     name = a;
+  }
+  if (name && !strcmp(name, "C3")) {
+    /* C3 trains from scratch (no --model): the pilot of `qins train --pilot` on DIR/C3.yaml if
+     * --gates is given, else pipelines/train/pilot.yaml; --quick shrinks it to a CI-sized run */
+    char cfg[1024], prefix[1024];
+    snprintf(cfg, sizeof cfg, "%s", o.gate_dir ? o.gate_dir : "pipelines/train/pilot.yaml");
+    if (o.gate_dir) snprintf(cfg, sizeof cfg, "%s/C3.yaml", o.gate_dir);
+    snprintf(prefix, sizeof prefix, "%s/C3", o.out_dir ? o.out_dir : "reports");
+    static const char *quick[] = {"run.out_dir=runs/pilot-quick", "run.steps=40", "run.batch=4", "run.seq=32",
+                                  "run.eval_every=20", "run.eval_windows=8", "model.dim=32", "model.layers=2",
+                                  "model.heads=2", "model.kv_heads=1", "model.ffn=64", "model.seq=64",
+                                  "optim.lr=1e-2", "optim.qins_lr_scale=3"};
+    const char *all_sets[64 + 14];
+    int n = 0;
+    if (o.quick)
+      for (int i = 0; i < 14; i++) all_sets[n++] = quick[i];
+    for (int i = 0; i < o.n_sets; i++) all_sets[n++] = sets[i];
+    int rc = qins_cli_train_pilot(cfg, all_sets, n, prefix, 0, 1);
+    return rc ? qins_cli_fail(rc) : 0;
   }
   if (!name || !o.model_path) {
     usage(stderr);

@@ -31,9 +31,9 @@ static void usage(FILE *f) {
           "  --max-seq N          KV cache length (default: the model's context)\n"
           "  --json               print only {\"prompt_ids\": [...], \"ids\": [...], \"text\": \"...\"}\n"
           "Without --tokenizer: tokenizer.bin / tok*.bin beside a llama2.c .bin, tokenizer.json (or GPT-2's\n"
-          "encoder.json + vocab.bpe) in an HF folder. Without a tokenizer --prompt is an error and --ids\n"
-          "prints ids. llama2.c models get BOS before the prompt text and stop on EOS or BOS; other models\n"
-          "stop on EOS.\n");
+          "encoder.json + vocab.bpe, or a llama2.c tokenizer.bin as `qins train` writes) in an HF folder.\n"
+          "Without a tokenizer --prompt is an error and --ids prints ids. llama2.c models get BOS before the\n"
+          "prompt text and stop on EOS or BOS; other models stop on EOS.\n");
 }
 
 typedef struct gen_ctx {
@@ -130,11 +130,14 @@ static int file_exists(const char *p) {
 static int find_tokenizer(const char *model_path, char *out, size_t n) {
   struct stat st;
   if (stat(model_path, &st) == 0 && S_ISDIR(st.st_mode)) {
-    /* the tokenizer opener takes the folder: tokenizer.json, else GPT-2's encoder.json + vocab.bpe */
+    /* the tokenizer opener takes the folder: tokenizer.json, else GPT-2's encoder.json + vocab.bpe,
+     * else tokenizer.bin (a folder written by `qins train` carries its llama2.c tokenizer.bin) */
     char probe[1200];
     snprintf(probe, sizeof probe, "%s/tokenizer.json", model_path);
     int have = file_exists(probe);
     snprintf(probe, sizeof probe, "%s/encoder.json", model_path);
+    have |= file_exists(probe);
+    snprintf(probe, sizeof probe, "%s/tokenizer.bin", model_path);
     have |= file_exists(probe);
     snprintf(out, n, "%s", model_path);
     return have;

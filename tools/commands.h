@@ -23,5 +23,11 @@ int cmd_detokenize(int argc, char **argv);
 int cmd_codec_report(int argc, char **argv);
 int cmd_gate(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_train_compare(int argc, char **argv);
+/* The C3 pilot (tools/cmd_train.c): three runs of a train config and PREFIX.{json,md,svg};
+ * returns 0 or a QINS_E* code (also used by `qins gate C3`). */
+int qins_cli_train_pilot(const char *config, const char **sets, int n_sets, const char *prefix, int report_only,
+                         int quiet);
 
 #endif

@@ -17,6 +17,8 @@ static const qins_command commands[] = {
     {"detokenize", "token ids to text", cmd_detokenize},
     {"convert", "encode a model's weights by a coverage policy into a QINS safetensors folder", cmd_convert},
     {"gate", "run a gate of the plan (A1..C1) and write its report (json, md, svg)", cmd_gate},
+    {"train", "train a model from a YAML config (AdamW / QINS-AdamW, checkpoints, exact resume)", cmd_train},
+    {"train-compare", "KL to a teacher and greedy agreement of student models (C2, distillation)", cmd_train_compare},
     {"codec-report", "A1: every weight through every storage format and back, measured", cmd_codec_report},
 };
 

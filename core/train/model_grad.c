@@ -48,7 +48,14 @@ struct qins_train_model {
   transposed *t;
   layer_w *L;
   qins_tensor *emb, *demb, *pos_emb, *dpos_emb, *normf, *normfb, *dnormf, *dnormfb, *head, *dhead;
+  qins_train_logit_hook hook;
+  void *hook_user;
 };
+
+void qins_train_model_set_logit_hook(qins_train_model *tm, qins_train_logit_hook fn, void *user) {
+  tm->hook = fn;
+  tm->hook_user = user;
+}
 
 static qins_mem_owner *owner(void) { return qins_mem_owner_get("train.model"); }
 
@@ -485,6 +492,7 @@ int qins_train_model_loss_grad(qins_train_model *tm, const int32_t *ids, int n, 
     for (int i = 0; i < n - 1; i++) sum += lv[i];
     *loss = sum / (n - 1);
   }
+  if (tm->hook) TRY(tm->hook(tm->hook_user, ids, n, (int)V, (float *)qins_tensor_host(logits), loss));
 
   /* ---- backward ---- */
   qins_tensor *dx, *dh, *dtmp, *dq, *dk, *dv, *datt, *dgate, *dup = NULL, *da;

@@ -34,4 +34,10 @@ void qins_train_model_zero_grad(qins_train_model *tm);
  * cross-entropy, every parameter's gradient is added into its g. Bad ids: QINS_EINPUT. */
 int qins_train_model_loss_grad(qins_train_model *tm, const int32_t *ids, int n, double *loss);
 
+/* Additive (distillation): called after the cross-entropy with dlogits [n, V] -- the gradient of
+ * the mean loss, (softmax - onehot(ids[t+1])) / (n-1), zero on the last row -- which the hook may
+ * rewrite (e.g. add a KL term) before the backward runs; *loss may be changed to match. */
+typedef int (*qins_train_logit_hook)(void *user, const int32_t *ids, int n, int vocab, float *dlogits, double *loss);
+void qins_train_model_set_logit_hook(qins_train_model *tm, qins_train_logit_hook fn, void *user);
+
 #endif

@@ -236,6 +236,46 @@ const float *qins_optim_alpha(const qins_optim *o, int i) {
   return i >= 0 && i < o->n && o->p[i].opts.qins ? o->p[i].alpha : NULL;
 }
 
+void qins_optim_get_state(const qins_optim *o, qins_optim_state *s) {
+  s->steps = o->steps;
+  s->lr_factor = o->lr_factor;
+  s->norm_ema = o->norm_ema;
+  s->norm_count = o->norm_count;
+}
+
+void qins_optim_set_state(qins_optim *o, const qins_optim_state *s) {
+  o->steps = s->steps;
+  o->lr_factor = s->lr_factor;
+  o->norm_ema = s->norm_ema;
+  o->norm_count = s->norm_count;
+  o->micro = 0;
+}
+
+int qins_optim_param_state_get(qins_optim *o, int i, qins_optim_param_state *out) {
+  if (i < 0 || i >= o->n) return qins_error_set(QINS_EINVAL, "optimizer: no parameter %d", i);
+  param *p = &o->p[i];
+  memset(out, 0, sizeof *out);
+  out->n = p->n;
+  out->m = p->m;
+  out->v = p->v;
+  out->t = &p->t;
+  out->flagged = &p->flagged;
+  out->qins = p->opts.qins;
+  out->storage = p->opts.storage;
+  if (p->opts.qins) {
+    out->z = p->z;
+    out->alpha = p->alpha;
+    out->rows = p->rows;
+  }
+  return 0;
+}
+
+void qins_optim_refresh_weights(qins_optim *o, int i) {
+  if (i < 0 || i >= o->n || !o->p[i].opts.qins) return;
+  param *p = &o->p[i];
+  for (int64_t k = 0; k < p->n; k++) p->w[k] = qins_optim_stored_weight(p->opts.storage, p->z[k], p->alpha[k / p->cols]);
+}
+
 void qins_optim_zero_grad(qins_optim *o) {
   for (int i = 0; i < o->n; i++) memset(o->p[i].g, 0, (size_t)o->p[i].n * sizeof(float));
   o->micro = 0;

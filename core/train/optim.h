@@ -127,6 +127,29 @@ const float *qins_optim_alpha(const qins_optim *o, int param);
  * coordinates by the chain rule (a gradient in z scales by alpha z^2 / (alpha' z'^2)). */
 int qins_optim_set_alpha(qins_optim *o, int param, const float *alpha);
 
+/* ---- checkpoint state (additive: for exact resume) ---- */
+typedef struct qins_optim_state {
+  int64_t steps;     /* qins_optim_step calls */
+  float lr_factor;   /* anomaly lr multiplier */
+  double norm_ema;   /* running mean of healthy grad norms */
+  int norm_count;
+} qins_optim_state;
+void qins_optim_get_state(const qins_optim *o, qins_optim_state *s);
+void qins_optim_set_state(qins_optim *o, const qins_optim_state *s);
+/* Writable views of one parameter's state: m, v [n]; z [n] and alpha [rows] (NULL for plain
+ * AdamW); t (Adam step count) and flagged. Restoring z of a QINS parameter: call
+ * qins_optim_refresh_weights afterwards so w = D_alpha(stored(z)). */
+typedef struct qins_optim_param_state {
+  int64_t n, rows;
+  float *m, *v, *z, *alpha;
+  int64_t *t;
+  int *flagged;
+  int qins;
+  qins_dtype storage;
+} qins_optim_param_state;
+int qins_optim_param_state_get(qins_optim *o, int param, qins_optim_param_state *out);
+void qins_optim_refresh_weights(qins_optim *o, int param);
+
 /* The QINS map and storage rounding used by QINS-AdamW (QINS.md sections 1-2), for tests/tools.
  * stored: QINS_DT_QINS_F32 (z as is), QINS_DT_QINS8, QINS_DT_QINS6. */
 double qins_optim_encode(double x, double alpha);          /* E_alpha */

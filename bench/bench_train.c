@@ -1,0 +1,233 @@
+/* qins-bench-train: training throughput (tokens/s) and achieved FLOP/s of a GPT-2-124M-shaped model
+ * (random weights) at B x T, next to the FLOP/s of a big f32 GEMM on the same backend as the
+ * yardstick. Prints a table; --json PATH writes the numbers. Never asserts on time. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/backend.h"
+#include "core/error.h"
+#include "core/model/model.h"
+#include "core/model/safetensors.h"
+#include "core/train/data.h"
+#include "core/train/model_grad.h"
+#include "core/train/optim.h"
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: qins-bench-train [--layers 12] [--dim 768] [--heads 12] [--vocab 50257] [--batch 4] [--seq 64]\n"
+             "                        [--steps 2] [--backend cpu] [--dir /tmp/qins-bench-train] [--json PATH]\n"
+             "  trains a GPT-2-shaped model (default 124M) on random ids with AdamW: tokens/s, FLOP/s, and the\n"
+             "  FLOP/s of a [256 x D] x [D x D] f32 GEMM on the backend (the yardstick)\n");
+}
+
+/* A GPT-2 HF folder with N(0, 0.02) weights (unit LayerNorm gains, zero biases). */
+static int write_gpt2(const char *dir, int L, int D, int H, int V, int P) {
+  char path[1024];
+  snprintf(path, sizeof path, "mkdir -p '%s'", dir);
+  if (system(path) != 0) return qins_error_set(QINS_EIO, "%s: cannot create", dir);
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  FILE *f = fopen(path, "w");
+  if (!f) return qins_error_set(QINS_EIO, "%s: cannot create", path);
+  fprintf(f, "{\"model_type\": \"gpt2\", \"architectures\": [\"GPT2LMHeadModel\"], \"n_embd\": %d, \"n_layer\": %d, "
+             "\"n_head\": %d, \"n_positions\": %d, \"vocab_size\": %d, \"activation_function\": \"gelu_new\"}\n",
+          D, L, H, P, V);
+  fclose(f);
+  int nt = 2 + 12 * L + 2;
+  qins_st_entry *e = calloc((size_t)nt, sizeof *e);
+  char (*names)[96] = calloc((size_t)nt, 96);
+  int64_t(*shapes)[2] = calloc((size_t)nt, sizeof *shapes);
+  float **bufs = calloc((size_t)nt, sizeof *bufs);
+  if (!e || !names || !shapes || !bufs) return qins_error_set(QINS_ENOMEM, "no memory");
+  int n = 0, rc = 0;
+  uint64_t st = 12345;
+  /* kind: 0 = normal, 1 = ones, 2 = zeros */
+#define ADD(kind, r, c, ...)                                                                          \
+  do {                                                                                                \
+    snprintf(names[n], 96, __VA_ARGS__);                                                              \
+    shapes[n][0] = (r);                                                                               \
+    shapes[n][1] = (c);                                                                               \
+    int64_t cnt = (int64_t)(r) * ((c) > 0 ? (c) : 1);                                                 \
+    bufs[n] = malloc((size_t)cnt * sizeof(float));                                                    \
+    if (!bufs[n]) return qins_error_set(QINS_ENOMEM, "no memory");                                    \
+    for (int64_t q = 0; q < cnt; q++)                                                                 \
+      bufs[n][q] = (kind) == 0 ? 0.02f * (float)((double)(qins_splitmix64(&st) >> 11) / 9007199254740992.0 * 3.4641 - 1.7320) \
+                               : (kind) == 1 ? 1.0f : 0.0f;                                           \
+    e[n] = (qins_st_entry){names[n], QINS_DT_F32, (c) > 0 ? 2 : 1, shapes[n], bufs[n]};               \
+    n++;                                                                                              \
+  } while (0)
+  ADD(0, V, D, "transformer.wte.weight");
+  ADD(0, P, D, "transformer.wpe.weight");
+  for (int l = 0; l < L; l++) {
+    ADD(1, D, 0, "transformer.h.%d.ln_1.weight", l);
+    ADD(2, D, 0, "transformer.h.%d.ln_1.bias", l);
+    ADD(0, D, 3 * D, "transformer.h.%d.attn.c_attn.weight", l);
+    ADD(2, 3 * D, 0, "transformer.h.%d.attn.c_attn.bias", l);
+    ADD(0, D, D, "transformer.h.%d.attn.c_proj.weight", l);
+    ADD(2, D, 0, "transformer.h.%d.attn.c_proj.bias", l);
+    ADD(1, D, 0, "transformer.h.%d.ln_2.weight", l);
+    ADD(2, D, 0, "transformer.h.%d.ln_2.bias", l);
+    ADD(0, D, 4 * D, "transformer.h.%d.mlp.c_fc.weight", l);
+    ADD(2, 4 * D, 0, "transformer.h.%d.mlp.c_fc.bias", l);
+    ADD(0, 4 * D, D, "transformer.h.%d.mlp.c_proj.weight", l);
+    ADD(2, D, 0, "transformer.h.%d.mlp.c_proj.bias", l);
+  }
+  ADD(1, D, 0, "transformer.ln_f.weight");
+  ADD(2, D, 0, "transformer.ln_f.bias");
+#undef ADD
+  snprintf(path, sizeof path, "%s/model.safetensors", dir);
+  rc = qins_st_write(path, e, n, NULL);
+  for (int i = 0; i < n; i++) free(bufs[i]);
+  free(bufs);
+  free(shapes);
+  free(names);
+  free(e);
+  return rc;
+}
+
+/* GEMM yardstick: y[M,D] = x[M,D] w[D,D]^T repeated for >= 1 s; best FLOP/s over the calls. */
+static int gemm_peak(qins_backend *be, int M, int D, double *flops) {
+  qins_tensor x, w, y;
+  int rc = qins_tensor_init(&x, "x", QINS_DT_F32, 2, (int64_t[]){M, D});
+  if (!rc) rc = qins_tensor_alloc(be, &x);
+  if (!rc) rc = qins_tensor_init(&w, "w", QINS_DT_F32, 2, (int64_t[]){D, D});
+  if (!rc) rc = qins_tensor_alloc(be, &w);
+  if (!rc) rc = qins_tensor_init(&y, "y", QINS_DT_F32, 2, (int64_t[]){M, D});
+  if (!rc) rc = qins_tensor_alloc(be, &y);
+  if (rc) return rc;
+  float *buf = malloc((size_t)D * (M > D ? M : D) * sizeof(float));
+  for (int64_t i = 0; i < (int64_t)D * (M > D ? M : D); i++) buf[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
+  qins_tensor_write(&x, buf);
+  qins_tensor_write(&w, buf);
+  free(buf);
+  double best = 1e30, t_end = now_s() + 1.0;
+  int calls = 0;
+  while (!rc && (now_s() < t_end || calls < 3)) {
+    double t0 = now_s();
+    rc = qins_op_matmul(be, &x, &w, NULL, &y);
+    if (!rc) rc = qins_backend_sync(be);
+    double dt = now_s() - t0;
+    if (dt < best) best = dt;
+    calls++;
+  }
+  *flops = 2.0 * M * (double)D * D / best;
+  qins_tensor_free(&x);
+  qins_tensor_free(&w);
+  qins_tensor_free(&y);
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  int L = 12, D = 768, H = 12, V = 50257, B = 4, T = 64, steps = 2;
+  const char *backend = "cpu", *dir = "/tmp/qins-bench-train", *json = NULL;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+      usage(stdout);
+      return 0;
+    }
+    if (!v) {
+      usage(stderr);
+      return 2;
+    }
+    i++;
+    if (!strcmp(a, "--layers")) L = atoi(v);
+    else if (!strcmp(a, "--dim")) D = atoi(v);
+    else if (!strcmp(a, "--heads")) H = atoi(v);
+    else if (!strcmp(a, "--vocab")) V = atoi(v);
+    else if (!strcmp(a, "--batch")) B = atoi(v);
+    else if (!strcmp(a, "--seq")) T = atoi(v);
+    else if (!strcmp(a, "--steps")) steps = atoi(v);
+    else if (!strcmp(a, "--backend")) backend = v;
+    else if (!strcmp(a, "--dir")) dir = v;
+    else if (!strcmp(a, "--json")) json = v;
+    else {
+      usage(stderr);
+      return 2;
+    }
+  }
+  if (L < 1 || D < 1 || H < 1 || D % H || V < 2 || B < 1 || T < 2 || steps < 1) {
+    usage(stderr);
+    return 2;
+  }
+  qins_backend *be = NULL;
+  qins_model *m = NULL;
+  qins_train_model *tm = NULL;
+  qins_optim *o = NULL;
+  int rc = write_gpt2(dir, L, D, H, V, T > 1024 ? T : 1024);
+  if (!rc) rc = qins_backend_create(backend, &be);
+  double peak = 0;
+  if (!rc) rc = gemm_peak(be, 256, D, &peak);
+  if (!rc) rc = qins_model_open(dir, &m);
+  if (!rc) rc = qins_train_model_create(m, be, &tm);
+  qins_model_close(m);
+  qins_optim_config oc = qins_optim_config_default();
+  oc.accum_steps = B;
+  if (!rc) rc = qins_optim_create(&oc, &o);
+  int64_t nparams = 0;
+  for (int i = 0; !rc && i < qins_train_model_count(tm); i++) {
+    const qins_train_param *p = qins_train_model_param(tm, i);
+    nparams += p->n;
+    if ((rc = qins_optim_add(o, p->name, p->w, p->g, p->n, NULL)) > 0) rc = 0;
+  }
+  if (rc < 0) {
+    fprintf(stderr, "qins-bench-train: %s\n", qins_error_msg());
+    return 1;
+  }
+  rc = 0;
+  int32_t *ids = malloc((size_t)T * sizeof *ids);
+  uint64_t st = 99;
+  /* FLOPs of one forward over T positions: 2 x (matmul params incl. the tied head) per token,
+   * plus causal attention (QK^T and AV over (T+1)/2 positions on average); training = 3x forward */
+  double fwd_tok = 2.0 * (12.0 * L * D * (double)D + (double)V * D) + 4.0 * L * D * (T + 1) / 2.0;
+  double step_flops = 3.0 * fwd_tok * T * B;
+  double best_fb = 1e30, best_opt = 1e30;
+  for (int s = 0; s <= steps && !rc; s++) { /* step 0: warm-up */
+    qins_optim_zero_grad(o);
+    double t0 = now_s(), loss = 0;
+    for (int b = 0; b < B && !rc; b++) {
+      for (int t = 0; t < T; t++) ids[t] = (int32_t)(qins_splitmix64(&st) % (uint64_t)V);
+      rc = qins_train_model_loss_grad(tm, ids, T, &loss);
+      qins_optim_micro_done(o);
+    }
+    double t1 = now_s();
+    if (!rc) rc = qins_optim_step(o, loss, NULL);
+    double t2 = now_s();
+    if (s > 0) {
+      best_fb = fmin(best_fb, t1 - t0);
+      best_opt = fmin(best_opt, t2 - t1);
+    }
+    fprintf(stderr, "step %d: forward+backward %.2f s, AdamW %.3f s, loss %.3f\n", s, t1 - t0, t2 - t1, loss);
+  }
+  free(ids);
+  if (rc) {
+    fprintf(stderr, "qins-bench-train: %s\n", qins_error_msg());
+    return 1;
+  }
+  double step_s = best_fb + best_opt, tps = (double)B * T / step_s, achieved = step_flops / step_s;
+  printf("| model | params | B x T | step s | fwd+bwd s | AdamW s | tokens/s | GFLOP/s | GEMM GFLOP/s | of GEMM |\n");
+  printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  printf("| gpt2 L%d D%d V%d | %.1fM | %dx%d | %.3f | %.3f | %.3f | %.1f | %.2f | %.2f | %.0f%% |\n", L, D, V,
+         nparams / 1e6, B, T, step_s, best_fb, best_opt, tps, achieved / 1e9, peak / 1e9, 100 * achieved / peak);
+  if (json) {
+    FILE *f = fopen(json, "w");
+    if (f) {
+      fprintf(f, "{\"backend\": \"%s\", \"layers\": %d, \"dim\": %d, \"vocab\": %d, \"params\": %lld, \"batch\": %d, "
+                 "\"seq\": %d, \"step_s\": %.6f, \"fwd_bwd_s\": %.6f, \"optim_s\": %.6f, \"tokens_per_s\": %.3f, "
+                 "\"flops_per_step\": %.6g, \"achieved_flops\": %.6g, \"gemm_peak_flops\": %.6g}\n",
+              backend, L, D, V, (long long)nparams, B, T, step_s, best_fb, best_opt, tps, step_flops, achieved, peak);
+      fclose(f);
+    }
+  }
+  qins_optim_destroy(o);
+  qins_train_model_destroy(tm);
+  qins_backend_destroy(be);
+  return 0;
+}

@@ -1,0 +1,514 @@
+/* Training loop end to end: token shards (round trip, identity, corruption), held-out split and
+ * deterministic batches, checkpoints (QINS weights = stored latent), exact resume (bit for bit,
+ * AdamW and QINS-AdamW), `qins generate` on a trained checkpoint, the C3 pilot at tiny size,
+ * SVG/report writer, config errors. */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "core/model/model.h"
+#include "core/model/safetensors.h"
+#include "core/tokenizer/tokenizer.h"
+#include "core/train/data.h"
+#include "core/train/optim.h"
+#include "core/train/report.h"
+#include "core/train/trainer.h"
+#include "tests/test_util.h"
+
+static char g_dir[256];     /* scratch folder for this run */
+static char g_text[512];    /* a 40 KB prefix of tinyshakespeare */
+static char g_shard[512];
+
+static const char *tok_path(void) { return test_shared_path("models/stories260K/tok512.bin"); }
+
+static int run_cmd(const char *cmd, char **out) {
+  FILE *p = popen(cmd, "r");
+  if (!p) fail_msg("popen %s", cmd);
+  size_t cap = 4096, len = 0, got;
+  char *buf = malloc(cap);
+  while ((got = fread(buf + len, 1, cap - len - 1, p)) > 0) {
+    len += got;
+    if (cap - len < 2) buf = realloc(buf, cap *= 2);
+  }
+  buf[len] = 0;
+  int st = pclose(p);
+  if (out) *out = buf;
+  else free(buf);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static char *slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  rewind(f);
+  char *b = malloc((size_t)n + 1);
+  size_t got = fread(b, 1, (size_t)n, f);
+  fclose(f);
+  b[got] = 0;
+  if (len) *len = got;
+  return b;
+}
+
+static int setup_all(void **state) {
+  (void)state;
+  test_seed();
+  snprintf(g_dir, sizeof g_dir, "/tmp/qins_test_trainer_%d", (int)getpid());
+  mkdir(g_dir, 0777);
+  size_t n = 0;
+  char *all = slurp(test_shared_path("data/tinyshakespeare.txt"), &n);
+  if (!all) return -1;
+  snprintf(g_text, sizeof g_text, "%s/corpus.txt", g_dir);
+  FILE *f = fopen(g_text, "wb");
+  fwrite(all, 1, n < 40000 ? n : 40000, f);
+  fclose(f);
+  free(all);
+  snprintf(g_shard, sizeof g_shard, "%s/corpus.shard", g_dir);
+  return qins_shard_build(g_text, tok_path(), g_shard, NULL);
+}
+
+static int teardown_all(void **state) {
+  (void)state;
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+  return system(cmd) == 0 ? 0 : -1;
+}
+
+/* The shard decodes back to the corpus: documents are BOS + paragraph, streamed pieces rebuild it. */
+static void test_shard_round_trip(void **state) {
+  (void)state;
+  qins_shard *s;
+  assert_int_equal(qins_shard_open(g_shard, tok_path(), &s), 0);
+  qins_tokenizer *tok;
+  assert_int_equal(qins_tokenizer_open(tok_path(), &tok), 0);
+  assert_int_equal((int)qins_shard_vocab(s), qins_tokenizer_vocab_size(tok));
+  int64_t n = qins_shard_count(s);
+  assert_true(n > 5000);
+  assert_int_equal(qins_shard_get(s, 0), qins_tokenizer_bos_id(tok));
+  size_t tl = 0;
+  char *text = slurp(g_text, &tl);
+  char *rebuilt = malloc(tl + 4096);
+  size_t len = 0;
+  int32_t prev = -1;
+  for (int64_t i = 0; i < n; i++) {
+    char piece[64];
+    int32_t id = qins_shard_get(s, i);
+    int k = qins_tokenizer_decode_piece(tok, prev, id, piece, sizeof piece);
+    assert_true(k >= 0);
+    assert_true(len + (size_t)k < tl + 4096);
+    memcpy(rebuilt + len, piece, (size_t)k);
+    len += (size_t)k;
+    prev = id;
+  }
+  assert_int_equal(len, tl);
+  assert_memory_equal(rebuilt, text, tl);
+  free(rebuilt);
+  free(text);
+  /* a second build with the same inputs is a no-op */
+  int again = 1;
+  assert_int_equal(qins_shard_build(g_text, tok_path(), g_shard, &again), 0);
+  assert_int_equal(again, 0);
+  qins_tokenizer_close(tok);
+  qins_shard_close(s);
+}
+
+static void test_shard_identity_and_corruption(void **state) {
+  (void)state;
+  qins_shard *s = NULL;
+  /* another file as the "tokenizer": identity hash differs */
+  assert_int_equal(qins_shard_open(g_shard, g_text, &s), QINS_EINPUT);
+  assert_non_null(strstr(qins_error_msg(), "tok512.bin"));
+  /* truncated shard */
+  size_t n = 0;
+  char *b = slurp(g_shard, &n);
+  char bad[600];
+  snprintf(bad, sizeof bad, "%s/bad.shard", g_dir);
+  FILE *f = fopen(bad, "wb");
+  fwrite(b, 1, n - 3, f);
+  fclose(f);
+  assert_int_equal(qins_shard_open(bad, NULL, &s), QINS_EINPUT);
+  f = fopen(bad, "wb");
+  fwrite("NOTASHRD", 1, 8, f);
+  fwrite(b + 8, 1, n - 8, f);
+  fclose(f);
+  assert_int_equal(qins_shard_open(bad, NULL, &s), QINS_EINPUT);
+  f = fopen(bad, "wb");
+  fwrite(b, 1, 50, f);
+  fclose(f);
+  assert_int_equal(qins_shard_open(bad, NULL, &s), QINS_EINPUT);
+  assert_null(s);
+  free(b);
+}
+
+static void test_split_and_batches(void **state) {
+  (void)state;
+  qins_shard *s;
+  assert_int_equal(qins_shard_open(g_shard, NULL, &s), 0);
+  int64_t n = qins_shard_count(s);
+  qins_data_split tr, ho;
+  int T = 16, B = 4;
+  assert_int_equal(qins_data_split_make(s, 0.1, T, &tr, &ho), 0);
+  assert_int_equal(ho.end - ho.begin, (int64_t)((double)n * 0.1));
+  assert_int_equal(tr.end, ho.begin);
+  assert_int_equal(ho.end, n);
+  uint64_t seed = test_rand_u64();
+  int32_t a[4 * 17], b[4 * 17], c[4 * 17];
+  for (int64_t k = 0; k < 50; k++) {
+    assert_int_equal(qins_data_batch(&tr, seed, k, B, T, a), 0);
+    assert_int_equal(qins_data_batch(&tr, seed, k, B, T, b), 0);
+    assert_memory_equal(a, b, sizeof a); /* same seed and position: same batch */
+    assert_int_equal(qins_data_batch(&tr, seed, k + 1, B, T, c), 0);
+    assert_true(memcmp(a, c, sizeof a) != 0);
+    /* every row is a contiguous window of the train split: find it */
+    for (int r = 0; r < B; r++) {
+      int found = 0;
+      for (int64_t st = tr.begin; st + T + 1 <= tr.end && !found; st++) {
+        int ok = 1;
+        for (int t = 0; t <= T && ok; t++) ok = qins_shard_get(s, st + t) == a[r * (T + 1) + t];
+        found = ok;
+      }
+      if (k < 3) assert_true(found); /* (the scan is slow: a few batches suffice) */
+    }
+  }
+  assert_int_equal(qins_data_batch(&tr, seed + 1, 0, B, T, c), 0);
+  assert_int_equal(qins_data_batch(&tr, seed, 0, B, T, a), 0);
+  assert_true(memcmp(a, c, sizeof a) != 0); /* another seed: other batches */
+  int64_t w = qins_data_eval_windows(&ho, T);
+  assert_true(w > 10);
+  int32_t e[17];
+  assert_int_equal(qins_data_eval_window(&ho, w - 1, T, e), 0);
+  assert_int_equal(e[T], qins_shard_get(s, ho.begin + (w - 1) * T + T));
+  assert_int_equal(qins_data_eval_window(&ho, w, T, e), QINS_EINVAL);
+  assert_int_equal(qins_data_split_make(s, 1.5, T, &tr, &ho), QINS_EINVAL);
+  qins_shard_close(s);
+}
+
+/* A tiny config for the loop tests. */
+static void write_config(const char *path, const char *out_dir, const char *kind, int steps) {
+  FILE *f = fopen(path, "w");
+  fprintf(f,
+          "run: {name: t, out_dir: '%s', seed: 7, steps: %d, batch: 2, seq: 32, log_every: 100, eval_every: 4,"
+          " eval_windows: 4, checkpoint_at: [1.0]}\n"
+          "data: {text: '%s', tokenizer: '%s', shard: '%s', holdout: 0.1}\n"
+          "model: {dim: 32, layers: 2, heads: 2, kv_heads: 1, ffn: 64, vocab: 512, seq: 64}\n"
+          "optim: {kind: %s, lr: 3e-3, warmup: 2, qins_lr_scale: 8}\n",
+          out_dir, steps, g_text, tok_path(), g_shard, kind);
+  fclose(f);
+}
+
+/* Log lines without the wall-clock field. */
+static char *log_no_time(const char *path) {
+  char *b = slurp(path, NULL);
+  assert_non_null(b);
+  char *o = malloc(strlen(b) + 1), *w = o;
+  for (char *p = b; *p;) {
+    char *t = strstr(p, ", \"tokens_per_s\"");
+    char *nl = strchr(p, '\n');
+    if (!nl) nl = p + strlen(p);
+    char *stop = t && t < nl ? t : nl;
+    memcpy(w, p, (size_t)(stop - p));
+    w += stop - p;
+    *w++ = '\n';
+    p = *nl ? nl + 1 : nl;
+  }
+  *w = 0;
+  free(b);
+  return o;
+}
+
+static void check_resume(const char *kind) {
+  char cfg[600], a[600], b[600], ck[700], p1[800], p2[800];
+  snprintf(cfg, sizeof cfg, "%s/%s.yaml", g_dir, kind);
+  snprintf(a, sizeof a, "%s/%s-full", g_dir, kind);
+  snprintf(b, sizeof b, "%s/%s-split", g_dir, kind);
+  write_config(cfg, a, kind, 8);
+  qins_train_result r;
+  qins_train_opts o = {cfg, NULL, 0, NULL, NULL};
+  assert_int_equal(qins_train_run(&o, &r), 0);
+  assert_int_equal(r.steps, 8);
+  /* interrupted after step 3 (run.stop_after writes a checkpoint there), then resumed */
+  char set_out[700], set_stop[64] = "run.stop_after=3";
+  snprintf(set_out, sizeof set_out, "run.out_dir=%s", b);
+  const char *sets[2] = {set_out, set_stop};
+  qins_train_opts o2 = {cfg, sets, 2, NULL, NULL};
+  assert_int_equal(qins_train_run(&o2, &r), 0);
+  assert_int_equal(r.steps, 3);
+  snprintf(ck, sizeof ck, "%s/ckpt-000003", b);
+  qins_train_opts o3 = {cfg, sets, 1, ck, NULL};
+  assert_int_equal(qins_train_run(&o3, &r), 0);
+  assert_int_equal(r.steps, 8);
+  const char *files[2] = {"model.safetensors", "optim.safetensors"};
+  for (int i = 0; i < 2; i++) {
+    size_t n1 = 0, n2 = 0;
+    snprintf(p1, sizeof p1, "%s/ckpt-000008/%s", a, files[i]);
+    snprintf(p2, sizeof p2, "%s/ckpt-000008/%s", b, files[i]);
+    char *x = slurp(p1, &n1), *y = slurp(p2, &n2);
+    assert_non_null(x);
+    assert_non_null(y);
+    assert_int_equal(n1, n2);
+    if (memcmp(x, y, n1) != 0) fail_msg("%s: %s differs between the full and the resumed run", kind, files[i]);
+    free(x);
+    free(y);
+  }
+  snprintf(p1, sizeof p1, "%s/train_log.jsonl", a);
+  snprintf(p2, sizeof p2, "%s/train_log.jsonl", b);
+  char *la = log_no_time(p1), *lb = log_no_time(p2);
+  assert_string_equal(la, lb); /* every loss, lr, grad norm and eval loss, to the last bit (%.17g) */
+  free(la);
+  free(lb);
+  /* a resumed run with a different optimizer kind is refused */
+  char set_kind[64] = "optim.kind=adamw";
+  if (!strcmp(kind, "adamw")) snprintf(set_kind, sizeof set_kind, "optim.kind=qins-adamw");
+  const char *sets4[2] = {set_out, set_kind};
+  qins_train_opts o4 = {cfg, sets4, 2, ck, NULL};
+  assert_int_equal(qins_train_run(&o4, &r), QINS_EINPUT);
+}
+
+static void test_exact_resume_adamw(void **state) {
+  (void)state;
+  check_resume("adamw");
+}
+
+static void test_exact_resume_qins(void **state) {
+  (void)state;
+  check_resume("qins-adamw");
+}
+
+/* The QINS checkpoint: HF folder that loads, weights on the qins8 grid of the saved latent z. */
+static void test_checkpoint_contents(void **state) {
+  (void)state;
+  char ck[700], p[800];
+  snprintf(ck, sizeof ck, "%s/qins-adamw-full/ckpt-000008", g_dir);
+  qins_model *m;
+  assert_int_equal(qins_model_open(ck, &m), 0);
+  assert_int_equal(m->cfg.arch, QINS_ARCH_LLAMA);
+  assert_int_equal(m->cfg.dim, 32);
+  assert_int_equal(m->cfg.n_kv_heads, 1);
+  snprintf(p, sizeof p, "%s/optim.safetensors", ck);
+  qins_st_file *f;
+  assert_int_equal(qins_st_open(p, &f), 0);
+  assert_string_equal(qins_st_meta(f, "step"), "8");
+  assert_string_equal(qins_st_meta(f, "data_position"), "8");
+  int checked = 0;
+  for (int i = 0; i < m->n_weights; i++) {
+    const qins_weight *w = &m->weights[i];
+    char zn[QINS_NAME_MAX + 8], an[QINS_NAME_MAX + 8];
+    snprintf(zn, sizeof zn, "%s.z", w->name);
+    snprintf(an, sizeof an, "%s.alpha", w->name);
+    const qins_st_tensor *z = qins_st_find(f, zn), *al = qins_st_find(f, an);
+    int covered = strstr(w->name, "v_proj") || strstr(w->name, "o_proj") ||
+                  (strstr(w->name, "_proj.weight") && strstr(w->name, "mlp"));
+    assert_int_equal(z != NULL, covered);
+    if (!z) continue;
+    const float *wv = w->data, *zv = z->data, *av = al->data;
+    int64_t rows = w->shape[0], cols = w->shape[1];
+    for (int64_t k = 0; k < rows * cols; k++) {
+      float want = qins_optim_stored_weight(QINS_DT_QINS8, zv[k], av[k / cols]);
+      if (memcmp(&want, &wv[k], 4) != 0) fail_msg("%s[%lld]: %g is not D(qins8(z)) = %g", w->name, (long long)k, wv[k], want);
+    }
+    checked++;
+  }
+  assert_int_equal(checked, 2 * 5);
+  qins_st_close(f);
+  qins_model_close(m);
+}
+
+/* The trained checkpoint is a product: `qins generate` runs on the folder (tokenizer found inside). */
+static void test_generate_on_checkpoint(void **state) {
+  (void)state;
+  const char *exe = getenv("QINS_EXE");
+  if (!exe) skip();
+  char cmd[2048], *out;
+  snprintf(cmd, sizeof cmd, "'%s' generate --model '%s/qins-adamw-full/ckpt-000008' --prompt 'ROMEO:' --steps 12 --json "
+           "--backend cpu 2>/dev/null", exe, g_dir);
+  assert_int_equal(run_cmd(cmd, &out), 0);
+  json_error_t err;
+  json_t *j = json_loads(out, 0, &err);
+  if (!j) fail_msg("not JSON: %s", out);
+  assert_true(json_array_size(json_object_get(j, "ids")) >= 1);
+  assert_true(json_array_size(json_object_get(j, "prompt_ids")) >= 2);
+  json_decref(j);
+  free(out);
+}
+
+/* C3 pilot at tiny size through the CLI: three runs, report files, both runs learn. */
+static void test_pilot_smoke(void **state) {
+  (void)state;
+  const char *exe = getenv("QINS_EXE");
+  if (!exe) skip();
+  char cfg[600], out[600], cmd[3000], *o;
+  snprintf(cfg, sizeof cfg, "%s/pilot.yaml", g_dir);
+  snprintf(out, sizeof out, "%s/pilot", g_dir);
+  write_config(cfg, out, "adamw", 12);
+  snprintf(cmd, sizeof cmd, "'%s' train --pilot '%s' --quiet --set run.steps=40 --set run.batch=4 --set run.eval_every=20 --set optim.lr=1e-2 --report '%s/C3'",
+           exe, cfg, g_dir);
+  assert_int_equal(run_cmd(cmd, &o), 0);
+  assert_non_null(strstr(o, "\"gate\": \"C3\""));
+  free(o);
+  char p[800];
+  snprintf(p, sizeof p, "%s/C3.json", g_dir);
+  json_error_t err;
+  json_t *j = json_load_file(p, 0, &err);
+  assert_non_null(j);
+  json_t *runs = json_object_get(j, "runs");
+  assert_int_equal(json_array_size(runs), 3);
+  for (size_t i = 0; i < 3; i++) {
+    json_t *r = json_array_get(runs, i);
+    double ho = json_real_value(json_object_get(r, "heldout_loss"));
+    assert_true(ho < log(512.0) - 0.5); /* learned something beyond uniform */
+    assert_int_equal(json_array_size(json_object_get(r, "heldout_curve")), 2);
+  }
+  assert_true(json_is_boolean(json_object_get(j, "pass")));
+  json_decref(j);
+  snprintf(p, sizeof p, "%s/C3.svg", g_dir);
+  char *svg = slurp(p, NULL);
+  assert_non_null(svg);
+  assert_non_null(strstr(svg, "<svg"));
+  assert_int_equal((int)(strstr(svg, "<polyline") != NULL), 1);
+  int lines = 0;
+  for (char *q = svg; (q = strstr(q, "<polyline")); q++) lines++;
+  assert_int_equal(lines, 6); /* train + held-out per run */
+  free(svg);
+  snprintf(p, sizeof p, "%s/C3.md", g_dir);
+  char *md = slurp(p, NULL);
+  assert_non_null(md);
+  assert_non_null(strstr(md, "| qins8 |"));
+  assert_non_null(strstr(md, "| qins-f32 |"));
+  free(md);
+}
+
+/* `qins gate C3 --gates DIR` runs the pilot on DIR/C3.yaml and writes OUT/C3.json. */
+static void test_gate_c3(void **state) {
+  (void)state;
+  const char *exe = getenv("QINS_EXE");
+  if (!exe) skip();
+  char cfg[600], out[600], cmd[3000], *o;
+  snprintf(cfg, sizeof cfg, "%s/C3.yaml", g_dir);
+  snprintf(out, sizeof out, "%s/gate-pilot", g_dir);
+  write_config(cfg, out, "adamw", 6);
+  snprintf(cmd, sizeof cmd, "'%s' gate C3 --gates '%s' --out '%s/gate'", exe, g_dir, g_dir);
+  assert_int_equal(run_cmd(cmd, &o), 0);
+  free(o);
+  char p[800];
+  snprintf(p, sizeof p, "%s/gate/C3.json", g_dir);
+  json_error_t err;
+  json_t *j = json_load_file(p, 0, &err);
+  assert_non_null(j);
+  assert_string_equal(json_string_value(json_object_get(j, "gate")), "C3");
+  json_decref(j);
+}
+
+static void test_config_errors(void **state) {
+  (void)state;
+  char cfg[600];
+  snprintf(cfg, sizeof cfg, "%s/bad.yaml", g_dir);
+  FILE *f = fopen(cfg, "w");
+  fprintf(f, "run: {steps: 2, bogus: 1}\ndata: {text: x, tokenizer: y}\n");
+  fclose(f);
+  qins_train_result r;
+  qins_train_opts o = {cfg, NULL, 0, NULL, NULL};
+  assert_int_equal(qins_train_run(&o, &r), QINS_EINPUT);
+  assert_non_null(strstr(qins_error_msg(), "bogus"));
+  write_config(cfg, g_dir, "sgd", 2);
+  assert_int_equal(qins_train_run(&o, &r), QINS_EINPUT);
+  assert_non_null(strstr(qins_error_msg(), "optim.kind"));
+  write_config(cfg, g_dir, "adamw", 2);
+  const char *sets[1] = {"model.heads=3"};
+  qins_train_opts o2 = {cfg, sets, 1, NULL, NULL};
+  assert_int_equal(qins_train_run(&o2, &r), QINS_EINPUT);
+  const char *sets2[1] = {"run.seq=100"}; /* longer than the model's 64 positions */
+  qins_train_opts o3 = {cfg, sets2, 1, NULL, NULL};
+  assert_int_equal(qins_train_run(&o3, &r), QINS_EINPUT);
+  char ck[700];
+  snprintf(ck, sizeof ck, "%s/nowhere", g_dir);
+  qins_train_opts o4 = {cfg, NULL, 0, ck, NULL};
+  assert_true(qins_train_run(&o4, &r) < 0);
+}
+
+/* Distillation hook: a student identical to its teacher (stories260K, AdamW, pure KL) has KL ~ 0
+ * and a ~zero gradient; a qins8 student has a small positive KL. */
+static void test_distill_self(void **state) {
+  (void)state;
+  const char *kinds[2] = {"adamw", "qins-adamw"};
+  for (int k = 0; k < 2; k++) {
+    char cfg[600], out[600], p[800];
+    snprintf(cfg, sizeof cfg, "%s/distill.yaml", g_dir);
+    snprintf(out, sizeof out, "%s/distill-%s", g_dir, kinds[k]);
+    FILE *f = fopen(cfg, "w");
+    fprintf(f,
+            "run: {out_dir: '%s', seed: 3, steps: 1, batch: 2, seq: 32, eval_windows: 2}\n"
+            "data: {text: '%s', tokenizer: '%s', shard: '%s'}\n"
+            "model: {init: '%s'}\n"
+            "distill: {teacher: '%s', ce: 0, kl: 1}\n"
+            "optim: {kind: %s, lr: 1e-4}\n",
+            out, g_text, tok_path(), g_shard, test_shared_path("models/stories260K/stories260K.bin"),
+            test_shared_path("models/stories260K/stories260K.bin"), kinds[k]);
+    fclose(f);
+    qins_train_result r;
+    qins_train_opts o = {cfg, NULL, 0, NULL, NULL};
+    assert_int_equal(qins_train_run(&o, &r), 0);
+    snprintf(p, sizeof p, "%s/train_log.jsonl", out);
+    json_error_t err;
+    json_t *j = json_load_file(p, JSON_DISABLE_EOF_CHECK, &err);
+    assert_non_null(j);
+    double kl = json_real_value(json_object_get(j, "kl")), gn = json_real_value(json_object_get(j, "grad_norm"));
+    double loss = json_real_value(json_object_get(j, "loss"));
+    printf("distill %s: kl %.3g grad norm %.3g\n", kinds[k], kl, gn);
+    if (k == 0) {
+      assert_true(fabs(kl) < 1e-5);
+      assert_true(fabs(loss) < 1e-5); /* ce 0: the loss is the KL */
+      assert_true(gn < 1e-3);
+    } else {
+      assert_true(kl > 1e-6 && kl < 0.05); /* 8-bit storage: close but not equal */
+      assert_true(gn > 1e-4);
+    }
+    json_decref(j);
+  }
+}
+
+static void test_svg_and_curve(void **state) {
+  (void)state;
+  char p[600], svg[600];
+  snprintf(p, sizeof p, "%s/log.jsonl", g_dir);
+  FILE *f = fopen(p, "w");
+  /* a resumed log: steps 3..4 appear twice, the later lines win */
+  fprintf(f, "{\"step\": 1, \"loss\": 5}\n{\"step\": 2, \"loss\": 4}\n{\"step\": 3, \"loss\": 9}\n"
+             "{\"step\": 2, \"eval_loss\": 4.5, \"eval_ppl\": 90}\n{\"step\": 3, \"loss\": 3, \"tokens_per_s\": 10}\n"
+             "{\"step\": 4, \"loss\": 2.5}\n");
+  fclose(f);
+  qins_curve c;
+  assert_int_equal(qins_curve_read(p, "x", &c), 0);
+  assert_int_equal(c.n, 4);
+  assert_true(c.loss[2] == 3.0);
+  assert_int_equal(c.n_eval, 1);
+  snprintf(svg, sizeof svg, "%s/c.svg", g_dir);
+  qins_plot_series s = {"x <&>", c.step, c.loss, c.n, 0, 0};
+  assert_int_equal(qins_svg_plot(svg, "t", "step", "loss", &s, 1), 0);
+  char *b = slurp(svg, NULL);
+  assert_non_null(strstr(b, "x &lt;&amp;&gt;"));
+  free(b);
+  qins_curve_free(&c);
+  f = fopen(p, "w");
+  fprintf(f, "{\"step\": 1, \"loss\": 5}\nnot json\n");
+  fclose(f);
+  assert_int_equal(qins_curve_read(p, "x", &c), QINS_EINPUT);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_shard_round_trip),     cmocka_unit_test(test_shard_identity_and_corruption),
+      cmocka_unit_test(test_split_and_batches),    cmocka_unit_test(test_exact_resume_adamw),
+      cmocka_unit_test(test_exact_resume_qins),    cmocka_unit_test(test_checkpoint_contents),
+      cmocka_unit_test(test_generate_on_checkpoint), cmocka_unit_test(test_pilot_smoke),
+      cmocka_unit_test(test_config_errors),        cmocka_unit_test(test_svg_and_curve),
+      cmocka_unit_test(test_distill_self),         cmocka_unit_test(test_gate_c3),
+  };
+  return cmocka_run_group_tests(tests, setup_all, teardown_all);
+}
