@@ -277,19 +277,26 @@ static double mse_at(const float *x, int64_t n, qins_dtype fmt, double u, double
   return qins_codec_row_mse(x, n, fmt, alpha_store(exp(u) / scale));
 }
 
-/* `mse` mode: grid of 33 points on u = ln(alpha * sigma) in [ln 0.02, ln 20] (lowest MSE, ties to
- * the lowest u), then 24 golden-section steps on [u_best - h, u_best + h]; the refined midpoint
+/* `mse` mode: grid of 33 points on u = ln(alpha * sigma) in [ln 0.02, ln 20] (lowest MSE; MSEs
+ * within 2^-16 of the lowest tie, and ties go to the lowest u), then 24 golden-section steps on [u_best - h, u_best + h]; the refined midpoint
  * is kept only when its MSE is strictly lower than the grid point's. */
 static float calibrate_mse(const float *x, int64_t n, qins_dtype fmt, double scale) {
   const double lo = log(0.02), hi = log(20.0);
   const double h = (hi - lo) / 32.0;
+  double grid[33], min_m = INFINITY;
+  for (int i = 0; i <= 32; i++) {
+    grid[i] = mse_at(x, n, fmt, lo + h * i, scale);
+    if (grid[i] < min_m) min_m = grid[i];
+  }
+  /* Grid points within 2^-16 of the minimum are ties, and the lowest u wins: a float GPU sum
+   * and this one differ in the last bits, and without the margin they picked different
+   * neighbourhoods (on short rows, different local minima) for the golden-section step. */
   double best_u = lo, best_m = INFINITY;
   for (int i = 0; i <= 32; i++) {
-    double u = lo + h * i;
-    double m = mse_at(x, n, fmt, u, scale);
-    if (m < best_m) {
-      best_m = m;
-      best_u = u;
+    if (grid[i] <= min_m * (1.0 + 0x1p-16)) {
+      best_u = lo + h * i;
+      best_m = grid[i];
+      break;
     }
   }
   const double g = 0.6180339887498949; /* (sqrt(5) - 1) / 2 */

@@ -91,11 +91,18 @@ void main() {
   } else {
     float sg = sigma > 0.0 ? sigma : absmax;
     const float U0 = -3.912023005428146, H = 0.21586735246819178;
+    float fg[33];
+    float fmin = 3.4e38;
+    for (uint i = 0; i <= 32u; i++) {
+      fg[i] = mse(xo, kf, exp(U0 + float(i) * H) / sg);
+      fmin = min(fmin, fg[i]);
+    }
+    // MSEs within 2^-16 of the minimum tie and the lowest u wins (the cpu codec's rule): float
+    // sums differ in their last bits between devices, and exact comparisons picked different
+    // neighbourhoods for the golden-section step.
     float ub = U0, fb = 3.4e38;
     for (uint i = 0; i <= 32u; i++) {
-      float u = U0 + float(i) * H;
-      float f = mse(xo, kf, exp(u) / sg);
-      if (f < fb) { fb = f; ub = u; }
+      if (fg[i] <= fmin * (1.0 + 1.52587890625e-05)) { ub = U0 + float(i) * H; fb = fg[i]; break; }
     }
     const float GR = 0.6180339887498949;
     float lo = ub - H, hi = ub + H;

@@ -623,16 +623,22 @@ static void backend_case(qins_backend *be, shape2 s) {
         aref[r] = qins_codec_calibrate_row(xr, s.cols, fmt, spec);
         if (fabsf(agot[r] - aref[r]) <= 1e-3f * aref[r]) continue;
         qins_dtype of = fmt == QINS_DT_QINS6 ? fmt : QINS_DT_QINS8;
-        if (spec.mode == QINS_ALPHA_MSE && isfinite(agot[r]) && agot[r] > 0 &&
-            qins_codec_row_mse(xr, s.cols, of, agot[r]) <= 1.001 * qins_codec_row_mse(xr, s.cols, of, aref[r])) {
+        double msq = 0;
+        for (int64_t i = 0; i < s.cols; i++) msq += (double)xr[i] * xr[i] / (double)s.cols;
+        double mse_got = isfinite(agot[r]) && agot[r] > 0 ? qins_codec_row_mse(xr, s.cols, of, agot[r]) : INFINITY;
+        double mse_ref = qins_codec_row_mse(xr, s.cols, of, aref[r]);
+        /* The MSE is a step function of alpha; on very short rows several alphas tie to rounding
+         * (the float GPU reduction and the double reference then pick different ties): accept
+         * any alpha whose MSE is within 0.1% of the reference's, plus rounding of the row's scale. */
+        if (spec.mode == QINS_ALPHA_MSE && mse_got <= 1.001 * mse_ref + 1e-7 * msq) {
           print_message("%s calibrate mse %s [%lld,%lld] row %lld: alpha %.7g vs reference %.7g, accepted on MSE\n", bn,
                         qins_dtype_name(fmt), (long long)s.rows, (long long)s.cols, (long long)r, agot[r], aref[r]);
           continue;
         }
         char sb[32];
-        fail_msg("%s calibrate %s %s [%lld,%lld] row %lld: alpha %.9g, reference %.9g", bn, qins_dtype_name(fmt),
-                 qins_alpha_spec_format(spec, sb, sizeof sb), (long long)s.rows, (long long)s.cols, (long long)r,
-                 agot[r], aref[r]);
+        fail_msg("%s calibrate %s %s [%lld,%lld] row %lld: alpha %.9g (MSE %.6g), reference %.9g (MSE %.6g)", bn,
+                 qins_dtype_name(fmt), qins_alpha_spec_format(spec, sb, sizeof sb), (long long)s.rows,
+                 (long long)s.cols, (long long)r, agot[r], mse_got, aref[r], mse_ref);
       }
       qins_tensor_free(&ta);
     }
