@@ -17,11 +17,19 @@ layout(binding = 1) buffer A { float alpha[]; };
 layout(binding = 2) readonly buffer T { float lut[]; };
 
 shared float lut_s[256];
-float g_am; // absmax of the row (set before any mse call)
+int g_e; // binary exponent of the row's absmax (set before any mse call)
 
 float store_alpha(float a) { return !(a > 0.0) ? 1.0 : clamp(a, 1.17549435e-38, 3.40282347e38); }
 
-// (decoded - x) / absmax squared: the same ordering as the MSE, without float overflow on huge rows
+// n / d without approximate division by a huge d: NVIDIA's float division returns 0 for
+// |d| > 2^126, so d is first brought to [0.5, 1) by an exact power-of-two scale.
+float safe_div(float n, float d) {
+  int e;
+  float m = frexp(d, e);
+  return ldexp(n / m, -e);
+}
+
+// ((decoded - x) / 2^e)^2 with 2^e ~ absmax: the same ordering as the MSE, without float overflow on huge rows
 float mse(uint xo, float kf, float a) {
   a = store_alpha(a);
   float inv = 1.0 / a;
@@ -29,7 +37,7 @@ float mse(uint xo, float kf, float a) {
   for (uint i = gl_LocalInvocationID.x; i < pc.cols; i += WG) {
     float v = x[xo + i];
     if (isnan(v) || isinf(v)) continue;
-    float d = (lut_s[qins_code(v, a, pc.L)] * inv - v) / g_am;
+    float d = ldexp(lut_s[qins_code(v, a, pc.L)] * inv - v, -g_e);
     s += d * d;
   }
   return wg_sum(s) / kf;
@@ -52,30 +60,29 @@ void main() {
   }
   float absmax = wg_max(m);
   float kf = max(wg_sum(k), 1.0);
-  // Divide by absmax rather than multiply by 1/absmax: for rows near FLT_MAX, 1/absmax is
-  // subnormal and NVIDIA flushes it to zero (sigma became 0 and std:c gave alpha 1).
-  float am = absmax > 0.0 ? absmax : 1.0;
-  g_am = am;
+  // Statistics of v / 2^e, 2^e ~ absmax: the scale is exact and cannot overflow or flush (a
+  // multiply by 1/absmax is subnormal near FLT_MAX, and NVIDIA's division by a value above 2^126
+  // returns 0: both made sigma 0 and std:c gave alpha 1 on huge rows).
+  int e_am;
+  frexp(absmax > 0.0 ? absmax : 1.0, e_am);
+  g_e = e_am;
   float s = 0.0;
   for (uint i = lid; i < pc.cols; i += WG) {
     float v = x[xo + i];
     if (isnan(v) || isinf(v)) continue;
-    precise float vs = v / am;
-    s += vs;
+    s += ldexp(v, -e_am);
   }
   float mean_s = wg_sum(s) / kf;
   float q = 0.0;
   for (uint i = lid; i < pc.cols; i += WG) {
     float v = x[xo + i];
     if (isnan(v) || isinf(v)) continue;
-    // `precise` forbids fusing into fma(v, 1/am, -mean_s): on NVIDIA that fusion left the
-    // rounding error of the scaled v in d, so a constant row got sigma ~1e-8 * absmax instead of 0
-    // and std:c produced an alpha 1e8 times too large.
-    precise float vs = v / am;
-    float d = vs - mean_s;
+    // the scale is exact, so a constant row gives d = 0 exactly (an earlier v * (1/absmax) was
+    // fused into an fma on NVIDIA and left sigma ~1e-8 * absmax, an alpha 1e8 times too large)
+    float d = ldexp(v, -e_am) - mean_s;
     q += d * d;
   }
-  float sigma = sqrt(wg_sum(q) / kf) * absmax; // the barriers above also publish lut_s
+  float sigma = ldexp(sqrt(wg_sum(q) / kf), e_am); // the barriers above also publish lut_s
   // A spread below 2^-20 of absmax is float rounding, not data: the row counts as constant
   // (the cpu codec applies the same rule, so both agree whatever their summation order).
   if (sigma <= absmax * 9.5367431640625e-7) sigma = 0.0;
@@ -85,16 +92,16 @@ void main() {
   } else if (absmax == 0.0) {
     a = 1.0;
   } else if (pc.mode == 1u) {
-    a = sigma > 0.0 ? pc.value / sigma : pc.value / absmax;
+    a = safe_div(pc.value, sigma > 0.0 ? sigma : absmax);
   } else if (pc.mode == 2u) {
-    a = (pc.L == 255u ? 254.0 : 62.0) / absmax;
+    a = safe_div(pc.L == 255u ? 254.0 : 62.0, absmax);
   } else {
     float sg = sigma > 0.0 ? sigma : absmax;
     const float U0 = -3.912023005428146, H = 0.21586735246819178;
     float fg[33];
     float fmin = 3.4e38;
     for (uint i = 0; i <= 32u; i++) {
-      fg[i] = mse(xo, kf, exp(U0 + float(i) * H) / sg);
+      fg[i] = mse(xo, kf, safe_div(exp(U0 + float(i) * H), sg));
       fmin = min(fmin, fg[i]);
     }
     // MSEs within 2^-16 of the minimum tie and the lowest u wins (the cpu codec's rule): float
@@ -107,14 +114,14 @@ void main() {
     const float GR = 0.6180339887498949;
     float lo = ub - H, hi = ub + H;
     float c = hi - GR * (hi - lo), d = lo + GR * (hi - lo);
-    float fc = mse(xo, kf, exp(c) / sg), fd = mse(xo, kf, exp(d) / sg);
+    float fc = mse(xo, kf, safe_div(exp(c), sg)), fd = mse(xo, kf, safe_div(exp(d), sg));
     for (uint it = 0; it < 24u; it++) {
-      if (fc < fd) { hi = d; d = c; fd = fc; c = hi - GR * (hi - lo); fc = mse(xo, kf, exp(c) / sg); }
-      else { lo = c; c = d; fc = fd; d = lo + GR * (hi - lo); fd = mse(xo, kf, exp(d) / sg); }
+      if (fc < fd) { hi = d; d = c; fd = fc; c = hi - GR * (hi - lo); fc = mse(xo, kf, safe_div(exp(c), sg)); }
+      else { lo = c; c = d; fc = fd; d = lo + GR * (hi - lo); fd = mse(xo, kf, safe_div(exp(d), sg)); }
     }
     float um = 0.5 * (lo + hi);
-    float fm = mse(xo, kf, exp(um) / sg);
-    a = exp(fm < fb ? um : ub) / sg;
+    float fm = mse(xo, kf, safe_div(exp(um), sg));
+    a = safe_div(exp(fm < fb ? um : ub), sg);
   }
   if (pc.mode != 3u) a = store_alpha(a);
   if (lid == 0u) alpha[(pc.off[1] >> 2) + r] = a;

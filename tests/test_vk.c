@@ -882,15 +882,15 @@ static void test_codec_vs_cpu(void **state) {
       float *a0 = pair_read(&A, 0), *a1 = pair_read(&A, 1);
       for (int64_t row = 0; row < r; row++) {
         int L = fmt == QINS_DT_QINS6 ? 63 : 255;
-        int ok = fabsf(a1[row] - a0[row]) <= 2e-6f * a0[row];
+        int ok = fabsf(a1[row] - a0[row]) <= 1e-5f * a0[row]; /* float rounding of the row scale */
         if (!ok && sp == 3) { /* compare the MSE of the finite part of the row */
           float fin[67];
           int64_t k = 0;
           for (int64_t i = 0; i < c; i++) if (isfinite(x[row * c + i])) fin[k++] = x[row * c + i];
           ok = ref_mse(fin, k, a1[row], L) <= ref_mse(fin, k, a0[row], L) * (1 + 1e-2);
         }
-        if (!ok) fail_msg("calibrate %s %s row %lld: vk %g, cpu %g", specs[sp], qins_dtype_name(fmt), (long long)row,
-                          a1[row], a0[row]);
+        if (!ok) fail_msg("calibrate %s %s row %lld: vk %.9g, cpu %.9g", specs[sp], qins_dtype_name(fmt),
+                          (long long)row, a1[row], a0[row]);
       }
       free(a0);
       free(a1);
