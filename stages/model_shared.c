@@ -109,3 +109,62 @@ void qins_reqstate_clear(qins_reqstate **list, void (*destroy)(void *, void *), 
     free(s);
   }
 }
+
+static void idvec_free(void *p, void *u) {
+  (void)u;
+  qins_idvec *v = p;
+  if (v) free(v->ids);
+  free(v);
+}
+
+static void reqids_destroy(void *p) {
+  qins_reqids *r = p;
+  if (!r) return;
+  qins_reqstate_clear(&r->list, idvec_free, NULL);
+  free(r);
+}
+
+qins_reqids *qins_reqids_get(const qins_stage_ctx *ctx, int create) {
+  qins_reqids *r = ctx->shared_get ? ctx->shared_get(ctx, "reqids") : NULL;
+  if (r || !create) return r;
+  r = calloc(1, sizeof *r);
+  if (!r) {
+    qins_error_set(QINS_ENOMEM, "out of memory");
+    return NULL;
+  }
+  if (!ctx->shared_put || ctx->shared_put(ctx, "reqids", r, reqids_destroy)) {
+    free(r);
+    qins_error_set(QINS_EINTERNAL, "stage '%s': no worker to hold the request ids", ctx->stage_name);
+    return NULL;
+  }
+  return r;
+}
+
+int qins_reqids_append(qins_reqids *r, uint64_t req, uint32_t attempt, const int32_t *ids, int n) {
+  qins_idvec *v = qins_reqstate_find(r->list, req, attempt);
+  if (!v) {
+    v = calloc(1, sizeof *v);
+    if (!v || qins_reqstate_add(&r->list, req, attempt, v)) {
+      free(v);
+      return qins_error_set(QINS_ENOMEM, "out of memory");
+    }
+  }
+  if (v->n + n > v->cap) {
+    int cap = (v->n + n) * 2 + 16;
+    int32_t *p = realloc(v->ids, sizeof(int32_t) * (size_t)cap);
+    if (!p) return qins_error_set(QINS_ENOMEM, "out of memory");
+    v->ids = p;
+    v->cap = cap;
+  }
+  memcpy(v->ids + v->n, ids, sizeof(int32_t) * (size_t)n);
+  v->n += n;
+  return 0;
+}
+
+const qins_idvec *qins_reqids_find(qins_reqids *r, uint64_t req, uint32_t attempt) {
+  return r ? qins_reqstate_find(r->list, req, attempt) : NULL;
+}
+
+void qins_reqids_forget(qins_reqids *r, uint64_t req, uint32_t below) {
+  if (r) qins_reqstate_forget(&r->list, req, below, idvec_free, NULL);
+}

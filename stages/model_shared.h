@@ -39,4 +39,21 @@ void qins_reqstate_forget(qins_reqstate **list, uint64_t req, uint32_t below, vo
                           void *user);
 void qins_reqstate_clear(qins_reqstate **list, void (*destroy)(void *, void *), void *user);
 
+/* The ids a worker's model has been fed per request (prompt, then each generated token), kept
+ * only when a `sample` stage with a repetition penalty asks for them: it creates the table
+ * (shared key "reqids"), the `embed` stage of the same worker appends what it embeds. */
+typedef struct qins_reqids {
+  qins_reqstate *list; /* (req, attempt) -> qins_idvec */
+} qins_reqids;
+typedef struct qins_idvec {
+  int32_t *ids;
+  int n, cap;
+} qins_idvec;
+
+/* The worker's table: NULL when absent and !create. */
+qins_reqids *qins_reqids_get(const qins_stage_ctx *ctx, int create);
+int qins_reqids_append(qins_reqids *r, uint64_t req, uint32_t attempt, const int32_t *ids, int n);
+const qins_idvec *qins_reqids_find(qins_reqids *r, uint64_t req, uint32_t attempt);
+void qins_reqids_forget(qins_reqids *r, uint64_t req, uint32_t below);
+
 #endif

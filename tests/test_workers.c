@@ -884,6 +884,126 @@ static void test_cli(void **state) {
   assert_int_equal(lines, 2);
 }
 
+/* Run a shell command, return its stdout (malloc'd) and exit status. */
+static char *capture(const char *cmd, int *status) {
+  FILE *p = popen(cmd, "r");
+  assert_non_null(p);
+  size_t cap = 1 << 16, len = 0;
+  char *buf = malloc(cap);
+  size_t k;
+  while ((k = fread(buf + len, 1, cap - 1 - len, p)) > 0) len += k;
+  buf[len] = 0;
+  int st = pclose(p);
+  *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return buf;
+}
+
+/* qins run of pipelines/generate.yaml's shape with sample options `sets` -> the one record's
+ * text and token count; qins generate with the matching flags -> its text and ids. */
+static void sample_vs_generate(const char *model, const char *tok, const char *prompt, const char *sets,
+                               const char *gen_flags, char **run_text, char **gen_text, int *run_tokens, int *gen_ids) {
+  char yaml[600], cmd[4096];
+  snprintf(yaml, sizeof yaml, "%s/sample_opts.yaml", tmpdir);
+  FILE *f = fopen(yaml, "w");
+  assert_non_null(f);
+  fprintf(f,
+          "name: sample_opts\nmodel: %s\ntokenizer: %s\nbackend: cpu\n"
+          "workers:\n  - {name: main, stages: [tokenize, embed, blocks, head, sample, detokenize, sink]}\n"
+          "stages:\n  - {name: tokenize, type: tokenize}\n  - {name: embed, type: embed}\n"
+          "  - {name: blocks, type: qins_block, options: {layers: all}}\n  - {name: head, type: head}\n"
+          "  - {name: sample, type: sample, options: {max_tokens: 40}}\n  - {name: detokenize, type: detokenize}\n"
+          "  - {name: sink, type: sink}\nedges:\n  - {from: sample, to: embed, loop: true}\n"
+          "inputs: {prompts: ['%s']}\n",
+          model, tok, prompt);
+  fclose(f);
+  int st;
+  snprintf(cmd, sizeof cmd, "'%s' run '%s' --quiet %s", getenv("QINS_BIN"), yaml, sets);
+  char *out = capture(cmd, &st);
+  assert_int_equal(st, 0);
+  json_t *r = json_loads(out, JSON_DISABLE_EOF_CHECK, NULL);
+  if (!r) fail_msg("qins run printed '%s'", out);
+  *run_text = strdup(json_string_value(json_object_get(r, "text")));
+  *run_tokens = (int)json_integer_value(json_object_get(r, "tokens"));
+  json_decref(r);
+  free(out);
+  snprintf(cmd, sizeof cmd, "'%s' generate --model '%s' --tokenizer '%s' --prompt '%s' --steps 40 --json %s 2>/dev/null",
+           getenv("QINS_BIN"), model, tok, prompt, gen_flags);
+  out = capture(cmd, &st);
+  assert_int_equal(st, 0);
+  r = json_loads(out, JSON_DISABLE_EOF_CHECK, NULL);
+  if (!r) fail_msg("qins generate printed '%s'", out);
+  *gen_text = strdup(json_string_value(json_object_get(r, "text")));
+  *gen_ids = (int)json_array_size(json_object_get(r, "ids"));
+  json_decref(r);
+  free(out);
+}
+
+/* The sample stage's sampler options and stop string give what qins generate gives. */
+static void test_sample_options_match_generate(void **state) {
+  (void)state;
+  char model[600], tok[600];
+  snprintf(model, sizeof model, "%s", test_shared_path("models/stories260K/stories260K.bin"));
+  snprintf(tok, sizeof tok, "%s", test_shared_path("models/stories260K/tok512.bin"));
+  if (access(model, R_OK) != 0) skip();
+  char *a, *b, *g0 = NULL;
+  int na, nb;
+  /* sampled, with every option: same text and length as qins generate */
+  sample_vs_generate(model, tok, "Once upon a time",
+                     "--set stages.sample.options.temperature=0.9 --set stages.sample.options.top_k=40 "
+                     "--set stages.sample.options.top_p=0.95 --set stages.sample.options.min_p=0.01 "
+                     "--set stages.sample.options.repeat_penalty=1.3 --set stages.sample.options.seed=7",
+                     "--temperature 0.9 --top-k 40 --top-p 0.95 --min-p 0.01 --repeat-penalty 1.3 --seed 7", &a, &b, &na,
+                     &nb);
+  assert_string_equal(a, b);
+  assert_int_equal(na, nb);
+  assert_true(strlen(a) > 20);
+  g0 = a;
+  free(b);
+  /* another seed gives another text (the options reach the sampler) */
+  sample_vs_generate(model, tok, "Once upon a time",
+                     "--set stages.sample.options.temperature=0.9 --set stages.sample.options.seed=8",
+                     "--temperature 0.9 --seed 8", &a, &b, &na, &nb);
+  assert_string_equal(a, b);
+  assert_string_not_equal(a, g0);
+  free(a);
+  free(b);
+  free(g0);
+  /* greedy with a repetition penalty only (the sampler at temperature 0) */
+  sample_vs_generate(model, tok, "Lily", "--set stages.sample.options.repeat_penalty=1.5", "--repeat-penalty 1.5", &a,
+                     &b, &na, &nb);
+  assert_string_equal(a, b);
+  free(b);
+  /* a stop string taken from the middle of the greedy text ends the request right there */
+  char *full = a, stop[16];
+  size_t fl = strlen(full);
+  assert_true(fl > 30);
+  /* 5 letters/spaces (nothing a shell or YAML would need quoted) from the middle on */
+  size_t at = fl / 2;
+  for (; at + 5 < fl; at++) {
+    int ok = 1;
+    for (int i = 0; i < 5; i++) ok &= full[at + i] == ' ' || (full[at + i] >= 'a' && full[at + i] <= 'z');
+    if (ok) break;
+  }
+  assert_true(at + 5 < fl);
+  memcpy(stop, full + at, 5);
+  stop[5] = 0;
+  char sets[200], flags[200];
+  snprintf(sets, sizeof sets, "--set stages.sample.options.repeat_penalty=1.5 --set 'stages.sample.options.stop_string=\"%s\"'", stop);
+  snprintf(flags, sizeof flags, "--repeat-penalty 1.5 --stop '%s'", stop);
+  sample_vs_generate(model, tok, "Lily", sets, flags, &a, &b, &na, &nb);
+  assert_string_equal(a, b);
+  assert_int_equal(na, nb);
+  char *hit = strstr(a, stop);
+  assert_non_null(hit);
+  assert_true(strlen(a) < fl);
+  assert_memory_equal(a, full, strlen(a));
+  /* it ended at the token completing the first match: at most that token's piece follows it */
+  assert_true(strlen(hit + strlen(stop)) < 16);
+  free(a);
+  free(b);
+  free(full);
+}
+
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
@@ -896,6 +1016,7 @@ int main(void) {
       cmocka_unit_test(test_cli),
       cmocka_unit_test(test_stories_split_equals_one_worker),
       cmocka_unit_test(test_hf_fixtures_split),
+      cmocka_unit_test(test_sample_options_match_generate),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
