@@ -1,6 +1,7 @@
 /* Stage type `sample`: logits -> the next token (greedy or sampled, with the sampler options of
  * `qins generate`), ending a request at a stop id (EOS; also BOS for llama2.c models, as run.c
  * does), at a stop string, at max_tokens or when the context is full. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,6 +9,8 @@
 #include "core/llm/sampler.h"
 #include "core/pipeline.h"
 #include "stages/model_shared.h"
+
+static const char *const metric_names[] = {"qins_tokens_total", NULL};
 
 static const qins_opt_spec opts[] = {
     {"max_tokens", QINS_OPT_INT, "32", 1, 1 << 24, "tokens generated per request at most"},
@@ -39,6 +42,7 @@ typedef struct sample {
   qins_sampler_params sp;
   qins_reqids *ids;    /* the worker's fed ids (repetition penalty only) */
   qins_reqstate *reqs; /* (req, attempt) -> sreq */
+  qins_metric *m_tokens; /* qins_tokens_total{stage, worker} */
 } sample;
 
 static void sreq_free(void *p, void *u) {
@@ -88,6 +92,10 @@ static int init(qins_stage *st, const qins_stage_ctx *ctx) {
   s->sp.seed = (uint64_t)qins_stage_opt_int(st, "seed");
   /* as qins generate: a penalty makes even temperature 0 go through the sampler (argmax after it) */
   s->greedy = !(s->sp.temperature > 0.0f) && s->sp.repeat_penalty == 1.0f;
+  char labels[256];
+  snprintf(labels, sizeof labels, "stage=\"%s\",worker=\"%s\"", ctx->stage_name,
+           ctx->worker_name ? ctx->worker_name : "");
+  s->m_tokens = qins_metric_counter("qins_tokens_total", "tokens generated (stop ids not counted)", labels);
   if (s->sp.repeat_penalty != 1.0f) {
     /* the prompt never reaches this stage: the embed stage beside it records what it embeds */
     if (!embed_beside(ctx)) {
@@ -179,7 +187,10 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   int64_t n = is_stop ? 0 : 1;
   int32_t *o = qins_msg_output(out, in, QINS_DT_I32, 1, &n);
   if (!o && n) return QINS_ENOMEM;
-  if (n) o[0] = id;
+  if (n) {
+    o[0] = id;
+    qins_metric_add(s->m_tokens, 1);
+  }
   out->step = in->step + 1;
   out->pos = in->pos + 1; /* where the new token goes if it is fed back */
   out->flags = 0;
@@ -196,6 +207,7 @@ const qins_stage_type qins_stage_sample = {
     .summary = "logits -> next token (greedy/temperature/top-k/top-p/min-p/repetition penalty); stop ids, "
                "stop_string, max_tokens",
     .options = opts,
+    .metrics = metric_names,
     .in_port = "f32[1,vocab]",
     .out_port = "i32[T]",
     .init = init,

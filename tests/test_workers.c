@@ -1004,6 +1004,104 @@ static void test_sample_options_match_generate(void **state) {
   free(full);
 }
 
+static void grab_metrics(qins_run *run, int final, void *user) {
+  if (!final) return;
+  char **out = user;
+  *out = qins_run_metrics_json(run);
+}
+
+/* Sum of a metric's values over the series whose labels contain all of want (NULL: any);
+ * *series: how many matched. */
+static double metric_sum(json_t *ms, const char *name, const char *k1, const char *v1, const char *k2, const char *v2,
+                         int *series) {
+  double sum = 0;
+  size_t i;
+  json_t *m;
+  *series = 0;
+  json_array_foreach(ms, i, m) {
+    if (strcmp(json_string_value(json_object_get(m, "name")), name) != 0) continue;
+    json_t *l = json_object_get(m, "labels");
+    if (k1 && strcmp(json_string_value(json_object_get(l, k1)) ? json_string_value(json_object_get(l, k1)) : "", v1) != 0) continue;
+    if (k2 && strcmp(json_string_value(json_object_get(l, k2)) ? json_string_value(json_object_get(l, k2)) : "", v2) != 0) continue;
+    (*series)++;
+    sum += json_number_value(json_object_get(m, "value"));
+  }
+  return sum;
+}
+
+/* qins_tokens_total from the sample stage, and per-replica edge metrics (worker label). */
+static void test_token_and_edge_metrics(void **state) {
+  (void)state;
+  char model[600], tok[600], yaml[2048];
+  snprintf(model, sizeof model, "%s", test_shared_path("models/stories260K/stories260K.bin"));
+  snprintf(tok, sizeof tok, "%s", test_shared_path("models/stories260K/tok512.bin"));
+  if (access(model, R_OK) != 0) skip();
+  snprintf(yaml, sizeof yaml,
+           "name: metrics\nmodel: %s\ntokenizer: %s\nbackend: cpu\nheartbeat_ms: 50\n"
+           "workers:\n  - {name: front, replicas: 2, stages: [tokenize, embed, detokenize, sink]}\n"
+           "  - {name: back, replicas: 2, stages: [blocks, head, sample]}\n"
+           "stages:\n  - {name: tokenize, type: tokenize}\n  - {name: embed, type: embed}\n"
+           "  - {name: blocks, type: qins_block, options: {layers: all}}\n  - {name: head, type: head}\n"
+           "  - {name: sample, type: sample, options: {max_tokens: 12}}\n  - {name: detokenize, type: detokenize}\n"
+           "  - {name: sink, type: sink}\nedges:\n  - {from: sample, to: embed, loop: true}\n"
+           "inputs: {prompts: [Once upon a time, The little dog, Lily, Tom, Sue, A cat]}\n",
+           model, tok);
+  char set_out[700], out[600];
+  snprintf(out, sizeof out, "%s/metrics.jsonl", tmpdir);
+  snprintf(set_out, sizeof set_out, "outputs={jsonl: %s}", out);
+  const char *sets[] = {set_out};
+  qins_pipeline *pl = NULL;
+  if (qins_pipeline_load_string(yaml, strlen(yaml), "metrics-test.yaml", sets, 1, &pl)) fail_msg("%s", qins_error_msg());
+  char *mj = NULL;
+  qins_run_opts o = {0};
+  o.quiet = 1;
+  o.on_event = grab_metrics;
+  o.user = &mj;
+  int rc = qins_run_pipeline(pl, &o);
+  qins_pipeline_free(pl);
+  if (rc) fail_msg("run failed: %s", qins_error_msg());
+  /* tokens in the records */
+  FILE *f = fopen(out, "r");
+  assert_non_null(f);
+  char line[4096];
+  int tokens = 0, records = 0;
+  while (fgets(line, sizeof line, f)) {
+    json_t *r = json_loads(line, 0, NULL);
+    assert_non_null(r);
+    tokens += (int)json_integer_value(json_object_get(r, "tokens"));
+    records++;
+    json_decref(r);
+  }
+  fclose(f);
+  assert_int_equal(records, 6);
+  assert_true(tokens > 6);
+  assert_non_null(mj);
+  json_t *doc = json_loads(mj, 0, NULL);
+  assert_non_null(doc);
+  json_t *ms = json_object_get(doc, "metrics");
+  int n0, n1, n;
+  /* one series per sample replica, together every token of every record */
+  double t0 = metric_sum(ms, "qins_tokens_total", "stage", "sample", "worker", "back#0", &n0);
+  double t1 = metric_sum(ms, "qins_tokens_total", "stage", "sample", "worker", "back#1", &n1);
+  assert_int_equal(n0, 1);
+  assert_int_equal(n1, 1);
+  assert_true(t0 > 0 && t1 > 0); /* least-loaded routing gave both entry replicas (and so both back replicas) requests */
+  assert_int_equal((int)(t0 + t1), tokens);
+  /* the sample -> detokenize edge: each replica its own series, together what detokenize took */
+  double e0 = metric_sum(ms, "qins_edge_items_total", "from", "sample", "worker", "back#0", &n0);
+  double e1 = metric_sum(ms, "qins_edge_items_total", "from", "sample", "worker", "back#1", &n1);
+  assert_int_equal(n0, 2); /* to detokenize and to embed (loop) */
+  assert_int_equal(n1, 2);
+  double e0d = metric_sum(ms, "qins_edge_items_total", "to", "detokenize", "worker", "back#0", &n0);
+  double e1d = metric_sum(ms, "qins_edge_items_total", "to", "detokenize", "worker", "back#1", &n1);
+  double detok = metric_sum(ms, "qins_stage_items_total", "stage", "detokenize", NULL, NULL, &n);
+  assert_true(e0d > 0 && e1d > 0 && e0 > e0d && e1 > e1d);
+  assert_int_equal((int)(e0d + e1d), (int)detok);
+  assert_true(e0d + e1d >= tokens); /* a token per message, plus messages ending on a stop id */
+  json_decref(doc);
+  free(mj);
+}
+
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
@@ -1017,6 +1115,7 @@ int main(void) {
       cmocka_unit_test(test_stories_split_equals_one_worker),
       cmocka_unit_test(test_hf_fixtures_split),
       cmocka_unit_test(test_sample_options_match_generate),
+      cmocka_unit_test(test_token_and_edge_metrics),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
