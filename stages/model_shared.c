@@ -19,6 +19,25 @@ static void destroy_shared(void *p) {
   free(m);
 }
 
+void qins_stage_kv_config(const qins_stage_ctx *ctx, int *max_seq, int *pool) {
+  *max_seq = 0;
+  *pool = 64;
+  const qins_pipeline *pl = ctx->pipeline;
+  int me = pl ? qins_pipeline_stage_index(pl, ctx->stage_name) : -1;
+  if (me < 0) return;
+  /* read from the pipeline, not from the kv_store stage's state: the settings then hold
+   * whatever order the worker's stages are initialised in */
+  const qins_pl_worker *w = &pl->workers[pl->stages[me].worker];
+  for (int i = 0; i < w->n_stages; i++) {
+    const qins_pl_stage *s = &pl->stages[w->stages[i]];
+    if (strcmp(s->type->name, "kv_store") != 0) continue;
+    const qins_cfg *c = qins_cfg_get(s->options, "max_seq");
+    if (c && c->type == QINS_CFG_SCALAR) *max_seq = (int)strtol(c->value, NULL, 0);
+    c = qins_cfg_get(s->options, "pool");
+    if (c && c->type == QINS_CFG_SCALAR) *pool = (int)strtol(c->value, NULL, 0);
+  }
+}
+
 int qins_stage_model_get(const qins_stage_ctx *ctx, int need, qins_stage_model **out) {
   qins_stage_model *m = ctx->shared_get ? ctx->shared_get(ctx, "model") : NULL;
   if (!m) {
@@ -37,7 +56,9 @@ int qins_stage_model_get(const qins_stage_ctx *ctx, int need, qins_stage_model *
   }
   if ((need & QINS_NEED_LLM) && !m->llm) {
     if (!m->be && (rc = qins_backend_create(ctx->backend_name ? ctx->backend_name : "cpu", &m->be))) return rc;
-    qins_llm_options opt = {ctx->pipeline ? ctx->pipeline->max_seq : 0, 0};
+    int kv_seq, kv_pool;
+    qins_stage_kv_config(ctx, &kv_seq, &kv_pool);
+    qins_llm_options opt = {kv_seq > 0 ? kv_seq : ctx->pipeline ? ctx->pipeline->max_seq : 0, 0};
     if ((rc = qins_llm_create(m->model, m->be, &opt, &m->llm))) return rc;
     /* the pipeline's coverage policy (docs/gates.md): weights re-encoded once per worker */
     qins_cfg *pn = ctx->pipeline && ctx->pipeline->root ? qins_cfg_get(ctx->pipeline->root, "policy") : NULL;

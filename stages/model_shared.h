@@ -24,6 +24,10 @@ typedef struct qins_stage_model {
 enum { QINS_NEED_LLM = 1, QINS_NEED_TOK = 2 };
 int qins_stage_model_get(const qins_stage_ctx *ctx, int need, qins_stage_model **out);
 
+/* The KV cache settings for this stage's worker: from a `kv_store` stage placed on the same
+ * worker (its max_seq, pool options), else max_seq 0 (the pipeline's / model's) and pool 64. */
+void qins_stage_kv_config(const qins_stage_ctx *ctx, int *max_seq, int *pool);
+
 typedef struct qins_reqstate {
   uint64_t req;
   uint32_t attempt;

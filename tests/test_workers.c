@@ -1102,6 +1102,74 @@ static void test_token_and_edge_metrics(void **state) {
   free(mj);
 }
 
+/* Run a stories260K pipeline with `kv` stages spliced between embed and blocks (may be "") and
+ * extra top-level text; returns stdout (records) and sets *status; stderr to errf. */
+static char *run_kv(const char *model, const char *tok, const char *kv_stage, const char *top, const char *errf,
+                    int *status) {
+  char yaml[600], cmd[2048];
+  snprintf(yaml, sizeof yaml, "%s/kv.yaml", tmpdir);
+  FILE *f = fopen(yaml, "w");
+  assert_non_null(f);
+  fprintf(f,
+          "name: kv\nmodel: %s\ntokenizer: %s\nbackend: cpu\n%s"
+          "workers:\n  - {name: main, stages: [tokenize, embed, %sblocks, head, sample, detokenize, sink]}\n"
+          "stages:\n  - {name: tokenize, type: tokenize}\n  - {name: embed, type: embed}\n%s%s"
+          "  - {name: blocks, type: qins_block, options: {layers: all}}\n  - {name: head, type: head}\n"
+          "  - {name: sample, type: sample, options: {max_tokens: 40}}\n  - {name: detokenize, type: detokenize}\n"
+          "  - {name: sink, type: sink}\nedges:\n  - {from: sample, to: embed, loop: true}\n"
+          "inputs: {prompts: [Once upon a time]}\n",
+          model, tok, top, *kv_stage ? "kv, " : "", *kv_stage ? kv_stage : "", *kv_stage ? "\n" : "");
+  fclose(f);
+  snprintf(cmd, sizeof cmd, "'%s' run '%s' --quiet 2>'%s'", getenv("QINS_BIN"), yaml, errf);
+  return capture(cmd, status);
+}
+
+/* kv_store: its max_seq sizes the worker's caches (same as the pipeline max_seq key), pool 0
+ * frees caches at request end, qins8 V is refused with the option's location. */
+static void test_kv_store(void **state) {
+  (void)state;
+  char model[600], tok[600], errf[600];
+  snprintf(model, sizeof model, "%s", test_shared_path("models/stories260K/stories260K.bin"));
+  snprintf(tok, sizeof tok, "%s", test_shared_path("models/stories260K/tok512.bin"));
+  snprintf(errf, sizeof errf, "%s/kv.err", tmpdir);
+  if (access(model, R_OK) != 0) skip();
+  int st;
+  char *full = run_kv(model, tok, "", "", errf, &st);
+  assert_int_equal(st, 0);
+  char *key = run_kv(model, tok, "", "max_seq: 16\n", errf, &st);
+  assert_int_equal(st, 0);
+  char *kv = run_kv(model, tok, "  - {name: kv, type: kv_store, options: {max_seq: 16, pool: 0}}", "", errf, &st);
+  assert_int_equal(st, 0);
+  json_t *a = json_loads(full, JSON_DISABLE_EOF_CHECK, NULL), *b = json_loads(key, JSON_DISABLE_EOF_CHECK, NULL),
+         *c = json_loads(kv, JSON_DISABLE_EOF_CHECK, NULL);
+  assert_non_null(a);
+  assert_non_null(b);
+  assert_non_null(c);
+  /* with the 16-row cache the request ends when the context is full, like max_seq: 16 */
+  assert_string_equal(json_string_value(json_object_get(b, "text")), json_string_value(json_object_get(c, "text")));
+  int nk = (int)json_integer_value(json_object_get(c, "tokens")), nf = (int)json_integer_value(json_object_get(a, "tokens"));
+  assert_true(nk > 0 && nk < 16);
+  assert_true(nf > nk);
+  const char *tf = json_string_value(json_object_get(a, "text")), *tk = json_string_value(json_object_get(c, "text"));
+  assert_memory_equal(tf, tk, strlen(tk)); /* same greedy tokens, cut short */
+  json_decref(a);
+  json_decref(b);
+  json_decref(c);
+  free(full);
+  free(key);
+  free(kv);
+  char *bad = run_kv(model, tok, "  - {name: kv, type: kv_store, options: {v_format: qins8}}", "", errf, &st);
+  free(bad);
+  assert_true(st != 0);
+  FILE *f = fopen(errf, "r");
+  char msg[2048] = "";
+  size_t k = fread(msg, 1, sizeof msg - 1, f);
+  msg[k] = 0;
+  fclose(f);
+  if (!strstr(msg, "kv.yaml:10:") || !strstr(msg, "v_format qins8 is not available"))
+    fail_msg("stderr '%s' lacks the located v_format message", msg);
+}
+
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
@@ -1116,6 +1184,7 @@ int main(void) {
       cmocka_unit_test(test_hf_fixtures_split),
       cmocka_unit_test(test_sample_options_match_generate),
       cmocka_unit_test(test_token_and_edge_metrics),
+      cmocka_unit_test(test_kv_store),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
