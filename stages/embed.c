@@ -39,6 +39,7 @@ static int init(qins_stage *st, const qins_stage_ctx *ctx) {
 static void forget(qins_stage *st, uint64_t req, uint32_t below) {
   embed *e = st->priv;
   qins_reqstate_forget(&e->reqs, req, below, hist_free, NULL);
+  qins_reqids_forget(qins_reqids_get(&st->ctx, 0), req, below);
 }
 
 static void fini(qins_stage *st) {
@@ -56,6 +57,12 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   int n = (int)in->shape[0], pos0 = in->pos;
   const qins_model_config *c = qins_llm_config(e->m->llm);
   hist *h = NULL;
+  /* a sample stage with a repetition penalty on this worker wants every id the model is fed */
+  qins_reqids *rid = qins_reqids_get(&st->ctx, 0);
+  if (rid && (in->step == 0 || qins_reqids_find(rid, in->req, in->attempt))) {
+    int rc = qins_reqids_append(rid, in->req, in->attempt, ids, n);
+    if (rc) return rc;
+  }
   if (e->longrope) {
     h = qins_reqstate_find(e->reqs, in->req, in->attempt);
     if (!h) {

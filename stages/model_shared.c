@@ -19,6 +19,25 @@ static void destroy_shared(void *p) {
   free(m);
 }
 
+void qins_stage_kv_config(const qins_stage_ctx *ctx, int *max_seq, int *pool) {
+  *max_seq = 0;
+  *pool = 64;
+  const qins_pipeline *pl = ctx->pipeline;
+  int me = pl ? qins_pipeline_stage_index(pl, ctx->stage_name) : -1;
+  if (me < 0) return;
+  /* read from the pipeline, not from the kv_store stage's state: the settings then hold
+   * whatever order the worker's stages are initialised in */
+  const qins_pl_worker *w = &pl->workers[pl->stages[me].worker];
+  for (int i = 0; i < w->n_stages; i++) {
+    const qins_pl_stage *s = &pl->stages[w->stages[i]];
+    if (strcmp(s->type->name, "kv_store") != 0) continue;
+    const qins_cfg *c = qins_cfg_get(s->options, "max_seq");
+    if (c && c->type == QINS_CFG_SCALAR) *max_seq = (int)strtol(c->value, NULL, 0);
+    c = qins_cfg_get(s->options, "pool");
+    if (c && c->type == QINS_CFG_SCALAR) *pool = (int)strtol(c->value, NULL, 0);
+  }
+}
+
 int qins_stage_model_get(const qins_stage_ctx *ctx, int need, qins_stage_model **out) {
   qins_stage_model *m = ctx->shared_get ? ctx->shared_get(ctx, "model") : NULL;
   if (!m) {
@@ -37,7 +56,9 @@ int qins_stage_model_get(const qins_stage_ctx *ctx, int need, qins_stage_model *
   }
   if ((need & QINS_NEED_LLM) && !m->llm) {
     if (!m->be && (rc = qins_backend_create(ctx->backend_name ? ctx->backend_name : "cpu", &m->be))) return rc;
-    qins_llm_options opt = {ctx->pipeline ? ctx->pipeline->max_seq : 0, 0};
+    int kv_seq, kv_pool;
+    qins_stage_kv_config(ctx, &kv_seq, &kv_pool);
+    qins_llm_options opt = {kv_seq > 0 ? kv_seq : ctx->pipeline ? ctx->pipeline->max_seq : 0, 0};
     if ((rc = qins_llm_create(m->model, m->be, &opt, &m->llm))) return rc;
     /* the pipeline's coverage policy (docs/gates.md): weights re-encoded once per worker */
     qins_cfg *pn = ctx->pipeline && ctx->pipeline->root ? qins_cfg_get(ctx->pipeline->root, "policy") : NULL;
@@ -108,4 +129,63 @@ void qins_reqstate_clear(qins_reqstate **list, void (*destroy)(void *, void *), 
     if (destroy) destroy(s->data, user);
     free(s);
   }
+}
+
+static void idvec_free(void *p, void *u) {
+  (void)u;
+  qins_idvec *v = p;
+  if (v) free(v->ids);
+  free(v);
+}
+
+static void reqids_destroy(void *p) {
+  qins_reqids *r = p;
+  if (!r) return;
+  qins_reqstate_clear(&r->list, idvec_free, NULL);
+  free(r);
+}
+
+qins_reqids *qins_reqids_get(const qins_stage_ctx *ctx, int create) {
+  qins_reqids *r = ctx->shared_get ? ctx->shared_get(ctx, "reqids") : NULL;
+  if (r || !create) return r;
+  r = calloc(1, sizeof *r);
+  if (!r) {
+    qins_error_set(QINS_ENOMEM, "out of memory");
+    return NULL;
+  }
+  if (!ctx->shared_put || ctx->shared_put(ctx, "reqids", r, reqids_destroy)) {
+    free(r);
+    qins_error_set(QINS_EINTERNAL, "stage '%s': no worker to hold the request ids", ctx->stage_name);
+    return NULL;
+  }
+  return r;
+}
+
+int qins_reqids_append(qins_reqids *r, uint64_t req, uint32_t attempt, const int32_t *ids, int n) {
+  qins_idvec *v = qins_reqstate_find(r->list, req, attempt);
+  if (!v) {
+    v = calloc(1, sizeof *v);
+    if (!v || qins_reqstate_add(&r->list, req, attempt, v)) {
+      free(v);
+      return qins_error_set(QINS_ENOMEM, "out of memory");
+    }
+  }
+  if (v->n + n > v->cap) {
+    int cap = (v->n + n) * 2 + 16;
+    int32_t *p = realloc(v->ids, sizeof(int32_t) * (size_t)cap);
+    if (!p) return qins_error_set(QINS_ENOMEM, "out of memory");
+    v->ids = p;
+    v->cap = cap;
+  }
+  memcpy(v->ids + v->n, ids, sizeof(int32_t) * (size_t)n);
+  v->n += n;
+  return 0;
+}
+
+const qins_idvec *qins_reqids_find(qins_reqids *r, uint64_t req, uint32_t attempt) {
+  return r ? qins_reqstate_find(r->list, req, attempt) : NULL;
+}
+
+void qins_reqids_forget(qins_reqids *r, uint64_t req, uint32_t below) {
+  if (r) qins_reqstate_forget(&r->list, req, below, idvec_free, NULL);
 }

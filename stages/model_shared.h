@@ -24,6 +24,10 @@ typedef struct qins_stage_model {
 enum { QINS_NEED_LLM = 1, QINS_NEED_TOK = 2 };
 int qins_stage_model_get(const qins_stage_ctx *ctx, int need, qins_stage_model **out);
 
+/* The KV cache settings for this stage's worker: from a `kv_store` stage placed on the same
+ * worker (its max_seq, pool options), else max_seq 0 (the pipeline's / model's) and pool 64. */
+void qins_stage_kv_config(const qins_stage_ctx *ctx, int *max_seq, int *pool);
+
 typedef struct qins_reqstate {
   uint64_t req;
   uint32_t attempt;
@@ -38,5 +42,22 @@ int qins_reqstate_add(qins_reqstate **list, uint64_t req, uint32_t attempt, void
 void qins_reqstate_forget(qins_reqstate **list, uint64_t req, uint32_t below, void (*destroy)(void *, void *),
                           void *user);
 void qins_reqstate_clear(qins_reqstate **list, void (*destroy)(void *, void *), void *user);
+
+/* The ids a worker's model has been fed per request (prompt, then each generated token), kept
+ * only when a `sample` stage with a repetition penalty asks for them: it creates the table
+ * (shared key "reqids"), the `embed` stage of the same worker appends what it embeds. */
+typedef struct qins_reqids {
+  qins_reqstate *list; /* (req, attempt) -> qins_idvec */
+} qins_reqids;
+typedef struct qins_idvec {
+  int32_t *ids;
+  int n, cap;
+} qins_idvec;
+
+/* The worker's table: NULL when absent and !create. */
+qins_reqids *qins_reqids_get(const qins_stage_ctx *ctx, int create);
+int qins_reqids_append(qins_reqids *r, uint64_t req, uint32_t attempt, const int32_t *ids, int n);
+const qins_idvec *qins_reqids_find(qins_reqids *r, uint64_t req, uint32_t attempt);
+void qins_reqids_forget(qins_reqids *r, uint64_t req, uint32_t below);
 
 #endif

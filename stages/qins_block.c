@@ -54,8 +54,9 @@ static int init(qins_stage *st, const qins_stage_ctx *ctx) {
       return qins_error_set(QINS_EINPUT, "stage '%s': options.layers: '%s' is outside the model's layers 0:%d",
                             ctx->stage_name, spec, L);
   }
-  b->cap_pool = 64;
-  b->pool = calloc((size_t)b->cap_pool, sizeof *b->pool);
+  int kv_seq;
+  qins_stage_kv_config(ctx, &kv_seq, &b->cap_pool); /* a kv_store stage on this worker sets the pool */
+  b->pool = calloc((size_t)b->cap_pool + 1, sizeof *b->pool);
   if (!b->pool) return qins_error_set(QINS_ENOMEM, "out of memory");
   char labels[200];
   snprintf(labels, sizeof labels, "stage=\"%s\",worker=\"%s\"", ctx->stage_name, ctx->worker_name);

@@ -884,6 +884,292 @@ static void test_cli(void **state) {
   assert_int_equal(lines, 2);
 }
 
+/* Run a shell command, return its stdout (malloc'd) and exit status. */
+static char *capture(const char *cmd, int *status) {
+  FILE *p = popen(cmd, "r");
+  assert_non_null(p);
+  size_t cap = 1 << 16, len = 0;
+  char *buf = malloc(cap);
+  size_t k;
+  while ((k = fread(buf + len, 1, cap - 1 - len, p)) > 0) len += k;
+  buf[len] = 0;
+  int st = pclose(p);
+  *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return buf;
+}
+
+/* qins run of pipelines/generate.yaml's shape with sample options `sets` -> the one record's
+ * text and token count; qins generate with the matching flags -> its text and ids. */
+static void sample_vs_generate(const char *model, const char *tok, const char *prompt, const char *sets,
+                               const char *gen_flags, char **run_text, char **gen_text, int *run_tokens, int *gen_ids) {
+  char yaml[600], cmd[4096];
+  snprintf(yaml, sizeof yaml, "%s/sample_opts.yaml", tmpdir);
+  FILE *f = fopen(yaml, "w");
+  assert_non_null(f);
+  fprintf(f,
+          "name: sample_opts\nmodel: %s\ntokenizer: %s\nbackend: cpu\n"
+          "workers:\n  - {name: main, stages: [tokenize, embed, blocks, head, sample, detokenize, sink]}\n"
+          "stages:\n  - {name: tokenize, type: tokenize}\n  - {name: embed, type: embed}\n"
+          "  - {name: blocks, type: qins_block, options: {layers: all}}\n  - {name: head, type: head}\n"
+          "  - {name: sample, type: sample, options: {max_tokens: 40}}\n  - {name: detokenize, type: detokenize}\n"
+          "  - {name: sink, type: sink}\nedges:\n  - {from: sample, to: embed, loop: true}\n"
+          "inputs: {prompts: ['%s']}\n",
+          model, tok, prompt);
+  fclose(f);
+  int st;
+  snprintf(cmd, sizeof cmd, "'%s' run '%s' --quiet %s", getenv("QINS_BIN"), yaml, sets);
+  char *out = capture(cmd, &st);
+  assert_int_equal(st, 0);
+  json_t *r = json_loads(out, JSON_DISABLE_EOF_CHECK, NULL);
+  if (!r) fail_msg("qins run printed '%s'", out);
+  *run_text = strdup(json_string_value(json_object_get(r, "text")));
+  *run_tokens = (int)json_integer_value(json_object_get(r, "tokens"));
+  json_decref(r);
+  free(out);
+  snprintf(cmd, sizeof cmd, "'%s' generate --model '%s' --tokenizer '%s' --prompt '%s' --steps 40 --json %s 2>/dev/null",
+           getenv("QINS_BIN"), model, tok, prompt, gen_flags);
+  out = capture(cmd, &st);
+  assert_int_equal(st, 0);
+  r = json_loads(out, JSON_DISABLE_EOF_CHECK, NULL);
+  if (!r) fail_msg("qins generate printed '%s'", out);
+  *gen_text = strdup(json_string_value(json_object_get(r, "text")));
+  *gen_ids = (int)json_array_size(json_object_get(r, "ids"));
+  json_decref(r);
+  free(out);
+}
+
+/* The sample stage's sampler options and stop string give what qins generate gives. */
+static void test_sample_options_match_generate(void **state) {
+  (void)state;
+  char model[600], tok[600];
+  snprintf(model, sizeof model, "%s", test_shared_path("models/stories260K/stories260K.bin"));
+  snprintf(tok, sizeof tok, "%s", test_shared_path("models/stories260K/tok512.bin"));
+  if (access(model, R_OK) != 0) skip();
+  char *a, *b, *g0 = NULL;
+  int na, nb;
+  /* sampled, with every option: same text and length as qins generate */
+  sample_vs_generate(model, tok, "Once upon a time",
+                     "--set stages.sample.options.temperature=0.9 --set stages.sample.options.top_k=40 "
+                     "--set stages.sample.options.top_p=0.95 --set stages.sample.options.min_p=0.01 "
+                     "--set stages.sample.options.repeat_penalty=1.3 --set stages.sample.options.seed=7",
+                     "--temperature 0.9 --top-k 40 --top-p 0.95 --min-p 0.01 --repeat-penalty 1.3 --seed 7", &a, &b, &na,
+                     &nb);
+  assert_string_equal(a, b);
+  assert_int_equal(na, nb);
+  assert_true(strlen(a) > 20);
+  g0 = a;
+  free(b);
+  /* another seed gives another text (the options reach the sampler) */
+  sample_vs_generate(model, tok, "Once upon a time",
+                     "--set stages.sample.options.temperature=0.9 --set stages.sample.options.seed=8",
+                     "--temperature 0.9 --seed 8", &a, &b, &na, &nb);
+  assert_string_equal(a, b);
+  assert_string_not_equal(a, g0);
+  free(a);
+  free(b);
+  free(g0);
+  /* greedy with a repetition penalty only (the sampler at temperature 0) */
+  sample_vs_generate(model, tok, "Lily", "--set stages.sample.options.repeat_penalty=1.5", "--repeat-penalty 1.5", &a,
+                     &b, &na, &nb);
+  assert_string_equal(a, b);
+  free(b);
+  /* a stop string taken from the middle of the greedy text ends the request right there */
+  char *full = a, stop[16];
+  size_t fl = strlen(full);
+  assert_true(fl > 30);
+  /* 5 letters/spaces (nothing a shell or YAML would need quoted) from the middle on */
+  size_t at = fl / 2;
+  for (; at + 5 < fl; at++) {
+    int ok = 1;
+    for (int i = 0; i < 5; i++) ok &= full[at + i] == ' ' || (full[at + i] >= 'a' && full[at + i] <= 'z');
+    if (ok) break;
+  }
+  assert_true(at + 5 < fl);
+  memcpy(stop, full + at, 5);
+  stop[5] = 0;
+  char sets[200], flags[200];
+  snprintf(sets, sizeof sets, "--set stages.sample.options.repeat_penalty=1.5 --set 'stages.sample.options.stop_string=\"%s\"'", stop);
+  snprintf(flags, sizeof flags, "--repeat-penalty 1.5 --stop '%s'", stop);
+  sample_vs_generate(model, tok, "Lily", sets, flags, &a, &b, &na, &nb);
+  assert_string_equal(a, b);
+  assert_int_equal(na, nb);
+  char *hit = strstr(a, stop);
+  assert_non_null(hit);
+  assert_true(strlen(a) < fl);
+  assert_memory_equal(a, full, strlen(a));
+  /* it ended at the token completing the first match: at most that token's piece follows it */
+  assert_true(strlen(hit + strlen(stop)) < 16);
+  free(a);
+  free(b);
+  free(full);
+}
+
+static void grab_metrics(qins_run *run, int final, void *user) {
+  if (!final) return;
+  char **out = user;
+  *out = qins_run_metrics_json(run);
+}
+
+/* Sum of a metric's values over the series whose labels contain all of want (NULL: any);
+ * *series: how many matched. */
+static double metric_sum(json_t *ms, const char *name, const char *k1, const char *v1, const char *k2, const char *v2,
+                         int *series) {
+  double sum = 0;
+  size_t i;
+  json_t *m;
+  *series = 0;
+  json_array_foreach(ms, i, m) {
+    if (strcmp(json_string_value(json_object_get(m, "name")), name) != 0) continue;
+    json_t *l = json_object_get(m, "labels");
+    if (k1 && strcmp(json_string_value(json_object_get(l, k1)) ? json_string_value(json_object_get(l, k1)) : "", v1) != 0) continue;
+    if (k2 && strcmp(json_string_value(json_object_get(l, k2)) ? json_string_value(json_object_get(l, k2)) : "", v2) != 0) continue;
+    (*series)++;
+    sum += json_number_value(json_object_get(m, "value"));
+  }
+  return sum;
+}
+
+/* qins_tokens_total from the sample stage, and per-replica edge metrics (worker label). */
+static void test_token_and_edge_metrics(void **state) {
+  (void)state;
+  char model[600], tok[600], yaml[2048];
+  snprintf(model, sizeof model, "%s", test_shared_path("models/stories260K/stories260K.bin"));
+  snprintf(tok, sizeof tok, "%s", test_shared_path("models/stories260K/tok512.bin"));
+  if (access(model, R_OK) != 0) skip();
+  snprintf(yaml, sizeof yaml,
+           "name: metrics\nmodel: %s\ntokenizer: %s\nbackend: cpu\nheartbeat_ms: 50\n"
+           "workers:\n  - {name: front, replicas: 2, stages: [tokenize, embed, detokenize, sink]}\n"
+           "  - {name: back, replicas: 2, stages: [blocks, head, sample]}\n"
+           "stages:\n  - {name: tokenize, type: tokenize}\n  - {name: embed, type: embed}\n"
+           "  - {name: blocks, type: qins_block, options: {layers: all}}\n  - {name: head, type: head}\n"
+           "  - {name: sample, type: sample, options: {max_tokens: 12}}\n  - {name: detokenize, type: detokenize}\n"
+           "  - {name: sink, type: sink}\nedges:\n  - {from: sample, to: embed, loop: true}\n"
+           "inputs: {prompts: [Once upon a time, The little dog, Lily, Tom, Sue, A cat]}\n",
+           model, tok);
+  char set_out[700], out[600];
+  snprintf(out, sizeof out, "%s/metrics.jsonl", tmpdir);
+  snprintf(set_out, sizeof set_out, "outputs={jsonl: %s}", out);
+  const char *sets[] = {set_out};
+  qins_pipeline *pl = NULL;
+  if (qins_pipeline_load_string(yaml, strlen(yaml), "metrics-test.yaml", sets, 1, &pl)) fail_msg("%s", qins_error_msg());
+  char *mj = NULL;
+  qins_run_opts o = {0};
+  o.quiet = 1;
+  o.on_event = grab_metrics;
+  o.user = &mj;
+  int rc = qins_run_pipeline(pl, &o);
+  qins_pipeline_free(pl);
+  if (rc) fail_msg("run failed: %s", qins_error_msg());
+  /* tokens in the records */
+  FILE *f = fopen(out, "r");
+  assert_non_null(f);
+  char line[4096];
+  int tokens = 0, records = 0;
+  while (fgets(line, sizeof line, f)) {
+    json_t *r = json_loads(line, 0, NULL);
+    assert_non_null(r);
+    tokens += (int)json_integer_value(json_object_get(r, "tokens"));
+    records++;
+    json_decref(r);
+  }
+  fclose(f);
+  assert_int_equal(records, 6);
+  assert_true(tokens > 6);
+  assert_non_null(mj);
+  json_t *doc = json_loads(mj, 0, NULL);
+  assert_non_null(doc);
+  json_t *ms = json_object_get(doc, "metrics");
+  int n0, n1, n;
+  /* one series per sample replica, together every token of every record */
+  double t0 = metric_sum(ms, "qins_tokens_total", "stage", "sample", "worker", "back#0", &n0);
+  double t1 = metric_sum(ms, "qins_tokens_total", "stage", "sample", "worker", "back#1", &n1);
+  assert_int_equal(n0, 1);
+  assert_int_equal(n1, 1);
+  assert_true(t0 > 0 && t1 > 0); /* least-loaded routing gave both entry replicas (and so both back replicas) requests */
+  assert_int_equal((int)(t0 + t1), tokens);
+  /* the sample -> detokenize edge: each replica its own series, together what detokenize took */
+  double e0 = metric_sum(ms, "qins_edge_items_total", "from", "sample", "worker", "back#0", &n0);
+  double e1 = metric_sum(ms, "qins_edge_items_total", "from", "sample", "worker", "back#1", &n1);
+  assert_int_equal(n0, 2); /* to detokenize and to embed (loop) */
+  assert_int_equal(n1, 2);
+  double e0d = metric_sum(ms, "qins_edge_items_total", "to", "detokenize", "worker", "back#0", &n0);
+  double e1d = metric_sum(ms, "qins_edge_items_total", "to", "detokenize", "worker", "back#1", &n1);
+  double detok = metric_sum(ms, "qins_stage_items_total", "stage", "detokenize", NULL, NULL, &n);
+  assert_true(e0d > 0 && e1d > 0 && e0 > e0d && e1 > e1d);
+  assert_int_equal((int)(e0d + e1d), (int)detok);
+  assert_true(e0d + e1d >= tokens); /* a token per message, plus messages ending on a stop id */
+  json_decref(doc);
+  free(mj);
+}
+
+/* Run a stories260K pipeline with `kv` stages spliced between embed and blocks (may be "") and
+ * extra top-level text; returns stdout (records) and sets *status; stderr to errf. */
+static char *run_kv(const char *model, const char *tok, const char *kv_stage, const char *top, const char *errf,
+                    int *status) {
+  char yaml[600], cmd[2048];
+  snprintf(yaml, sizeof yaml, "%s/kv.yaml", tmpdir);
+  FILE *f = fopen(yaml, "w");
+  assert_non_null(f);
+  fprintf(f,
+          "name: kv\nmodel: %s\ntokenizer: %s\nbackend: cpu\n%s"
+          "workers:\n  - {name: main, stages: [tokenize, embed, %sblocks, head, sample, detokenize, sink]}\n"
+          "stages:\n  - {name: tokenize, type: tokenize}\n  - {name: embed, type: embed}\n%s%s"
+          "  - {name: blocks, type: qins_block, options: {layers: all}}\n  - {name: head, type: head}\n"
+          "  - {name: sample, type: sample, options: {max_tokens: 40}}\n  - {name: detokenize, type: detokenize}\n"
+          "  - {name: sink, type: sink}\nedges:\n  - {from: sample, to: embed, loop: true}\n"
+          "inputs: {prompts: [Once upon a time]}\n",
+          model, tok, top, *kv_stage ? "kv, " : "", *kv_stage ? kv_stage : "", *kv_stage ? "\n" : "");
+  fclose(f);
+  snprintf(cmd, sizeof cmd, "'%s' run '%s' --quiet 2>'%s'", getenv("QINS_BIN"), yaml, errf);
+  return capture(cmd, status);
+}
+
+/* kv_store: its max_seq sizes the worker's caches (same as the pipeline max_seq key), pool 0
+ * frees caches at request end, qins8 V is refused with the option's location. */
+static void test_kv_store(void **state) {
+  (void)state;
+  char model[600], tok[600], errf[600];
+  snprintf(model, sizeof model, "%s", test_shared_path("models/stories260K/stories260K.bin"));
+  snprintf(tok, sizeof tok, "%s", test_shared_path("models/stories260K/tok512.bin"));
+  snprintf(errf, sizeof errf, "%s/kv.err", tmpdir);
+  if (access(model, R_OK) != 0) skip();
+  int st;
+  char *full = run_kv(model, tok, "", "", errf, &st);
+  assert_int_equal(st, 0);
+  char *key = run_kv(model, tok, "", "max_seq: 16\n", errf, &st);
+  assert_int_equal(st, 0);
+  char *kv = run_kv(model, tok, "  - {name: kv, type: kv_store, options: {max_seq: 16, pool: 0}}", "", errf, &st);
+  assert_int_equal(st, 0);
+  json_t *a = json_loads(full, JSON_DISABLE_EOF_CHECK, NULL), *b = json_loads(key, JSON_DISABLE_EOF_CHECK, NULL),
+         *c = json_loads(kv, JSON_DISABLE_EOF_CHECK, NULL);
+  assert_non_null(a);
+  assert_non_null(b);
+  assert_non_null(c);
+  /* with the 16-row cache the request ends when the context is full, like max_seq: 16 */
+  assert_string_equal(json_string_value(json_object_get(b, "text")), json_string_value(json_object_get(c, "text")));
+  int nk = (int)json_integer_value(json_object_get(c, "tokens")), nf = (int)json_integer_value(json_object_get(a, "tokens"));
+  assert_true(nk > 0 && nk < 16);
+  assert_true(nf > nk);
+  const char *tf = json_string_value(json_object_get(a, "text")), *tk = json_string_value(json_object_get(c, "text"));
+  assert_memory_equal(tf, tk, strlen(tk)); /* same greedy tokens, cut short */
+  json_decref(a);
+  json_decref(b);
+  json_decref(c);
+  free(full);
+  free(key);
+  free(kv);
+  char *bad = run_kv(model, tok, "  - {name: kv, type: kv_store, options: {v_format: qins8}}", "", errf, &st);
+  free(bad);
+  assert_true(st != 0);
+  FILE *f = fopen(errf, "r");
+  char msg[2048] = "";
+  size_t k = fread(msg, 1, sizeof msg - 1, f);
+  msg[k] = 0;
+  fclose(f);
+  if (!strstr(msg, "kv.yaml:10:") || !strstr(msg, "v_format qins8 is not available"))
+    fail_msg("stderr '%s' lacks the located v_format message", msg);
+}
+
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
@@ -896,6 +1182,9 @@ int main(void) {
       cmocka_unit_test(test_cli),
       cmocka_unit_test(test_stories_split_equals_one_worker),
       cmocka_unit_test(test_hf_fixtures_split),
+      cmocka_unit_test(test_sample_options_match_generate),
+      cmocka_unit_test(test_token_and_edge_metrics),
+      cmocka_unit_test(test_kv_store),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

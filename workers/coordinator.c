@@ -739,6 +739,15 @@ static void shutdown_workers(qins_run *r) {
     if (r->inst[i].ident[0] && r->inst[i].state != I_DEAD) qins_ctl_send(r->router, r->inst[i].ident, "STOP", NULL);
   double t0 = now_s();
   for (;;) {
+    /* a stopping worker sends one last metrics snapshot: merge it, so the final metrics (and
+     * the last on_event) count everything the workers did */
+    char ident[128], type[32], peer[64];
+    json_t *body;
+    while (qins_ctl_recv(r->router, 1, ident, type, sizeof type, &body, peer) == 1) {
+      const char *m = strcmp(type, "HB") == 0 ? json_string_value(json_object_get(body, "metrics")) : NULL;
+      if (m) qins_metrics_merge_json(m);
+      json_decref(body);
+    }
     int alive = 0;
     for (int i = 0; i < r->topo.n_inst; i++) {
       if (r->inst[i].pid <= 0) continue;

@@ -180,6 +180,15 @@ static void *hb_main(void *arg) {
       nanosleep(&ts, NULL);
     }
   }
+  if (w->stopping) { /* told to stop: a last snapshot, so the run's final metrics are complete */
+    char *mj = qins_metrics_json();
+    json_t *b = json_object();
+    json_object_set_new(b, "metrics", json_string(mj ? mj : "{\"metrics\":[]}"));
+    free(mj);
+    qins_ctl_send(s, NULL, "HB", b);
+    linger = 500; /* let it leave before the socket closes (the coordinator is waiting for us) */
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+  }
   zmq_close(s);
   return NULL;
 }
@@ -277,8 +286,10 @@ static void edge_metrics(wk *w, int e, const qins_chan_tx *tx) {
   const qins_pipeline *pl = w->pl;
   if (!items[e]) {
     char lab[320];
-    snprintf(lab, sizeof lab, "from=\"%s\",to=\"%s\"", pl->stages[pl->edges[e].from].name,
-             pl->stages[pl->edges[e].to].name);
+    /* worker label: replicas of a producer each report their share instead of overwriting one
+     * series when the coordinator merges the snapshots */
+    snprintf(lab, sizeof lab, "from=\"%s\",to=\"%s\",worker=\"%s\"", pl->stages[pl->edges[e].from].name,
+             pl->stages[pl->edges[e].to].name, w->name);
     items[e] = qins_metric_counter("qins_edge_items_total", "messages sent along an edge", lab);
     if (tx) {
       depth[e] = qins_metric_gauge("qins_edge_queue_depth", "channel slots in flight (sent, not yet credited)", lab);

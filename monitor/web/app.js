@@ -346,14 +346,16 @@
       lc.update('none');
     }
 
-    // edges
+    // edges: each producer instance (worker label, replicas included) reports its own share of
+    // an edge, so rates, slots in flight and capacity are summed per edge
     const edgeRates = {}, depth = {};
+    const addTo = (o, k, v) => { o[k] = (o[k] || 0) + v; };
     for (const m of idx.all('qins_edge_items_total')) {
       const p = pidx && pidx.byKey.get(key(m));
-      if (p && dt > 0) edgeRates[edgeLabels(m)] = Math.max(0, (val(m) - val(p)) / dt);
+      if (p && dt > 0) addTo(edgeRates, edgeLabels(m), Math.max(0, (val(m) - val(p)) / dt));
     }
-    for (const m of idx.all('qins_edge_queue_depth')) depth[edgeLabels(m)] = val(m);
-    for (const m of idx.all('qins_edge_capacity')) depth[edgeLabels(m) + '#cap'] = val(m);
+    for (const m of idx.all('qins_edge_queue_depth')) addTo(depth, edgeLabels(m), val(m));
+    for (const m of idx.all('qins_edge_capacity')) addTo(depth, edgeLabels(m) + '#cap', val(m));
     const qd = {};
     for (const k of Object.keys(depth)) if (!k.endsWith('#cap')) qd[k] = depth[k];
     if (Object.keys(qd).length) pushSeries(charts['c-queue'], label, qd);
