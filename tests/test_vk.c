@@ -909,7 +909,10 @@ static void test_codec_vs_cpu(void **state) {
     }
     if (!qins) {
       float *s0 = pair_read(&S, 0), *s1 = pair_read(&S, 1);
-      assert_memory_equal(s0, s1, (size_t)ns * 4);
+      /* absmax/127: bit-identical on lavapipe; GPU division is not correctly rounded (NVIDIA: 1 ulp) */
+      for (int64_t i = 0; i < ns; i++)
+        if (!(fabsf(s0[i] - s1[i]) <= 2.5e-7f * fabsf(s0[i])))
+          fail_msg("%s step %lld: vk %.9g, cpu %.9g", qins_dtype_name(fmt), (long long)i, s1[i], s0[i]);
       free(s0); free(s1);
     }
     unsigned char *q0 = pair_read(&Q, 0), *q1 = pair_read(&Q, 1);
