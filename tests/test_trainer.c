@@ -473,6 +473,100 @@ static void test_distill_self(void **state) {
   }
 }
 
+/* Reads the JSONL training log: the value of `key` on every step line (up to max), returns the count. */
+static int log_values(const char *path, const char *key, double *out, int max) {
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  char line[1024];
+  int n = 0;
+  while (n < max && fgets(line, sizeof line, f)) {
+    json_error_t err;
+    json_t *j = json_loads(line, 0, &err);
+    json_t *v = j ? json_object_get(j, key) : NULL;
+    if (v) out[n++] = json_number_value(v);
+    json_decref(j);
+  }
+  fclose(f);
+  return n;
+}
+
+static void write_hid_config(const char *cfg, const char *out, const char *model, int steps, const char *optim) {
+  FILE *f = fopen(cfg, "w");
+  fprintf(f,
+          "run: {out_dir: '%s', seed: 5, steps: %d, batch: 2, seq: 32, eval_windows: 1, eval_every: 0}\n"
+          "data: {text: '%s', tokenizer: '%s', shard: '%s'}\n"
+          "model: %s\n"
+          "distill: {teacher: '%s', ce: 0, kl: 0, lambda_hid: 1.0, hidden_layers: [0, 2, 4]}\n"
+          "optim: %s\n",
+          out, steps, g_text, tok_path(), g_shard, model, test_shared_path("models/stories260K/stories260K.bin"), optim);
+  fclose(f);
+}
+
+/* Hidden-state term, self-distillation: student == teacher (stories260K) with ce 0, kl 0,
+ * lambda_hid 1 on layers 0, 2, 4: the MSE is ~0 (float noise between the inference runtime and the
+ * training forward) and so is the gradient (its only source is the hidden term). */
+static void test_distill_hidden_self(void **state) {
+  (void)state;
+  char cfg[600], out[600], model[800], p[800];
+  snprintf(cfg, sizeof cfg, "%s/distill_hid.yaml", g_dir);
+  snprintf(out, sizeof out, "%s/distill-hid-self", g_dir);
+  snprintf(model, sizeof model, "{init: '%s'}", test_shared_path("models/stories260K/stories260K.bin"));
+  write_hid_config(cfg, out, model, 1, "{kind: adamw, lr: 1e-4}");
+  qins_train_result r;
+  qins_train_opts o = {cfg, NULL, 0, NULL, NULL};
+  if (qins_train_run(&o, &r)) fail_msg("%s", qins_error_msg());
+  snprintf(p, sizeof p, "%s/train_log.jsonl", out);
+  double mse, gn, loss, kl;
+  assert_int_equal(log_values(p, "hid_mse", &mse, 1), 1);
+  assert_int_equal(log_values(p, "grad_norm", &gn, 1), 1);
+  assert_int_equal(log_values(p, "loss", &loss, 1), 1);
+  assert_int_equal(log_values(p, "kl", &kl, 1), 1);
+  printf("distill hidden self: mse %.3g loss %.3g grad norm %.3g\n", mse, loss, gn);
+  assert_true(mse >= 0 && mse < 1e-9);
+  assert_true(fabs(loss) < 1e-6); /* ce 0, kl 0: the loss is lambda_hid * mse */
+  assert_true(gn < 1e-5);
+}
+
+/* Hidden-state term, learning: a randomly initialised student of the teacher's width (dim 64,
+ * 5 layers) trained on lambda_hid * MSE alone for 6 steps lowers the logged MSE. */
+static void test_distill_hidden_learns(void **state) {
+  (void)state;
+  char cfg[600], out[600], p[800];
+  snprintf(cfg, sizeof cfg, "%s/distill_hid2.yaml", g_dir);
+  snprintf(out, sizeof out, "%s/distill-hid-learn", g_dir);
+  write_hid_config(cfg, out, "{dim: 64, layers: 5, heads: 8, kv_heads: 4, ffn: 128, vocab: 512, seq: 64}", 6,
+                   "{kind: adamw, lr: 3e-2, warmup: 0, weight_decay: 0.0}");
+  qins_train_result r;
+  qins_train_opts o = {cfg, NULL, 0, NULL, NULL};
+  if (qins_train_run(&o, &r)) fail_msg("%s", qins_error_msg());
+  snprintf(p, sizeof p, "%s/train_log.jsonl", out);
+  double mse[8];
+  assert_int_equal(log_values(p, "hid_mse", mse, 8), 6);
+  printf("distill hidden learn: mse step 1 %.4g, step 6 %.4g\n", mse[0], mse[5]);
+  assert_true(mse[0] > 1e-3);
+  assert_true(mse[5] < 0.9 * mse[0]);
+  /* hidden_layers past the model, or lambda_hid without layers: input errors */
+  FILE *f = fopen(cfg, "w");
+  fprintf(f,
+          "run: {out_dir: '%s', steps: 1, batch: 1, seq: 16}\n"
+          "data: {text: '%s', tokenizer: '%s', shard: '%s'}\n"
+          "model: {dim: 64, layers: 5, heads: 8, kv_heads: 4, ffn: 128, vocab: 512, seq: 64}\n"
+          "distill: {teacher: '%s', lambda_hid: 1.0, hidden_layers: [0, 9]}\n",
+          out, g_text, tok_path(), g_shard, test_shared_path("models/stories260K/stories260K.bin"));
+  fclose(f);
+  assert_int_equal(qins_train_run(&o, &r), QINS_EINPUT);
+  printf("  %s\n", qins_error_msg());
+  f = fopen(cfg, "w");
+  fprintf(f,
+          "run: {out_dir: '%s', steps: 1, batch: 1, seq: 16}\n"
+          "data: {text: '%s', tokenizer: '%s', shard: '%s'}\n"
+          "distill: {teacher: '%s', lambda_hid: 1.0}\n",
+          out, g_text, tok_path(), g_shard, test_shared_path("models/stories260K/stories260K.bin"));
+  fclose(f);
+  assert_int_equal(qins_train_run(&o, &r), QINS_EINPUT);
+  printf("  %s\n", qins_error_msg());
+}
+
 static void test_svg_and_curve(void **state) {
   (void)state;
   char p[600], svg[600];
@@ -508,7 +602,8 @@ int main(void) {
       cmocka_unit_test(test_exact_resume_qins),    cmocka_unit_test(test_checkpoint_contents),
       cmocka_unit_test(test_generate_on_checkpoint), cmocka_unit_test(test_pilot_smoke),
       cmocka_unit_test(test_config_errors),        cmocka_unit_test(test_svg_and_curve),
-      cmocka_unit_test(test_distill_self),         cmocka_unit_test(test_gate_c3),
+      cmocka_unit_test(test_distill_self),         cmocka_unit_test(test_distill_hidden_self),
+      cmocka_unit_test(test_distill_hidden_learns),         cmocka_unit_test(test_gate_c3),
   };
   return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }

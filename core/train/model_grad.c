@@ -50,7 +50,14 @@ struct qins_train_model {
   qins_tensor *emb, *demb, *pos_emb, *dpos_emb, *normf, *normfb, *dnormf, *dnormfb, *head, *dhead;
   qins_train_logit_hook hook;
   void *hook_user;
+  qins_train_hidden_hook hhook;
+  void *hhook_user;
 };
+
+void qins_train_model_set_hidden_hook(qins_train_model *tm, qins_train_hidden_hook fn, void *user) {
+  tm->hhook = fn;
+  tm->hhook_user = user;
+}
 
 void qins_train_model_set_logit_hook(qins_train_model *tm, qins_train_logit_hook fn, void *user) {
   tm->hook = fn;
@@ -371,6 +378,7 @@ static qins_tensor reshaped(const qins_tensor *t, int ndim, int64_t s0, int64_t 
 
 typedef struct saved {
   qins_tensor *x, *h1, *q, *k, *v, *att, *x2, *h2, *gate, *up, *a;
+  qins_tensor *out, *dout; /* layer output (hidden state) and the hidden hook's gradient for it */
 } saved;
 
 static void transpose_into(float *dst, const float *src, int64_t rows, int64_t cols, int accumulate) {
@@ -479,6 +487,7 @@ int qins_train_model_loss_grad(qins_train_model *tm, const int32_t *ids, int n, 
     TRY(act(&a, &x, "x", n, D, 0));
     TRY(qins_op_matmul(be, s->a, &L->wd, (gpt2 || L->has_bmlp) ? &L->bd : NULL, x));
     TRY(qins_op_add(be, x, s->x2, x));
+    s->out = x;
   }
   TRY(act(&a, &hf, "h_final", n, D, 0));
   TRY(gpt2 ? qins_op_layernorm(be, x, tm->normf, tm->normfb, eps, hf) : qins_op_rmsnorm(be, x, tm->normf, eps, hf));
@@ -493,6 +502,13 @@ int qins_train_model_loss_grad(qins_train_model *tm, const int32_t *ids, int n, 
     *loss = sum / (n - 1);
   }
   if (tm->hook) TRY(tm->hook(tm->hook_user, ids, n, (int)V, (float *)qins_tensor_host(logits), loss));
+  for (int l = 0; tm->hhook && l < c->n_layers; l++) {
+    saved *s = &S[l];
+    TRY(act(&a, &s->dout, "dhidden", n, D, 0));
+    float *dh = qins_tensor_host(s->dout);
+    memset(dh, 0, (size_t)(n * D) * sizeof(float));
+    TRY(tm->hhook(tm->hhook_user, ids, n, l, (int)D, qins_tensor_host(s->out), dh, loss));
+  }
 
   /* ---- backward ---- */
   qins_tensor *dx, *dh, *dtmp, *dq, *dk, *dv, *datt, *dgate, *dup = NULL, *da;
@@ -512,6 +528,7 @@ int qins_train_model_loss_grad(qins_train_model *tm, const int32_t *ids, int n, 
   for (int l = c->n_layers - 1; l >= 0; l--) {
     layer_w *L = &tm->L[l];
     saved *s = &S[l];
+    if (s->dout) TRY(qins_op_add(be, dx, s->dout, dx)); /* hidden-state term on the layer output */
     /* MLP branch: dx is the gradient of the layer output x3 = x2 + mlp(norm(x2)) */
     TRY(qins_op_matmul_backward(be, dx, s->a, &L->wd, da, &L->gd, (gpt2 || L->has_bmlp) ? &L->dbd : NULL));
     if (gpt2) {

@@ -40,4 +40,14 @@ int qins_train_model_loss_grad(qins_train_model *tm, const int32_t *ids, int n, 
 typedef int (*qins_train_logit_hook)(void *user, const int32_t *ids, int n, int vocab, float *dlogits, double *loss);
 void qins_train_model_set_logit_hook(qins_train_model *tm, qins_train_logit_hook fn, void *user);
 
+/* Additive (hidden-state distillation). The "hidden state" of layer l (0-based) is the residual
+ * stream after that layer: its output rows [n, dim] (attention and MLP residual adds done), i.e.
+ * the input of layer l+1, or for the last layer the input of the final norm (never normed).
+ * Called after the forward (and after the logit hook) once per layer with h = those rows and
+ * dh = a zeroed [n, dim] buffer: the hook writes d(extra loss)/dh there and may add the extra
+ * term to *loss. The backward adds dh to the gradient flowing into that layer's output. */
+typedef int (*qins_train_hidden_hook)(void *user, const int32_t *ids, int n, int layer, int dim, const float *h,
+                                      float *dh, double *loss);
+void qins_train_model_set_hidden_hook(qins_train_model *tm, qins_train_hidden_hook fn, void *user);
+
 #endif

@@ -23,6 +23,7 @@
 #include "core/train/optim.h"
 
 #define MAX_CKPT_AT 16
+#define MAX_HID_LAYERS 64
 #define MAX_QINS_PATHS 16
 
 typedef struct tcfg {
@@ -49,6 +50,10 @@ typedef struct tcfg {
   /* distillation: loss = ce * CE + kl * KL(teacher || student) per position */
   char teacher[512];
   double ce_w, kl_w;
+  /* + lambda_hid * mean over hidden_layers of MSE(student, teacher residual stream after layer l) */
+  double hid_w;
+  int hid_layers[MAX_HID_LAYERS];
+  int n_hid_layers;
 } tcfg;
 
 /* ------------------------------------------------------------------ config */
@@ -229,13 +234,29 @@ static int parse_cfg(const qins_cfg *root, tcfg *c) {
   c->kl_w = 1.0;
   const qins_cfg *dd = qins_cfg_get(root, "distill");
   if (dd) {
-    static const char *k[] = {"teacher", "ce", "kl", NULL};
+    static const char *k[] = {"teacher", "ce", "kl", "lambda_hid", "hidden_layers", NULL};
     if ((rc = qins_cfg_check_keys(dd, "distill", k)) ||
         (rc = get_str(dd, "teacher", "distill.teacher", c->teacher, sizeof c->teacher)) ||
-        (rc = get_dbl(dd, "ce", "distill.ce", &c->ce_w)) || (rc = get_dbl(dd, "kl", "distill.kl", &c->kl_w)))
+        (rc = get_dbl(dd, "ce", "distill.ce", &c->ce_w)) || (rc = get_dbl(dd, "kl", "distill.kl", &c->kl_w)) ||
+        (rc = get_dbl(dd, "lambda_hid", "distill.lambda_hid", &c->hid_w)))
       return rc;
-    if (!(c->ce_w >= 0) || !(c->kl_w >= 0))
-      return qins_error_set(QINS_EINPUT, "distill.ce and distill.kl must be >= 0");
+    if (!(c->ce_w >= 0) || !(c->kl_w >= 0) || !(c->hid_w >= 0))
+      return qins_error_set(QINS_EINPUT, "distill.ce, distill.kl and distill.lambda_hid must be >= 0");
+    const qins_cfg *hl = qins_cfg_get(dd, "hidden_layers");
+    if (hl) {
+      if (hl->type != QINS_CFG_SEQ || hl->n > MAX_HID_LAYERS)
+        return qins_error_set(QINS_EINPUT, "distill.hidden_layers: a list of at most %d layer indices", MAX_HID_LAYERS);
+      for (int i = 0; i < hl->n; i++) {
+        long long v;
+        if ((rc = qins_cfg_as_int(hl->items[i], "distill.hidden_layers", &v))) return rc;
+        if (v < 0 || v > 100000 || (i > 0 && v <= c->hid_layers[i - 1]))
+          return qins_error_set(QINS_EINPUT, "distill.hidden_layers: %lld: indices must be >= 0 and increasing", v);
+        c->hid_layers[i] = (int)v;
+      }
+      c->n_hid_layers = hl->n;
+    }
+    if (c->hid_w > 0 && c->n_hid_layers == 0)
+      return qins_error_set(QINS_EINPUT, "distill.lambda_hid > 0 needs distill.hidden_layers");
   }
   if (!c->text[0] && !c->shard[0]) return qins_error_set(QINS_EINPUT, "data.text (a corpus) or data.shard is required");
   if (!c->tokenizer[0]) return qins_error_set(QINS_EINPUT, "data.tokenizer is required");
@@ -481,6 +502,11 @@ typedef struct trainer {
   qins_llm *teacher;
   float *tlogits;
   double last_kl;
+  /* hidden-state term: the teacher's rows per chosen layer [n_hid_layers][seq+1][dim] */
+  qins_llm_kv *tkv;
+  float *thid;
+  int hid_dim;
+  double last_hid, last_ce;
   qins_metric *m_loss, *m_eval, *m_lr, *m_norm, *m_tps, *m_tokens, *m_step;
 } trainer;
 
@@ -658,6 +684,8 @@ static int name_is_qins(const tcfg *c, const char *name, int ndim) {
 }
 
 static int distill_hook(void *user, const int32_t *ids, int n, int V, float *dl, double *loss);
+static int hidden_hook(void *user, const int32_t *ids, int n, int layer, int dim, const float *h, float *dh,
+                       double *loss);
 
 static int eval_heldout(trainer *t, double *mean) {
   int64_t nw = qins_data_eval_windows(&t->held, t->c.seq);
@@ -669,6 +697,7 @@ static int eval_heldout(trainer *t, double *mean) {
   double sum = 0;
   int rc = 0;
   qins_train_model_set_logit_hook(t->tm, NULL, NULL); /* held-out loss: plain cross-entropy */
+  qins_train_model_set_hidden_hook(t->tm, NULL, NULL);
   for (int64_t j = 0; j < nw && !rc; j++) {
     double l = 0;
     rc = qins_data_eval_window(&t->held, j, t->c.seq, ids);
@@ -678,6 +707,7 @@ static int eval_heldout(trainer *t, double *mean) {
   }
   free(ids);
   if (t->teacher) qins_train_model_set_logit_hook(t->tm, distill_hook, t);
+  if (t->thid) qins_train_model_set_hidden_hook(t->tm, hidden_hook, t);
   qins_optim_zero_grad(t->o);
   if (!rc) *mean = sum / (double)nw;
   return rc;
@@ -691,6 +721,16 @@ static int distill_hook(void *user, const int32_t *ids, int n, int V, float *dl,
   qins_llm_reset(t->teacher);
   int rc = qins_llm_forward(t->teacher, ids, n, 1, t->tlogits, NULL);
   if (rc) return rc;
+  /* the teacher's hidden states of the same ids, layer range by layer range (no head) */
+  for (int i = 0, l0 = 0; t->thid && i < t->c.n_hid_layers; i++) {
+    float *x = t->thid + (size_t)i * (size_t)(t->c.seq + 1) * (size_t)t->hid_dim;
+    if (i > 0) memcpy(x, x - (size_t)(t->c.seq + 1) * (size_t)t->hid_dim, (size_t)n * (size_t)t->hid_dim * sizeof(float));
+    if ((rc = qins_llm_forward_range(t->teacher, t->tkv, i == 0 ? ids : NULL, x, n, 0, l0, t->c.hid_layers[i] + 1,
+                                     NULL, NULL)))
+      return rc;
+    l0 = t->c.hid_layers[i] + 1;
+  }
+  t->last_ce += *loss;
   float ce = (float)t->c.ce_w, kl = (float)t->c.kl_w, inv = 1.0f / (float)(n - 1);
   double kl_sum = 0;
   for (int r = 0; r < n - 1; r++) {
@@ -714,6 +754,30 @@ static int distill_hook(void *user, const int32_t *ids, int n, int V, float *dl,
   return 0;
 }
 
+/* Hidden-state term (hidden hook, after distill_hook captured the teacher's rows): for each chosen
+ * layer l, MSE_l = sum over the n rows and dim columns of (h - h_teacher)^2 / (n * dim); the term
+ * is lambda_hid * mean over the K chosen layers of MSE_l, so its gradient on h is
+ * lambda_hid * 2 (h - h_teacher) / (K * n * dim). */
+static int hidden_hook(void *user, const int32_t *ids, int n, int layer, int dim, const float *h, float *dh,
+                       double *loss) {
+  (void)ids;
+  trainer *t = user;
+  int i = 0;
+  while (i < t->c.n_hid_layers && t->c.hid_layers[i] != layer) i++;
+  if (i == t->c.n_hid_layers) return 0;
+  const float *th = t->thid + (size_t)i * (size_t)(t->c.seq + 1) * (size_t)t->hid_dim;
+  double norm = (double)t->c.n_hid_layers * n * dim, sum = 0;
+  float g = (float)(2.0 * t->c.hid_w / norm);
+  for (int64_t j = 0; j < (int64_t)n * dim; j++) {
+    double d = (double)h[j] - th[j];
+    sum += d * d;
+    dh[j] = g * (float)d;
+  }
+  t->last_hid += sum / norm;
+  *loss += t->c.hid_w * sum / norm;
+  return 0;
+}
+
 static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -731,6 +795,8 @@ static int ckpt_due(const tcfg *c, int64_t s) {
 }
 
 static void trainer_free(trainer *t) {
+  qins_llm_kv_destroy(t->tkv);
+  free(t->thid);
   qins_llm_destroy(t->teacher);
   qins_model_close(t->teacher_m);
   free(t->tlogits);
@@ -835,6 +901,26 @@ int qins_train_run(const qins_train_opts *opts, qins_train_result *res) {
       goto out;
     }
     qins_train_model_set_logit_hook(t.tm, distill_hook, &t);
+    if (c->n_hid_layers > 0) {
+      qins_model_config tc = t.teacher_m->cfg;
+      if (tc.dim != t.mcfg.dim || c->hid_layers[c->n_hid_layers - 1] >= tc.n_layers ||
+          c->hid_layers[c->n_hid_layers - 1] >= t.mcfg.n_layers) {
+        rc = qins_error_set(QINS_EINPUT,
+                            "distill.hidden_layers: layer %d and width %d must exist in both the teacher (%d layers, "
+                            "dim %d) and the student (%d layers, dim %d)",
+                            c->hid_layers[c->n_hid_layers - 1], (int)t.mcfg.dim, tc.n_layers, (int)tc.dim,
+                            t.mcfg.n_layers, (int)t.mcfg.dim);
+        goto out;
+      }
+      t.hid_dim = (int)tc.dim;
+      t.thid = malloc((size_t)c->n_hid_layers * (size_t)(c->seq + 1) * (size_t)tc.dim * sizeof(float));
+      if (!t.thid) {
+        rc = qins_error_set(QINS_ENOMEM, "no memory for teacher hidden states");
+        goto out;
+      }
+      if ((rc = qins_llm_kv_create(t.teacher, 0, tc.n_layers, &t.tkv))) goto out;
+      qins_train_model_set_hidden_hook(t.tm, hidden_hook, &t);
+    }
   }
   if (pr)
     fprintf(pr, "model: %s, %d tensors (%d QINS %s), optimizer %s, lr %g%s\n", model_path,
@@ -875,7 +961,7 @@ int qins_train_run(const qins_train_opts *opts, qins_train_result *res) {
   while (t.step < c->steps) {
     qins_optim_zero_grad(t.o);
     double loss_sum = 0;
-    t.last_kl = 0;
+    t.last_kl = t.last_hid = t.last_ce = 0;
     for (int a = 0; a < c->grad_accum && !rc; a++) {
       rc = qins_data_batch(&t.train, c->seed, t.data_pos++, B, T, batch);
       for (int b = 0; b < B && !rc; b++) {
@@ -892,8 +978,13 @@ int qins_train_run(const qins_train_opts *opts, qins_train_result *res) {
     t.step++;
     tokens += (int64_t)B * c->grad_accum * T;
     double el = now_s() - t0, tps = (double)tokens / (el > 0 ? el : 1e-9);
-    char kl_text[64] = "";
-    if (t.teacher) snprintf(kl_text, sizeof kl_text, ", \"kl\": %.9g", t.last_kl / (B * c->grad_accum));
+    char kl_text[160] = "";
+    if (t.teacher) {
+      int w = snprintf(kl_text, sizeof kl_text, ", \"ce\": %.9g, \"kl\": %.9g", t.last_ce / (B * c->grad_accum),
+                       t.last_kl / (B * c->grad_accum));
+      if (t.thid && w > 0 && w < (int)sizeof kl_text)
+        snprintf(kl_text + w, sizeof kl_text - (size_t)w, ", \"hid_mse\": %.9g", t.last_hid / (B * c->grad_accum));
+    }
     fprintf(t.log, "{\"step\": %lld, \"loss\": %.17g, \"lr\": %.9g, \"grad_norm\": %.17g, \"tokens_per_s\": %.1f%s%s}\n",
             (long long)t.step, loss, (double)rep.lr, rep.grad_norm, tps, rep.applied ? "" : ", \"skipped\": true",
             kl_text);
