@@ -528,23 +528,26 @@ static void test_distill_hidden_self(void **state) {
 }
 
 /* Hidden-state term, learning: a randomly initialised student of the teacher's width (dim 64,
- * 5 layers) trained on lambda_hid * MSE alone for 6 steps lowers the logged MSE. */
+ * 5 layers) trained on lambda_hid * MSE alone for 16 steps lowers the logged MSE; bad
+ * hidden_layers are input errors. */
 static void test_distill_hidden_learns(void **state) {
   (void)state;
   char cfg[600], out[600], p[800];
   snprintf(cfg, sizeof cfg, "%s/distill_hid2.yaml", g_dir);
   snprintf(out, sizeof out, "%s/distill-hid-learn", g_dir);
-  write_hid_config(cfg, out, "{dim: 64, layers: 5, heads: 8, kv_heads: 4, ffn: 128, vocab: 512, seq: 64}", 6,
-                   "{kind: adamw, lr: 3e-2, warmup: 0, weight_decay: 0.0}");
+  write_hid_config(cfg, out, "{dim: 64, layers: 5, heads: 8, kv_heads: 4, ffn: 128, vocab: 512, seq: 64}", 16,
+                   "{kind: adamw, lr: 1e-2, warmup: 0, weight_decay: 0.0}");
   qins_train_result r;
   qins_train_opts o = {cfg, NULL, 0, NULL, NULL};
   if (qins_train_run(&o, &r)) fail_msg("%s", qins_error_msg());
   snprintf(p, sizeof p, "%s/train_log.jsonl", out);
-  double mse[8];
-  assert_int_equal(log_values(p, "hid_mse", mse, 8), 6);
-  printf("distill hidden learn: mse step 1 %.4g, step 6 %.4g\n", mse[0], mse[5]);
-  assert_true(mse[0] > 1e-3);
-  assert_true(mse[5] < 0.9 * mse[0]);
+  double mse[20];
+  assert_int_equal(log_values(p, "hid_mse", mse, 20), 16);
+  for (int i = 0; i < 16; i++) printf("distill hidden learn: step %d mse %.4g\n", i + 1, mse[i]);
+  /* batches differ step to step (so does the teacher's norm): compare the first and last four */
+  double a = (mse[0] + mse[1] + mse[2] + mse[3]) / 4, b = (mse[12] + mse[13] + mse[14] + mse[15]) / 4;
+  assert_true(a > 1e-3);
+  assert_true(b < 0.85 * a); /* 1.23 -> 0.82 measured */
   /* hidden_layers past the model, or lambda_hid without layers: input errors */
   FILE *f = fopen(cfg, "w");
   fprintf(f,
