@@ -190,11 +190,15 @@ int cmd_train(int argc, char **argv) {
   live_dashboard_start("train", &prov);
   qins_train_result r;
   int rc = qins_train_run(&o, &r);
-  live_dashboard_finish();
   free(sets);
-  if (rc) return qins_cli_fail(rc);
+  if (rc) {
+    live_dashboard_finish();
+    return qins_cli_fail(rc);
+  }
   printf("{\"steps\": %lld, \"loss\": %.6f, \"eval_loss\": %.6f, \"eval_ppl\": %.4f, \"tokens_per_s\": %.1f, "
          "\"checkpoint\": \"%s\"}\n",
          (long long)r.steps, r.last_loss, r.eval_loss, r.eval_ppl, r.tokens_per_s, r.last_checkpoint);
+  fflush(stdout);
+  live_dashboard_finish(); /* after the summary: --dashboard-wait then serves until Ctrl-C */
   return 0;
 }
