@@ -151,6 +151,18 @@ void qins_metric_observe(qins_metric *m, double v) {
   pthread_mutex_unlock(&m->lock);
 }
 
+void qins_metric_histogram_set(qins_metric *m, const uint64_t *counts, int n, double sum) {
+  if (!m || m->kind != QINS_METRIC_HISTOGRAM || !counts || n != m->n_bounds + 1) return;
+  pthread_mutex_lock(&m->lock);
+  m->count = 0;
+  for (int b = 0; b < n; b++) {
+    m->counts[b] = counts[b];
+    m->count += counts[b];
+  }
+  m->sum = isnan(sum) ? 0 : sum;
+  pthread_mutex_unlock(&m->lock);
+}
+
 double qins_metric_value(const qins_metric *m) {
   if (!m) return 0;
   qins_metric *mm = (qins_metric *)m;

@@ -22,6 +22,10 @@ qins_metric *qins_metric_histogram(const char *name, const char *help, const cha
 void qins_metric_add(qins_metric *m, double v);     /* counter += v, gauge += v */
 void qins_metric_set(qins_metric *m, double v);     /* gauge = v */
 void qins_metric_observe(qins_metric *m, double v); /* histogram sample */
+/* Replace a histogram's buckets with pre-counted ones: counts[i] samples in bucket i (n must be
+ * the number of bounds + 1, the last +Inf), their total `sum`. One lock for millions of samples,
+ * and re-publishing the same data (a policy applied twice) does not double it. */
+void qins_metric_histogram_set(qins_metric *m, const uint64_t *counts, int n, double sum);
 double qins_metric_value(const qins_metric *m);     /* counter/gauge value; histogram sum */
 /* Quantile estimate (0..1) from histogram buckets (linear within a bucket). */
 double qins_metric_quantile(const qins_metric *m, double q);

@@ -13,7 +13,7 @@
  *   graph      {"workers":[{"name":"w0","stages":[{"name":"embed","type":"embed"}, ...]}, ...],
  *               "edges":[{"from":"embed","to":"block0"}, ...]}
  *   gates      {"gates":[{"name":"A1","progress":0.4,"verdict":"pass"|"fail"|"running",
- *               "metric":"rel_l2","value":0.01,"threshold":0.02}, ...]}
+ *               "metric":"rel_l2","value":0.01,"threshold":0.02}, ...]}  (qins gate also: "queued", "not-run")
  *   training   {"step":12,"total_steps":100,"loss":[[step,loss], ...],"lr":1e-3}
  * Metric names the page reads are listed in docs/dashboard.md. */
 #ifndef QINS_MONITOR_H

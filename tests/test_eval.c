@@ -1,6 +1,7 @@
 /* Evaluation metrics (KL, top-k overlap, cosine, NLL/perplexity on hand-made distributions and a
  * real model), the coverage policy (YAML errors with file:line:col, float-only paths refused,
  * per-layer overrides and fallback), Phi-3's row split, and fused == unfused policy weights. */
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include "core/llm/convert.h"
 #include "core/llm/llm.h"
 #include "core/llm/policy.h"
+#include "core/metrics.h"
 #include "core/model/model.h"
 #include "tests/test_util.h"
 
@@ -333,12 +335,85 @@ static void test_convert_round_trip(void **state) {
   qins_backend_destroy(be);
 }
 
+/* The histogram {name, tensor, format} of qins_metrics_json(): total count from its buckets (-1: absent). */
+static int64_t hist_total(json_t *doc, const char *name, const char *tensor, const char *format, int *n_buckets) {
+  json_t *arr = json_object_get(doc, "metrics"), *e;
+  size_t i;
+  json_array_foreach(arr, i, e) {
+    json_t *lab = json_object_get(e, "labels");
+    const char *et = json_string_value(json_object_get(lab, "tensor")), *ef = json_string_value(json_object_get(lab, "format"));
+    if (strcmp(json_string_value(json_object_get(e, "name")), name) || !et || !ef || strcmp(et, tensor) ||
+        strcmp(ef, format))
+      continue;
+    json_t *b = json_object_get(e, "buckets"), *x;
+    size_t j;
+    int64_t tot = 0;
+    json_array_foreach(b, j, x) tot += json_integer_value(json_array_get(x, 1));
+    assert_int_equal(tot, json_integer_value(json_object_get(e, "count")));
+    *n_buckets = (int)json_array_size(b);
+    return tot;
+  }
+  return -1;
+}
+
+/* Applying a policy publishes, per re-encoded tensor, qins_codes and qins_recon_error histograms
+ * (the dashboard's panels) whose counts are the tensor's element count, and applying it again
+ * (a second runtime) does not double them. */
+static void test_policy_metrics(void **state) {
+  (void)state;
+  qins_metrics_reset();
+  qins_model *m = open_model("models/stories260K/stories260K.bin");
+  qins_backend *be;
+  assert_int_equal(qins_backend_create("cpu", &be), 0);
+  qins_policy pol;
+  assert_int_equal(parse("policy: {format: qins6, paths: {v_proj: qins6, o_proj: qins8, mlp_up: int8-row, "
+                         "mlp_gate: qins-f32, mlp_down: qins6}}\n",
+                         m->cfg.n_layers, &pol),
+                   0);
+  static const qins_llm_mat mats[5] = {QINS_LLM_WV, QINS_LLM_WO, QINS_LLM_WUP, QINS_LLM_WGATE, QINS_LLM_WDOWN};
+  static const char *fmt[5] = {"qins6", "qins8", "int8-row", "qins-f32", "qins6"};
+  static const int code_buckets[5] = {64, 64, 64, -1, 64};
+  for (int rep = 0; rep < 2; rep++) {
+    qins_llm *q;
+    assert_int_equal(qins_llm_create(m, be, NULL, &q), 0);
+    qins_policy_state *st;
+    assert_int_equal(qins_policy_apply(q, be, &pol, 0, &st), 0);
+    char *js = qins_metrics_json();
+    json_t *doc = json_loads(js, 0, NULL);
+    assert_non_null(doc);
+    int checked = 0;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+      for (int p = 0; p < 5; p++) {
+        qins_tensor *t = qins_llm_matrix(q, l, mats[p]);
+        int64_t n = t->shape[0] * t->shape[1];
+        int nb = 0;
+        assert_int_equal(hist_total(doc, "qins_recon_error", t->name, fmt[p], &nb), n);
+        assert_int_equal(nb, 14);
+        int64_t c = hist_total(doc, "qins_codes", t->name, fmt[p], &nb);
+        if (code_buckets[p] < 0) {
+          assert_int_equal(c, -1); /* qins-f32 stores values, not codes */
+        } else {
+          assert_int_equal(c, n);
+          assert_int_equal(nb, code_buckets[p]);
+        }
+        checked++;
+      }
+    assert_int_equal(checked, 5 * m->cfg.n_layers);
+    json_decref(doc);
+    free(js);
+    qins_llm_destroy(q);
+    qins_policy_state_free(st);
+  }
+  qins_backend_destroy(be);
+  qins_model_close(m);
+}
+
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_kl_hand),        cmocka_unit_test(test_topk_cos_nll), cmocka_unit_test(test_perplexity),
       cmocka_unit_test(test_policy_parse),   cmocka_unit_test(test_phi3_split),   cmocka_unit_test(test_fused_unfused),
-      cmocka_unit_test(test_convert_round_trip),
+      cmocka_unit_test(test_convert_round_trip), cmocka_unit_test(test_policy_metrics),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

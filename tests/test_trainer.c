@@ -223,6 +223,19 @@ static char *log_no_time(const char *path) {
   return o;
 }
 
+/* The step hook (the dashboard's loss curve): every step, in order, with the run's loss. */
+static int64_t hook_last, hook_total, hook_calls;
+static double hook_loss;
+static void count_steps(void *ctx, int64_t step, int64_t total, double loss, double lr) {
+  (void)ctx;
+  (void)lr;
+  assert_int_equal(step, hook_last + 1);
+  hook_last = step;
+  hook_total = total;
+  hook_loss = loss;
+  hook_calls++;
+}
+
 static void check_resume(const char *kind) {
   char cfg[600], a[600], b[600], ck[700], p1[800], p2[800];
   snprintf(cfg, sizeof cfg, "%s/%s.yaml", g_dir, kind);
@@ -231,8 +244,14 @@ static void check_resume(const char *kind) {
   write_config(cfg, a, kind, 8);
   qins_train_result r;
   qins_train_opts o = {cfg, NULL, 0, NULL, NULL};
+  hook_last = hook_calls = 0;
+  qins_train_set_step_hook(count_steps, NULL);
   assert_int_equal(qins_train_run(&o, &r), 0);
+  qins_train_set_step_hook(NULL, NULL);
   assert_int_equal(r.steps, 8);
+  assert_int_equal(hook_calls, 8);
+  assert_int_equal(hook_total, 8);
+  assert_true(hook_loss == r.last_loss);
   /* interrupted after step 3 (run.stop_after writes a checkpoint there), then resumed */
   char set_out[700], set_stop[64] = "run.stop_after=3";
   snprintf(set_out, sizeof set_out, "run.out_dir=%s", b);

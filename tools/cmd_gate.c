@@ -3,8 +3,10 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/eval/gate_board.h"
 #include "core/eval/gates.h"
 #include "tools/commands.h"
+#include "tools/live_dashboard.h"
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -16,7 +18,15 @@ static void usage(FILE *f) {
           "reports/). --set overrides a key of the gate YAML (e.g. --set steps=64 --set policy.format=qins6).\n"
           "--quick applies the YAML's quick: block (short CI runs). A gate that cannot run on the model or\n"
           "backend reports verdict not-run with the reason. Exit: 0 when every gate ran and wrote its\n"
-          "report (whatever the verdicts), 1 on failure, 2 on bad usage/input.\n");
+          "report (whatever the verdicts), 1 on failure, 2 on bad usage/input.\n\n"
+          "Dashboard (docs/dashboard.md): gate progress and verdicts, and the QINS code / error histograms of\n"
+          "every policy applied:\n%s",
+          live_dashboard_help());
+}
+
+static char *prov_gates(void *ctx) {
+  (void)ctx;
+  return qins_gate_board_json();
 }
 
 int cmd_gate(int argc, char **argv) {
@@ -34,6 +44,9 @@ int cmd_gate(int argc, char **argv) {
       o.quick = 1;
       continue;
     }
+    int drc = live_dashboard_arg(argc, argv, &i); /* --dashboard [ADDR:PORT] and friends */
+    if (drc < 0) return qins_cli_fail(drc);
+    if (drc) continue;
     if (a[0] == '-' && a[1] == '-') {
       if (i + 1 >= argc) {
         fprintf(stderr, "qins gate: %s needs a value\n", a);
@@ -90,18 +103,26 @@ int cmd_gate(int argc, char **argv) {
   o.sets = sets;
   int all = !strcmp(name, "all");
   int worst = 0;
+  qins_gate_board_reset();
+  for (int i = 0; all ? qins_gate_names[i] != NULL : i < 1; i++) qins_gate_board_queue(all ? qins_gate_names[i] : name);
+  qins_monitor_providers prov = {.gates_json = prov_gates};
+  live_dashboard_start("gate", &prov);
   for (int i = 0; all ? qins_gate_names[i] != NULL : i < 1; i++) {
     const char *g = all ? qins_gate_names[i] : name;
     char verdict[32] = "";
     int rc = qins_gate_run(g, &o, verdict, sizeof verdict);
     if (rc) {
       int code = qins_cli_fail(rc);
-      if (!all) return code;
+      if (!all) {
+        live_dashboard_finish();
+        return code;
+      }
       if (code > worst) worst = code;
       continue;
     }
     printf("%s: %s -> %s/%s.{json,md,svg}\n", g, verdict, o.out_dir ? o.out_dir : "reports", g);
     fflush(stdout);
   }
+  live_dashboard_finish();
   return worst;
 }

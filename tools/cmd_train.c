@@ -1,4 +1,7 @@
 /* `qins train CONFIG.yaml [--set k=v]... [--resume CKPT]`: the training loop (core/train/trainer.h). */
+#include <jansson.h>
+#include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +12,7 @@
 #include "core/train/report.h"
 #include "core/train/trainer.h"
 #include "tools/commands.h"
+#include "tools/live_dashboard.h"
 
 static void usage(FILE *f) {
   fprintf(f, "usage: qins train CONFIG.yaml [--set key.path=value]... [--resume CKPT_DIR] [--quiet]\n"
@@ -18,7 +22,60 @@ static void usage(FILE *f) {
              "  --pilot       C3: train the config three times (OUT/fp: adamw; OUT/qins8: qins-adamw, qins8;\n"
              "                OUT/qins-f32: qins-adamw, qins-f32 = the no-rounding ablation), then write the report\n"
              "  --report PFX  report prefix for --pilot (default reports/C3: .json, .md, .svg)\n"
-             "  --report-only with --pilot: only (re)write the report from the three runs' logs\n");
+             "  --report-only with --pilot: only (re)write the report from the three runs' logs\n"
+             "Dashboard (docs/dashboard.md): the loss curve, step and learning rate, and the qins_train_* metrics:\n%s",
+          live_dashboard_help());
+}
+
+/* The loss curve for the dashboard's training document: appended on the training thread, read on
+ * the monitor's ticker thread. Long runs keep every step up to a cap, then every other one. */
+enum { LOSS_CAP = 4096 };
+static struct {
+  pthread_mutex_t mu;
+  int n, stride;
+  double pts[LOSS_CAP][2];
+  int64_t step, total;
+  double lr;
+} curve = {PTHREAD_MUTEX_INITIALIZER, 0, 1, {{0}}, 0, 0, 0};
+
+static void on_step(void *ctx, int64_t step, int64_t total, double loss, double lr) {
+  (void)ctx;
+  pthread_mutex_lock(&curve.mu);
+  curve.step = step;
+  curve.total = total;
+  curve.lr = lr;
+  if (step % curve.stride == 0) {
+    if (curve.n == LOSS_CAP) { /* halve the resolution: keep every other point */
+      for (int i = 0; i < LOSS_CAP / 2; i++) memcpy(curve.pts[i], curve.pts[2 * i + 1], sizeof curve.pts[i]);
+      curve.n = LOSS_CAP / 2;
+      curve.stride *= 2;
+    }
+    if (step % curve.stride == 0) {
+      curve.pts[curve.n][0] = (double)step;
+      curve.pts[curve.n][1] = loss;
+      curve.n++;
+    }
+  }
+  pthread_mutex_unlock(&curve.mu);
+}
+
+static char *prov_training(void *ctx) {
+  (void)ctx;
+  pthread_mutex_lock(&curve.mu);
+  if (!curve.step) {
+    pthread_mutex_unlock(&curve.mu);
+    return NULL;
+  }
+  json_t *loss = json_array();
+  for (int i = 0; i < curve.n; i++)
+    json_array_append_new(loss, isfinite(curve.pts[i][1]) ? json_pack("[f,f]", curve.pts[i][0], curve.pts[i][1])
+                                                          : json_pack("[f,n]", curve.pts[i][0]));
+  json_t *doc = json_pack("{s:I,s:I,s:o,s:f}", "step", (json_int_t)curve.step, "total_steps", (json_int_t)curve.total,
+                          "loss", loss, "lr", curve.lr);
+  pthread_mutex_unlock(&curve.mu);
+  char *s = json_dumps(doc, JSON_COMPACT);
+  json_decref(doc);
+  return s;
 }
 
 static const char *PILOT_NOTES =
@@ -89,7 +146,7 @@ int qins_cli_train_pilot(const char *config, const char **sets, int n_sets, cons
 int cmd_train(int argc, char **argv) {
   const char *config = NULL, *resume = NULL;
   const char **sets = calloc((size_t)argc, sizeof *sets);
-  int n_sets = 0, quiet = 0, pilot = 0, report_only = 0;
+  int n_sets = 0, quiet = 0, pilot = 0, report_only = 0, drc;
   const char *prefix = "reports/C3";
   if (!sets) return qins_cli_fail(qins_error_set(QINS_ENOMEM, "no memory"));
   for (int i = 1; i < argc; i++) {
@@ -105,6 +162,12 @@ int cmd_train(int argc, char **argv) {
     else if (!strcmp(a, "--report-only")) report_only = 1;
     else if (!strcmp(a, "--report") && i + 1 < argc) prefix = argv[++i];
     else if (a[0] != '-' && !config) config = a;
+    else if ((drc = live_dashboard_arg(argc, argv, &i)) != 0) { /* --dashboard [ADDR:PORT] and friends */
+      if (drc < 0) {
+        free(sets);
+        return qins_cli_fail(drc);
+      }
+    }
     else {
       usage(stderr);
       free(sets);
@@ -122,12 +185,20 @@ int cmd_train(int argc, char **argv) {
     return prc ? qins_cli_fail(prc) : 0;
   }
   qins_train_opts o = {config, sets, n_sets, resume, quiet ? NULL : stderr};
+  qins_monitor_providers prov = {.training_json = prov_training};
+  qins_train_set_step_hook(on_step, NULL);
+  live_dashboard_start("train", &prov);
   qins_train_result r;
   int rc = qins_train_run(&o, &r);
   free(sets);
-  if (rc) return qins_cli_fail(rc);
+  if (rc) {
+    live_dashboard_finish();
+    return qins_cli_fail(rc);
+  }
   printf("{\"steps\": %lld, \"loss\": %.6f, \"eval_loss\": %.6f, \"eval_ppl\": %.4f, \"tokens_per_s\": %.1f, "
          "\"checkpoint\": \"%s\"}\n",
          (long long)r.steps, r.last_loss, r.eval_loss, r.eval_ppl, r.tokens_per_s, r.last_checkpoint);
+  fflush(stdout);
+  live_dashboard_finish(); /* after the summary: --dashboard-wait then serves until Ctrl-C */
   return 0;
 }

@@ -1,5 +1,6 @@
 /* Gate runners A1..C1: parameters from the gate YAML, FP vs QINS branches, reports with thresholds. */
 #include "core/eval/gates.h"
+#include "core/eval/gate_board.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -1398,6 +1399,10 @@ int qins_gate_run(const char *name, const qins_gate_opts *o, char *verdict, size
     return rc;
   }
   qins_report_init(&g.rep, name, gate_title(name));
+  {
+    qins_cfg *th = qins_cfg_get(g.cfg, "thresholds"); /* about one check per threshold: progress */
+    qins_gate_board_begin(name, th && th->type == QINS_CFG_MAP ? th->n : 1);
+  }
   double t0 = now_s();
   const char *be_spec = o->backend ? o->backend : "cpu";
   rc = qins_model_open(o->model_path, &g.m);
@@ -1477,6 +1482,7 @@ write:
   qins_report_run_num(&g.rep, "wall_s", now_s() - t0);
   rc = qins_report_write(&g.rep, o->out_dir ? o->out_dir : "reports");
   if (!rc) snprintf(verdict, vn, "%s", qins_report_finish(&g.rep));
+  qins_gate_board_finish(name, rc ? "not-run" : verdict);
   goto done;
 fail_input:;
   int keep = rc;
@@ -1488,6 +1494,7 @@ fail_input:;
   qins_report_run_num(&g.rep, "wall_s", now_s() - t0);
   qins_report_write(&g.rep, o->out_dir ? o->out_dir : "reports");
   snprintf(verdict, vn, "not-run");
+  qins_gate_board_finish(name, "not-run");
   qins_error_set(keep, "%s", msg);
   rc = keep;
 done:

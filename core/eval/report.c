@@ -1,6 +1,8 @@
 /* Gate report documents: JSON model, Markdown rendering and a plain SVG line plot per plot. */
 #include "core/eval/report.h"
 
+#include "core/eval/gate_board.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -60,6 +62,8 @@ int qins_report_check(qins_report *r, const char *what, double value, const char
   json_object_set_new(c, "verdict", json_string(pass ? "pass" : "fail"));
   json_object_set_new(c, "note", json_string(note ? note : ""));
   json_array_append_new(json_object_get(r->root, "checks"), c);
+  const char *gate = json_string_value(json_object_get(r->root, "gate"));
+  if (gate) qins_gate_board_check(gate, what, value, threshold, pass); /* the dashboard's gates panel */
   return pass;
 }
 

@@ -1,11 +1,13 @@
 /* Coverage policy: YAML parsing (with file:line:col errors) and re-encoding a runtime's weights. */
 #include "core/llm/policy.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error.h"
+#include "core/metrics.h"
 #include "core/qins_codec.h"
 
 static const char *const path_names[QINS_PATH_COUNT] = {"v_proj",   "o_proj",  "mlp_up",     "mlp_gate",
@@ -327,6 +329,64 @@ static float to_f32(const void *base, qins_dtype dt, int64_t i) {
   return ((const float *)base)[i];
 }
 
+
+/* For the dashboard (docs/dashboard.md): the codes a re-encoded tensor uses and |decode - w| per
+ * weight, as histograms qins_codes / qins_recon_error{tensor, format}. Counted here and set in one
+ * call (a lock per weight would cost more than the encode); set, not added, so applying the same
+ * policy twice (gates build several branches) publishes the same numbers. Bucket bounds are code
+ * values: one per code for qins6, groups of 4 codes for the 256-code formats (64 buckets at most). */
+enum { ERR_BOUNDS = 13, CODE_BUCKETS = 64 };
+
+static void publish_tensor(const char *name, qins_dtype fmt, const float *x, const float *y, const void *codes,
+                           int64_t rows, int64_t cols) {
+  char lab[QINS_NAME_MAX + 64], clean[QINS_NAME_MAX];
+  size_t k = 0;
+  for (const char *c = name; *c && k + 1 < sizeof clean; c++) clean[k++] = (*c == '"' || *c == '\\') ? '_' : *c;
+  clean[k] = 0;
+  snprintf(lab, sizeof lab, "tensor=\"%s\",format=\"%s\"", clean, qins_dtype_name(fmt));
+  int64_t n = rows * cols;
+  double eb[ERR_BOUNDS];
+  for (int i = 0; i < ERR_BOUNDS; i++) eb[i] = pow(10.0, -7.0 + 0.5 * i);
+  uint64_t ec[ERR_BOUNDS + 1] = {0};
+  double esum = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double e = fabs((double)y[i] - (double)x[i]);
+    int b = 0;
+    while (b < ERR_BOUNDS && !(e <= eb[b])) b++; /* NaN: +Inf bucket */
+    ec[b]++;
+    if (!isnan(e)) esum += e;
+  }
+  qins_metric_histogram_set(
+      qins_metric_histogram("qins_recon_error", "Absolute reconstruction error per weight.", lab, eb, ERR_BOUNDS), ec,
+      ERR_BOUNDS + 1, esum);
+  int lo, width, n_codes;
+  if (fmt == QINS_DT_QINS6) lo = 0, width = 1, n_codes = 64;
+  else if (fmt == QINS_DT_QINS8) lo = 0, width = 4, n_codes = 256;
+  else if (fmt == QINS_DT_INT8_ROW || fmt == QINS_DT_INT8_B32) lo = -127, width = 4, n_codes = 255;
+  else return; /* qins-f32, f16, bf16 store values, not codes */
+  int nb = (n_codes + width - 1) / width; /* buckets, the last one +Inf */
+  double cb[CODE_BUCKETS];
+  for (int i = 0; i < nb - 1; i++) cb[i] = lo + width * (i + 1) - 1;
+  uint64_t cc[CODE_BUCKETS] = {0};
+  double csum = 0;
+  size_t rb = qins_format_row_bytes(fmt, cols);
+  uint8_t *row6 = fmt == QINS_DT_QINS6 ? malloc((size_t)cols) : NULL;
+  if (fmt == QINS_DT_QINS6 && !row6) return;
+  for (int64_t r = 0; r < rows; r++) {
+    const uint8_t *src = (const uint8_t *)codes + (size_t)r * rb;
+    if (row6) qins_codec_unpack6(src, cols, row6), src = row6;
+    for (int64_t c = 0; c < cols; c++) {
+      int q = fmt == QINS_DT_INT8_ROW || fmt == QINS_DT_INT8_B32 ? (int)(int8_t)src[c] : (int)src[c];
+      int b = (q - lo) / width;
+      cc[b < 0 ? 0 : b >= nb ? nb - 1 : b]++;
+      csum += q;
+    }
+  }
+  free(row6);
+  qins_metric_histogram_set(qins_metric_histogram("qins_codes", "QINS codes used by a tensor.", lab, cb, nb - 1), cc,
+                            nb, csum);
+}
+
 static int encode_matrix(qins_policy_state *st, qins_backend *be, qins_tensor *t, const qins_path_policy *pp,
                          int unfused) {
   if (t->dtype != QINS_DT_F32 && t->dtype != QINS_DT_F16 && t->dtype != QINS_DT_BF16)
@@ -351,14 +411,15 @@ static int encode_matrix(qins_policy_state *st, qins_backend *be, qins_tensor *t
     goto done;
   st->bytes += (int64_t)code_bytes + ns * 4;
   qins_buf *b;
+  y = malloc(n * sizeof(float));
+  if (!y) {
+    rc = QINS_ENOMEM;
+    goto done;
+  }
+  if ((rc = qins_codec_decode(pp->format, codes, rows, cols, scales, y))) goto done;
+  publish_tensor(t->name, pp->format, x, y, codes, rows, cols);
   if (unfused && pp->format != QINS_DT_F16 && pp->format != QINS_DT_BF16) {
     /* decode once at load: the f32 matmul then sees exactly the stored weights */
-    y = malloc(n * sizeof(float));
-    if (!y) {
-      rc = QINS_ENOMEM;
-      goto done;
-    }
-    if ((rc = qins_codec_decode(pp->format, codes, rows, cols, scales, y))) goto done;
     if ((rc = upload(st, be, y, n * sizeof(float), &b))) goto done;
     t->dtype = QINS_DT_F32;
     t->buf = b;

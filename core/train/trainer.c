@@ -510,6 +510,14 @@ typedef struct trainer {
   qins_metric *m_loss, *m_eval, *m_lr, *m_norm, *m_tps, *m_tokens, *m_step;
 } trainer;
 
+static qins_train_step_fn step_hook;
+static void *step_hook_ctx;
+
+void qins_train_set_step_hook(qins_train_step_fn fn, void *ctx) {
+  step_hook = fn;
+  step_hook_ctx = ctx;
+}
+
 static void fmt_hex(char *buf, size_t n, double v) { snprintf(buf, n, "%a", v); }
 
 static int save_checkpoint(trainer *t, const char *dir) {
@@ -994,6 +1002,7 @@ int qins_train_run(const qins_train_opts *opts, qins_train_result *res) {
     qins_metric_set(t.m_tps, tps);
     qins_metric_add(t.m_tokens, (double)B * c->grad_accum * T);
     qins_metric_set(t.m_step, (double)t.step);
+    if (step_hook) step_hook(step_hook_ctx, t.step, c->steps, loss, rep.lr);
     res->last_loss = loss;
     if (rep.anomaly != QINS_ANOMALY_NONE && pr) fprintf(pr, "%s%s\n", tty ? "\n" : "", rep.message);
     if (pr && (t.step % c->log_every == 0 || t.step == c->steps)) {

@@ -15,6 +15,11 @@ typedef struct qins_train_opts {
   FILE *progress;            /* progress lines (NULL: none) */
 } qins_train_opts;
 
+/* Process-wide hook called after every optimizer step of qins_train_run, on the training thread
+ * (the dashboard's loss curve); total_steps is the run's configured step count. NULL: none. */
+typedef void (*qins_train_step_fn)(void *ctx, int64_t step, int64_t total_steps, double loss, double lr);
+void qins_train_set_step_hook(qins_train_step_fn fn, void *ctx);
+
 typedef struct qins_train_result {
   int64_t steps;             /* last step run */
   double last_loss;          /* training loss of the last step */
