@@ -587,9 +587,9 @@ static void test_hf_config_styles(void **state) {
   write_text(tmp_path("config.json"), "{\"model_type\": \"llama\", \"hidden_size\": 64}");
   expect_einput(tmpdir, "config.json", "num_hidden_layers");
 
-  /* unsupported architecture */
+  /* unsupported architecture: a model this engine cannot read is bad input to it (exit 2) */
   write_text(tmp_path("config.json"), "{\"model_type\": \"mamba\"}");
-  assert_int_equal(qins_model_open(tmpdir, &m), QINS_EUNSUPPORTED);
+  assert_int_equal(qins_model_open(tmpdir, &m), QINS_EINPUT);
   assert_non_null(strstr(qins_error_msg(), "mamba"));
 
   /* architectures[] when model_type is absent; eos as a list */

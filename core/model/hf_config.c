@@ -61,7 +61,7 @@ static int parse_act(const char *path, const char *key, const char *s, qins_act 
   else if (!strcmp(s, "gelu")) *out = QINS_ACT_GELU;
   else if (!strcmp(s, "relu")) *out = QINS_ACT_RELU;
   else
-    return qins_error_set(QINS_EUNSUPPORTED, "%s: %s \"%s\" is not supported (silu, gelu_new, gelu, relu)", path,
+    return qins_error_set(QINS_EINPUT, "%s: %s \"%s\" is not supported (silu, gelu_new, gelu, relu)", path,
                           key, s);
   return 0;
 }
@@ -77,7 +77,7 @@ static int arch_from(const char *path, const json_t *root, qins_arch *out) {
     else if (!strcmp(mt, "phi3")) *out = QINS_ARCH_PHI3;
     else if (!strcmp(mt, "gpt2")) *out = QINS_ARCH_GPT2;
     else
-      return qins_error_set(QINS_EUNSUPPORTED, "%s: model_type \"%s\" is not supported (llama, phi3, gpt2)", path,
+      return qins_error_set(QINS_EINPUT, "%s: model_type \"%s\" is not supported (llama, phi3, gpt2)", path,
                             mt);
     return 0;
   }
@@ -86,7 +86,7 @@ static int arch_from(const char *path, const json_t *root, qins_arch *out) {
     else if (!strncmp(an, "Phi3", 4)) *out = QINS_ARCH_PHI3;
     else if (!strncmp(an, "GPT2", 4)) *out = QINS_ARCH_GPT2;
     else
-      return qins_error_set(QINS_EUNSUPPORTED, "%s: architecture \"%s\" is not supported (llama, phi3, gpt2)", path,
+      return qins_error_set(QINS_EINPUT, "%s: architecture \"%s\" is not supported (llama, phi3, gpt2)", path,
                             an);
     return 0;
   }
@@ -152,7 +152,7 @@ static int parse_rope(const char *path, const json_t *root, qins_model_config *c
   if (!type && r) type = get_str(r, "type");
   if (!type || !strcmp(type, "default")) return 0;
   if (strcmp(type, "longrope") != 0 && strcmp(type, "su") != 0)
-    return qins_error_set(QINS_EUNSUPPORTED, "%s: %s type \"%s\" is not supported (default, longrope)", path,
+    return qins_error_set(QINS_EINPUT, "%s: %s type \"%s\" is not supported (default, longrope)", path,
                           rp_key, type);
   c->rope_scaling = QINS_ROPE_SCALING_LONGROPE;
   c->rope_n_factors = c->rope_dim / 2;
