@@ -1,5 +1,6 @@
 /* Samples this process's CPU time, resident memory and engine-owned bytes into the metrics registry. */
 #include <stdio.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -7,6 +8,11 @@
 #include "core/mem.h"
 #include "core/metrics.h"
 #include "monitor/monitor.h"
+
+/* Owners named "device.*" hold device memory (core/vk charges its allocations to "device.vk"). */
+static void add_device_bytes(const qins_mem_owner *o, void *user) {
+  if (strncmp(qins_mem_owner_name(o), "device.", 7) == 0) *(int64_t *)user += qins_mem_owner_bytes(o);
+}
 
 int qins_monitor_sample_process(const char *worker, int64_t device_bytes) {
   if (!worker || !*worker) return qins_error_set(QINS_EINVAL, "qins_monitor_sample_process: empty worker name");
@@ -30,10 +36,14 @@ int qins_monitor_sample_process(const char *worker, int64_t device_bytes) {
   }
   qins_metric_set(qins_metric_gauge("qins_worker_rss_bytes", "Resident memory of the worker process.", lab),
                   (double)resident * (double)sysconf(_SC_PAGESIZE));
-  qins_metric_set(qins_metric_gauge("qins_worker_engine_bytes", "Bytes the engine allocated (qins_mem accounting).", lab),
-                  (double)qins_mem_total_bytes());
-  if (device_bytes >= 0)
-    qins_metric_set(qins_metric_gauge("qins_worker_device_bytes", "Device memory held by the worker.", lab),
-                    (double)device_bytes);
+  /* device_bytes < 0: take it from the accounting (0 for a cpu-only worker) */
+  int64_t accounted_device = 0;
+  qins_mem_foreach(add_device_bytes, &accounted_device);
+  if (device_bytes < 0) device_bytes = accounted_device;
+  qins_metric_set(qins_metric_gauge("qins_worker_engine_bytes", "Host bytes the engine allocated (qins_mem accounting).",
+                                    lab),
+                  (double)(qins_mem_total_bytes() - accounted_device));
+  qins_metric_set(qins_metric_gauge("qins_worker_device_bytes", "Device memory held by the worker.", lab),
+                  (double)device_bytes);
   return 0;
 }

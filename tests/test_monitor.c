@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/backend.h"
 #include "core/error.h"
 #include "core/metrics.h"
 #include "monitor/cli.h"
@@ -1063,10 +1064,41 @@ static void test_cli_exit_codes(void **state) {
   assert_int_equal(run_qins("run --dashboard=nowhere x.yaml"), 2);
 }
 
+
+/* Worker memory panel: device bytes come from the "device.*" accounting owners (a Vulkan buffer
+ * raises them by its size), engine bytes are the host part. */
+static void test_worker_device_bytes(void **state) {
+  (void)state;
+  const char *lab = "worker=\"memtest\"";
+  assert_int_equal(qins_monitor_sample_process("memtest", -1), 0);
+  qins_metric *dev = qins_metric_gauge("qins_worker_device_bytes", "Device memory held by the worker.", lab);
+  double before = qins_metric_value(dev);
+  char names[8][64];
+  int nb = test_backends(names, 8);
+  for (int b = 0; b < nb; b++) {
+    if (strncmp(names[b], "vk", 2) != 0) continue;
+    qins_backend *be;
+    assert_int_equal(qins_backend_create(names[b], &be), 0);
+    qins_tensor t;
+    int64_t shape[1] = {1 << 18}; /* 1 MiB of f32 */
+    test_tensor_make(be, &t, "t", QINS_DT_F32, 1, shape, NULL);
+    assert_int_equal(qins_monitor_sample_process("memtest", -1), 0);
+    assert_true(qins_metric_value(dev) >= before + (1 << 20));
+    qins_tensor_free(&t);
+    assert_int_equal(qins_monitor_sample_process("memtest", -1), 0);
+    assert_true(qins_metric_value(dev) <= before + (1 << 20) - 1);
+    qins_backend_destroy(be);
+    return;
+  }
+  /* no Vulkan device: a cpu-only worker holds no device memory */
+  assert_true(before == 0.0);
+}
+
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_addr_and_loopback_default),
+      cmocka_unit_test(test_worker_device_bytes),
       cmocka_unit_test(test_static_and_state),
       cmocka_unit_test(test_prometheus),
       cmocka_unit_test(test_sse_events_advance),

@@ -41,7 +41,8 @@ int vk_buffer_create(vk_ctx *c, VkDeviceSize size, int staging, vk_buffer **out)
     return qins_error_wrap(rc, "%s buffer of %llu bytes on %s: ", staging ? "staging" : "device", (unsigned long long)size,
                            c->info.device_name);
   }
-  qins_mem_owner_charge(vk_owner(), (int64_t)size);
+  /* device allocations have their own owner, so metrics can tell device from host bytes */
+  qins_mem_owner_charge(qins_mem_owner_get("device.vk"), (int64_t)size);
   *out = b;
   return 0;
 }
@@ -51,7 +52,7 @@ void vk_buffer_destroy(vk_ctx *c, vk_buffer *b) {
   if (b->map) vkUnmapMemory(c->dev, b->mem);
   vkDestroyBuffer(c->dev, b->buf, NULL);
   vkFreeMemory(c->dev, b->mem, NULL);
-  qins_mem_owner_charge(vk_owner(), -(int64_t)b->size);
+  qins_mem_owner_charge(qins_mem_owner_get("device.vk"), -(int64_t)b->size);
   qins_mem_free(vk_owner(), b);
 }
 
