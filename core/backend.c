@@ -1,5 +1,6 @@
 /* Backend selection, buffer helpers, and the qins_op_* wrappers that validate before dispatch. */
 #include "core/backend.h"
+#include "core/backend_check.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,11 +129,7 @@ int qins_tensor_read(const qins_tensor *t, void *dst) {
 
 /* ---------------------------------------------------------------- validation helpers */
 
-/* Each DESC in one expression gets its own buffer (__COUNTER__ differs per use). */
-#define DESC(t) qins_tensor_describe((t), dbuf[__COUNTER__ % 4], sizeof dbuf[0])
-#define DESC_DECL char dbuf[4][192]; (void)dbuf
-
-static int placed(const char *op, const qins_tensor *t, qins_backend *be) {
+int qins_backend_check_placed(const char *op, const qins_tensor *t, qins_backend *be) {
   DESC_DECL;
   if (!t->buf) return qins_error_set(QINS_EINVAL, "%s: tensor %s has no buffer", op, DESC(t));
   if (t->buf->be != be)
@@ -172,37 +169,21 @@ static int want_same_numel(const char *op, const qins_tensor *a, const qins_tens
   return 0;
 }
 
-static uint64_t now_ns(void) {
+uint64_t qins_backend_now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static int unsupported(qins_backend *be, qins_op_kind kind) {
+int qins_backend_unsupported(qins_backend *be, qins_op_kind kind) {
   return qins_error_set(QINS_EUNSUPPORTED, "backend %s does not implement op %s", be->name, qins_op_name(kind));
 }
-
-#define RET_IF(x) do { int rc__ = (x); if (rc__) return rc__; } while (0)
-
-/* ---------------------------------------------------------------- ops */
-
-/* cpu ops are synchronous: their wall time is their cost. Device backends record their own
- * (timestamp queries) and only the call count is kept here. */
-#define DISPATCH(kind, member, ...)                                            \
-  do {                                                                         \
-    if (!be->ops->member) return unsupported(be, kind);                        \
-    uint64_t t0 = be->threads ? now_ns() : 0;                                  \
-    int rc_ = be->ops->member(be, __VA_ARGS__);                                \
-    be->stats[kind].calls++;                                                   \
-    if (be->threads) be->stats[kind].ns += now_ns() - t0;                      \
-    return rc_;                                                                \
-  } while (0)
 
 int qins_op_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, const qins_tensor *bias,
                    qins_tensor *y) {
   const char *op = "matmul";
   DESC_DECL;
-  RET_IF(placed(op, x, be)); RET_IF(placed(op, w, be)); RET_IF(placed(op, y, be));
+  RET_IF(PLACED(op, x)); RET_IF(PLACED(op, w)); RET_IF(PLACED(op, y));
   RET_IF(want_dtype(op, x, QINS_DT_F32)); RET_IF(want_dtype(op, y, QINS_DT_F32));
   if (!qins_dtype_is_quantized(w->dtype)) RET_IF(want_float_weight(op, w));
   else if (!w->scale) return qins_error_set(QINS_EINVAL, "%s: quantized weight %s has no scales", op, DESC(w));
@@ -215,7 +196,7 @@ int qins_op_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w,
   if (qins_tensor_cols(y) != n || qins_tensor_rows(y) != m)
     return qins_error_set(QINS_EINVAL, "%s: output %s must be [%lld,%lld]", op, DESC(y), (long long)m, (long long)n);
   if (bias) {
-    RET_IF(placed(op, bias, be)); RET_IF(want_dtype(op, bias, QINS_DT_F32)); RET_IF(want_numel(op, bias, n));
+    RET_IF(PLACED(op, bias)); RET_IF(want_dtype(op, bias, QINS_DT_F32)); RET_IF(want_numel(op, bias, n));
   }
   DISPATCH(QINS_OP_MATMUL, matmul, x, w, bias, y);
 }
@@ -223,7 +204,7 @@ int qins_op_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w,
 static int check_binary(const char *op, qins_backend *be, const qins_tensor *a, const qins_tensor *b,
                         const qins_tensor *y) {
   DESC_DECL;
-  RET_IF(placed(op, a, be)); RET_IF(placed(op, b, be)); RET_IF(placed(op, y, be));
+  RET_IF(PLACED(op, a)); RET_IF(PLACED(op, b)); RET_IF(PLACED(op, y));
   RET_IF(want_dtype(op, a, QINS_DT_F32)); RET_IF(want_dtype(op, b, QINS_DT_F32)); RET_IF(want_dtype(op, y, QINS_DT_F32));
   RET_IF(want_same_numel(op, a, y));
   int64_t nb = qins_tensor_numel(b);
@@ -244,11 +225,11 @@ int qins_op_mul(qins_backend *be, const qins_tensor *a, const qins_tensor *b, qi
 
 static int check_norm(const char *op, qins_backend *be, const qins_tensor *x, const qins_tensor *w,
                       const qins_tensor *b, const qins_tensor *y) {
-  RET_IF(placed(op, x, be)); RET_IF(placed(op, w, be)); RET_IF(placed(op, y, be));
+  RET_IF(PLACED(op, x)); RET_IF(PLACED(op, w)); RET_IF(PLACED(op, y));
   RET_IF(want_dtype(op, x, QINS_DT_F32)); RET_IF(want_dtype(op, w, QINS_DT_F32)); RET_IF(want_dtype(op, y, QINS_DT_F32));
   RET_IF(want_numel(op, w, qins_tensor_cols(x)));
   RET_IF(want_same_numel(op, x, y));
-  if (b) { RET_IF(placed(op, b, be)); RET_IF(want_dtype(op, b, QINS_DT_F32)); RET_IF(want_numel(op, b, qins_tensor_cols(x))); }
+  if (b) { RET_IF(PLACED(op, b)); RET_IF(want_dtype(op, b, QINS_DT_F32)); RET_IF(want_numel(op, b, qins_tensor_cols(x))); }
   return 0;
 }
 
@@ -267,7 +248,7 @@ int qins_op_rope(qins_backend *be, const qins_tensor *x, const qins_tensor *pos,
                  int rot_dim, float attn_factor, qins_rope_mode mode, qins_tensor *y) {
   const char *op = "rope";
   DESC_DECL;
-  RET_IF(placed(op, x, be)); RET_IF(placed(op, pos, be)); RET_IF(placed(op, inv_freq, be)); RET_IF(placed(op, y, be));
+  RET_IF(PLACED(op, x)); RET_IF(PLACED(op, pos)); RET_IF(PLACED(op, inv_freq)); RET_IF(PLACED(op, y));
   RET_IF(want_dtype(op, x, QINS_DT_F32)); RET_IF(want_dtype(op, y, QINS_DT_F32));
   RET_IF(want_dtype(op, pos, QINS_DT_I32)); RET_IF(want_dtype(op, inv_freq, QINS_DT_F32));
   if (x->ndim != 3) return qins_error_set(QINS_EINVAL, "%s: %s must be [M,H,D]", op, DESC(x));
@@ -281,7 +262,7 @@ int qins_op_rope(qins_backend *be, const qins_tensor *x, const qins_tensor *pos,
 }
 
 static int check_unary(const char *op, qins_backend *be, const qins_tensor *x, const qins_tensor *y) {
-  RET_IF(placed(op, x, be)); RET_IF(placed(op, y, be));
+  RET_IF(PLACED(op, x)); RET_IF(PLACED(op, y));
   RET_IF(want_dtype(op, x, QINS_DT_F32)); RET_IF(want_dtype(op, y, QINS_DT_F32));
   return want_same_numel(op, x, y);
 }
@@ -310,7 +291,7 @@ int qins_op_silu_mul(qins_backend *be, const qins_tensor *gate, const qins_tenso
 int qins_op_embed(qins_backend *be, const qins_tensor *table, const qins_tensor *ids, qins_tensor *y) {
   const char *op = "embed";
   DESC_DECL;
-  RET_IF(placed(op, table, be)); RET_IF(placed(op, ids, be)); RET_IF(placed(op, y, be));
+  RET_IF(PLACED(op, table)); RET_IF(PLACED(op, ids)); RET_IF(PLACED(op, y));
   RET_IF(want_float_weight(op, table)); RET_IF(want_dtype(op, ids, QINS_DT_I32)); RET_IF(want_dtype(op, y, QINS_DT_F32));
   if (table->ndim != 2) return qins_error_set(QINS_EINVAL, "%s: table %s must be [V,D]", op, DESC(table));
   if (qins_tensor_cols(y) != table->shape[1] || qins_tensor_rows(y) != qins_tensor_numel(ids))
@@ -323,7 +304,7 @@ int qins_op_attention(qins_backend *be, const qins_tensor *q, const qins_tensor 
                       int64_t pos0, float scale, qins_tensor *out) {
   const char *op = "attention";
   DESC_DECL;
-  RET_IF(placed(op, q, be)); RET_IF(placed(op, k_cache, be)); RET_IF(placed(op, v_cache, be)); RET_IF(placed(op, out, be));
+  RET_IF(PLACED(op, q)); RET_IF(PLACED(op, k_cache)); RET_IF(PLACED(op, v_cache)); RET_IF(PLACED(op, out));
   RET_IF(want_dtype(op, q, QINS_DT_F32)); RET_IF(want_dtype(op, out, QINS_DT_F32));
   RET_IF(want_dtype(op, k_cache, QINS_DT_F32));
   if (v_cache->dtype != QINS_DT_F32 && !(v_cache->dtype == QINS_DT_QINS8 && v_cache->scale))
@@ -348,7 +329,7 @@ int qins_op_attention(qins_backend *be, const qins_tensor *q, const qins_tensor 
 
 int qins_op_argmax(qins_backend *be, const qins_tensor *x, qins_tensor *idx) {
   const char *op = "argmax";
-  RET_IF(placed(op, x, be)); RET_IF(placed(op, idx, be));
+  RET_IF(PLACED(op, x)); RET_IF(PLACED(op, idx));
   RET_IF(want_dtype(op, x, QINS_DT_F32)); RET_IF(want_dtype(op, idx, QINS_DT_I32));
   RET_IF(want_numel(op, idx, qins_tensor_rows(x)));
   DISPATCH(QINS_OP_ARGMAX, argmax, x, idx);
@@ -356,7 +337,7 @@ int qins_op_argmax(qins_backend *be, const qins_tensor *x, qins_tensor *idx) {
 
 int qins_op_topk(qins_backend *be, const qins_tensor *x, int k, qins_tensor *values, qins_tensor *idx) {
   const char *op = "topk";
-  RET_IF(placed(op, x, be)); RET_IF(placed(op, values, be)); RET_IF(placed(op, idx, be));
+  RET_IF(PLACED(op, x)); RET_IF(PLACED(op, values)); RET_IF(PLACED(op, idx));
   RET_IF(want_dtype(op, x, QINS_DT_F32)); RET_IF(want_dtype(op, values, QINS_DT_F32)); RET_IF(want_dtype(op, idx, QINS_DT_I32));
   if (k < 1 || k > qins_tensor_cols(x))
     return qins_error_set(QINS_EINVAL, "%s: k=%d outside 1..%lld", op, k, (long long)qins_tensor_cols(x));
@@ -367,7 +348,7 @@ int qins_op_topk(qins_backend *be, const qins_tensor *x, int k, qins_tensor *val
 int qins_op_copy(qins_backend *be, const qins_tensor *src, qins_tensor *dst) {
   const char *op = "copy";
   DESC_DECL;
-  RET_IF(placed(op, src, be)); RET_IF(placed(op, dst, be));
+  RET_IF(PLACED(op, src)); RET_IF(PLACED(op, dst));
   if (src->dtype != dst->dtype) return qins_error_set(QINS_EINVAL, "%s: %s and %s differ in dtype", op, DESC(src), DESC(dst));
   if (qins_tensor_nbytes(src) != qins_tensor_nbytes(dst))
     return qins_error_set(QINS_EINVAL, "%s: %s and %s differ in size", op, DESC(src), DESC(dst));
@@ -376,7 +357,7 @@ int qins_op_copy(qins_backend *be, const qins_tensor *src, qins_tensor *dst) {
 
 int qins_op_cast(qins_backend *be, const qins_tensor *src, qins_tensor *dst) {
   const char *op = "cast";
-  RET_IF(placed(op, src, be)); RET_IF(placed(op, dst, be));
+  RET_IF(PLACED(op, src)); RET_IF(PLACED(op, dst));
   RET_IF(want_float_weight(op, src)); RET_IF(want_float_weight(op, dst)); RET_IF(want_same_numel(op, src, dst));
   DISPATCH(QINS_OP_CAST, cast, src, dst);
 }
@@ -384,7 +365,7 @@ int qins_op_cast(qins_backend *be, const qins_tensor *src, qins_tensor *dst) {
 int qins_op_calibrate(qins_backend *be, const qins_tensor *x, qins_dtype format, qins_alpha_spec spec,
                       qins_tensor *alpha) {
   const char *op = "calibrate";
-  RET_IF(placed(op, x, be)); RET_IF(placed(op, alpha, be));
+  RET_IF(PLACED(op, x)); RET_IF(PLACED(op, alpha));
   RET_IF(want_dtype(op, x, QINS_DT_F32)); RET_IF(want_dtype(op, alpha, QINS_DT_F32));
   if (!qins_dtype_is_qins(format))
     return qins_error_set(QINS_EINVAL, "%s: format %s is not a QINS format", op, qins_dtype_name(format));
@@ -396,13 +377,13 @@ int qins_op_calibrate(qins_backend *be, const qins_tensor *x, qins_dtype format,
 
 static int check_codec_pair(const char *op, qins_backend *be, const qins_tensor *plain, const qins_tensor *coded) {
   DESC_DECL;
-  RET_IF(placed(op, plain, be)); RET_IF(placed(op, coded, be));
+  RET_IF(PLACED(op, plain)); RET_IF(PLACED(op, coded));
   RET_IF(want_dtype(op, plain, QINS_DT_F32));
   if (!qins_tensor_same_shape(plain, coded))
     return qins_error_set(QINS_EINVAL, "%s: %s and %s differ in shape", op, DESC(plain), DESC(coded));
   if (qins_dtype_is_quantized(coded->dtype)) {
     if (!coded->scale) return qins_error_set(QINS_EINVAL, "%s: %s has no scale tensor", op, DESC(coded));
-    RET_IF(placed(op, coded->scale, be));
+    RET_IF(PLACED(op, coded->scale));
     RET_IF(want_dtype(op, coded->scale, QINS_DT_F32));
     RET_IF(want_numel(op, coded->scale,
                       qins_format_scale_count(coded->dtype, qins_tensor_rows(coded), qins_tensor_cols(coded))));

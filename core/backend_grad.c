@@ -1,32 +1,17 @@
 /* Validating wrappers for the backward ops and cross-entropy (core/backend_grad.h): shapes and
  * dtypes are checked here once, with tensor names in the message, then the backend is called. */
 #include "core/backend_grad.h"
+#include "core/backend_check.h"
 
 #include <math.h>
-#include <time.h>
 
 #include "core/error.h"
 
-#define DESC(t) qins_tensor_describe((t), dbuf[__COUNTER__ % 4], sizeof dbuf[0])
-#define DESC_DECL char dbuf[4][192]; (void)dbuf
-#define RET_IF(x) do { int rc__ = (x); if (rc__) return rc__; } while (0)
-
-static int placed(const char *op, const qins_tensor *t, qins_backend *be) {
-  DESC_DECL;
-  if (!t->buf) return qins_error_set(QINS_EINVAL, "%s: tensor %s has no buffer", op, DESC(t));
-  if (t->buf->be != be)
-    return qins_error_set(QINS_EINVAL, "%s: tensor %s lives on backend %s, not %s", op, DESC(t), t->buf->be->name,
-                          be->name);
-  if (t->offset > t->buf->size || qins_tensor_nbytes(t) > t->buf->size - t->offset)
-    return qins_error_set(QINS_EINVAL, "%s: tensor %s (offset %zu) runs past its buffer of %zu bytes", op, DESC(t),
-                          t->offset, t->buf->size);
-  return 0;
-}
 
 /* A placed f32 tensor with n elements. */
 static int f32_n(const char *op, qins_backend *be, const qins_tensor *t, int64_t n) {
   DESC_DECL;
-  RET_IF(placed(op, t, be));
+  RET_IF(PLACED(op, t));
   if (t->dtype != QINS_DT_F32) return qins_error_set(QINS_EINVAL, "%s: tensor %s must be f32", op, DESC(t));
   if (n >= 0 && qins_tensor_numel(t) != n)
     return qins_error_set(QINS_EINVAL, "%s: tensor %s must have %lld elements", op, DESC(t), (long long)n);
@@ -37,34 +22,16 @@ static int f32_like(const char *op, qins_backend *be, const qins_tensor *t, cons
   return f32_n(op, be, t, qins_tensor_numel(like));
 }
 
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* Same accounting as the forward wrappers: cpu ops are synchronous, so wall time is their cost. */
-#define DISPATCH(kind, member, ...)                                                                         \
-  do {                                                                                                      \
-    if (!be->ops->member)                                                                                   \
-      return qins_error_set(QINS_EUNSUPPORTED, "backend %s does not implement op %s", be->name,           \
-                            qins_op_name(kind));                                                            \
-    uint64_t t0 = be->threads ? now_ns() : 0;                                                               \
-    int rc_ = be->ops->member(be, __VA_ARGS__);                                                             \
-    be->stats[kind].calls++;                                                                                \
-    if (be->threads) be->stats[kind].ns += now_ns() - t0;                                                   \
-    return rc_;                                                                                             \
-  } while (0)
 
 int qins_op_matmul_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *x, const qins_tensor *w,
                             qins_tensor *dx, qins_tensor *dw, qins_tensor *dbias) {
   const char *op = "matmul_backward";
   DESC_DECL;
-  RET_IF(placed(op, w, be));
+  RET_IF(PLACED(op, w));
   if (w->ndim != 2) return qins_error_set(QINS_EINVAL, "%s: weight %s must be 2-D [N,K]", op, DESC(w));
   if (qins_dtype_is_quantized(w->dtype)) {
     if (!w->scale) return qins_error_set(QINS_EINVAL, "%s: quantized weight %s has no scales", op, DESC(w));
-    RET_IF(placed(op, w->scale, be));
+    RET_IF(PLACED(op, w->scale));
   } else if (w->dtype != QINS_DT_F32 && w->dtype != QINS_DT_F16 && w->dtype != QINS_DT_BF16) {
     return qins_error_set(QINS_EINVAL, "%s: weight %s must be f32, f16, bf16 or quantized", op, DESC(w));
   }
@@ -139,7 +106,7 @@ int qins_op_rope_backward(qins_backend *be, const qins_tensor *dy, const qins_te
   if (dy->ndim != 3) return qins_error_set(QINS_EINVAL, "%s: %s must be [M,H,D]", op, DESC(dy));
   if (rot_dim < 2 || rot_dim % 2 || rot_dim > dy->shape[2])
     return qins_error_set(QINS_EINVAL, "%s: rot_dim %d must be even and at most D of %s", op, rot_dim, DESC(dy));
-  RET_IF(placed(op, pos, be));
+  RET_IF(PLACED(op, pos));
   if (pos->dtype != QINS_DT_I32 || qins_tensor_numel(pos) != dy->shape[0])
     return qins_error_set(QINS_EINVAL, "%s: positions %s must be i32 [%lld]", op, DESC(pos), (long long)dy->shape[0]);
   RET_IF(f32_n(op, be, inv_freq, rot_dim / 2));
@@ -187,7 +154,7 @@ int qins_op_silu_mul_backward(qins_backend *be, const qins_tensor *gate, const q
 int qins_op_embed_backward(qins_backend *be, const qins_tensor *ids, const qins_tensor *dy, qins_tensor *dtable) {
   const char *op = "embed_backward";
   DESC_DECL;
-  RET_IF(placed(op, ids, be));
+  RET_IF(PLACED(op, ids));
   if (ids->dtype != QINS_DT_I32) return qins_error_set(QINS_EINVAL, "%s: ids %s must be i32", op, DESC(ids));
   RET_IF(f32_n(op, be, dtable, -1));
   if (dtable->ndim != 2) return qins_error_set(QINS_EINVAL, "%s: table gradient %s must be [V,D]", op, DESC(dtable));
@@ -225,7 +192,7 @@ int qins_op_cross_entropy(qins_backend *be, const qins_tensor *logits, const qin
   DESC_DECL;
   RET_IF(f32_n(op, be, logits, -1));
   int64_t m = qins_tensor_rows(logits);
-  RET_IF(placed(op, targets, be));
+  RET_IF(PLACED(op, targets));
   if (targets->dtype != QINS_DT_I32 || qins_tensor_numel(targets) != m)
     return qins_error_set(QINS_EINVAL, "%s: targets %s must be i32 [%lld]", op, DESC(targets), (long long)m);
   RET_IF(f32_n(op, be, loss, m));
