@@ -11,12 +11,8 @@
 #include "core/backend.h"
 #include "core/error.h"
 #include "core/qins_codec.h"
+#include "bench/bench_util.h"
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 typedef struct {
   double min_time; /* keep repeating until this much time has been spent */
@@ -32,9 +28,9 @@ static double time_best(const bench_cfg *cfg, bench_fn fn, void *user, int *reps
   double best = INFINITY, spent = 0;
   int reps = 0;
   while (reps < cfg->max_reps && (reps < 2 || spent < cfg->min_time)) {
-    double t0 = now_s();
+    double t0 = bench_now_s();
     if (fn(user)) return NAN;
-    double dt = now_s() - t0;
+    double dt = bench_now_s() - t0;
     spent += dt;
     if (dt < best) best = dt;
     reps++;

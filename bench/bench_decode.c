@@ -11,38 +11,9 @@
 #include "core/error.h"
 #include "core/llm/llm.h"
 #include "core/model/model.h"
+#include "bench/bench_util.h"
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
-/* Best of several memcpy passes over a buffer far larger than the caches. Reported as bytes moved
- * (read + write) per second: decode only reads weights, and a read stream runs at about the bus
- * rate that a copy's combined traffic reaches. */
-static double memcpy_bandwidth(size_t bytes, int reps) {
-  char *a = malloc(bytes), *b = malloc(bytes);
-  if (!a || !b) {
-    free(a);
-    free(b);
-    return 0.0;
-  }
-  memset(a, 1, bytes);
-  memset(b, 2, bytes);
-  double best = 1e30;
-  for (int r = 0; r < reps; r++) {
-    double t0 = now_s();
-    memcpy(r % 2 ? a : b, r % 2 ? b : a, bytes);
-    double t = now_s() - t0;
-    if (t < best) best = t;
-  }
-  volatile char sink = a[bytes / 2] + b[bytes / 3];
-  (void)sink;
-  free(a);
-  free(b);
-  return 2.0 * (double)bytes / best;
-}
 
 /* ---------------------------------------------------------------- synthetic Llama */
 
@@ -160,16 +131,16 @@ static int run_one(const qins_model *m, const char *model_name, const char *back
   int32_t next;
   if ((rc = qins_llm_forward(l, ids, 2, 0, NULL, &next))) goto done;
   qins_llm_reset(l);
-  double t0 = now_s();
+  double t0 = bench_now_s();
   if ((rc = qins_llm_forward(l, ids, prefill, 0, NULL, &next))) goto done;
-  double tp = now_s() - t0;
+  double tp = bench_now_s() - t0;
   memset(be->stats, 0, sizeof be->stats);
-  t0 = now_s();
+  t0 = bench_now_s();
   for (int i = 0; i < decode; i++) {
     int32_t cur = next;
     if ((rc = qins_llm_forward(l, &cur, 1, 0, NULL, &next))) goto done;
   }
-  double td = now_s() - t0;
+  double td = bench_now_s() - t0;
   memset(r, 0, sizeof *r);
   uint64_t total_ns = 0;
   for (int k = 0; k < QINS_OP_COUNT; k++) total_ns += be->stats[k].ns;
@@ -248,7 +219,7 @@ int main(int argc, char **argv) {
     nb = qins_backend_list(names, 16);
   }
 
-  double bw = memcpy_bandwidth(quick ? (64u << 20) : (256u << 20), quick ? 4 : 8);
+  double bw = 1e9 * bench_memcpy_gbps(quick ? (64u << 20) : (256u << 20), quick ? 4 : 8);
   printf("memcpy bandwidth: %.2f GB/s (bytes read + written per second, best of several passes)\n", bw / 1e9);
 
   if (only && strcmp(only, "stories260K") && strcmp(only, "synthetic")) {

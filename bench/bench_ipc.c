@@ -13,12 +13,8 @@
 
 #include "core/error.h"
 #include "core/ipc.h"
+#include "bench/bench_util.h"
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static volatile uint64_t sink_word;
 
@@ -141,7 +137,7 @@ static int run_pair(int tcp, size_t size, int count, int pingpong, int zerocopy,
   m.nbytes = size;
   double t0 = 0;
   for (int i = 0; i <= count; i++) {
-    if (i == 1) t0 = now_s(); /* the first message pays for connections and page faults */
+    if (i == 1) t0 = bench_now_s(); /* the first message pays for connections and page faults */
     while (qins_chan_tx_credits(&tx) == 0) {
       qins_wire_hdr h;
       qins_wire_frame f;
@@ -177,7 +173,7 @@ static int run_pair(int tcp, size_t size, int count, int pingpong, int zerocopy,
     qins_wire_release(&f);
     qins_chan_tx_credit(&tx, &h);
   }
-  double dt = now_s() - t0;
+  double dt = bench_now_s() - t0;
   int st;
   waitpid(pid, &st, 0);
   res->gbps = (double)size * count / dt / 1e9;
@@ -193,17 +189,19 @@ static int run_pair(int tcp, size_t size, int count, int pingpong, int zerocopy,
   return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
 }
 
-static double memcpy_gbps(size_t size, int count) {
+/* memcpy at the same tensor size, averaged over count copies: the yardstick for one IPC row
+ * (bench_memcpy_gbps measures best-of bandwidth on buffers far larger than the caches). */
+static double ipc_memcpy_gbps(size_t size, int count) {
   uint8_t *a = aligned_alloc(64, (size + 63) & ~(size_t)63), *b = aligned_alloc(64, (size + 63) & ~(size_t)63);
   memset(a, 1, size);
   memset(b, 2, size);
-  double t0 = now_s();
+  double t0 = bench_now_s();
   for (int i = 0; i < count; i++) {
     a[i % size] = (uint8_t)i;
     memcpy(b, a, size);
     consume(b, 64);
   }
-  double dt = now_s() - t0;
+  double dt = bench_now_s() - t0;
   free(a);
   free(b);
   return (double)size * count / dt / 1e9;
@@ -243,7 +241,7 @@ int main(int argc, char **argv) {
          "zc/mem", "shm lat us", "tcp GB/s", "tcp lat us");
   for (size_t size = 4096; size <= max_size; size *= 4) {
     int n = iters(size, budget);
-    double mc = memcpy_gbps(size, n);
+    double mc = ipc_memcpy_gbps(size, n);
     result thr, zc, lat, tthr = {0, 0}, tlat = {0, 0};
     if (run_pair(0, size, n, 0, 0, &thr) || run_pair(0, size, n, 0, 1, &zc) ||
         run_pair(0, size, n < 2000 ? n : 2000, 1, 0, &lat)) {

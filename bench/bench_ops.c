@@ -10,12 +10,8 @@
 
 #include "core/backend.h"
 #include "core/error.h"
+#include "bench/bench_util.h"
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static double cpu_time_s(void) {
   struct timespec ts;
@@ -33,47 +29,7 @@ static void usage(FILE *f) {
           "  --min-time S time each case for at least S seconds (default 0.3)\n");
 }
 
-static void cpu_model(char *buf, size_t n) {
-  snprintf(buf, n, "unknown cpu");
-  FILE *f = fopen("/proc/cpuinfo", "r");
-  if (!f) return;
-  char line[512];
-  while (fgets(line, sizeof line, f)) {
-    if (strncmp(line, "model name", 10) == 0) {
-      char *p = strchr(line, ':');
-      if (p) {
-        p += 1 + strspn(p + 1, " \t");
-        p[strcspn(p, "\n")] = 0;
-        snprintf(buf, n, "%s", p);
-      }
-      break;
-    }
-  }
-  fclose(f);
-}
 
-/* Best-of-N memcpy over buffers far larger than the caches; bytes read + written per second. */
-static double memcpy_gbps(size_t bytes, int reps) {
-  char *a = malloc(bytes), *b = malloc(bytes);
-  if (!a || !b) {
-    free(a);
-    free(b);
-    return 0;
-  }
-  memset(a, 1, bytes);
-  memset(b, 2, bytes); /* touch every page before timing */
-  double best = 1e30;
-  for (int r = 0; r < reps; r++) {
-    double t0 = now_s();
-    memcpy(b, a, bytes);
-    double t = now_s() - t0;
-    best = t < best ? t : best;
-    a[r % bytes] = b[(r * 7) % bytes]; /* keep the copies observable */
-  }
-  free(a);
-  free(b);
-  return 2.0 * (double)bytes / best / 1e9;
-}
 
 typedef struct shape { int64_t n, k; } shape;
 
@@ -117,15 +73,15 @@ static int bench_case(qins_backend *be, qins_dtype dt, int64_t m, int64_t n, int
   if (!rc) rc = qins_backend_sync(be);
   double times[64];
   int runs = 0;
-  double start = now_s(), cpu0 = cpu_time_s();
+  double start = bench_now_s(), cpu0 = cpu_time_s();
   while (!rc && runs < 64) {
-    double t0 = now_s();
+    double t0 = bench_now_s();
     rc = qins_op_matmul(be, &x, &w, NULL, &y);
     if (!rc) rc = qins_backend_sync(be);
-    times[runs++] = now_s() - t0;
-    if (quick || (runs >= 3 && now_s() - start >= min_time)) break;
+    times[runs++] = bench_now_s() - t0;
+    if (quick || (runs >= 3 && bench_now_s() - start >= min_time)) break;
   }
-  double wall = now_s() - start, cpu_used = cpu_time_s() - cpu0;
+  double wall = bench_now_s() - start, cpu_used = cpu_time_s() - cpu0;
   *busy_out = wall > 0 ? cpu_used / wall : 0;
   if (!rc) {
     /* median */
@@ -183,10 +139,10 @@ int main(int argc, char **argv) {
   const qins_dtype dts[3] = {QINS_DT_F32, QINS_DT_F16, QINS_DT_BF16};
 
   char cpu[256], host[128] = "?";
-  cpu_model(cpu, sizeof cpu);
+  bench_cpu_model(cpu, sizeof cpu);
   gethostname(host, sizeof host);
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  double bw = memcpy_gbps(quick ? (8u << 20) : (256u << 20), quick ? 2 : 8);
+  double bw = bench_memcpy_gbps(quick ? (8u << 20) : (256u << 20), quick ? 2 : 8);
   printf("machine: %s, %ld cores (host %s)\n", cpu, cores, host);
   printf("memcpy: %.1f GB/s (bytes read + written per second, %s buffers)\n", bw, quick ? "8 MiB" : "256 MiB");
   printf("GB/s counts the bytes a perfect kernel moves (weights + x + y once); busy = cores this process\n"

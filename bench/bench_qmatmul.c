@@ -13,12 +13,8 @@
 #include "core/cpu/cpu_qkern.h"
 #include "core/error.h"
 #include "core/qins_kv.h"
+#include "bench/bench_util.h"
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -37,24 +33,6 @@ static void usage(FILE *f) {
           "  --model NAME only model configurations whose name contains NAME (and f32, the baseline)\n");
 }
 
-static void cpu_model(char *buf, size_t n) {
-  snprintf(buf, n, "unknown cpu");
-  FILE *f = fopen("/proc/cpuinfo", "r");
-  if (!f) return;
-  char line[512];
-  while (fgets(line, sizeof line, f)) {
-    if (strncmp(line, "model name", 10) == 0) {
-      char *p = strchr(line, ':');
-      if (p) {
-        p += 1 + strspn(p + 1, " \t");
-        p[strcspn(p, "\n")] = 0;
-        snprintf(buf, n, "%s", p);
-      }
-      break;
-    }
-  }
-  fclose(f);
-}
 
 static uint32_t g_rng = 12345;
 static float rnd(void) { return (float)((g_rng = g_rng * 1664525u + 1013904223u) >> 9) * 0x1p-23f - 0.5f; }
@@ -121,12 +99,12 @@ static int time_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor
   int rc = qins_op_matmul(be, x, w, NULL, y);
   double times[200];
   int runs = 0;
-  double start = now_s();
+  double start = bench_now_s();
   while (!rc && runs < 200) {
-    double t0 = now_s();
+    double t0 = bench_now_s();
     rc = qins_op_matmul(be, x, w, NULL, y);
-    times[runs++] = now_s() - t0;
-    if (quick || (runs >= 3 && now_s() - start >= min_time)) break;
+    times[runs++] = bench_now_s() - t0;
+    if (quick || (runs >= 3 && bench_now_s() - start >= min_time)) break;
   }
   if (rc) return rc;
   for (int i = 1; i < runs; i++)
@@ -252,13 +230,13 @@ static int model_build(qins_backend *be, const model_cfg *cfg, int layers, int64
 static int model_run(qins_backend *be, model_inst *mi, int steps) {
   int rc = 0;
   for (int s = 0; !rc && s <= steps; s++) {
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (int l = 0; !rc && l < mi->layers; l++)
       for (int i = 0; !rc && i < NW; i++)
         rc = qins_op_matmul(be, i == W2 ? &mi->xh : &mi->xd, &mi->ws[l * NW + i], NULL,
                             i == W1 || i == W3 ? &mi->yh : &mi->yd);
     if (!rc) rc = qins_op_matmul(be, &mi->xd, &mi->head, NULL, &mi->yv);
-    double t = (now_s() - t0) * 1e3;
+    double t = (bench_now_s() - t0) * 1e3;
     if (s > 0 && t < mi->best_ms) mi->best_ms = t; /* step 0 is the warm-up */
   }
   return rc;
@@ -304,7 +282,7 @@ static int bench_vcache(qins_backend *be, int64_t t, int64_t h, int64_t d, int q
   int reps = quick ? 2 : 20;
   for (int r = 0; !rc && r < reps; r++)
     for (int c = 0; !rc && c < 5; c++) {
-      double t0 = now_s();
+      double t0 = bench_now_s();
       if (c == 0) rc = qins_op_attention(be, &q, &k, &v, t - 1, 0.125f, &o);
       else if (c == 1) rc = qins_op_attention(be, &q, &k, &v8, t - 1, 0.125f, &o);
       else if (c == 2) {
@@ -314,7 +292,7 @@ static int bench_vcache(qins_backend *be, int64_t t, int64_t h, int64_t d, int q
         qins_alpha_spec sp = {c == 3 ? QINS_ALPHA_MSE : QINS_ALPHA_ABSMAX, 0};
         rc = qins_kv_append_v(be, &vnew, &v8, t - 1, sp);
       }
-      double dt = (now_s() - t0) * 1e3;
+      double dt = (bench_now_s() - t0) * 1e3;
       if (r > 0 && dt < best[c]) best[c] = dt; /* round 0 warms up */
       if (reps == 1 || (quick && r == 0)) best[c] = dt;
     }
@@ -361,7 +339,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   char cpu[256], host[128] = "?";
-  cpu_model(cpu, sizeof cpu);
+  bench_cpu_model(cpu, sizeof cpu);
   gethostname(host, sizeof host);
   cpu_qdecode best_decode = cpu_qmatmul_set_decode(CPU_QDECODE_AUTO);
   printf("machine: %s, %ld cores (host %s); backend %s; fused decode (auto): %s\n", cpu,

@@ -14,12 +14,8 @@
 #include "core/train/data.h"
 #include "core/train/model_grad.h"
 #include "core/train/optim.h"
+#include "bench/bench_util.h"
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void usage(FILE *f) {
   fprintf(f, "usage: qins-bench-train [--layers 12] [--dim 768] [--heads 12] [--vocab 50257] [--batch 4] [--seq 64]\n"
@@ -107,13 +103,13 @@ static int gemm_peak(qins_backend *be, int M, int D, double *flops) {
   qins_tensor_write(&x, buf);
   qins_tensor_write(&w, buf);
   free(buf);
-  double best = 1e30, t_end = now_s() + 1.0;
+  double best = 1e30, t_end = bench_now_s() + 1.0;
   int calls = 0;
-  while (!rc && (now_s() < t_end || calls < 3)) {
-    double t0 = now_s();
+  while (!rc && (bench_now_s() < t_end || calls < 3)) {
+    double t0 = bench_now_s();
     rc = qins_op_matmul(be, &x, &w, NULL, &y);
     if (!rc) rc = qins_backend_sync(be);
-    double dt = now_s() - t0;
+    double dt = bench_now_s() - t0;
     if (dt < best) best = dt;
     calls++;
   }
@@ -191,15 +187,15 @@ int main(int argc, char **argv) {
   double best_fb = 1e30, best_opt = 1e30;
   for (int s = 0; s <= steps && !rc; s++) { /* step 0: warm-up */
     qins_optim_zero_grad(o);
-    double t0 = now_s(), loss = 0;
+    double t0 = bench_now_s(), loss = 0;
     for (int b = 0; b < B && !rc; b++) {
       for (int t = 0; t < T; t++) ids[t] = (int32_t)(qins_splitmix64(&st) % (uint64_t)V);
       rc = qins_train_model_loss_grad(tm, ids, T, &loss);
       qins_optim_micro_done(o);
     }
-    double t1 = now_s();
+    double t1 = bench_now_s();
     if (!rc) rc = qins_optim_step(o, loss, NULL);
-    double t2 = now_s();
+    double t2 = bench_now_s();
     if (s > 0) {
       best_fb = fmin(best_fb, t1 - t0);
       best_opt = fmin(best_opt, t2 - t1);
