@@ -14,59 +14,10 @@
 #include "core/backend_grad.h"
 #include "core/error.h"
 #include "core/vk/vk.h"
-#include "tests/test_util.h"
+#include "tests/test_pair.h"
 
-static qins_backend *B[2]; /* cpu, vk:0 */
-
-static int setup(void **state) {
-  (void)state;
-  test_seed();
-  if (qins_backend_create("cpu", &B[0])) return -1;
-  if (qins_vk_device_count() > 0 && qins_backend_create("vk:0", &B[1]) != 0) {
-    fprintf(stderr, "vk:0 unavailable: %s\n", qins_error_msg());
-    return -1;
-  }
-  return 0;
-}
-
-static int teardown(void **state) {
-  (void)state;
-  qins_backend_destroy(B[1]);
-  qins_backend_destroy(B[0]);
-  return 0;
-}
-
-#define OK(x) do { int rc_ = (x); if (rc_) fail_msg("%s -> %d: %s", #x, rc_, qins_error_msg()); } while (0)
-#define NEED_VK() do { if (!B[1]) { skip(); return; } } while (0)
-
-/* A tensor on both backends, optionally at a byte offset inside a larger buffer (a view). */
-typedef struct { qins_tensor t[2]; } pair;
-
-static void pmake(pair *p, const char *name, qins_dtype dt, int nd, const int64_t *shape, const void *data, size_t voff) {
-  for (int i = 0; i < 2; i++) {
-    qins_tensor *t = &p->t[i];
-    assert_int_equal(qins_tensor_init(t, name, dt, nd, shape), 0);
-    size_t n = qins_tensor_nbytes(t);
-    assert_int_equal(qins_buf_alloc(B[i], n + voff + 8, &t->buf), 0);
-    t->offset = voff;
-    if (data) assert_int_equal(qins_tensor_write(t, data), 0);
-    else test_poison(t);
-  }
-}
-
-static void *pair_read(const pair *p, int i) {
-  size_t n = qins_tensor_nbytes(&p->t[i]);
-  void *h = malloc(n ? n : 1);
-  assert_int_equal(qins_tensor_read(&p->t[i], h), 0);
-  return h;
-}
-
-static void pfree(pair *p) {
-  for (int i = 0; i < 2; i++) {
-    qins_buf_free(p->t[i].buf);
-    p->t[i].buf = NULL;
-  }
-}
+/* cpu, vk:0 */
+static qins_backend **const B = test_pair_be;
 
 static void compare_f32(const char *what, const pair *p, double tol) {
   float *a = pair_read(p, 0), *b = pair_read(p, 1);
@@ -93,7 +44,6 @@ static void *to_dtype(const float *x, int64_t n, qins_dtype dt) {
   return o;
 }
 
-static size_t rand_off(size_t unit) { return unit * (size_t)(test_rand_u64() % 6); } /* 0..5 units: mostly unaligned */
 
 /* Every embedded variant passes spirv-val for Vulkan 1.2 (skipped when spirv-val is missing). */
 static void test_spirv_valid(void **state) {
@@ -1155,5 +1105,5 @@ int main(void) {
       cmocka_unit_test(test_fallback_paths),
       cmocka_unit_test(test_validation),
   };
-  return cmocka_run_group_tests_name("vk", tests, setup, teardown);
+  return cmocka_run_group_tests_name("vk", tests, test_pair_setup, test_pair_teardown);
 }

@@ -24,66 +24,16 @@
 #include "core/error.h"
 #include "core/qins_codec.h"
 #include "core/vk/vk.h"
-#include "tests/test_util.h"
+#include "tests/test_pair.h"
 
 #define TOL 1e-5
 
-static qins_backend *B[2]; /* cpu, vk:0 */
+/* cpu, vk:0 */
+static qins_backend **const B = test_pair_be;
 
 static const qins_dtype k_formats[] = {QINS_DT_QINS_F32, QINS_DT_QINS8, QINS_DT_QINS6, QINS_DT_INT8_ROW,
                                        QINS_DT_INT8_B32};
 #define N_FORMATS (int)(sizeof k_formats / sizeof k_formats[0])
-
-static int setup(void **state) {
-  (void)state;
-  test_seed();
-  if (qins_backend_create("cpu", &B[0])) return -1;
-  if (qins_vk_device_count() > 0 && qins_backend_create("vk:0", &B[1]) != 0) {
-    fprintf(stderr, "vk:0 unavailable: %s\n", qins_error_msg());
-    return -1;
-  }
-  return 0;
-}
-
-static int teardown(void **state) {
-  (void)state;
-  qins_backend_destroy(B[1]);
-  qins_backend_destroy(B[0]);
-  return 0;
-}
-
-#define OK(x) do { int rc_ = (x); if (rc_) fail_msg("%s -> %d: %s", #x, rc_, qins_error_msg()); } while (0)
-#define NEED_VK() do { if (!B[1]) { skip(); return; } } while (0)
-
-/* A tensor on both backends at byte offset voff inside a larger buffer; poisoned without data. */
-typedef struct { qins_tensor t[2]; } pair;
-
-static void pmake(pair *p, const char *name, qins_dtype dt, int nd, const int64_t *shape, const void *data, size_t voff) {
-  for (int i = 0; i < 2; i++) {
-    qins_tensor *t = &p->t[i];
-    assert_int_equal(qins_tensor_init(t, name, dt, nd, shape), 0);
-    size_t n = qins_tensor_nbytes(t);
-    assert_int_equal(qins_buf_alloc(B[i], n + voff + 8, &t->buf), 0);
-    t->offset = voff;
-    if (data) assert_int_equal(qins_tensor_write(t, data), 0);
-    else test_poison(t);
-  }
-}
-
-static void pfree(pair *p) {
-  for (int i = 0; i < 2; i++) {
-    qins_buf_free(p->t[i].buf);
-    p->t[i].buf = NULL;
-  }
-}
-
-static float *pread(const pair *p, int i) {
-  float *h = malloc(qins_tensor_nbytes(&p->t[i]) + 4);
-  assert_int_equal(qins_tensor_read(&p->t[i], h), 0);
-  return h;
-}
-
-static size_t rand_off(size_t unit) { return unit * (size_t)(test_rand_u64() % 6); }
 
 /* A quantized weight [n,k] in fmt on both backends (codes and scales both views), plus the host
  * decode of it. */
@@ -136,7 +86,7 @@ static void qmatmul_case(qins_dtype fmt, int64_t m, int64_t k, int64_t n, int wi
   for (int i = 0; i < 2; i++) OK(qins_op_matmul(B[i], &X.t[i], &q.w.t[i], with_bias ? &Bi.t[i] : NULL, &Y.t[i]));
   OK(qins_op_dequantize(B[1], &q.w.t[1], &Wd.t[1]));
   OK(qins_op_matmul(B[1], &X.t[1], &Wd.t[1], with_bias ? &Bi.t[1] : NULL, &Yu.t[1]));
-  float *cpu = pread(&Y, 0), *fused = pread(&Y, 1), *unf = pread(&Yu, 1), *wd = pread(&Wd, 1);
+  float *cpu = pair_read(&Y, 0), *fused = pair_read(&Y, 1), *unf = pair_read(&Yu, 1), *wd = pair_read(&Wd, 1);
   char what[160];
   snprintf(what, sizeof what, "%s M=%lld K=%lld N=%lld bias=%d", qins_dtype_name(fmt), (long long)m, (long long)k,
            (long long)n, with_bias);
@@ -230,7 +180,7 @@ static void vq8_case(int64_t m, int64_t hq, int64_t hkv, int64_t d, int64_t t, i
   float scale = 1.0f / sqrtf((float)d);
   for (int i = 0; i < 2; i++) OK(qins_op_attention(B[i], &Q.t[i], &K.t[i], &V8.t[i], pos0, scale, &O.t[i]));
   OK(qins_op_attention(B[1], &Q.t[1], &K.t[1], &VF.t[1], pos0, scale, &OF.t[1]));
-  float *cpu = pread(&O, 0), *got = pread(&O, 1), *ref = pread(&OF, 1);
+  float *cpu = pair_read(&O, 0), *got = pair_read(&O, 1), *ref = pair_read(&OF, 1);
   char what[200];
   snprintf(what, sizeof what, "qins8-V attention M=%lld Hq=%lld Hkv=%lld D=%lld T=%lld pos0=%lld vs dequantized V",
            (long long)m, (long long)hq, (long long)hkv, (long long)d, (long long)t, (long long)pos0);
@@ -334,5 +284,5 @@ int main(void) {
       cmocka_unit_test(test_vq8_bad_scales), cmocka_unit_test(test_fallback_paths),
       cmocka_unit_test(test_validation),
   };
-  return cmocka_run_group_tests_name("vk_quant", tests, setup, teardown);
+  return cmocka_run_group_tests_name("vk_quant", tests, test_pair_setup, test_pair_teardown);
 }
