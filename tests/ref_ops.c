@@ -123,7 +123,9 @@ void ref_gelu_tanh(const float *x, float *y, int64_t n) {
   double c = sqrt(2.0 / M_PI);
   for (int64_t i = 0; i < n; i++) {
     double v = x[i];
-    y[i] = (float)(0.5 * v * (1.0 + tanh(c * (v + 0.044715 * v * v * v))));
+    /* 0.5 (1 + tanh(u)) written as 1 / (1 + exp(-2u)): in the tanh form 1 + tanh(u) cancels for
+     * v < -8 even in double, and the reference itself was wrong there by up to 10% */
+    y[i] = (float)(v / (1.0 + exp(-2.0 * c * (v + 0.044715 * v * v * v))));
   }
 }
 
