@@ -30,6 +30,11 @@ static int have_model;
 
 static int group_setup(void **state) {
   (void)state;
+  /* the runs below spawn `qins worker`s: without the binary they would exec this test instead */
+  if (!getenv("QINS_BIN")) {
+    fprintf(stderr, "QINS_BIN (path of the qins binary) is not set\n");
+    return -1;
+  }
   snprintf(tmpdir, sizeof tmpdir, "/tmp/qins-test-evalst-XXXXXX");
   if (!mkdtemp(tmpdir)) return -1;
   snprintf(model_path, sizeof model_path, "%s", test_shared_path("models/stories260K/stories260K.bin"));
@@ -679,6 +684,7 @@ static int run_inproc(const char *yaml, const char *outname, fault *f) {
   qins_pipeline *pl = NULL;
   if (qins_pipeline_load_string(text, strlen(text), "fault.yaml", sets, 2, &pl)) fail_msg("%s", qins_error_msg());
   qins_run_opts opts = {0};
+  opts.worker_exe = getenv("QINS_BIN");
   opts.quiet = 1;
   opts.on_event = on_event;
   opts.user = f;
