@@ -362,7 +362,12 @@ static char *run_yaml(const char *name, const char *yaml, int *status, char **er
   fclose(f);
   snprintf(cmd, sizeof cmd, "'%s' run '%s' --quiet 2>'%s'", getenv("QINS_BIN"), path, errp);
   char *out = capture(cmd, status);
-  if (err) *err = read_file(errp);
+  char *e = read_file(errp);
+  if (*status != 0 && !err) fprintf(stderr, "%s: exit %d: %s\n", name, *status, e);
+  if (err)
+    *err = e;
+  else
+    free(e);
   return out;
 }
 
@@ -394,7 +399,7 @@ static const char *LOGITS_YAML =
     "edges:\n  - {from: tokenize, to: embed}\n  - {from: embed, to: blocks_a}\n  - {from: embed, to: blocks_b}\n"
     "  - {from: blocks_a, to: head_a}\n  - {from: blocks_b, to: head_b}\n  - {from: head_a, to: cmp}\n"
     "  - {from: head_b, to: cmp}\n"
-    "inputs: {prompts: [\"%s\"]}\n";
+    "inputs: {prompts: [\"%s\"]}\nheartbeat_ms: 2000\n";
 
 /* A runtime of stories260K with an optional policy (YAML map text). */
 typedef struct rt {
@@ -498,12 +503,31 @@ static void test_pipeline_logits_equal_library(void **state) {
   if (!close_rel(num(r, "kl"), kl / n, 1e-9) || !close_rel(num(r, "topk_overlap"), ov / n, 1e-12))
     fail_msg("pipeline kl %.17g overlap %.17g, library %.17g %.17g", num(r, "kl"), num(r, "topk_overlap"), kl / n, ov / n);
   assert_true(kl > 0);
+
+  /* the same policy from a file gives the same record */
+  {
+    char pf[700], pol[800];
+    snprintf(pf, sizeof pf, "%s/q8-policy.yaml", tmpdir);
+    FILE *f = fopen(pf, "w");
+    assert_non_null(f);
+    fputs("# a policy file: the map itself\nformat: qins8\n", f);
+    fclose(f);
+    snprintf(pol, sizeof pol, "'%s'", pf);
+    snprintf(yaml, sizeof yaml, LOGITS_YAML, pol, "logit_compare", PROMPT);
+    char *o2 = run_yaml("q8file.yaml", yaml, &st, NULL);
+    assert_int_equal(st, 0);
+    json_t *r2 = record_of(o2, 0);
+    assert_non_null(r2);
+    assert_true(num(r2, "kl") == num(r, "kl") && num(r2, "topk_overlap") == num(r, "topk_overlap"));
+    json_decref(r2);
+    free(o2);
+  }
   json_decref(r);
   free(out);
 
   /* hidden_cosine (emit: layers) against qins_eval_layer_cosine of the same two runtimes */
   static const char *HID =
-      "name: t-hidden\nmodel: @M\ntokenizer: @T\nbackend: cpu\n"
+      "name: t-hidden\nmodel: @M\ntokenizer: @T\nbackend: cpu\nheartbeat_ms: 2000\n"
       "workers:\n  - {name: a, stages: [tokenize, embed, la]}\n  - {name: b, stages: [lb, cos]}\n"
       "stages:\n  - {name: tokenize, type: tokenize}\n  - {name: embed, type: embed}\n"
       "  - {name: la, type: qins_block, options: {emit: layers}}\n"
@@ -532,7 +556,7 @@ static void test_pipeline_logits_equal_library(void **state) {
 
   /* perplexity: the stage's ppl is qins_eval_perplexity's on the same ids and runtime kind */
   static const char *PPL =
-      "name: t-ppl\nmodel: @M\ntokenizer: @T\nbackend: cpu\nworkers:\n  - {name: w, stages: [ppl]}\n"
+      "name: t-ppl\nmodel: @M\ntokenizer: @T\nbackend: cpu\nheartbeat_ms: 2000\nworkers:\n  - {name: w, stages: [ppl]}\n"
       "stages:\n  - {name: ppl, type: perplexity, options: {window: 16, stride: 8, bin: 4, policy: {format: qins8}}}\n"
       "inputs: {prompts: [\"%s\"]}\n";
   snprintf(yaml, sizeof yaml, PPL, PROMPT);
@@ -570,7 +594,7 @@ static const char *CMP_YAML =
     "  - {from: blocks_a, to: head_a}\n  - {from: head_a, to: sample_a}\n  - {from: sample_a, to: embed_a, loop: true}\n"
     "  - {from: embed_b, to: blocks_b}\n  - {from: blocks_b, to: head_b}\n  - {from: head_b, to: sample_b}\n"
     "  - {from: sample_b, to: embed_b, loop: true}\n  - {from: sample_a, to: compare}\n  - {from: sample_b, to: compare}\n"
-    "heartbeat_ms: 100\n";
+    "heartbeat_ms: 2000\n"; /* a loaded CI machine must not look hung; kills are seen by waitpid */
 
 static void test_pipeline_compare(void **state) {
   (void)state;
@@ -648,11 +672,14 @@ static void test_pipeline_compare(void **state) {
 typedef struct fault {
   const char *victim;
   int after, done, restarts;
+  char *metrics; /* the run's merged metrics at its end */
 } fault;
 
 static void on_event(qins_run *run, int final, void *user) {
   fault *f = user;
   if (final) {
+    free(f->metrics);
+    f->metrics = qins_run_metrics_json(run);
     char *s = qins_run_state_json(run);
     json_t *o = json_loads(s, 0, NULL);
     size_t i;
@@ -709,15 +736,50 @@ static void test_join_survives_killed_worker(void **state) {
   char ref_path[600];
   snprintf(ref_path, sizeof ref_path, "%s/ref.jsonl", tmpdir);
   char *ref = read_file(ref_path);
+  /* the records' numbers are in the metrics too: the gauge is the mean over the records */
+  {
+    double sum = 0;
+    for (int i = 0; i < N; i++) {
+      json_t *r = record_of(ref, i);
+      assert_non_null(r);
+      sum += num(r, "match");
+      json_decref(r);
+    }
+    json_t *doc = json_loads(none.metrics, 0, NULL);
+    assert_non_null(doc);
+    size_t i;
+    json_t *m;
+    int seen = 0;
+    json_array_foreach(json_object_get(doc, "metrics"), i, m) {
+      const char *name = json_string_value(json_object_get(m, "name"));
+      const char *stage = json_string_value(json_object_get(json_object_get(m, "labels"), "stage"));
+      const char *worker = json_string_value(json_object_get(json_object_get(m, "labels"), "worker"));
+      /* (this process ran stages of its own above, as worker "test") */
+      if (!stage || strcmp(stage, "compare") != 0 || !worker || strcmp(worker, "join") != 0) continue;
+      if (!strcmp(name, "qins_eval_match_rate")) {
+        seen |= 1;
+        if (fabs(json_number_value(json_object_get(m, "value")) - sum / N) > 1e-12)
+          fail_msg("qins_eval_match_rate %.17g, records' mean %.17g", json_number_value(json_object_get(m, "value")), sum / N);
+      }
+      if (!strcmp(name, "qins_eval_records_total")) {
+        seen |= 2;
+        assert_int_equal((int)json_number_value(json_object_get(m, "value")), N);
+      }
+    }
+    assert_int_equal(seen, 3);
+    json_decref(doc);
+    free(none.metrics);
+  }
   const char *victims[] = {"join", "fb"};
   for (int v = 0; v < 2; v++) {
-    fault f = {victims[v], N / 4, 0, 0};
+    fault f = {victims[v], N / 4, 0, 0, NULL};
     char name[64], path[600];
     snprintf(name, sizeof name, "kill-%s.jsonl", victims[v]);
     int rc = run_inproc(y2, name, &f);
     if (rc) fail_msg("run with %s killed failed: %s", victims[v], qins_error_msg());
     assert_true(f.done);
     assert_int_equal(f.restarts, 1);
+    free(f.metrics);
     snprintf(path, sizeof path, "%s/%s", tmpdir, name);
     char *text = read_file(path);
     int lines = 0;
