@@ -8,12 +8,12 @@
 #include "core/pipeline.h"
 #include "stages/model_shared.h"
 
-int qins_stage_branch_policy(const qins_stage_ctx *ctx, char *key, size_t n, const qins_cfg **node,
+int qins_stage_branch_policy(const qins_stage_ctx *ctx, char *key, size_t n, qins_cfg **node,
                              qins_cfg **file_root) {
   char w[256];
   *node = NULL;
   *file_root = NULL;
-  const qins_cfg *p = qins_cfg_get(ctx->options, "policy");
+  qins_cfg *p = qins_cfg_get(ctx->options, "policy");
   if (!p) { /* the pipeline's root `policy:` (or none): the worker's default runtime */
     snprintf(key, n, "model");
     *node = ctx->pipeline && ctx->pipeline->root ? qins_cfg_get(ctx->pipeline->root, "policy") : NULL;
@@ -45,7 +45,7 @@ int qins_stage_branch_policy(const qins_stage_ctx *ctx, char *key, size_t n, con
     return qins_error_wrap(QINS_EINPUT, "%s: stage '%s': options.policy: ", qins_cfg_where(p, w, sizeof w),
                            ctx->stage_name);
   /* a policy file is the policy map itself, or a YAML with a `policy:` key (a pipeline or gate) */
-  const qins_cfg *in = qins_cfg_get(*file_root, "policy");
+  qins_cfg *in = qins_cfg_get(*file_root, "policy");
   *node = in ? in : *file_root;
   snprintf(key, n, "model:file:%s", p->value);
   return 0;

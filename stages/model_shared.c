@@ -40,16 +40,15 @@ void qins_stage_kv_config(const qins_stage_ctx *ctx, int *max_seq, int *pool) {
 
 int qins_stage_model_get(const qins_stage_ctx *ctx, int need, qins_stage_model **out) {
   char key[320];
-  const qins_cfg *pn;
-  qins_cfg *pfile;
-  int rc = qins_stage_branch_policy(ctx, key, sizeof key, &pn, &pfile); /* the stage's branch */
+  qins_cfg *bn, *pfile;
+  int rc = qins_stage_branch_policy(ctx, key, sizeof key, &bn, &pfile); /* the stage's branch */
   if (rc) return rc;
-  rc = qins_stage_model_get_key(ctx, need, key, pn, out);
+  rc = qins_stage_model_get_key(ctx, need, key, bn, out);
   qins_cfg_free(pfile);
   return rc;
 }
 
-int qins_stage_model_get_key(const qins_stage_ctx *ctx, int need, const char *key, const qins_cfg *pn,
+int qins_stage_model_get_key(const qins_stage_ctx *ctx, int need, const char *key, qins_cfg *bn,
                              qins_stage_model **out) {
   qins_stage_model *m = ctx->shared_get ? ctx->shared_get(ctx, key) : NULL;
   if (!m) {
@@ -72,7 +71,9 @@ int qins_stage_model_get_key(const qins_stage_ctx *ctx, int need, const char *ke
     qins_stage_kv_config(ctx, &kv_seq, &kv_pool);
     qins_llm_options opt = {kv_seq > 0 ? kv_seq : ctx->pipeline ? ctx->pipeline->max_seq : 0, 0};
     if ((rc = qins_llm_create(m->model, m->be, &opt, &m->llm))) return rc;
-    /* the coverage policy (docs/gates.md): weights re-encoded once per worker and branch */
+    /* the pipeline's coverage policy (docs/gates.md): weights re-encoded once per worker */
+    qins_cfg *pn = ctx->pipeline && ctx->pipeline->root ? qins_cfg_get(ctx->pipeline->root, "policy") : NULL;
+    pn = bn; /* the stage's branch (stages/branch.c): its own policy:, else the root one above */
     if (pn) {
       qins_policy pol;
       if ((rc = qins_policy_parse(pn, m->model->cfg.n_layers, &pol))) return rc;
