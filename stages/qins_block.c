@@ -31,6 +31,15 @@ static void kv_release(void *p, void *u) {
     qins_llm_kv_destroy(p);
 }
 
+/* emit: layers changes the output port to every layer's rows */
+static int ports(const qins_cfg *o, const struct qins_pipeline *pl, char *in, char *out) {
+  (void)pl;
+  const qins_cfg *e = qins_cfg_get(o, "emit");
+  snprintf(in, QINS_PORT_MAX, "f32[T,dim]");
+  snprintf(out, QINS_PORT_MAX, "%s", e && e->type == QINS_CFG_SCALAR && !strcmp(e->value, "layers") ? "f32[L,T,dim]" : "f32[T,dim]");
+  return 0;
+}
+
 static int init(qins_stage *st, const qins_stage_ctx *ctx) {
   block *b = calloc(1, sizeof *b);
   if (!b) return qins_error_set(QINS_ENOMEM, "out of memory");
@@ -130,14 +139,6 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
     return qins_error_wrap(rc, "qins_block %s (layers %d:%d), request %llu: ", st->ctx.stage_name, b->l0, b->l1,
                            (unsigned long long)in->req);
   return 1;
-}
-
-static int ports(const qins_cfg *o, const struct qins_pipeline *pl, char *in, char *out) {
-  (void)pl;
-  const qins_cfg *e = qins_cfg_get(o, "emit");
-  snprintf(in, QINS_PORT_MAX, "f32[T,dim]");
-  snprintf(out, QINS_PORT_MAX, "%s", e && e->type == QINS_CFG_SCALAR && !strcmp(e->value, "layers") ? "f32[L,T,dim]" : "f32[T,dim]");
-  return 0;
 }
 
 static const char *const metrics[] = {"qins_block_layers", NULL};
