@@ -91,6 +91,10 @@ typedef struct qins_stage_type {
    * 0: nothing to send (dropped or accumulated), <0: error (message set). */
   int (*forward)(qins_stage *st, const qins_msg *in, qins_msg *out);
   int (*backward)(qins_stage *st, const qins_msg *grad_out, qins_msg *grad_in); /* optional */
+  /* Drop per-request state for `req` with attempt < below (UINT32_MAX: all). Optional. */
+  void (*forget)(qins_stage *st, uint64_t req, uint32_t below);
+  void (*fini)(qins_stage *st);
+
   /* Join (workers/join.h): join > 1 means the stage takes exactly `join` incoming (non-loop)
    * edges, its branches, numbered in the order the edges are listed. The worker pairs their
    * messages by (request, attempt, step) and calls forward_join once per complete set; after a
@@ -98,9 +102,6 @@ typedef struct qins_stage_type {
    * ended branch k. forward is then unused. Same return values as forward. */
   int join;
   int (*forward_join)(qins_stage *st, const qins_msg *const *in, int n, qins_msg *out);
-  /* Drop per-request state for `req` with attempt < below (UINT32_MAX: all). Optional. */
-  void (*forget)(qins_stage *st, uint64_t req, uint32_t below);
-  void (*fini)(qins_stage *st);
 } qins_stage_type;
 
 struct qins_stage {
