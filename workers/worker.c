@@ -268,11 +268,11 @@ static int wait_credit(wk *w, qins_chan_tx *tx) {
   return w->stopping ? 1 : 0;
 }
 
-static void push_local(wk *w, int stage, int edge, const qins_msg *m, obuf *b) {
+static item *push_local(wk *w, int stage, const qins_msg *m, obuf *b) {
   item *it = malloc(sizeof *it);
-  if (!it) return;
+  if (!it) return NULL;
   it->stage = stage;
-  it->edge = edge;
+  it->edge = -1; /* route() sets it: a join stage needs to know the branch */
   it->msg = *m;
   it->buf = b;
   if (b) b->refs++;
@@ -282,6 +282,7 @@ static void push_local(wk *w, int stage, int edge, const qins_msg *m, obuf *b) {
   else
     w->qhead = it;
   w->qtail = it;
+  return it;
 }
 
 /* Dashboard hook: per-edge item counter and, for channel edges, slots in flight (queue depth). */
@@ -339,7 +340,8 @@ static int route(wk *w, int s, qins_msg *out, obuf *b) {
     if (ed->from != s) continue;
     if (ed->loop && (out->flags & QINS_MSG_END)) continue;
     if (pl->stages[ed->to].worker == pl->stages[s].worker) {
-      push_local(w, ed->to, e, out, b);
+      item *it = push_local(w, ed->to, out, b);
+      if (it) it->edge = e;
       edge_metrics(w, e, NULL);
     } else
       rc = send_to(w, e, out);
