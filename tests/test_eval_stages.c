@@ -664,6 +664,29 @@ static void test_pipeline_compare(void **state) {
   }
   rt_close(&a);
   rt_close(&b);
+  /* replicas: each request's branches meet on the join replica its route names */
+  char y3[4200];
+  const char *from[2] = {"{name: fb, stages:", "{name: join, stages:"}, *to[2] = {"{name: fb, replicas: 2, stages:",
+                                                                               "{name: join, replicas: 3, stages:"};
+  snprintf(y3, sizeof y3, "%s", y2);
+  for (int k = 0; k < 2; k++) {
+    char *p = strstr(y3, from[k]);
+    assert_non_null(p);
+    size_t lf = strlen(from[k]), lt = strlen(to[k]);
+    memmove(p + lt, p + lf, strlen(p + lf) + 1);
+    memcpy(p, to[k], lt);
+  }
+  char *rep = run_yaml("cmp-rep.yaml", y3, &st, NULL);
+  assert_int_equal(st, 0);
+  for (int i = 0; i < 2; i++) {
+    json_t *r1 = record_of(out, i), *r2 = record_of(rep, i);
+    assert_non_null(r1);
+    assert_non_null(r2);
+    assert_true(json_equal(r1, r2));
+    json_decref(r1);
+    json_decref(r2);
+  }
+  free(rep);
   free(out);
 }
 
