@@ -9,12 +9,14 @@
 #include "core/error.h"
 #include "core/eval/eval.h"
 #include "stages/eval_stage.h"
+#include "stages/model_shared.h"
 
 #define MAX_LAYERS 256
 
 typedef struct hcos {
   qins_eval_mean layer[MAX_LAYERS], min;
   qins_metric *records;
+  qins_reqstate *done; /* requests whose record is written (a loop's later steps are ignored) */
 } hcos;
 
 static int init(qins_stage *st, const qins_stage_ctx *ctx) {
@@ -27,12 +29,23 @@ static int init(qins_stage *st, const qins_stage_ctx *ctx) {
   return 0;
 }
 
-static void fini(qins_stage *st) { free(st->priv); }
+static void forget(qins_stage *st, uint64_t req, uint32_t below) {
+  hcos *h = st->priv;
+  qins_reqstate_forget(&h->done, req, below, NULL, NULL);
+}
+
+static void fini(qins_stage *st) {
+  hcos *h = st->priv;
+  if (!h) return;
+  qins_reqstate_clear(&h->done, NULL, NULL);
+  free(h);
+}
 
 static int fwd(qins_stage *st, const qins_msg *const *in, int n, qins_msg *out) {
   hcos *h = st->priv;
   const qins_msg *f = qins_eval_first(in, n);
   if (!in[0] || !in[1]) return 0; /* one branch ended before this step: nothing to compare */
+  if (qins_reqstate_find(h->done, f->req, f->attempt)) return 0; /* one record per request: the first set */
   const qins_msg *a = in[0], *b = in[1];
   if (a->dtype != QINS_DT_F32 || b->dtype != QINS_DT_F32 || a->ndim != 3 || b->ndim != 3 ||
       memcmp(a->shape, b->shape, 3 * sizeof a->shape[0]) != 0)
@@ -67,6 +80,11 @@ static int fwd(qins_stage *st, const qins_msg *const *in, int n, qins_msg *out) 
   json_object_set_new(rec, "min", qins_eval_json_num(mn));
   qins_eval_mean_add(&h->min, mn);
   qins_metric_add(h->records, 1);
+  int rd = qins_reqstate_add(&h->done, f->req, f->attempt, h); /* data: any non-NULL marker */
+  if (rd) {
+    json_decref(rec);
+    return rd;
+  }
   int rc = qins_eval_emit(out, f, rec);
   out->flags = QINS_MSG_END;
   return rc;
@@ -83,5 +101,6 @@ const qins_stage_type qins_stage_hidden_cosine = {
     .join = 2,
     .init = init,
     .forward_join = fwd,
+    .forget = forget,
     .fini = fini,
 };
