@@ -385,6 +385,13 @@ int qins_train_model_zero_grad(qins_train_model *tm) {
 
 int qins_train_model_on_device(const qins_train_model *tm) { return tm->device; }
 
+int qins_train_model_param_tensors(const qins_train_model *tm, int i, const qins_tensor **w, const qins_tensor **g) {
+  if (i < 0 || i >= tm->np) return qins_error_set(QINS_EINVAL, "training: parameter %d of %d", i, tm->np);
+  *w = &tm->p[i].w;
+  *g = &tm->p[i].g;
+  return 0;
+}
+
 int qins_train_model_push_weights(qins_train_model *tm) {
   int rc = 0;
   for (int i = 0; tm->device && i < tm->np && !rc; i++) {

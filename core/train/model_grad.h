@@ -44,6 +44,10 @@ int qins_train_model_pull_grads(qins_train_model *tm);
 int qins_train_model_pull_weights(qins_train_model *tm);
 /* 1 when parameters live in device buffers (the sync calls above do work). */
 int qins_train_model_on_device(const qins_train_model *tm);
+/* The backend tensors of parameter i, for an optimizer that updates parameters where they live
+ * (qins_optim_add_device). On cpu they wrap w/g; on a device GPT-2's Conv1D weights are held
+ * transposed ([out,in]): same elements, another order (element-wise optimizers don't mind). */
+int qins_train_model_param_tensors(const qins_train_model *tm, int i, const qins_tensor **w, const qins_tensor **g);
 /* Forward + backward on one sequence of n >= 2 ids (n <= max positions): *loss is the mean
  * cross-entropy, every parameter's gradient is added into its g. Bad ids: QINS_EINPUT. */
 int qins_train_model_loss_grad(qins_train_model *tm, const int32_t *ids, int n, double *loss);
