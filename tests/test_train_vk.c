@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -17,7 +19,9 @@
 #include "core/error.h"
 #include "core/model/model.h"
 #include "core/train/model_grad.h"
+#include "core/train/data.h"
 #include "core/train/optim.h"
+#include "core/train/trainer.h"
 #include "tests/test_pair.h"
 #include "tests/test_util.h"
 #include "tests/train_fixture.h"
@@ -357,6 +361,122 @@ static void adamw_device_fixture(const char *name) {
 static void test_adamw_device_llama(void **st) { adamw_device_fixture("llama_gqa"); }
 static void test_adamw_device_gpt2(void **st) { adamw_device_fixture("gpt2"); }
 
+/* ---------------------------------------------------------------- the training loop on vk */
+
+static char *slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  rewind(f);
+  char *b = malloc((size_t)n + 1);
+  size_t got = fread(b, 1, (size_t)n, f);
+  fclose(f);
+  b[got] = 0;
+  if (len) *len = got;
+  return b;
+}
+
+/* last "loss" of a train_log.jsonl */
+static double last_loss_of(const char *dir, int want_step) {
+  char path[800];
+  snprintf(path, sizeof path, "%s/train_log.jsonl", dir);
+  char *b = slurp(path, NULL);
+  assert_non_null(b);
+  double loss = NAN;
+  char key[64];
+  snprintf(key, sizeof key, "{\"step\": %d, \"loss\": ", want_step);
+  char *p = strstr(b, key);
+  if (p) loss = strtod(p + strlen(key), NULL);
+  free(b);
+  return loss;
+}
+
+/* `qins train` on vk (run.backend: vk) for a tiny Llama from scratch: AdamW with parameters updated
+ * on the device and QINS-AdamW through the sync calls. The loss of every step stays within 1e-3
+ * (relative) of the cpu run (f32 rounding differences compound over 6 steps), and a run
+ * interrupted at step 3 and resumed on vk writes the same final checkpoint (weights and optimizer
+ * state) byte for byte as the uninterrupted vk run. */
+static void trainer_vk(const char *kind) {
+  NEED_VK();
+  char dir[256], text[400], shard[400], cfg[400];
+  snprintf(dir, sizeof dir, "/tmp/qins_test_train_vk_%d_%s", (int)getpid(), kind);
+  mkdir(dir, 0777);
+  size_t n = 0;
+  char *all = slurp(test_shared_path("data/tinyshakespeare.txt"), &n);
+  assert_non_null(all);
+  snprintf(text, sizeof text, "%s/corpus.txt", dir);
+  FILE *f = fopen(text, "wb");
+  fwrite(all, 1, n < 40000 ? n : 40000, f);
+  fclose(f);
+  free(all);
+  const char *tok = test_shared_path("models/stories260K/tok512.bin");
+  snprintf(shard, sizeof shard, "%s/corpus.shard", dir);
+  assert_int_equal(qins_shard_build(text, tok, shard, NULL), 0);
+  snprintf(cfg, sizeof cfg, "%s/t.yaml", dir);
+  f = fopen(cfg, "w");
+  fprintf(f,
+          "run: {name: t, out_dir: '%s/x', seed: 7, steps: 6, batch: 2, seq: 32, log_every: 100, eval_every: 3,"
+          " eval_windows: 2, checkpoint_at: [1.0]}\n"
+          "data: {text: '%s', tokenizer: '%s', shard: '%s', holdout: 0.1}\n"
+          "model: {dim: 32, layers: 2, heads: 2, kv_heads: 1, ffn: 64, vocab: 512, seq: 64}\n"
+          "optim: {kind: %s, lr: 3e-3, warmup: 2, qins_lr_scale: 8}\n",
+          dir, text, tok, shard, kind);
+  fclose(f);
+  const char *bes[3] = {"cpu", "vk", "vk"};
+  const char *outs[3] = {"cpu", "vk", "vk-split"};
+  double losses[2][6];
+  for (int r = 0; r < 3; r++) {
+    char set_be[64], set_out[400], ck[500];
+    snprintf(set_be, sizeof set_be, "run.backend=%s", bes[r]);
+    snprintf(set_out, sizeof set_out, "run.out_dir=%s/%s", dir, outs[r]);
+    const char *sets[3] = {set_be, set_out, "run.stop_after=3"};
+    qins_train_result res;
+    qins_train_opts o = {cfg, sets, r == 2 ? 3 : 2, NULL, NULL};
+    if (qins_train_run(&o, &res)) fail_msg("%s on %s: %s", kind, bes[r], qins_error_msg());
+    if (r == 2) {
+      assert_int_equal(res.steps, 3);
+      snprintf(ck, sizeof ck, "%s/%s/ckpt-000003", dir, outs[r]);
+      qins_train_opts o2 = {cfg, sets, 2, ck, NULL};
+      if (qins_train_run(&o2, &res)) fail_msg("%s resumed on vk: %s", kind, qins_error_msg());
+    }
+    assert_int_equal(res.steps, 6);
+    if (r < 2) {
+      char od[500];
+      snprintf(od, sizeof od, "%s/%s", dir, outs[r]);
+      for (int s = 0; s < 6; s++) losses[r][s] = last_loss_of(od, s + 1);
+    }
+  }
+  double worst = 0;
+  for (int s = 0; s < 6; s++) {
+    double e = fabs(losses[1][s] - losses[0][s]) / fabs(losses[0][s]);
+    worst = fmax(worst, e);
+    if (!(e <= 1e-3)) fail_msg("%s: step %d loss vk %.8f cpu %.8f", kind, s + 1, losses[1][s], losses[0][s]);
+  }
+  print_message("  qins train (%s) on vk: 6 steps, loss %.5f -> %.5f, worst relative difference to cpu %.3g\n", kind,
+                losses[1][0], losses[1][5], worst);
+  const char *files[2] = {"model.safetensors", "optim.safetensors"};
+  for (int i = 0; i < 2; i++) {
+    char p1[700], p2[700];
+    size_t n1 = 0, n2 = 0;
+    snprintf(p1, sizeof p1, "%s/vk/ckpt-000006/%s", dir, files[i]);
+    snprintf(p2, sizeof p2, "%s/vk-split/ckpt-000006/%s", dir, files[i]);
+    char *x = slurp(p1, &n1), *y = slurp(p2, &n2);
+    assert_non_null(x);
+    assert_non_null(y);
+    assert_int_equal(n1, n2);
+    if (memcmp(x, y, n1) != 0) fail_msg("%s: %s differs between the full and the resumed vk run", kind, files[i]);
+    free(x);
+    free(y);
+  }
+  char cmd[400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
+static void test_trainer_vk_adamw(void **st) { trainer_vk("adamw"); }
+static void test_trainer_vk_qins(void **st) { trainer_vk("qins-adamw"); }
+
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
@@ -367,6 +487,8 @@ int main(void) {
       cmocka_unit_test(test_stories260k_vk),
       cmocka_unit_test(test_adamw_device_llama),
       cmocka_unit_test(test_adamw_device_gpt2),
+      cmocka_unit_test(test_trainer_vk_adamw),
+      cmocka_unit_test(test_trainer_vk_qins),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -392,18 +392,21 @@ int qins_train_model_param_tensors(const qins_train_model *tm, int i, const qins
   return 0;
 }
 
+int qins_train_model_push_param(qins_train_model *tm, int i) {
+  if (i < 0 || i >= tm->np) return qins_error_set(QINS_EINVAL, "training: parameter %d of %d", i, tm->np);
+  if (!tm->device) return 0;
+  tparam *p = &tm->p[i];
+  if (p->tidx >= 0) {
+    transposed *t = &tm->t[p->tidx];
+    transpose_into(t->w, p->pub.w, p->pub.shape[0], p->pub.shape[1], 0);
+    return qins_tensor_write(&t->tw, t->w);
+  }
+  return qins_tensor_write(&p->w, p->pub.w);
+}
+
 int qins_train_model_push_weights(qins_train_model *tm) {
   int rc = 0;
-  for (int i = 0; tm->device && i < tm->np && !rc; i++) {
-    tparam *p = &tm->p[i];
-    if (p->tidx >= 0) {
-      transposed *t = &tm->t[p->tidx];
-      transpose_into(t->w, p->pub.w, p->pub.shape[0], p->pub.shape[1], 0);
-      rc = qins_tensor_write(&t->tw, t->w);
-    } else {
-      rc = qins_tensor_write(&p->w, p->pub.w);
-    }
-  }
+  for (int i = 0; tm->device && i < tm->np && !rc; i++) rc = qins_train_model_push_param(tm, i);
   return rc;
 }
 

@@ -40,6 +40,7 @@ int qins_train_model_count(const qins_train_model *tm);
 const qins_train_param *qins_train_model_param(const qins_train_model *tm, int i);
 int qins_train_model_zero_grad(qins_train_model *tm); /* host and device gradients */
 int qins_train_model_push_weights(qins_train_model *tm);
+int qins_train_model_push_param(qins_train_model *tm, int i); /* one parameter's w (host-side optimizer) */
 int qins_train_model_pull_grads(qins_train_model *tm);
 int qins_train_model_pull_weights(qins_train_model *tm);
 /* 1 when parameters live in device buffers (the sync calls above do work). */
