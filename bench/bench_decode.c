@@ -192,78 +192,113 @@ static int apply_weights(qins_llm *l, qins_backend *be, const qins_model *m, wcf
  * only ever slows a block down). */
 static int g_repeats = 1;
 
-static int run_one(const qins_model *m, const char *model_name, const char *backend, int prefill, int decode,
-                   double bw, wcfg w, result *r) {
-  qins_backend *be = NULL;
-  qins_llm *l = NULL;
-  qins_policy_state *st = NULL;
-  int32_t *ids = NULL;
-  int64_t wbytes = 0, f32_bytes = 0;
-  int rc = qins_backend_create(backend, &be);
+/* One weight configuration's runtime, kept alive so the decode blocks of all configurations can
+ * be interleaved (each sees the same mix of a shared machine's load). */
+typedef struct run_state {
+  const qins_model *m;
+  const char *model_name, *backend;
+  wcfg w;
+  qins_backend *be;
+  qins_llm *l;
+  qins_policy_state *st;
+  int32_t *ids, next;
+  int prefill, decode, reps, blocks, ok;
+  int64_t wbytes, f32_bytes;
+  double tp, td;
+} run_state;
+
+static void run_free(run_state *rs) {
+  free(rs->ids);
+  qins_llm_destroy(rs->l);
+  qins_policy_state_free(rs->st);
+  qins_backend_destroy(rs->be);
+  rs->ids = NULL, rs->l = NULL, rs->st = NULL, rs->be = NULL;
+}
+
+/* Create the runtime, re-encode its weights, warm up, time the prefill. */
+static int run_setup(run_state *rs, const qins_model *m, const char *model_name, const char *backend, int prefill,
+                     int decode, wcfg w) {
+  memset(rs, 0, sizeof *rs);
+  rs->m = m, rs->model_name = model_name, rs->backend = backend, rs->w = w;
+  rs->prefill = prefill, rs->decode = decode;
+  int rc = qins_backend_create(backend, &rs->be);
   if (rc) return rc;
   int reps = g_repeats;
   if (decode > 0 && prefill + decode * reps + 1 > m->cfg.max_seq_len) reps = (m->cfg.max_seq_len - 1 - prefill) / decode;
-  if (reps < 1) reps = 1;
-  int seq = prefill + decode * reps + 1;
+  rs->reps = reps < 1 ? 1 : reps;
+  int seq = prefill + decode * rs->reps + 1;
   qins_llm_options opt = {seq, prefill};
-  if ((rc = qins_llm_create(m, be, &opt, &l))) goto done;
-  f32_bytes = qins_llm_weight_bytes(l);
-  if ((rc = apply_weights(l, be, m, w, &st, &wbytes))) goto done;
-  ids = malloc((size_t)seq * sizeof(int32_t));
-  for (int i = 0; i < seq; i++) ids[i] = (int32_t)((uint32_t)(i * 2654435761u) % (uint32_t)m->cfg.vocab_size);
-  /* warm-up: first touch of mapped weights, pipeline creation on vk */
-  int32_t next;
-  if ((rc = qins_llm_forward(l, ids, 2, 0, NULL, &next))) goto done;
-  qins_llm_reset(l);
-  double t0 = bench_now_s();
-  if ((rc = qins_llm_forward(l, ids, prefill, 0, NULL, &next))) goto done;
-  double tp = bench_now_s() - t0;
-  memset(be->stats, 0, sizeof be->stats);
-  double td = 0;
-  for (int rep = 0; rep < reps; rep++) {
-    t0 = bench_now_s();
-    for (int i = 0; i < decode; i++) {
-      int32_t cur = next;
-      if ((rc = qins_llm_forward(l, &cur, 1, 0, NULL, &next))) goto done;
-    }
-    double t = bench_now_s() - t0;
-    if (rep == 0 || t < td) td = t;
+  if ((rc = qins_llm_create(m, rs->be, &opt, &rs->l))) goto fail;
+  rs->f32_bytes = qins_llm_weight_bytes(rs->l);
+  if ((rc = apply_weights(rs->l, rs->be, m, w, &rs->st, &rs->wbytes))) goto fail;
+  rs->ids = malloc((size_t)seq * sizeof(int32_t));
+  if (!rs->ids) {
+    rc = QINS_ENOMEM;
+    goto fail;
   }
+  for (int i = 0; i < seq; i++) rs->ids[i] = (int32_t)((uint32_t)(i * 2654435761u) % (uint32_t)m->cfg.vocab_size);
+  /* warm-up: first touch of mapped weights, pipeline creation on vk */
+  if ((rc = qins_llm_forward(rs->l, rs->ids, 2, 0, NULL, &rs->next))) goto fail;
+  qins_llm_reset(rs->l);
+  double t0 = bench_now_s();
+  if ((rc = qins_llm_forward(rs->l, rs->ids, prefill, 0, NULL, &rs->next))) goto fail;
+  rs->tp = bench_now_s() - t0;
+  memset(rs->be->stats, 0, sizeof rs->be->stats);
+  rs->ok = 1;
+  return 0;
+fail:
+  run_free(rs);
+  return rc;
+}
+
+/* One timed block of `decode` single-token forwards (the cache grows); keeps the fastest. */
+static int run_block(run_state *rs) {
+  if (!rs->ok || rs->blocks >= rs->reps) return 0;
+  double t0 = bench_now_s();
+  for (int i = 0; i < rs->decode; i++) {
+    int32_t cur = rs->next;
+    int rc = qins_llm_forward(rs->l, &cur, 1, 0, NULL, &rs->next);
+    if (rc) return rc;
+  }
+  double t = bench_now_s() - t0;
+  if (rs->blocks++ == 0 || t < rs->td) rs->td = t;
+  return 0;
+}
+
+/* The result of a finished run, then its runtime freed. */
+static void run_finish(run_state *rs, double bw, result *r) {
+  qins_backend *be = rs->be;
+  const qins_model *m = rs->m;
   memset(r, 0, sizeof *r);
   uint64_t total_ns = 0;
   for (int k = 0; k < QINS_OP_COUNT; k++) total_ns += be->stats[k].ns;
   if (getenv("QINS_BENCH_OPS"))
     for (int k = 0; k < QINS_OP_COUNT; k++)
       if (be->stats[k].calls)
-        fprintf(stderr, "  %s %s: %llu calls, %.3f ms\n", backend, qins_op_name((qins_op_kind)k),
+        fprintf(stderr, "  %s %s: %llu calls, %.3f ms\n", rs->backend, qins_op_name((qins_op_kind)k),
                 (unsigned long long)be->stats[k].calls, be->stats[k].ns / 1e6);
   if (total_ns) {
     r->matmul_share = (double)be->stats[QINS_OP_MATMUL].ns / (double)total_ns;
     r->attention_share = (double)be->stats[QINS_OP_ATTENTION].ns / (double)total_ns;
   }
-  snprintf(r->model, sizeof r->model, "%s", model_name);
-  snprintf(r->backend, sizeof r->backend, "%s", backend);
+  snprintf(r->model, sizeof r->model, "%s", rs->model_name);
+  snprintf(r->backend, sizeof r->backend, "%s", rs->backend);
   snprintf(r->device, sizeof r->device, "%s", be->device_name);
   for (int i = 0; i < m->n_weights; i++) {
     int64_t n = 1;
     for (int d = 0; d < m->weights[i].ndim; d++) n *= m->weights[i].shape[d];
     r->params += n;
   }
-  r->weight_bytes = wbytes;
-  r->f32_bytes = f32_bytes;
-  r->w = w;
-  r->prefill_tokens = prefill;
-  r->decode_tokens = decode;
-  r->prefill_tps = prefill / tp;
-  r->decode_tps = decode / td;
+  r->weight_bytes = rs->wbytes;
+  r->f32_bytes = rs->f32_bytes;
+  r->w = rs->w;
+  r->prefill_tokens = rs->prefill;
+  r->decode_tokens = rs->decode;
+  r->prefill_tps = rs->prefill / rs->tp;
+  r->decode_tps = rs->td > 0 ? rs->decode / rs->td : 0;
   r->bound_tps = bw / (double)r->weight_bytes;
   r->fraction = r->decode_tps / r->bound_tps;
-done:
-  free(ids);
-  qins_llm_destroy(l);
-  qins_policy_state_free(st);
-  qins_backend_destroy(be);
-  return rc;
+  run_free(rs);
 }
 
 static void usage(FILE *f) {
@@ -274,7 +309,8 @@ static void usage(FILE *f) {
           "  Prefill and decode tokens/s for stories260K and a synthetic 110M Llama (f32 weights), and the\n"
           "  fraction of the bandwidth bound (memcpy bandwidth / weight bytes per token) decode reaches.\n"
           "  Default backends: every one available (qins backends).\n"
-          "  --repeats  decode R blocks of N tokens (the cache grows) and report the fastest block\n"
+          "  --repeats  decode R blocks of N tokens (the cache grows) and report the fastest block; the\n"
+          "             blocks of all weight configurations run round-robin (all runtimes stay loaded)\n"
           "  --formats  weight formats to compare, e.g. f32,f16,qins8,qins6,int8-row (also bf16, qins-f32,\n"
           "             int8-block32); f32 is always run first as the baseline. Each format re-encodes the\n"
           "             weights through the coverage policy (core/llm/policy.h, alpha absmax).\n"
@@ -389,15 +425,29 @@ int main(int argc, char **argv) {
       }
     }
     for (int b = 0; b < nb; b++) {
-      double f32_tps = 0;
-      for (int ci = 0; ci < ncfg && nr < 256; ci++) {
-        result *r = &res[nr];
-        if (run_one(m, mname, names[b], p, d, bw, cfgs[ci], r)) {
+      /* every configuration set up first, then the decode blocks round-robin */
+      run_state rs[32];
+      for (int ci = 0; ci < ncfg; ci++)
+        if (run_setup(&rs[ci], m, mname, names[b], p, d, cfgs[ci])) {
           fprintf(stderr, "%s on %s, %s: %s\n", mname, names[b], qins_dtype_name(cfgs[ci].fmt), qins_error_msg());
           failed++;
+        }
+      for (int rep = 0; rep < g_repeats; rep++)
+        for (int ci = 0; ci < ncfg; ci++)
+          if (rs[ci].ok && run_block(&rs[ci])) {
+            fprintf(stderr, "%s on %s, %s: %s\n", mname, names[b], qins_dtype_name(cfgs[ci].fmt), qins_error_msg());
+            failed++;
+            run_free(&rs[ci]);
+            rs[ci].ok = 0;
+          }
+      double f32_tps = 0;
+      for (int ci = 0; ci < ncfg; ci++) {
+        if (!rs[ci].ok || nr >= 256) {
+          run_free(&rs[ci]);
           continue;
         }
-        nr++;
+        result *r = &res[nr++];
+        run_finish(&rs[ci], bw, r);
         if (cfgs[ci].fmt == QINS_DT_F32) f32_tps = r->decode_tps;
         r->vs_f32 = f32_tps > 0 ? r->decode_tps / f32_tps : 0;
         r->ceiling = r->weight_bytes > 0 ? (double)r->f32_bytes / (double)r->weight_bytes : 0;
