@@ -50,8 +50,8 @@ qins_tensor *qins_llm_matrix(qins_llm *llm, int layer, qins_llm_mat which);
 /* QINS V cache (QINS.md sections 4-5, plan step B1): layer's values are stored as qins8 codes
  * with one alpha per token and KV head chosen by `spec` as they are appended, and attention reads
  * them through the decode table (no f32 V buffer). format QINS_DT_F32 switches back. Applies to
- * qins_llm_forward (the pipeline pieces' qins_llm_kv caches stay f32). Set before the first
- * forward (or after a reset). */
+ * qins_llm_forward (set before the first forward or after a reset) and to every pipeline cache
+ * (qins_llm_kv) created afterwards: a qins_llm_kv keeps the V format it was created with. */
 int qins_llm_set_vcache(qins_llm *llm, int layer, qins_dtype format, qins_alpha_spec spec);
 /* Bytes the K and V caches hold (f32 keys; f32 or qins8 codes + alphas for values). */
 int64_t qins_llm_cache_bytes(const qins_llm *llm);
@@ -67,6 +67,9 @@ int qins_llm_rope_recomputes(const qins_llm *llm);
 typedef struct qins_llm_kv qins_llm_kv;
 int qins_llm_kv_create(qins_llm *llm, int layer0, int layer1, qins_llm_kv **out);
 void qins_llm_kv_destroy(qins_llm_kv *kv);
+/* Bytes the cache holds on the backend (K + V); *v_bytes (may be NULL): the V part (f32, or
+ * qins8 codes + one f32 alpha per token and KV head). */
+int64_t qins_llm_kv_bytes(const qins_llm_kv *kv, int64_t *v_bytes);
 /* Rows at positions pos0..pos0+n-1: input `ids` (embedded here) or host hidden rows `x`
  * [n, dim]; then layers [layer0, layer1) with keys/values in `kv` (may be NULL for an empty
  * range); then either the head on the last row (logits [vocab] and/or argmax, when either is
