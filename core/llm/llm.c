@@ -46,6 +46,9 @@ struct qins_llm {
 
   qins_buf *owned[MAX_OWNED_BUFS];
   int n_owned;
+
+  qins_llm_tap_fn tap; /* qins_llm_set_tap: inputs of the QINS-eligible matmuls */
+  void *tap_user;
 };
 
 /* ---------------------------------------------------------------- placement helpers */
@@ -475,6 +478,44 @@ qins_tensor *qins_llm_matrix(qins_llm *l, int layer, qins_llm_mat which) {
   return t->buf ? t : NULL;
 }
 
+const qins_tensor *qins_llm_bias(const qins_llm *l, int layer, qins_llm_mat which) {
+  if (layer < 0 || layer >= l->cfg.n_layers) return NULL;
+  const llm_layer *L = &l->layers[layer];
+  const qins_tensor *t = NULL;
+  switch (which) {
+  case QINS_LLM_WQ: t = &L->bq; break;
+  case QINS_LLM_WK: t = &L->bk; break;
+  case QINS_LLM_WV: t = &L->bv; break;
+  case QINS_LLM_WO: t = &L->bo; break;
+  case QINS_LLM_WGATE: t = &L->bgate; break;
+  case QINS_LLM_WUP: t = &L->bup; break;
+  case QINS_LLM_WDOWN: t = &L->bdown; break;
+  default: return NULL;
+  }
+  return t->buf ? t : NULL;
+}
+
+int qins_llm_norm(const qins_llm *l, int layer, int ffn, const qins_tensor **weight, const qins_tensor **bias) {
+  if (layer < 0 || layer >= l->cfg.n_layers)
+    return qins_error_set(QINS_EINVAL, "llm norm: layer %d outside 0..%d", layer, l->cfg.n_layers - 1);
+  const llm_layer *L = &l->layers[layer];
+  *weight = ffn ? &L->ffn_norm : &L->attn_norm;
+  const qins_tensor *b = ffn ? &L->ffn_norm_b : &L->attn_norm_b;
+  *bias = b->buf ? b : NULL;
+  return 0;
+}
+
+void qins_llm_set_tap(qins_llm *l, qins_llm_tap_fn fn, void *user) {
+  l->tap = fn;
+  l->tap_user = user;
+}
+
+/* The tap's call: x about to enter `which` of layer i. */
+#define TAP(i, which, x)                                                       \
+  do {                                                                         \
+    if (l->tap) TRY(l->tap(l->tap_user, (i), (which), (x), pos0));            \
+  } while (0)
+
 int qins_llm_set_vcache(qins_llm *l, int layer, qins_dtype format, qins_alpha_spec spec) {
   if (layer < 0 || layer >= l->cfg.n_layers)
     return qins_error_set(QINS_EINVAL, "llm vcache: layer %d outside 0..%d", layer, l->cfg.n_layers - 1);
@@ -587,6 +628,7 @@ static int run_chunk_range(qins_llm *l, int n, int pos0, int head_rows, int embe
     qins_tensor vdst2 = view(vcb, (size_t)pos0 * row_kv, "v_cache rows", QINS_DT_F32, 2, n, hkv * hd, 0);
 
     TRY(norm(l, &x, &L->attn_norm, opt_t(&L->attn_norm_b), &xb));
+    TAP(i, QINS_LLM_WV, &xb);
     TRY(qins_op_matmul(be, &xb, &L->wq, opt_t(&L->bq), &q2));
     /* QINS V cache: the pipeline cache's own codes when it has them (its format was fixed at
      * qins_llm_kv_create), else the runtime's (allocated at the first forward that needs it) */
@@ -610,10 +652,13 @@ static int run_chunk_range(qins_llm *l, int n, int pos0, int head_rows, int embe
       TRY(qins_op_matmul(be, &xb, &L->wk, opt_t(&L->bk), &kdst2));
     }
     TRY(qins_op_attention(be, &q3, &kc, vq ? vqt : &vc, pos0, scale, &att3));
+    TAP(i, QINS_LLM_WO, &att2);
     TRY(qins_op_matmul(be, &att2, &L->wo, opt_t(&L->bo), &xb2));
     TRY(qins_op_add(be, &x, &xb2, &x));
 
     TRY(norm(l, &x, &L->ffn_norm, opt_t(&L->ffn_norm_b), &xb));
+    if (!l->is_gpt2) TAP(i, QINS_LLM_WGATE, &xb);
+    TAP(i, QINS_LLM_WUP, &xb);
     if (l->is_gpt2) {
       TRY(qins_op_matmul(be, &xb, &L->wup, opt_t(&L->bup), &h1));
       TRY(qins_op_gelu_tanh(be, &h1, &h1));
@@ -622,6 +667,7 @@ static int run_chunk_range(qins_llm *l, int n, int pos0, int head_rows, int embe
       TRY(qins_op_matmul(be, &xb, &L->wup, opt_t(&L->bup), &h2));
       TRY(qins_op_silu_mul(be, &h1, &h2, &h1));
     }
+    TAP(i, QINS_LLM_WDOWN, &h1);
     TRY(qins_op_matmul(be, &h1, &L->wdown, opt_t(&L->bdown), &xb2));
     TRY(qins_op_add(be, &x, &xb2, &x));
   }
