@@ -1130,8 +1130,11 @@ static int gate_transport(gctx *g) {
   }
   uint64_t st = qins_rng_seed(11);
   double spreads[3] = {0.01, 0.1, 1.0};
-  for (int i = 0; i < N * K; i++) W[i] = (qins_rng_uniform(&st) * 2 - 1) * 0.2f;
   for (int i = 0; i < K; i++) mu[i] = (qins_rng_uniform(&st) < 0.5f ? -1.0f : 1.0f) * (0.5f + qins_rng_uniform(&st));
+  /* W_oi mu_i > 0 everywhere: outputs' operating points far from 0, so only the inputs' spread
+   * decides whether anything crosses 0 (tests/test_transport.c uses the same construction) */
+  for (int o = 0; o < N; o++)
+    for (int i = 0; i < K; i++) W[o * K + i] = (0.02f + 0.18f * qins_rng_uniform(&st)) * (mu[i] > 0 ? 1.0f : -1.0f);
   for (int s = 0; s < 3; s++) {
     for (int t = 0; t < T; t++)
       for (int i = 0; i < K; i++) {
@@ -1220,8 +1223,9 @@ static int gate_transport(gctx *g) {
                               "(alpha per channel) through the table, then the f32 weight; linearised = D(W'' E(x) + c) "
                               "with W'' = E'(y0) W / E'(x0), c = E(y0) - W'' E(x0), x0 = per-channel mean of the "
                               "calibration rows, y0 = W x0 + b. Experimental: never enabled in the runtime. Synthetic "
-                              "rows: uniform W, channel means of magnitude 0.5..1.5 with the stated relative spread; "
-                              "their errors depend on the alphas chosen (mse per channel here).");
+                              "rows: channel means of magnitude 0.5..1.5 with the stated relative spread, |W| in "
+                              "0.02..0.2 signed so every output is far from 0 (nothing but the inputs' spread can "
+                              "cross 0); alphas mse per channel.");
   }
   qins_transport_capture_free(cap);
   free(ids);
