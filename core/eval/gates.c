@@ -1118,8 +1118,9 @@ static int gate_transport(gctx *g) {
   double thr_cross = p_num(g, "thresholds.cross_zero", 0.01), thr_f32 = p_num(g, "thresholds.exact_f32_rel_err", 1e-5);
   int ntok = p_int(g, "tokens", 256), reps = p_int(g, "repeats", 5);
   qins_report_run_str(&g->rep, "matrices",
-                      "every layer's v_proj, o_proj, MLP up, gate, down (Phi-3: row blocks of qkv_proj / "
-                      "gate_up_proj; GPT-2: c_attn V columns, attn.c_proj, mlp.c_fc, mlp.c_proj; no gate)");
+                      "every layer and path the policy covers: v_proj, o_proj, MLP up, gate, down (Phi-3: row "
+                      "blocks of qkv_proj / gate_up_proj; GPT-2: c_attn V columns, attn.c_proj, mlp.c_fc, "
+                      "mlp.c_proj; no gate)");
   qins_report_run_str(&g->rep, "activation alpha", "mse per input channel (calibration rows); output alpha per channel");
   /* synthetic sanity rows: QINS.md 4 quotes ~2.5e-5 at spread 0.01 and ~3e-3 at 0.1 */
   int K = 64, N = 64, T = 256;
@@ -1179,6 +1180,8 @@ static int gate_transport(gctx *g) {
     for (int p = QINS_PATH_V; p < QINS_TRANSPORT_PATHS && !rc; p++) {
       int n;
       if (!qins_transport_capture_rows(cap, l, (qins_path)p, &n, NULL)) continue; /* GPT-2: no gate */
+      const qins_path_policy *cover = &g->pol.p[l][p];
+      if (cover->fallback || cover->format == QINS_DT_F32) continue; /* the gate policy keeps this path FP */
       qins_transport_lin lin;
       qins_transport_stats r;
       if ((rc = qins_transport_layer(fp.llm, cap, l, (qins_path)p, T2 / 2, reps, &lin, &r))) break;
