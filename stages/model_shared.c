@@ -52,8 +52,8 @@ static int kv_vformat(const qins_stage_ctx *ctx, qins_llm *llm) {
     qins_alpha_spec spec = {QINS_ALPHA_MSE, 0};
     char wh[256];
     if (a && (a->type != QINS_CFG_SCALAR || qins_alpha_spec_parse(a->value, &spec)))
-      return qins_error_set(QINS_EINPUT, "%s: kv_store %s: v_alpha: expected mse, std:C, absmax or fixed:V",
-                            qins_cfg_where(a, wh, sizeof wh), s->name);
+      return qins_error_set(QINS_EINPUT, "%s: kv_store %s: v_alpha '%s': expected mse, std:C, absmax or fixed:V",
+                            qins_cfg_where(a, wh, sizeof wh), s->name, a->type == QINS_CFG_SCALAR ? a->value : "?");
     for (int l = 0; l < qins_llm_config(llm)->n_layers; l++) {
       int rc = qins_llm_set_vcache(llm, l, QINS_DT_QINS8, spec);
       if (rc) return rc;

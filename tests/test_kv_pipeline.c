@@ -311,6 +311,33 @@ static void test_worker_memory(void **state) {
   assert_true(fabs(v8 / v32 - (hd + 4) / (4 * hd)) < 1e-12);
 }
 
+/* A policy's FP fallback for the V cache overrides a kv_store's qins8: the records equal the f32
+ * run's; without the fallback they do not. */
+static void test_policy_fallback_wins(void **state) {
+  (void)state;
+  if (access(model, R_OK) != 0) skip();
+  char yaml[600];
+  char *fp[NPROMPTS], *fb[NPROMPTS], *q8[NPROMPTS];
+  int n[NPROMPTS];
+  snprintf(yaml, sizeof yaml, "%s/fb_fp.yaml", tmpdir);
+  write_split(yaml, "cpu", NULL, "");
+  run_records(yaml, fp, n);
+  snprintf(yaml, sizeof yaml, "%s/fb.yaml", tmpdir);
+  write_split(yaml, "cpu", "{v_format: qins8, v_alpha: absmax}",
+              "policy: {paths: [v_cache], layers: [{layers: all, v_cache: {fallback: true}}]}\n");
+  run_records(yaml, fb, n);
+  snprintf(yaml, sizeof yaml, "%s/fb_q8.yaml", tmpdir);
+  write_split(yaml, "cpu", "{v_format: qins8, v_alpha: absmax}", "");
+  run_records(yaml, q8, n);
+  int differs = 0;
+  for (int i = 0; i < NPROMPTS; i++) {
+    assert_string_equal(fb[i], fp[i]);
+    differs |= strcmp(q8[i], fp[i]) != 0;
+    free(fp[i]), free(fb[i]), free(q8[i]);
+  }
+  assert_true(differs);
+}
+
 /* A bad v_format / v_alpha is refused with the option's location. */
 static void test_bad_options(void **state) {
   (void)state;
@@ -344,7 +371,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_kv_matches_runtime),       cmocka_unit_test(test_split_equals_generate_cpu),
       cmocka_unit_test(test_split_equals_generate_vk), cmocka_unit_test(test_worker_memory),
-      cmocka_unit_test(test_bad_options),
+      cmocka_unit_test(test_policy_fallback_wins),  cmocka_unit_test(test_bad_options),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
