@@ -38,6 +38,30 @@ void qins_stage_kv_config(const qins_stage_ctx *ctx, int *max_seq, int *pool) {
   }
 }
 
+/* v_format / v_alpha of the worker's kv_store (checked by the stage: f32 or qins8). */
+static int kv_vformat(const qins_stage_ctx *ctx, qins_llm *llm) {
+  const qins_pipeline *pl = ctx->pipeline;
+  int me = pl ? qins_pipeline_stage_index(pl, ctx->stage_name) : -1;
+  if (me < 0) return 0;
+  const qins_pl_worker *w = &pl->workers[pl->stages[me].worker];
+  for (int i = 0; i < w->n_stages; i++) {
+    const qins_pl_stage *s = &pl->stages[w->stages[i]];
+    if (strcmp(s->type->name, "kv_store") != 0) continue;
+    const qins_cfg *f = qins_cfg_get(s->options, "v_format"), *a = qins_cfg_get(s->options, "v_alpha");
+    if (!f || f->type != QINS_CFG_SCALAR || strcmp(f->value, "qins8") != 0) return 0;
+    qins_alpha_spec spec = {QINS_ALPHA_MSE, 0};
+    char wh[256];
+    if (a && (a->type != QINS_CFG_SCALAR || qins_alpha_spec_parse(a->value, &spec)))
+      return qins_error_set(QINS_EINPUT, "%s: kv_store %s: v_alpha '%s': expected mse, std:C, absmax or fixed:V",
+                            qins_cfg_where(a, wh, sizeof wh), s->name, a->type == QINS_CFG_SCALAR ? a->value : "?");
+    for (int l = 0; l < qins_llm_config(llm)->n_layers; l++) {
+      int rc = qins_llm_set_vcache(llm, l, QINS_DT_QINS8, spec);
+      if (rc) return rc;
+    }
+  }
+  return 0;
+}
+
 int qins_stage_model_get(const qins_stage_ctx *ctx, int need, qins_stage_model **out) {
   char key[320];
   qins_cfg *bn, *pfile;
@@ -72,19 +96,14 @@ int qins_stage_model_get_key(const qins_stage_ctx *ctx, int need, const char *ke
     qins_llm_options opt = {kv_seq > 0 ? kv_seq : ctx->pipeline ? ctx->pipeline->max_seq : 0, 0};
     if ((rc = qins_llm_create(m->model, m->be, &opt, &m->llm))) return rc;
     /* the pipeline's coverage policy (docs/gates.md): weights re-encoded once per worker */
+    /* a kv_store's v_format: qins8 gives every layer a qins8 V cache; a policy's v_cache (applied
+     * next) may then set a layer's alpha mode; the qins_block caches take the format at creation */
+    if ((rc = kv_vformat(ctx, m->llm))) return rc;
     qins_cfg *pn = ctx->pipeline && ctx->pipeline->root ? qins_cfg_get(ctx->pipeline->root, "policy") : NULL;
     pn = bn; /* the stage's branch (stages/branch.c): its own policy:, else the root one above */
     if (pn) {
       qins_policy pol;
       if ((rc = qins_policy_parse(pn, m->model->cfg.n_layers, &pol))) return rc;
-      for (int l = 0; l < pol.n_layers; l++)
-        if (pol.p[l][QINS_PATH_VCACHE].format != QINS_DT_F32 && !pol.p[l][QINS_PATH_VCACHE].fallback) {
-          char w[256];
-          return qins_error_set(QINS_EUNSUPPORTED,
-                                "%s: policy: a QINS V cache is not available to pipeline stages yet (their per-request "
-                                "caches are f32); use qins gate / the single runtime, or set v_cache: f32",
-                                qins_cfg_where(pn, w, sizeof w));
-        }
       if ((rc = qins_policy_apply(m->llm, m->be, &pol, strncmp(m->be->name, "cpu", 3) != 0, &m->policy))) return rc;
     }
   }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/metrics.h"
 #include "stages/model_shared.h"
 
 static const qins_opt_spec opts[] = {
@@ -21,14 +22,24 @@ typedef struct block {
   qins_reqstate *reqs;     /* (req, attempt) -> qins_llm_kv */
   qins_llm_kv **pool;      /* caches of finished requests, reused */
   int n_pool, cap_pool;
+  qins_metric *k_bytes, *v_bytes; /* bytes of the caches this stage holds (in flight + pooled) */
 } block;
+
+/* The memory the caches hold, K and V apart, so a qins8 V cache shows as the smaller V part. */
+static void kv_account(block *b, const qins_llm_kv *kv, int sign) {
+  int64_t v, all = qins_llm_kv_bytes(kv, &v);
+  qins_metric_add(b->k_bytes, (double)(sign * (all - v)));
+  qins_metric_add(b->v_bytes, (double)(sign * v));
+}
 
 static void kv_release(void *p, void *u) {
   block *b = u;
-  if (b->n_pool < b->cap_pool)
+  if (b->n_pool < b->cap_pool) {
     b->pool[b->n_pool++] = p;
-  else
+  } else {
+    kv_account(b, p, -1);
     qins_llm_kv_destroy(p);
+  }
 }
 
 /* emit: layers changes the output port to every layer's rows */
@@ -81,6 +92,11 @@ static int init(qins_stage *st, const qins_stage_ctx *ctx) {
   char labels[200];
   snprintf(labels, sizeof labels, "stage=\"%s\",worker=\"%s\"", ctx->stage_name, ctx->worker_name);
   qins_metric_set(qins_metric_gauge("qins_block_layers", "layers a qins_block stage runs", labels), b->l1 - b->l0);
+  char kl[240];
+  snprintf(kl, sizeof kl, "%s,part=\"k\"", labels);
+  b->k_bytes = qins_metric_gauge("qins_kv_cache_bytes", "bytes of the KV caches a qins_block stage holds", kl);
+  snprintf(kl, sizeof kl, "%s,part=\"v\"", labels);
+  b->v_bytes = qins_metric_gauge("qins_kv_cache_bytes", "bytes of the KV caches a qins_block stage holds", kl);
   return 0;
 }
 
@@ -94,7 +110,10 @@ static void fini(qins_stage *st) {
   if (!b) return;
   b->cap_pool = 0; /* destroy instead of pooling */
   qins_reqstate_clear(&b->reqs, kv_release, b);
-  for (int i = 0; i < b->n_pool; i++) qins_llm_kv_destroy(b->pool[i]);
+  for (int i = 0; i < b->n_pool; i++) {
+    kv_account(b, b->pool[i], -1);
+    qins_llm_kv_destroy(b->pool[i]);
+  }
   free(b->pool);
   free(b);
 }
@@ -107,10 +126,12 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   qins_llm_kv *kv = qins_reqstate_find(b->reqs, in->req, in->attempt);
   if (!kv) {
     if (in->step > 0) return 0; /* an attempt this worker has forgotten (replayed): drop */
-    int rc = b->n_pool ? 0 : qins_llm_kv_create(b->m->llm, b->l0, b->l1, &kv);
+    int rc = 0;
     if (b->n_pool) kv = b->pool[--b->n_pool];
+    else if (!(rc = qins_llm_kv_create(b->m->llm, b->l0, b->l1, &kv))) kv_account(b, kv, +1);
     if (rc) return rc;
     if ((rc = qins_reqstate_add(&b->reqs, in->req, in->attempt, kv))) {
+      kv_account(b, kv, -1);
       qins_llm_kv_destroy(kv);
       return rc;
     }
@@ -141,7 +162,7 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   return 1;
 }
 
-static const char *const metrics[] = {"qins_block_layers", NULL};
+static const char *const metrics[] = {"qins_block_layers", "qins_kv_cache_bytes", NULL};
 
 const qins_stage_type qins_stage_qins_block = {
     .name = "qins_block",

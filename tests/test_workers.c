@@ -1097,7 +1097,8 @@ static char *run_kv(const char *model, const char *tok, const char *kv_stage, co
 }
 
 /* kv_store: its max_seq sizes the worker's caches (same as the pipeline max_seq key), pool 0
- * frees caches at request end, qins8 V is refused with the option's location. */
+ * frees caches at request end, an unknown V format is refused with the option's location
+ * (qins8 V in pipelines: tests/test_kv_pipeline.c). */
 static void test_kv_store(void **state) {
   (void)state;
   char model[600], tok[600], errf[600];
@@ -1130,7 +1131,7 @@ static void test_kv_store(void **state) {
   free(full);
   free(key);
   free(kv);
-  char *bad = run_kv(model, tok, "  - {name: kv, type: kv_store, options: {v_format: qins8}}", "", errf, &st);
+  char *bad = run_kv(model, tok, "  - {name: kv, type: kv_store, options: {v_format: qins4}}", "", errf, &st);
   free(bad);
   assert_true(st != 0);
   FILE *f = fopen(errf, "r");
@@ -1138,7 +1139,7 @@ static void test_kv_store(void **state) {
   size_t k = fread(msg, 1, sizeof msg - 1, f);
   msg[k] = 0;
   fclose(f);
-  if (!strstr(msg, "kv.yaml:10:") || !strstr(msg, "v_format qins8 is not available"))
+  if (!strstr(msg, "kv.yaml:10:") || !strstr(msg, "v_format 'qins4': expected f32 or qins8"))
     fail_msg("stderr '%s' lacks the located v_format message", msg);
 }
 

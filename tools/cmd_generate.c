@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/llm/generate.h"
 #include "core/llm/llm.h"
+#include "core/llm/policy.h"
 #include "core/llm/sampler.h"
 #include "core/model/model.h"
 #include "tools/cli_util.h"
@@ -29,6 +30,8 @@ static void usage(FILE *f) {
           "  --stop STR           stop once the generated text contains STR (needs a tokenizer)\n"
           "  --backend B          cpu, cpu:T, vk, vk:N, auto (default auto)\n"
           "  --max-seq N          KV cache length (default: the model's context)\n"
+          "  --policy P           coverage policy (docs/gates.md): a YAML file (its `policy:` map, or the whole\n"
+          "                       file) or inline YAML, e.g. '{paths: [v_cache]}' for a qins8 V cache only\n"
           "  --json               print only {\"prompt_ids\": [...], \"ids\": [...], \"text\": \"...\"}\n"
           "Without --tokenizer: tokenizer.bin / tok*.bin beside a llama2.c .bin, tokenizer.json (or GPT-2's\n"
           "encoder.json + vocab.bpe, or a llama2.c tokenizer.bin as `qins train` writes) in an HF folder.\n"
@@ -173,6 +176,9 @@ static int bad_usage(const char *msg, const char *arg) {
 
 int cmd_generate(int argc, char **argv) {
   const char *model_path = NULL, *tok_path = NULL, *prompt = NULL, *ids_text = NULL, *backend = "auto", *stop = NULL;
+  const char *policy_arg = NULL;
+  qins_cfg *pcfg = NULL;
+  qins_policy_state *pst = NULL;
   long steps = 128, max_seq = 0;
   int json = 0;
   qins_sampler_params sp = qins_sampler_defaults();
@@ -198,6 +204,7 @@ int cmd_generate(int argc, char **argv) {
     else if (!strcmp(a, "--prompt")) prompt = v;
     else if (!strcmp(a, "--ids")) ids_text = v;
     else if (!strcmp(a, "--backend")) backend = v;
+    else if (!strcmp(a, "--policy")) policy_arg = v;
     else if (!strcmp(a, "--stop")) stop = v;
     else if (!strcmp(a, "--steps")) rc = cli_parse_int(a, v, 0, 1 << 24, &steps);
     else if (!strcmp(a, "--max-seq")) rc = cli_parse_int(a, v, 1, 1 << 24, &max_seq);
@@ -268,6 +275,17 @@ int cmd_generate(int argc, char **argv) {
   if ((rc = qins_backend_create(backend, &be))) goto done;
   qins_llm_options opt = {(int)max_seq, 0};
   if ((rc = qins_llm_create(m, be, &opt, &l))) goto done;
+  if (policy_arg) {
+    /* the same parser and re-encoding as the pipeline's `policy:` key (stages/model_shared.c) */
+    struct stat sb;
+    rc = stat(policy_arg, &sb) == 0 ? qins_cfg_load_file(policy_arg, &pcfg)
+                                    : qins_cfg_load_string(policy_arg, strlen(policy_arg), "--policy", &pcfg);
+    if (rc) goto done;
+    const qins_cfg *pn = qins_cfg_get(pcfg, "policy") ? qins_cfg_get(pcfg, "policy") : pcfg;
+    qins_policy pol;
+    if ((rc = qins_policy_parse(pn, m->cfg.n_layers, &pol))) goto done;
+    if ((rc = qins_policy_apply(l, be, &pol, strncmp(be->name, "cpu", 3) != 0, &pst))) goto done;
+  }
   for (int i = 0; i < n_prompt; i++)
     if (prompt_ids[i] >= qins_llm_vocab(l)) {
       rc = qins_error_set(QINS_EINPUT, "prompt id %d outside the vocabulary of %d", prompt_ids[i], qins_llm_vocab(l));
@@ -319,6 +337,8 @@ done:
   free(prompt_ids);
   qins_sampler_destroy(s);
   qins_llm_destroy(l);
+  qins_policy_state_free(pst);
+  qins_cfg_free(pcfg);
   if (be) qins_backend_destroy(be);
   if (g.tok) gen_tok_close(g.tok);
   if (m) qins_model_close(m);

@@ -16,7 +16,10 @@ typedef struct llm_layer {
   qins_tensor wq, wk, wv, wo, bq, bk, bv, bo;                    /* b*: optional biases */
   qins_tensor wgate, wup, wdown, bgate, bup, bdown;              /* GPT-2: up = c_fc, down = c_proj */
   qins_buf *kc_buf, *vc_buf;                                     /* [max_seq, n_kv, head_dim] f32 */
-  /* QINS V cache (qins_llm_set_vcache): vq [max_seq, n_kv, head_dim] qins8 with vq_alpha [max_seq*n_kv] */
+  /* QINS V cache (qins_llm_set_vcache): vfmt says the format of this layer's V caches, the
+   * runtime's own and every qins_llm_kv created afterwards; vq [max_seq, n_kv, head_dim] qins8
+   * with vq_alpha [max_seq*n_kv] is the runtime's own, allocated at its first forward */
+  qins_dtype vfmt;
   qins_tensor vq, vq_alpha;
   qins_alpha_spec vq_spec;
 } llm_layer;
@@ -43,6 +46,9 @@ struct qins_llm {
 
   qins_buf *owned[MAX_OWNED_BUFS];
   int n_owned;
+
+  qins_llm_tap_fn tap; /* qins_llm_set_tap: inputs of the QINS-eligible matmuls */
+  void *tap_user;
 };
 
 /* ---------------------------------------------------------------- placement helpers */
@@ -472,6 +478,44 @@ qins_tensor *qins_llm_matrix(qins_llm *l, int layer, qins_llm_mat which) {
   return t->buf ? t : NULL;
 }
 
+const qins_tensor *qins_llm_bias(const qins_llm *l, int layer, qins_llm_mat which) {
+  if (layer < 0 || layer >= l->cfg.n_layers) return NULL;
+  const llm_layer *L = &l->layers[layer];
+  const qins_tensor *t = NULL;
+  switch (which) {
+  case QINS_LLM_WQ: t = &L->bq; break;
+  case QINS_LLM_WK: t = &L->bk; break;
+  case QINS_LLM_WV: t = &L->bv; break;
+  case QINS_LLM_WO: t = &L->bo; break;
+  case QINS_LLM_WGATE: t = &L->bgate; break;
+  case QINS_LLM_WUP: t = &L->bup; break;
+  case QINS_LLM_WDOWN: t = &L->bdown; break;
+  default: return NULL;
+  }
+  return t->buf ? t : NULL;
+}
+
+int qins_llm_norm(const qins_llm *l, int layer, int ffn, const qins_tensor **weight, const qins_tensor **bias) {
+  if (layer < 0 || layer >= l->cfg.n_layers)
+    return qins_error_set(QINS_EINVAL, "llm norm: layer %d outside 0..%d", layer, l->cfg.n_layers - 1);
+  const llm_layer *L = &l->layers[layer];
+  *weight = ffn ? &L->ffn_norm : &L->attn_norm;
+  const qins_tensor *b = ffn ? &L->ffn_norm_b : &L->attn_norm_b;
+  *bias = b->buf ? b : NULL;
+  return 0;
+}
+
+void qins_llm_set_tap(qins_llm *l, qins_llm_tap_fn fn, void *user) {
+  l->tap = fn;
+  l->tap_user = user;
+}
+
+/* The tap's call: x about to enter `which` of layer i. */
+#define TAP(i, which, x)                                                       \
+  do {                                                                         \
+    if (l->tap) TRY(l->tap(l->tap_user, (i), (which), (x), pos0));            \
+  } while (0)
+
 int qins_llm_set_vcache(qins_llm *l, int layer, qins_dtype format, qins_alpha_spec spec) {
   if (layer < 0 || layer >= l->cfg.n_layers)
     return qins_error_set(QINS_EINVAL, "llm vcache: layer %d outside 0..%d", layer, l->cfg.n_layers - 1);
@@ -479,30 +523,38 @@ int qins_llm_set_vcache(qins_llm *l, int layer, qins_dtype format, qins_alpha_sp
     return qins_error_set(QINS_EUNSUPPORTED, "llm vcache: layer %d: a %s V cache is not supported (f32 or qins8)",
                           layer, qins_dtype_name(format));
   llm_layer *L = &l->layers[layer];
-  if (format == QINS_DT_F32) {
-    L->vq.buf = NULL;
-    return 0;
-  }
-  if (L->vq.buf) {
-    L->vq_spec = spec;
-    return 0;
-  }
-  int64_t hkv = l->cfg.n_kv_heads, hd = l->cfg.head_dim;
-  if (!l->vtmp) TRY(alloc_act(l, (size_t)l->max_batch * (size_t)(hkv * hd) * sizeof(float), &l->vtmp));
-  qins_buf *codes, *alpha;
-  TRY(alloc_act(l, (size_t)l->max_seq * (size_t)(hkv * hd), &codes));
-  TRY(alloc_act(l, (size_t)l->max_seq * (size_t)hkv * sizeof(float), &alpha));
-  L->vq_alpha = view(alpha, 0, "v_cache alpha", QINS_DT_F32, 1, (int64_t)l->max_seq * hkv, 0, 0);
-  L->vq = view(codes, 0, "v_cache qins8", QINS_DT_QINS8, 3, l->max_seq, hkv, hd);
-  L->vq.scale = &L->vq_alpha;
+  L->vfmt = format;
   L->vq_spec = spec;
+  if (format == QINS_DT_QINS8 && !l->vtmp) {
+    size_t kvd = (size_t)l->cfg.n_kv_heads * (size_t)l->cfg.head_dim;
+    TRY(alloc_act(l, (size_t)l->max_batch * kvd * sizeof(float), &l->vtmp));
+  }
+  return 0;
+}
+
+/* qins8 codes [max_seq, hkv, hd] and alphas [max_seq*hkv] in two new buffers: the runtime's own
+ * cache (owned) or a pipeline cache's (freed with it). */
+static int alloc_vq(qins_llm *l, int owned, qins_tensor *vq, qins_tensor *alpha) {
+  int64_t hkv = l->cfg.n_kv_heads, hd = l->cfg.head_dim;
+  qins_buf *codes = NULL, *ab = NULL;
+  int rc = qins_buf_alloc(l->be, (size_t)l->max_seq * (size_t)(hkv * hd), &codes);
+  if (!rc && owned) rc = own(l, codes);
+  if (!rc) rc = qins_buf_alloc(l->be, (size_t)l->max_seq * (size_t)hkv * sizeof(float), &ab);
+  if (!rc && owned) rc = own(l, ab);
+  if (rc) {
+    if (!owned && codes) qins_buf_free(codes);
+    return rc;
+  }
+  *alpha = view(ab, 0, "v_cache alpha", QINS_DT_F32, 1, (int64_t)l->max_seq * hkv, 0, 0);
+  *vq = view(codes, 0, "v_cache qins8", QINS_DT_QINS8, 3, l->max_seq, hkv, hd);
+  vq->scale = alpha;
   return 0;
 }
 
 int64_t qins_llm_cache_bytes(const qins_llm *l) {
   int64_t per = (int64_t)l->max_seq * l->cfg.n_kv_heads * l->cfg.head_dim, total = 0;
   for (int i = 0; i < l->cfg.n_layers; i++)
-    total += per * 4 + (l->layers[i].vq.buf ? per + (int64_t)l->max_seq * l->cfg.n_kv_heads * 4 : per * 4);
+    total += per * 4 + (l->layers[i].vfmt == QINS_DT_QINS8 ? per + (int64_t)l->max_seq * l->cfg.n_kv_heads * 4 : per * 4);
   return total;
 }
 
@@ -522,7 +574,9 @@ static const qins_tensor *opt_t(const qins_tensor *t) { return t->buf ? t : NULL
 struct qins_llm_kv {
   qins_llm *llm;
   int layer0, layer1;
-  qins_buf **kc, **vc; /* per layer of the range */
+  qins_buf **kc, **vc; /* per layer of the range; vc NULL where the layer's V cache is qins8 */
+  qins_tensor *vq, *vqa; /* per layer: qins8 codes + alphas (vq[i].buf NULL: f32 V in vc[i]) */
+  int64_t k_bytes, v_bytes;
 };
 
 static int run_chunk_range(qins_llm *l, int n, int pos0, int head_rows, int embed, int layer0, int layer1,
@@ -574,13 +628,19 @@ static int run_chunk_range(qins_llm *l, int n, int pos0, int head_rows, int embe
     qins_tensor vdst2 = view(vcb, (size_t)pos0 * row_kv, "v_cache rows", QINS_DT_F32, 2, n, hkv * hd, 0);
 
     TRY(norm(l, &x, &L->attn_norm, opt_t(&L->attn_norm_b), &xb));
+    TAP(i, QINS_LLM_WV, &xb);
     TRY(qins_op_matmul(be, &xb, &L->wq, opt_t(&L->bq), &q2));
-    int vq = L->vq.buf && !kv; /* QINS V cache (single-runtime path only) */
+    /* QINS V cache: the pipeline cache's own codes when it has them (its format was fixed at
+     * qins_llm_kv_create), else the runtime's (allocated at the first forward that needs it) */
+    qins_tensor *vqt = kv ? &kv->vq[i - kv->layer0] : &L->vq;
+    if (!kv && L->vfmt == QINS_DT_QINS8 && !L->vq.buf) TRY(alloc_vq(l, 1, &L->vq, &L->vq_alpha));
+    if (!kv && L->vfmt != QINS_DT_QINS8) vqt = NULL;
+    int vq = vqt && vqt->buf;
     if (vq) {
       qins_tensor v2 = view(l->vtmp, 0, "v rows", QINS_DT_F32, 2, n, hkv * hd, 0);
       qins_tensor v3 = view(l->vtmp, 0, "v rows", QINS_DT_F32, 3, n, hkv, hd);
       TRY(qins_op_matmul(be, &xb, &L->wv, opt_t(&L->bv), &v2));
-      TRY(qins_kv_append_v(be, &v3, &L->vq, pos0, L->vq_spec));
+      TRY(qins_kv_append_v(be, &v3, vqt, pos0, L->vq_spec));
     } else {
       TRY(qins_op_matmul(be, &xb, &L->wv, opt_t(&L->bv), &vdst2));
     }
@@ -591,11 +651,14 @@ static int run_chunk_range(qins_llm *l, int n, int pos0, int head_rows, int embe
     } else {
       TRY(qins_op_matmul(be, &xb, &L->wk, opt_t(&L->bk), &kdst2));
     }
-    TRY(qins_op_attention(be, &q3, &kc, vq ? &L->vq : &vc, pos0, scale, &att3));
+    TRY(qins_op_attention(be, &q3, &kc, vq ? vqt : &vc, pos0, scale, &att3));
+    TAP(i, QINS_LLM_WO, &att2);
     TRY(qins_op_matmul(be, &att2, &L->wo, opt_t(&L->bo), &xb2));
     TRY(qins_op_add(be, &x, &xb2, &x));
 
     TRY(norm(l, &x, &L->ffn_norm, opt_t(&L->ffn_norm_b), &xb));
+    if (!l->is_gpt2) TAP(i, QINS_LLM_WGATE, &xb);
+    TAP(i, QINS_LLM_WUP, &xb);
     if (l->is_gpt2) {
       TRY(qins_op_matmul(be, &xb, &L->wup, opt_t(&L->bup), &h1));
       TRY(qins_op_gelu_tanh(be, &h1, &h1));
@@ -604,6 +667,7 @@ static int run_chunk_range(qins_llm *l, int n, int pos0, int head_rows, int embe
       TRY(qins_op_matmul(be, &xb, &L->wup, opt_t(&L->bup), &h2));
       TRY(qins_op_silu_mul(be, &h1, &h2, &h1));
     }
+    TAP(i, QINS_LLM_WDOWN, &h1);
     TRY(qins_op_matmul(be, &h1, &L->wdown, opt_t(&L->bdown), &xb2));
     TRY(qins_op_add(be, &x, &xb2, &x));
   }
@@ -707,14 +771,27 @@ int qins_llm_kv_create(qins_llm *l, int layer0, int layer1, qins_llm_kv **out) {
   kv->layer1 = layer1;
   kv->kc = qins_mem_calloc(l->owner, (size_t)n + 1, sizeof(qins_buf *));
   kv->vc = qins_mem_calloc(l->owner, (size_t)n + 1, sizeof(qins_buf *));
-  if (!kv->kc || !kv->vc) {
+  kv->vq = qins_mem_calloc(l->owner, (size_t)n + 1, sizeof(qins_tensor));
+  kv->vqa = qins_mem_calloc(l->owner, (size_t)n + 1, sizeof(qins_tensor));
+  if (!kv->kc || !kv->vc || !kv->vq || !kv->vqa) {
     qins_llm_kv_destroy(kv);
     return QINS_ENOMEM;
   }
-  size_t bytes = (size_t)l->max_seq * (size_t)l->cfg.n_kv_heads * (size_t)l->cfg.head_dim * sizeof(float);
+  int64_t rows = (int64_t)l->max_seq * l->cfg.n_kv_heads;
+  size_t bytes = (size_t)rows * (size_t)l->cfg.head_dim * sizeof(float);
   for (int i = 0; i < n; i++) {
     int rc = qins_buf_alloc(l->be, bytes, &kv->kc[i]);
-    if (!rc) rc = qins_buf_alloc(l->be, bytes, &kv->vc[i]);
+    kv->k_bytes += (int64_t)bytes;
+    /* the layer's V format as the runtime has it now (qins_llm_set_vcache): qins8 codes with one
+     * alpha per (token, KV head), the same layout and code path as the runtime's own cache */
+    if (!rc && l->layers[layer0 + i].vfmt == QINS_DT_QINS8) {
+      rc = alloc_vq(l, 0, &kv->vq[i], &kv->vqa[i]);
+      kv->vq[i].scale = &kv->vqa[i]; /* the copy in kv, not alloc_vq's argument */
+      kv->v_bytes += rows * l->cfg.head_dim + rows * (int64_t)sizeof(float);
+    } else if (!rc) {
+      rc = qins_buf_alloc(l->be, bytes, &kv->vc[i]);
+      kv->v_bytes += (int64_t)bytes;
+    }
     if (rc) {
       qins_llm_kv_destroy(kv);
       return rc;
@@ -730,10 +807,19 @@ void qins_llm_kv_destroy(qins_llm_kv *kv) {
   for (int i = 0; i < n; i++) {
     if (kv->kc && kv->kc[i]) qins_buf_free(kv->kc[i]);
     if (kv->vc && kv->vc[i]) qins_buf_free(kv->vc[i]);
+    if (kv->vq && kv->vq[i].buf) qins_buf_free(kv->vq[i].buf);
+    if (kv->vqa && kv->vqa[i].buf) qins_buf_free(kv->vqa[i].buf);
   }
   qins_mem_free(kv->llm->owner, kv->kc);
   qins_mem_free(kv->llm->owner, kv->vc);
+  qins_mem_free(kv->llm->owner, kv->vq);
+  qins_mem_free(kv->llm->owner, kv->vqa);
   qins_mem_free(kv->llm->owner, kv);
+}
+
+int64_t qins_llm_kv_bytes(const qins_llm_kv *kv, int64_t *v_bytes) {
+  if (v_bytes) *v_bytes = kv ? kv->v_bytes : 0;
+  return kv ? kv->k_bytes + kv->v_bytes : 0;
 }
 
 int qins_llm_forward_range(qins_llm *l, qins_llm_kv *kv, const int32_t *ids, float *x, int n, int pos0, int layer0,

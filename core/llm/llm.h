@@ -46,12 +46,27 @@ typedef enum qins_llm_mat {
   QINS_LLM_MAT_COUNT
 } qins_llm_mat;
 qins_tensor *qins_llm_matrix(qins_llm *llm, int layer, qins_llm_mat which);
+/* The bias added after that matrix (GPT-2, Phi-3 fused splits follow the rows), NULL if none. */
+const qins_tensor *qins_llm_bias(const qins_llm *llm, int layer, qins_llm_mat which);
+/* A layer's norm before attention (ffn 0) or before the MLP (ffn 1): weight, and bias (LayerNorm)
+ * or NULL; eps and kind in qins_llm_config. Returns 0 or QINS_EINVAL for a bad layer. */
+int qins_llm_norm(const qins_llm *llm, int layer, int ffn, const qins_tensor **weight, const qins_tensor **bias);
+
+/* Activation tap, for calibration on real activations (linearised transport, QINS.md section 4):
+ * during every forward (qins_llm_forward and qins_llm_forward_range) fn is called with the input
+ * rows of each QINS-eligible matmul just before it runs: which = WV (the normed hidden rows),
+ * WO (the attention output), WGATE and WUP (the MLP's normed rows, once each), WDOWN (the
+ * activated MLP rows, SiLU(gate)*up or GELU(c_fc)); x is [n, K] on the backend (read it with
+ * qins_tensor_read or qins_buf_read), pos0 the position of its first row. A non-zero return
+ * stops the forward with that code. fn NULL removes the tap. */
+typedef int (*qins_llm_tap_fn)(void *user, int layer, qins_llm_mat which, const qins_tensor *x, int pos0);
+void qins_llm_set_tap(qins_llm *llm, qins_llm_tap_fn fn, void *user);
 
 /* QINS V cache (QINS.md sections 4-5, plan step B1): layer's values are stored as qins8 codes
  * with one alpha per token and KV head chosen by `spec` as they are appended, and attention reads
  * them through the decode table (no f32 V buffer). format QINS_DT_F32 switches back. Applies to
- * qins_llm_forward (the pipeline pieces' qins_llm_kv caches stay f32). Set before the first
- * forward (or after a reset). */
+ * qins_llm_forward (set before the first forward or after a reset) and to every pipeline cache
+ * (qins_llm_kv) created afterwards: a qins_llm_kv keeps the V format it was created with. */
 int qins_llm_set_vcache(qins_llm *llm, int layer, qins_dtype format, qins_alpha_spec spec);
 /* Bytes the K and V caches hold (f32 keys; f32 or qins8 codes + alphas for values). */
 int64_t qins_llm_cache_bytes(const qins_llm *llm);
@@ -67,6 +82,9 @@ int qins_llm_rope_recomputes(const qins_llm *llm);
 typedef struct qins_llm_kv qins_llm_kv;
 int qins_llm_kv_create(qins_llm *llm, int layer0, int layer1, qins_llm_kv **out);
 void qins_llm_kv_destroy(qins_llm_kv *kv);
+/* Bytes the cache holds on the backend (K + V); *v_bytes (may be NULL): the V part (f32, or
+ * qins8 codes + one f32 alpha per token and KV head). */
+int64_t qins_llm_kv_bytes(const qins_llm_kv *kv, int64_t *v_bytes);
 /* Rows at positions pos0..pos0+n-1: input `ids` (embedded here) or host hidden rows `x`
  * [n, dim]; then layers [layer0, layer1) with keys/values in `kv` (may be NULL for an empty
  * range); then either the head on the last row (logits [vocab] and/or argmax, when either is

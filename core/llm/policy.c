@@ -475,9 +475,11 @@ int qins_policy_apply(qins_llm *llm, qins_backend *be, const qins_policy *pol, i
       if (!t) continue; /* GPT-2 has no gate */
       if ((rc = encode_matrix(st, be, t, pp, unfused))) rc = qins_error_wrap(rc, "policy: layer %d %s: ", l, path_names[p]);
     }
+    /* V cache: a QINS format switches the layer's caches (the runtime's and the pipeline caches
+     * made afterwards); an FP fallback switches back, overriding a kv_store's v_format */
     const qins_path_policy *vc = &pol->p[l][QINS_PATH_VCACHE];
-    if (!rc && !vc->fallback && vc->format != QINS_DT_F32)
-      rc = qins_llm_set_vcache(llm, l, vc->format, vc->alpha);
+    if (!rc && vc->fallback) rc = qins_llm_set_vcache(llm, l, QINS_DT_F32, vc->alpha);
+    else if (!rc && vc->format != QINS_DT_F32) rc = qins_llm_set_vcache(llm, l, vc->format, vc->alpha);
     const qins_path_policy *ac = &pol->p[l][QINS_PATH_ACT];
     if (!rc && !ac->fallback && ac->format != QINS_DT_F32)
       rc = qins_error_set(QINS_EUNSUPPORTED,
