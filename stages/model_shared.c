@@ -95,16 +95,16 @@ int qins_stage_model_get_key(const qins_stage_ctx *ctx, int need, const char *ke
     qins_stage_kv_config(ctx, &kv_seq, &kv_pool);
     qins_llm_options opt = {kv_seq > 0 ? kv_seq : ctx->pipeline ? ctx->pipeline->max_seq : 0, 0};
     if ((rc = qins_llm_create(m->model, m->be, &opt, &m->llm))) return rc;
-    /* the pipeline's coverage policy (docs/gates.md): weights re-encoded once per worker */
     /* a kv_store's v_format: qins8 gives every layer a qins8 V cache; a policy's v_cache (applied
      * next) may then set a layer's alpha mode; the qins_block caches take the format at creation */
     if ((rc = kv_vformat(ctx, m->llm))) return rc;
-    qins_cfg *pn = ctx->pipeline && ctx->pipeline->root ? qins_cfg_get(ctx->pipeline->root, "policy") : NULL;
-    pn = bn; /* the stage's branch (stages/branch.c): its own policy:, else the root one above */
-    if (pn) {
+    /* the coverage policy of the stage's branch (stages/branch.c: its own policy:, else the
+     * pipeline's root one; docs/gates.md): weights re-encoded once per worker and kept quantized,
+     * every backend has the fused quantized matmul */
+    if (bn) {
       qins_policy pol;
-      if ((rc = qins_policy_parse(pn, m->model->cfg.n_layers, &pol))) return rc;
-      if ((rc = qins_policy_apply(m->llm, m->be, &pol, strncmp(m->be->name, "cpu", 3) != 0, &m->policy))) return rc;
+      if ((rc = qins_policy_parse(bn, m->model->cfg.n_layers, &pol))) return rc;
+      if ((rc = qins_policy_apply(m->llm, m->be, &pol, 0, &m->policy))) return rc;
     }
   }
   if ((need & QINS_NEED_TOK) && !m->tok) {

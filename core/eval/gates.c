@@ -42,7 +42,6 @@ typedef struct gctx {
   qins_policy pol;      /* the subject (QINS) policy */
   char pol_desc[512];
   int vocab, max_seq;
-  int unfused;          /* the backend has no quantized matmul: weights decoded to f32 at load */
 } gctx;
 
 typedef struct branch {
@@ -195,7 +194,7 @@ static int make_branch(gctx *g, const char *name, const qins_policy *pol, int un
   qins_llm_options lo = {0, 0};
   int rc = qins_llm_create(g->m, g->be, &lo, &b->llm);
   if (rc) return rc;
-  if (pol && (rc = qins_policy_apply(b->llm, g->be, pol, unfused || g->unfused, &b->st))) {
+  if (pol && (rc = qins_policy_apply(b->llm, g->be, pol, unfused, &b->st))) {
     qins_llm_destroy(b->llm);
     b->llm = NULL;
     return rc;
@@ -758,11 +757,7 @@ static int gate_a5(gctx *g) {
   for (int f = 0; f < 5 && !rc; f++) {
     qins_policy pol;
     baseline_policy(&g->pol, fmts[f], &pol);
-    /* keep the weights quantized even where other gates decode them at load (g->unfused) */
-    int keep = g->unfused;
-    g->unfused = 0;
     rc = make_branch(g, fmt_name(fmts[f]), &pol, 0, &b);
-    g->unfused = keep;
     if (rc) break;
     double tf = 0, tu = 0, maxrel = 0;
     for (int m = QINS_LLM_WV; m <= QINS_LLM_WDOWN && !rc; m++) {
@@ -1346,12 +1341,13 @@ int qins_gate_run(const char *name, const qins_gate_opts *o, char *verdict, size
     goto write;
   }
   qins_report_run_str(&g.rep, "backend", g.be->name);
-  /* only the cpu backend has the fused quantized matmul (core/cpu/cpu_qmatmul.c) */
-  g.unfused = strncmp(g.be->name, "cpu", 3) != 0;
+  /* every backend has the fused quantized matmul (cpu: core/cpu/cpu_qmatmul.c, vk: the matmul
+   * shaders' quantized variants), so the weights stay quantized; QINS_MATMUL_UNFUSED=1 switches a
+   * backend to dequantize-then-f32 (qins_qmatmul_path_default) and the report says so */
   qins_report_run_str(&g.rep, "weights_path",
-                      g.unfused ? "unfused: quantized weights decoded to f32 at load (the backend has no quantized "
-                                  "matmul); same numbers, not the same speed"
-                                : "fused quantized matmul (cpu)");
+                      g.be->qmatmul_path == QINS_QMATMUL_UNFUSED
+                          ? "quantized weights, unfused matmul (dequantize to f32, then the f32 matmul)"
+                          : "quantized weights, fused quantized matmul");
   qins_report_run_str(&g.rep, "device", g.be->device_name);
   if ((rc = qins_policy_parse(qins_cfg_get(g.cfg, "policy"), g.m->cfg.n_layers, &g.pol))) goto fail_input;
   qins_policy_describe(&g.pol, g.pol_desc, sizeof g.pol_desc);
