@@ -633,6 +633,158 @@ static void test_hidden_hook_llama(void **st) { hidden_hook_model("llama_gqa"); 
 static void test_hidden_hook_phi3(void **st) { hidden_hook_model("phi3_longrope"); }
 static void test_hidden_hook_gpt2(void **st) { hidden_hook_model("gpt2"); }
 
+/* ---------------------------------------------------------------- pipeline parts */
+
+static float *grads_copy(qins_train_model *tm) {
+  int64_t total = 0;
+  for (int i = 0; i < qins_train_model_count(tm); i++) total += qins_train_model_param(tm, i)->n;
+  float *g = malloc((size_t)total * sizeof(float)), *gp = g;
+  for (int i = 0; i < qins_train_model_count(tm); i++) {
+    const qins_train_param *p = qins_train_model_param(tm, i);
+    memcpy(gp, p->g, (size_t)p->n * sizeof(float));
+    gp += p->n;
+  }
+  return g;
+}
+
+static void grads_same(qins_train_model *tm, const float *ref, const char *what) {
+  for (int i = 0; i < qins_train_model_count(tm); i++) {
+    const qins_train_param *p = qins_train_model_param(tm, i);
+    if (memcmp(ref, p->g, (size_t)p->n * sizeof(float)) != 0)
+      fail_msg("%s: the gradient of %s differs from the whole-model call", what, p->name);
+    ref += p->n;
+  }
+}
+
+/* A chain of 3 parts (embedding + layer 0 | layers 1..L-1 | final norm + head) run with two
+ * micro-batches in flight (forward A0 A1 B0 B1 C0 C1, backward C0 B0 A0 C1 B1 A1: per micro-batch
+ * the gradients land in the whole model's order) gives the whole-model loss and bit-identical
+ * gradients on cpu, for both ids sequences together. With the hidden and logit hooks on (noisy
+ * hidden targets, cross-entropy dropped), the gradients stay bit-identical and the per-part losses
+ * sum to the whole-model loss. Slot misuse and NULL patterns are QINS_EINVAL; every parameter is
+ * used by some part, layer-0 tensors only by the first, a tied embedding by both ends. */
+static void parts_model(const char *path, const int32_t *ids0, const int32_t *ids1, int n) {
+  qins_model *m;
+  if (qins_model_open(path, &m)) fail_msg("%s", qins_error_msg());
+  qins_backend *be;
+  assert_int_equal(qins_backend_create("cpu", &be), 0);
+  qins_train_model *tm;
+  if (qins_train_model_create(m, be, &tm)) fail_msg("%s", qins_error_msg());
+  int L = m->cfg.n_layers, Dm = (int)m->cfg.dim, tied = m->cfg.tied_embeddings;
+  qins_model_close(m);
+  assert_true(L >= 2);
+  const int32_t *ids[2] = {ids0, ids1};
+  for (int hooks = 0; hooks < 2; hooks++) {
+    hid_ctx c = {1, n, Dm, calloc((size_t)L * n * Dm, sizeof(float)), {0, L - 1}, 2, 1.0, 0};
+    if (hooks) {
+      qins_train_model_set_hidden_hook(tm, hid_hook, &c);
+      double l;
+      assert_int_equal(qins_train_model_loss_grad(tm, ids0, n, &l), 0); /* capture, then add noise */
+      for (int64_t j = 0; j < (int64_t)L * n * Dm; j++) c.tgt[j] += 0.5f * test_rand_normal();
+      c.capture = 0;
+      qins_train_model_set_logit_hook(tm, no_ce, NULL);
+    }
+    double whole[2];
+    qins_train_model_zero_grad(tm);
+    for (int b = 0; b < 2; b++) assert_int_equal(qins_train_model_loss_grad(tm, ids[b], n, &whole[b]), 0);
+    float *ref = grads_copy(tm);
+
+    qins_train_part *P[3];
+    assert_int_equal(qins_train_part_create(tm, 0, 1, 1, 0, 2, &P[0]), 0);
+    assert_int_equal(qins_train_part_create(tm, 1, L, 0, 0, 2, &P[1]), 0);
+    assert_int_equal(qins_train_part_create(tm, L, L, 0, 1, 2, &P[2]), 0);
+    size_t rows = (size_t)n * (size_t)Dm;
+    float *xa[2], *xb[2], *da = malloc(rows * sizeof(float)), *db = malloc(rows * sizeof(float));
+    double la[2], lb[2], lc[2];
+    qins_train_model_zero_grad(tm);
+    for (int b = 0; b < 2; b++) {
+      xa[b] = malloc(rows * sizeof(float));
+      xb[b] = malloc(rows * sizeof(float));
+      assert_int_equal(qins_train_part_forward(P[0], b, ids[b], n, NULL, xa[b], &la[b]), 0);
+    }
+    for (int b = 0; b < 2; b++) assert_int_equal(qins_train_part_forward(P[1], b, NULL, n, xa[b], xb[b], &lb[b]), 0);
+    for (int b = 0; b < 2; b++) assert_int_equal(qins_train_part_forward(P[2], b, ids[b], n, xb[b], NULL, &lc[b]), 0);
+    for (int b = 0; b < 2; b++) {
+      assert_int_equal(qins_train_part_backward(P[2], b, NULL, db), 0);
+      assert_int_equal(qins_train_part_backward(P[1], b, db, da), 0);
+      assert_int_equal(qins_train_part_backward(P[0], b, da, NULL), 0);
+      double sum = la[b] + lb[b] + lc[b];
+      if (hooks) {
+        if (!(fabs(sum - whole[b]) <= 1e-12 * fabs(whole[b]))) fail_msg("%s: parts' loss %.17g, whole %.17g", path, sum, whole[b]);
+      } else {
+        assert_true(lc[b] == whole[b]);
+        assert_true(la[b] == 0 && lb[b] == 0);
+      }
+    }
+    grads_same(tm, ref, path);
+    print_message("  %s%s: 3-part chain, 2 micro-batches: losses %.6f %.6f, gradients bit-identical\n", path,
+                  hooks ? " (hidden + logit hooks)" : "", whole[0], whole[1]);
+    if (!hooks) {
+      /* misuse */
+      assert_int_equal(qins_train_part_backward(P[1], 0, db, da), QINS_EINVAL);            /* no forward */
+      assert_int_equal(qins_train_part_forward(P[1], 2, NULL, n, xa[0], xb[0], NULL), QINS_EINVAL); /* slot */
+      assert_int_equal(qins_train_part_forward(P[1], 0, NULL, n, NULL, xb[0], NULL), QINS_EINVAL);  /* no x_in */
+      assert_int_equal(qins_train_part_forward(P[0], 0, NULL, n, NULL, xa[0], NULL), QINS_EINVAL);  /* no ids */
+      assert_int_equal(qins_train_part_forward(P[1], 0, NULL, n, xa[0], xb[0], NULL), 0);
+      assert_int_equal(qins_train_part_forward(P[1], 0, NULL, n, xa[0], xb[0], NULL), QINS_EINVAL); /* in flight */
+      assert_int_equal(qins_train_part_backward(P[1], 0, NULL, da), QINS_EINVAL);           /* no dx_out */
+      assert_int_equal(qins_train_part_backward(P[1], 0, db, da), QINS_EINVAL);             /* slot freed */
+      qins_train_part *bad;
+      assert_int_equal(qins_train_part_create(tm, 1, L, 1, 0, 1, &bad), QINS_EINVAL);
+      assert_int_equal(qins_train_part_create(tm, 0, 1, 0, 1, 1, &bad), QINS_EINVAL);
+      assert_int_equal(qins_train_part_create(tm, 0, 1, 1, 0, 0, &bad), QINS_EINVAL);
+      /* uses */
+      for (int i = 0; i < qins_train_model_count(tm); i++) {
+        const qins_train_param *p = qins_train_model_param(tm, i);
+        int u0 = qins_train_part_uses(P[0], i), u1 = qins_train_part_uses(P[1], i), u2 = qins_train_part_uses(P[2], i);
+        if (u0 + u1 + u2 < 1) fail_msg("%s: no part uses %s", path, p->name);
+        int layer0 = strstr(p->name, "layers.0.") || strstr(p->name, "h.0.");
+        if (layer0 && !(u0 && !u1 && !u2)) fail_msg("%s: %s used by parts %d %d %d", path, p->name, u0, u1, u2);
+        if (u0 + u1 + u2 > 1 && !(tied && u0 && u2 && !u1)) fail_msg("%s: %s used by parts %d %d %d", path, p->name, u0, u1, u2);
+      }
+      assert_int_equal(qins_train_part_uses(P[0], -1), 0);
+    }
+    for (int k = 0; k < 3; k++) qins_train_part_destroy(P[k]);
+    for (int b = 0; b < 2; b++) {
+      free(xa[b]);
+      free(xb[b]);
+    }
+    free(da);
+    free(db);
+    free(ref);
+    free(c.tgt);
+    qins_train_model_set_logit_hook(tm, NULL, NULL);
+    qins_train_model_set_hidden_hook(tm, NULL, NULL);
+  }
+  qins_train_model_destroy(tm);
+  qins_backend_destroy(be);
+}
+
+static void parts_fixture(const char *name) {
+  char rel[256];
+  snprintf(rel, sizeof rel, "fixtures/hf/%s", name);
+  const char *dir = test_shared_path(rel);
+  int n;
+  int32_t *ids = fixture_ids(dir, &n);
+  int32_t *ids1 = malloc((size_t)n * sizeof(int32_t));
+  for (int i = 0; i < n; i++) ids1[i] = ids[(i * 7 + 3) % n]; /* a second micro-batch from the same tokens */
+  parts_model(dir, ids, ids1, n);
+  free(ids);
+  free(ids1);
+}
+
+static void test_parts_llama(void **st) { parts_fixture("llama_gqa"); }
+static void test_parts_phi3(void **st) { parts_fixture("phi3_longrope"); }
+static void test_parts_gpt2(void **st) { parts_fixture("gpt2"); }
+
+static void test_parts_stories260k(void **st) {
+  enum { N = 48 };
+  int32_t ids[2][N];
+  for (int b = 0; b < 2; b++)
+    for (int i = 0; i < N; i++) ids[b][i] = (int32_t)(test_rand_u64() % 512);
+  parts_model(test_shared_path("models/stories260K/stories260K.bin"), ids[0], ids[1], N);
+}
+
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
@@ -647,6 +799,10 @@ int main(void) {
       cmocka_unit_test(test_hidden_hook_phi3),
       cmocka_unit_test(test_hidden_hook_gpt2),
       cmocka_unit_test(test_hidden_stories260k),
+      cmocka_unit_test(test_parts_llama),
+      cmocka_unit_test(test_parts_phi3),
+      cmocka_unit_test(test_parts_gpt2),
+      cmocka_unit_test(test_parts_stories260k),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

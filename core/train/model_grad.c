@@ -2,7 +2,9 @@
  * (see model_grad.h). Parameters live in host f32 arrays wrapped as backend tensors; fused
  * projections (Phi-3 qkv_proj, gate_up_proj; GPT-2 c_attn) are used through row-block views, so
  * their gradients land in place; GPT-2's transposed Conv1D weights are multiplied through [out,in]
- * working copies whose gradients are transposed back at the end of each call. */
+ * working copies whose gradients are transposed back at the end of each part's backward.
+ * Everything runs through parts (a contiguous piece of the model with micro-batch slots);
+ * qins_train_model_loss_grad is the whole model as one part. */
 #include "core/train/model_grad.h"
 
 #include <math.h>
@@ -22,6 +24,7 @@ typedef struct tparam {
 /* A [out,in] working copy of a GPT-2 Conv1D weight [in,out] and its gradient. */
 typedef struct transposed {
   int src;         /* parameter index */
+  int layer;       /* the layer it belongs to (parts refresh and flush their own layers only) */
   float *w, *g;
   qins_tensor tw, tg;
 } transposed;
@@ -52,6 +55,7 @@ struct qins_train_model {
   void *hook_user;
   qins_train_hidden_hook hhook;
   void *hhook_user;
+  qins_train_part *whole; /* the whole model as one part (qins_train_model_loss_grad), made on first use */
 };
 
 void qins_train_model_set_hidden_hook(qins_train_model *tm, qins_train_hidden_hook fn, void *user) {
@@ -100,8 +104,9 @@ static int wrap(qins_backend *be, qins_tensor *t, const char *name, float *host,
   return rc;
 }
 
-static int add_transposed(qins_train_model *tm, tparam *src, qins_tensor *w_out, qins_tensor *g_out) {
+static int add_transposed(qins_train_model *tm, tparam *src, int layer, qins_tensor *w_out, qins_tensor *g_out) {
   transposed *t = &tm->t[tm->nt++];
+  t->layer = layer;
   int64_t in = src->pub.shape[0], outd = src->pub.shape[1];
   t->src = (int)(src - tm->p);
   t->w = qins_mem_alloc(owner(), (size_t)(in * outd) * sizeof(float));
@@ -211,7 +216,7 @@ static int bind_gpt2(qins_train_model *tm) {
     TRY(need(tm, "transformer.h.%d.ln_2.weight", l, &t)); L->ln2 = &t->w; L->dln2 = &t->g;
     TRY(need(tm, "transformer.h.%d.ln_2.bias", l, &t)); L->ln2b = &t->w; L->dln2b = &t->g;
     TRY(need(tm, "transformer.h.%d.attn.c_attn.weight", l, &t));
-    TRY(add_transposed(tm, t, &w, &g));
+    TRY(add_transposed(tm, t, l, &w, &g));
     rows_view(&L->wq, &w, 0, d); rows_view(&L->gq, &g, 0, d);
     rows_view(&L->wk, &w, d, d); rows_view(&L->gk, &g, d, d);
     rows_view(&L->wv, &w, 2 * d, d); rows_view(&L->gv, &g, 2 * d, d);
@@ -221,15 +226,15 @@ static int bind_gpt2(qins_train_model *tm) {
     rows_view(&L->bk, &t->w, d, d); rows_view(&L->dbk, &t->g, d, d);
     rows_view(&L->bv, &t->w, 2 * d, d); rows_view(&L->dbv, &t->g, 2 * d, d);
     TRY(need(tm, "transformer.h.%d.attn.c_proj.weight", l, &t));
-    TRY(add_transposed(tm, t, &L->wo, &L->go));
+    TRY(add_transposed(tm, t, l, &L->wo, &L->go));
     TRY(need(tm, "transformer.h.%d.attn.c_proj.bias", l, &t));
     L->has_bo = 1; L->bo = t->w; L->dbo = t->g;
     TRY(need(tm, "transformer.h.%d.mlp.c_fc.weight", l, &t));
-    TRY(add_transposed(tm, t, &L->wg, &L->gg)); /* the single up projection sits in the gate slot */
+    TRY(add_transposed(tm, t, l, &L->wg, &L->gg)); /* the single up projection sits in the gate slot */
     TRY(need(tm, "transformer.h.%d.mlp.c_fc.bias", l, &t));
     L->has_bmlp = 1; L->bg = t->w; L->dbg = t->g;
     TRY(need(tm, "transformer.h.%d.mlp.c_proj.weight", l, &t));
-    TRY(add_transposed(tm, t, &L->wd, &L->gd));
+    TRY(add_transposed(tm, t, l, &L->wd, &L->gd));
     TRY(need(tm, "transformer.h.%d.mlp.c_proj.bias", l, &t));
     L->bd = t->w; L->dbd = t->g;
   }
@@ -304,6 +309,7 @@ out:
 
 void qins_train_model_destroy(qins_train_model *tm) {
   if (!tm) return;
+  qins_train_part_destroy(tm->whole);
   for (int i = 0; i < tm->np; i++) {
     qins_buf_free(tm->p[i].w.buf);
     qins_buf_free(tm->p[i].g.buf);
@@ -332,14 +338,21 @@ void qins_train_model_zero_grad(qins_train_model *tm) {
 
 /* ---------------------------------------------------------------- activations */
 
+/* The activations of one micro-batch: backend tensors freed together when its backward ends. */
 typedef struct arena {
   qins_backend *be;
-  qins_tensor *t[512];
-  int n;
+  qins_tensor **t;
+  int n, cap;
 } arena;
 
 static int act_dt(arena *a, qins_tensor **out, const char *name, qins_dtype dt, int64_t s0, int64_t s1, int64_t s2) {
-  if (a->n == 512) return qins_error_set(QINS_EINTERNAL, "training: activation arena full");
+  if (a->n == a->cap) {
+    int cap = a->cap ? 2 * a->cap : 64;
+    qins_tensor **t = qins_mem_realloc(owner(), a->t, (size_t)cap * sizeof *t);
+    if (!t) return QINS_ENOMEM;
+    a->t = t;
+    a->cap = cap;
+  }
   qins_tensor *t = qins_mem_calloc(owner(), 1, sizeof *t);
   if (!t) return QINS_ENOMEM;
   int64_t shape[3] = {s0, s1, s2};
@@ -389,145 +402,373 @@ static void transpose_into(float *dst, const float *src, int64_t rows, int64_t c
     }
 }
 
-int qins_train_model_loss_grad(qins_train_model *tm, const int32_t *ids, int n, double *loss) {
+/* ---------------------------------------------------------------- parts */
+
+/* One micro-batch in flight through a part: what its backward needs. */
+typedef struct slot {
+  int busy, n;
+  int32_t *ids;     /* copy of the micro-batch's ids (NULL when the caller gave none) */
+  arena a;
+  saved *S;         /* [l1 - l0] */
+  qins_tensor *tids, *tpos, *ttgt, *freq;
+  qins_tensor *x;   /* the rows leaving the layers: the part's output, or the final norm's input */
+  qins_tensor *hf, *logits; /* with_head: normed rows and dlogits (after the forward) */
+} slot;
+
+struct qins_train_part {
+  qins_train_model *tm;
+  int l0, l1, with_embed, with_head, max_mb;
+  slot *slots;
+  unsigned char *uses; /* [np] */
+};
+
+/* Marks the parameter whose buffer t views (a GPT-2 working copy counts as its source). */
+static void mark(qins_train_part *p, const qins_tensor *t) {
+  qins_train_model *tm = p->tm;
+  if (!t || !t->buf) return;
+  for (int i = 0; i < tm->np; i++)
+    if (tm->p[i].w.buf == t->buf) p->uses[i] = 1;
+  for (int i = 0; i < tm->nt; i++)
+    if (tm->t[i].tw.buf == t->buf) p->uses[tm->t[i].src] = 1;
+}
+
+int qins_train_part_create(qins_train_model *tm, int l0, int l1, int with_embed, int with_head, int max_mb,
+                           qins_train_part **out) {
+  *out = NULL;
+  int L = tm->cfg.n_layers;
+  if (l0 < 0 || l1 < l0 || l1 > L || (with_embed && l0 != 0) || (with_head && l1 != L) || max_mb < 1 ||
+      (l0 == l1 && !with_embed && !with_head))
+    return qins_error_set(QINS_EINVAL,
+                          "training: part layers [%d,%d) embed %d head %d micro-batches %d invalid for a model of %d "
+                          "layers (the embed part starts at 0, the head part ends at %d, at least 1 micro-batch)",
+                          l0, l1, with_embed, with_head, max_mb, L, L);
+  qins_train_part *p = qins_mem_calloc(owner(), 1, sizeof *p);
+  if (!p) return QINS_ENOMEM;
+  p->tm = tm;
+  p->l0 = l0;
+  p->l1 = l1;
+  p->with_embed = !!with_embed;
+  p->with_head = !!with_head;
+  p->max_mb = max_mb;
+  p->slots = qins_mem_calloc(owner(), (size_t)max_mb, sizeof *p->slots);
+  p->uses = qins_mem_calloc(owner(), (size_t)tm->np + 1, 1);
+  int ok = p->slots && p->uses;
+  for (int i = 0; ok && i < max_mb; i++) {
+    p->slots[i].a.be = tm->be;
+    p->slots[i].S = qins_mem_calloc(owner(), (size_t)(l1 - l0) + 1, sizeof(saved));
+    ok = p->slots[i].S != NULL;
+  }
+  if (!ok) {
+    qins_train_part_destroy(p);
+    return QINS_ENOMEM;
+  }
+  if (with_embed) {
+    mark(p, tm->emb);
+    mark(p, tm->pos_emb);
+  }
+  if (with_head) {
+    mark(p, tm->normf);
+    mark(p, tm->normfb);
+    mark(p, tm->head);
+  }
+  for (int l = l0; l < l1; l++) {
+    const layer_w *W = &tm->L[l];
+    const qins_tensor *ts[] = {&W->wq, &W->wk, &W->wv, &W->wo, &W->wg, &W->wu, &W->wd, W->ln1, W->ln1b, W->ln2,
+                               W->ln2b};
+    for (size_t k = 0; k < sizeof ts / sizeof ts[0]; k++) mark(p, ts[k]);
+    if (W->has_bqkv) {
+      mark(p, &W->bq);
+      mark(p, &W->bk);
+      mark(p, &W->bv);
+    }
+    if (W->has_bo) mark(p, &W->bo);
+    if (W->has_bmlp || tm->cfg.arch == QINS_ARCH_GPT2) {
+      mark(p, &W->bg);
+      mark(p, &W->bu);
+      mark(p, &W->bd);
+    }
+  }
+  *out = p;
+  return 0;
+}
+
+static void slot_release(qins_train_part *p, slot *s) {
+  arena_free(&s->a);
+  qins_mem_free(owner(), s->ids);
+  saved *S = s->S;
+  arena a = s->a;
+  memset(s, 0, sizeof *s);
+  memset(S, 0, (size_t)(p->l1 - p->l0) * sizeof *S);
+  s->S = S;
+  s->a = a; /* keeps the grown table */
+}
+
+void qins_train_part_destroy(qins_train_part *p) {
+  if (!p) return;
+  for (int i = 0; p->slots && i < p->max_mb; i++) {
+    if (p->slots[i].S) slot_release(p, &p->slots[i]);
+    qins_mem_free(owner(), p->slots[i].a.t);
+    qins_mem_free(owner(), p->slots[i].S);
+  }
+  qins_mem_free(owner(), p->slots);
+  qins_mem_free(owner(), p->uses);
+  qins_mem_free(owner(), p);
+}
+
+int qins_train_part_uses(const qins_train_part *p, int param_index) {
+  return p && param_index >= 0 && param_index < p->tm->np ? p->uses[param_index] : 0;
+}
+
+/* GPT-2: refresh the [out,in] working copies of this part's layers from the [in,out] weights. */
+static void part_transpose_weights(qins_train_part *p) {
+  qins_train_model *tm = p->tm;
+  for (int i = 0; i < tm->nt; i++) {
+    if (tm->t[i].layer < p->l0 || tm->t[i].layer >= p->l1) continue;
+    const qins_train_param *src = &tm->p[tm->t[i].src].pub;
+    transpose_into(tm->t[i].w, src->w, src->shape[0], src->shape[1], 0);
+  }
+}
+
+/* GPT-2: add this part's working-copy gradients into the [in,out] parameter gradients and zero them
+ * (they are zero between calls, so micro-batches in flight never see each other's terms). */
+static void part_flush_grads(qins_train_part *p) {
+  qins_train_model *tm = p->tm;
+  for (int i = 0; i < tm->nt; i++) {
+    if (tm->t[i].layer < p->l0 || tm->t[i].layer >= p->l1) continue;
+    qins_train_param *dst = &tm->p[tm->t[i].src].pub;
+    transpose_into(dst->g, tm->t[i].g, dst->shape[1], dst->shape[0], 1);
+    memset(tm->t[i].g, 0, (size_t)dst->n * sizeof(float));
+  }
+}
+
+static int part_slot(qins_train_part *p, int mb, int want_busy, slot **out) {
+  if (mb < 0 || mb >= p->max_mb)
+    return qins_error_set(QINS_EINVAL, "training: micro-batch slot %d outside [0,%d)", mb, p->max_mb);
+  *out = &p->slots[mb];
+  if ((*out)->busy != want_busy)
+    return qins_error_set(QINS_EINVAL, want_busy ? "training: micro-batch slot %d has no forward to run backward on"
+                                                 : "training: micro-batch slot %d is still in flight (no backward yet)",
+                          mb);
+  return 0;
+}
+
+int qins_train_part_forward(qins_train_part *p, int mb, const int32_t *ids, int n, const float *x_in, float *x_out,
+                            double *loss) {
+  qins_train_model *tm = p->tm;
   const qins_model_config *c = &tm->cfg;
   qins_backend *be = tm->be;
   int gpt2 = c->arch == QINS_ARCH_GPT2;
+  slot *sl = NULL;
+  int rc = part_slot(p, mb, 0, &sl);
+  if (rc) return rc;
   if (n < 2 || n > c->max_seq_len)
     return qins_error_set(QINS_EINVAL, "training: sequence of %d ids (need 2..%d)", n, c->max_seq_len);
-  for (int i = 0; i < n; i++)
+  if (!ids && (p->with_embed || p->with_head))
+    return qins_error_set(QINS_EINVAL, "training: the part holding the embedding or the head needs the ids");
+  if ((x_in == NULL) != p->with_embed || (x_out == NULL) != p->with_head)
+    return qins_error_set(QINS_EINVAL, "training: part input rows must be given iff the part has no embedding (%d), "
+                                       "output rows iff it has no head (%d)",
+                          p->with_embed, p->with_head);
+  for (int i = 0; ids && i < n; i++)
     if (ids[i] < 0 || ids[i] >= c->vocab_size)
       return qins_error_set(QINS_EINPUT, "training: id %d at position %d outside vocabulary of %d", ids[i], i,
                             c->vocab_size);
   int64_t D = c->dim, H = c->n_heads, Hkv = c->n_kv_heads, hd = c->head_dim, F = c->ffn_dim, V = c->vocab_size;
   if (gpt2) F = tm->L[0].wg.shape[0];
   float eps = c->norm_eps, scale = 1.0f / sqrtf((float)hd);
-  int rc = 0;
-  arena a = {be, {0}, 0};
-  saved *S = qins_mem_calloc(owner(), (size_t)c->n_layers + 1, sizeof *S);
-  if (!S) return QINS_ENOMEM;
-
-  for (int i = 0; i < tm->nt; i++) { /* GPT-2: [in,out] -> [out,in] working copies */
-    const qins_train_param *src = &tm->p[tm->t[i].src].pub;
-    transpose_into(tm->t[i].w, src->w, src->shape[0], src->shape[1], 0);
-    memset(tm->t[i].g, 0, (size_t)src->n * sizeof(float));
+  sl->busy = 1;
+  sl->n = n;
+  arena *a = &sl->a;
+  float *host = NULL;
+  int32_t *host_i = NULL;
+  if (ids) {
+    sl->ids = qins_mem_alloc(owner(), (size_t)n * sizeof(int32_t));
+    if (!sl->ids) TRY(QINS_ENOMEM);
+    memcpy(sl->ids, ids, (size_t)n * sizeof(int32_t));
   }
+  part_transpose_weights(p);
 
-  qins_tensor *tids, *tpos, *ttgt, *freq = NULL, *x, *hf, *logits, *lossv;
-  TRY(act_dt(&a, &tids, "ids", QINS_DT_I32, n, 0, 0));
-  TRY(act_dt(&a, &tpos, "positions", QINS_DT_I32, n, 0, 0));
-  TRY(act_dt(&a, &ttgt, "targets", QINS_DT_I32, n, 0, 0));
-  TRY(qins_tensor_write(tids, ids));
-  {
-    /* positions and targets written through the host view (cpu backend, checked at create) */
-    int32_t *pos = qins_tensor_host(tpos), *tgt = qins_tensor_host(ttgt);
-    for (int i = 0; i < n; i++) {
-      pos[i] = i;
-      tgt[i] = i + 1 < n ? ids[i + 1] : -1; /* the last position has no target */
-    }
+  host_i = qins_mem_alloc(owner(), (size_t)n * sizeof(int32_t));
+  if (!host_i) TRY(QINS_ENOMEM);
+  if (p->with_embed) {
+    TRY(act_dt(a, &sl->tids, "ids", QINS_DT_I32, n, 0, 0));
+    TRY(qins_tensor_write(sl->tids, ids));
   }
-  if (!gpt2) {
+  if (p->l1 > p->l0 || (gpt2 && p->with_embed)) {
+    TRY(act_dt(a, &sl->tpos, "positions", QINS_DT_I32, n, 0, 0));
+    for (int i = 0; i < n; i++) host_i[i] = i;
+    TRY(qins_tensor_write(sl->tpos, host_i));
+  }
+  if (p->with_head) {
+    TRY(act_dt(a, &sl->ttgt, "targets", QINS_DT_I32, n, 0, 0));
+    for (int i = 0; i < n; i++) host_i[i] = i + 1 < n ? ids[i + 1] : -1; /* the last position has no target */
+    TRY(qins_tensor_write(sl->ttgt, host_i));
+  }
+  if (!gpt2 && p->l1 > p->l0) {
     /* inv_freq = 1 / (factor_i * theta^(2i/rot)); longrope picks the long factors past the
      * original context, as transformers does for the whole sequence */
     int half = c->rope_dim / 2;
     const float *fac = c->rope_scaling == QINS_ROPE_SCALING_LONGROPE
                            ? (n > c->original_max_seq_len ? tm->rope_long : tm->rope_short)
                            : NULL;
-    TRY(act(&a, &freq, "inv_freq", half, 0, 0));
-    float *f = qins_tensor_host(freq);
+    float *f = qins_mem_alloc(owner(), (size_t)(half > 0 ? half : 1) * sizeof(float));
+    if (!f) TRY(QINS_ENOMEM);
     for (int i = 0; i < half; i++)
       f[i] = (float)(1.0 / ((fac ? fac[i] : 1.0) * pow((double)c->rope_theta, 2.0 * i / c->rope_dim)));
+    rc = act(a, &sl->freq, "inv_freq", half, 0, 0);
+    if (!rc) rc = qins_tensor_write(sl->freq, f);
+    qins_mem_free(owner(), f);
+    if (rc) goto out;
   }
 
   /* ---- forward ---- */
-  TRY(act(&a, &x, "x0", n, D, 0));
-  TRY(qins_op_embed(be, tm->emb, tids, x));
-  if (gpt2) {
-    qins_tensor *pe;
-    TRY(act(&a, &pe, "pos_emb", n, D, 0));
-    TRY(qins_op_embed(be, tm->pos_emb, tpos, pe));
-    TRY(qins_op_add(be, x, pe, x));
+  qins_tensor *x;
+  TRY(act(a, &x, "x0", n, D, 0));
+  if (p->with_embed) {
+    TRY(qins_op_embed(be, tm->emb, sl->tids, x));
+    if (gpt2) {
+      qins_tensor *pe;
+      TRY(act(a, &pe, "pos_emb", n, D, 0));
+      TRY(qins_op_embed(be, tm->pos_emb, sl->tpos, pe));
+      TRY(qins_op_add(be, x, pe, x));
+    }
+  } else {
+    TRY(qins_tensor_write(x, x_in));
   }
-  for (int l = 0; l < c->n_layers; l++) {
+  for (int l = p->l0; l < p->l1; l++) {
     layer_w *L = &tm->L[l];
-    saved *s = &S[l];
+    saved *s = &sl->S[l - p->l0];
     s->x = x;
-    TRY(act(&a, &s->h1, "h1", n, D, 0));
+    TRY(act(a, &s->h1, "h1", n, D, 0));
     TRY(gpt2 ? qins_op_layernorm(be, x, L->ln1, L->ln1b, eps, s->h1) : qins_op_rmsnorm(be, x, L->ln1, eps, s->h1));
-    TRY(act(&a, &s->q, "q", n, H, hd));
-    TRY(act(&a, &s->k, "k", n, Hkv, hd));
-    TRY(act(&a, &s->v, "v", n, Hkv, hd));
+    TRY(act(a, &s->q, "q", n, H, hd));
+    TRY(act(a, &s->k, "k", n, Hkv, hd));
+    TRY(act(a, &s->v, "v", n, Hkv, hd));
     qins_tensor q2 = reshaped(s->q, 2, n, H * hd, 0), k2 = reshaped(s->k, 2, n, Hkv * hd, 0),
                 v2 = reshaped(s->v, 2, n, Hkv * hd, 0);
     TRY(qins_op_matmul(be, s->h1, &L->wq, L->has_bqkv ? &L->bq : NULL, &q2));
     TRY(qins_op_matmul(be, s->h1, &L->wk, L->has_bqkv ? &L->bk : NULL, &k2));
     TRY(qins_op_matmul(be, s->h1, &L->wv, L->has_bqkv ? &L->bv : NULL, &v2));
     if (!gpt2) {
-      TRY(qins_op_rope(be, s->q, tpos, freq, c->rope_dim, c->rope_attn_factor, c->rope_mode, s->q));
-      TRY(qins_op_rope(be, s->k, tpos, freq, c->rope_dim, c->rope_attn_factor, c->rope_mode, s->k));
+      TRY(qins_op_rope(be, s->q, sl->tpos, sl->freq, c->rope_dim, c->rope_attn_factor, c->rope_mode, s->q));
+      TRY(qins_op_rope(be, s->k, sl->tpos, sl->freq, c->rope_dim, c->rope_attn_factor, c->rope_mode, s->k));
     }
-    TRY(act(&a, &s->att, "att", n, H, hd));
+    TRY(act(a, &s->att, "att", n, H, hd));
     TRY(qins_op_attention(be, s->q, s->k, s->v, 0, scale, s->att));
     qins_tensor att2 = reshaped(s->att, 2, n, H * hd, 0);
-    TRY(act(&a, &s->x2, "x2", n, D, 0));
+    TRY(act(a, &s->x2, "x2", n, D, 0));
     TRY(qins_op_matmul(be, &att2, &L->wo, L->has_bo ? &L->bo : NULL, s->x2));
     TRY(qins_op_add(be, s->x2, x, s->x2));
-    TRY(act(&a, &s->h2, "h2", n, D, 0));
+    TRY(act(a, &s->h2, "h2", n, D, 0));
     TRY(gpt2 ? qins_op_layernorm(be, s->x2, L->ln2, L->ln2b, eps, s->h2) : qins_op_rmsnorm(be, s->x2, L->ln2, eps, s->h2));
-    TRY(act(&a, &s->gate, "gate", n, F, 0));
-    TRY(act(&a, &s->a, "act", n, F, 0));
+    TRY(act(a, &s->gate, "gate", n, F, 0));
+    TRY(act(a, &s->a, "act", n, F, 0));
     TRY(qins_op_matmul(be, s->h2, &L->wg, L->has_bmlp ? &L->bg : NULL, s->gate));
     if (gpt2) {
       TRY(qins_op_gelu_tanh(be, s->gate, s->a));
     } else {
-      TRY(act(&a, &s->up, "up", n, F, 0));
+      TRY(act(a, &s->up, "up", n, F, 0));
       TRY(qins_op_matmul(be, s->h2, &L->wu, L->has_bmlp ? &L->bu : NULL, s->up));
       TRY(qins_op_silu_mul(be, s->gate, s->up, s->a));
     }
-    TRY(act(&a, &x, "x", n, D, 0));
+    TRY(act(a, &x, "x", n, D, 0));
     TRY(qins_op_matmul(be, s->a, &L->wd, (gpt2 || L->has_bmlp) ? &L->bd : NULL, x));
     TRY(qins_op_add(be, x, s->x2, x));
     s->out = x;
   }
-  TRY(act(&a, &hf, "h_final", n, D, 0));
-  TRY(gpt2 ? qins_op_layernorm(be, x, tm->normf, tm->normfb, eps, hf) : qins_op_rmsnorm(be, x, tm->normf, eps, hf));
-  TRY(act(&a, &logits, "logits", n, V, 0));
-  TRY(qins_op_matmul(be, hf, tm->head, NULL, logits));
-  TRY(act(&a, &lossv, "loss", n, 0, 0));
-  TRY(qins_op_cross_entropy(be, logits, ttgt, lossv, logits, 0.0f)); /* dlogits of the mean, in place */
-  {
-    const float *lv = qins_tensor_host(lossv);
+  sl->x = x;
+  double total = 0;
+  if (p->with_head) {
+    qins_tensor *lossv;
+    TRY(act(a, &sl->hf, "h_final", n, D, 0));
+    TRY(gpt2 ? qins_op_layernorm(be, x, tm->normf, tm->normfb, eps, sl->hf) : qins_op_rmsnorm(be, x, tm->normf, eps, sl->hf));
+    TRY(act(a, &sl->logits, "logits", n, V, 0));
+    TRY(qins_op_matmul(be, sl->hf, tm->head, NULL, sl->logits));
+    TRY(act(a, &lossv, "loss", n, 0, 0));
+    TRY(qins_op_cross_entropy(be, sl->logits, sl->ttgt, lossv, sl->logits, 0.0f)); /* dlogits of the mean, in place */
+    host = qins_mem_alloc(owner(), (size_t)n * sizeof(float));
+    if (!host) TRY(QINS_ENOMEM);
+    TRY(qins_tensor_read(lossv, host));
     double sum = 0;
-    for (int i = 0; i < n - 1; i++) sum += lv[i];
-    *loss = sum / (n - 1);
+    for (int i = 0; i < n - 1; i++) sum += host[i];
+    total = sum / (n - 1);
+    qins_mem_free(owner(), host);
+    host = NULL;
+    if (tm->hook) { /* through host memory: the logits may live on a device */
+      host = qins_mem_alloc(owner(), (size_t)(n * V) * sizeof(float));
+      if (!host) TRY(QINS_ENOMEM);
+      TRY(qins_tensor_read(sl->logits, host));
+      TRY(tm->hook(tm->hook_user, ids, n, (int)V, host, &total));
+      TRY(qins_tensor_write(sl->logits, host));
+      qins_mem_free(owner(), host);
+      host = NULL;
+    }
   }
-  if (tm->hook) TRY(tm->hook(tm->hook_user, ids, n, (int)V, (float *)qins_tensor_host(logits), loss));
-  for (int l = 0; tm->hhook && l < c->n_layers; l++) {
-    saved *s = &S[l];
-    TRY(act(&a, &s->dout, "dhidden", n, D, 0));
-    float *dh = qins_tensor_host(s->dout);
-    memset(dh, 0, (size_t)(n * D) * sizeof(float));
-    TRY(tm->hhook(tm->hhook_user, ids, n, l, (int)D, qins_tensor_host(s->out), dh, loss));
+  if (tm->hhook && p->l1 > p->l0) {
+    host = qins_mem_alloc(owner(), (size_t)(2 * n * D) * sizeof(float));
+    if (!host) TRY(QINS_ENOMEM);
+    float *h = host, *dh = host + n * D;
+    for (int l = p->l0; l < p->l1; l++) {
+      saved *s = &sl->S[l - p->l0];
+      TRY(act(a, &s->dout, "dhidden", n, D, 0));
+      memset(dh, 0, (size_t)(n * D) * sizeof(float));
+      TRY(qins_tensor_read(s->out, h));
+      TRY(tm->hhook(tm->hhook_user, ids, n, l, (int)D, h, dh, &total));
+      TRY(qins_tensor_write(s->dout, dh));
+    }
   }
+  if (!p->with_head) TRY(qins_tensor_read(x, x_out));
+  if (loss) *loss = total;
+out:
+  qins_mem_free(owner(), host);
+  qins_mem_free(owner(), host_i);
+  if (rc) slot_release(p, sl);
+  return rc;
+}
 
-  /* ---- backward ---- */
-  qins_tensor *dx, *dh, *dtmp, *dq, *dk, *dv, *datt, *dgate, *dup = NULL, *da;
-  TRY(act(&a, &dx, "dx", n, D, 0));
-  TRY(act(&a, &dh, "dh", n, D, 0));
-  TRY(act(&a, &dtmp, "dtmp", n, D, 0));
-  TRY(act(&a, &dq, "dq", n, H, hd));
-  TRY(act(&a, &dk, "dk", n, Hkv, hd));
-  TRY(act(&a, &dv, "dv", n, Hkv, hd));
-  TRY(act(&a, &datt, "datt", n, H, hd));
-  TRY(act(&a, &dgate, "dgate", n, F, 0));
-  TRY(act(&a, &da, "dact", n, F, 0));
-  if (!gpt2) TRY(act(&a, &dup, "dup", n, F, 0));
-  TRY(qins_op_matmul_backward(be, logits, hf, tm->head, dh, tm->dhead, NULL));
-  TRY(gpt2 ? qins_op_layernorm_backward(be, dh, x, tm->normf, eps, dx, tm->dnormf, tm->dnormfb)
-           : qins_op_rmsnorm_backward(be, dh, x, tm->normf, eps, dx, tm->dnormf));
-  for (int l = c->n_layers - 1; l >= 0; l--) {
+int qins_train_part_backward(qins_train_part *p, int mb, const float *dx_out, float *dx_in) {
+  qins_train_model *tm = p->tm;
+  const qins_model_config *c = &tm->cfg;
+  qins_backend *be = tm->be;
+  int gpt2 = c->arch == QINS_ARCH_GPT2;
+  slot *sl = NULL;
+  int rc = part_slot(p, mb, 1, &sl);
+  if (rc) return rc;
+  if ((dx_out == NULL) != p->with_head || (dx_in == NULL) != p->with_embed) {
+    rc = qins_error_set(QINS_EINVAL, "training: output gradient rows must be given iff the part has no head (%d), "
+                                     "input gradient rows iff it has no embedding (%d)",
+                        p->with_head, p->with_embed);
+    goto out;
+  }
+  int n = sl->n;
+  int64_t D = c->dim, H = c->n_heads, Hkv = c->n_kv_heads, hd = c->head_dim, F = c->ffn_dim;
+  if (gpt2) F = tm->L[0].wg.shape[0];
+  float eps = c->norm_eps, scale = 1.0f / sqrtf((float)hd);
+  arena *a = &sl->a;
+  int layers = p->l1 > p->l0;
+  qins_tensor *dx, *dh, *dtmp, *dq = NULL, *dk = NULL, *dv = NULL, *datt = NULL, *dgate = NULL, *dup = NULL, *da = NULL;
+  TRY(act(a, &dx, "dx", n, D, 0));
+  TRY(act(a, &dh, "dh", n, D, 0));
+  TRY(act(a, &dtmp, "dtmp", n, D, 0));
+  if (layers) {
+    TRY(act(a, &dq, "dq", n, H, hd));
+    TRY(act(a, &dk, "dk", n, Hkv, hd));
+    TRY(act(a, &dv, "dv", n, Hkv, hd));
+    TRY(act(a, &datt, "datt", n, H, hd));
+    TRY(act(a, &dgate, "dgate", n, F, 0));
+    TRY(act(a, &da, "dact", n, F, 0));
+    if (!gpt2) TRY(act(a, &dup, "dup", n, F, 0));
+  }
+  if (p->with_head) {
+    TRY(qins_op_matmul_backward(be, sl->logits, sl->hf, tm->head, dh, tm->dhead, NULL));
+    TRY(gpt2 ? qins_op_layernorm_backward(be, dh, sl->x, tm->normf, eps, dx, tm->dnormf, tm->dnormfb)
+             : qins_op_rmsnorm_backward(be, dh, sl->x, tm->normf, eps, dx, tm->dnormf));
+  } else {
+    TRY(qins_tensor_write(dx, dx_out));
+  }
+  for (int l = p->l1 - 1; l >= p->l0; l--) {
     layer_w *L = &tm->L[l];
-    saved *s = &S[l];
+    saved *s = &sl->S[l - p->l0];
     if (s->dout) TRY(qins_op_add(be, dx, s->dout, dx)); /* hidden-state term on the layer output */
     /* MLP branch: dx is the gradient of the layer output x3 = x2 + mlp(norm(x2)) */
     TRY(qins_op_matmul_backward(be, dx, s->a, &L->wd, da, &L->gd, (gpt2 || L->has_bmlp) ? &L->dbd : NULL));
@@ -548,8 +789,8 @@ int qins_train_model_loss_grad(qins_train_model *tm, const int32_t *ids, int n, 
     TRY(qins_op_matmul_backward(be, dx, &att2, &L->wo, &datt2, &L->go, L->has_bo ? &L->dbo : NULL));
     TRY(qins_op_attention_backward(be, s->q, s->k, s->v, 0, scale, datt, dq, dk, dv));
     if (!gpt2) {
-      TRY(qins_op_rope_backward(be, dq, tpos, freq, c->rope_dim, c->rope_attn_factor, c->rope_mode, dq));
-      TRY(qins_op_rope_backward(be, dk, tpos, freq, c->rope_dim, c->rope_attn_factor, c->rope_mode, dk));
+      TRY(qins_op_rope_backward(be, dq, sl->tpos, sl->freq, c->rope_dim, c->rope_attn_factor, c->rope_mode, dq));
+      TRY(qins_op_rope_backward(be, dk, sl->tpos, sl->freq, c->rope_dim, c->rope_attn_factor, c->rope_mode, dk));
     }
     qins_tensor dq2 = reshaped(dq, 2, n, H * hd, 0), dk2 = reshaped(dk, 2, n, Hkv * hd, 0),
                 dv2 = reshaped(dv, 2, n, Hkv * hd, 0);
@@ -562,14 +803,30 @@ int qins_train_model_loss_grad(qins_train_model *tm, const int32_t *ids, int n, 
              : qins_op_rmsnorm_backward(be, dh, s->x, L->ln1, eps, dtmp, L->dln1));
     TRY(qins_op_add(be, dx, dtmp, dx)); /* the gradient of the layer input */
   }
-  TRY(qins_op_embed_backward(be, tids, dx, tm->demb));
-  if (gpt2) TRY(qins_op_embed_backward(be, tpos, dx, tm->dpos_emb));
-  for (int i = 0; i < tm->nt; i++) { /* working-copy gradients back to the [in,out] layout */
-    qins_train_param *dst = &tm->p[tm->t[i].src].pub;
-    transpose_into(dst->g, tm->t[i].g, dst->shape[1], dst->shape[0], 1);
+  if (p->with_embed) {
+    TRY(qins_op_embed_backward(be, sl->tids, dx, tm->demb));
+    if (gpt2) TRY(qins_op_embed_backward(be, sl->tpos, dx, tm->dpos_emb));
+  } else {
+    TRY(qins_tensor_read(dx, dx_in));
   }
+  TRY(qins_backend_sync(be));
+  part_flush_grads(p);
 out:
-  arena_free(&a);
-  qins_mem_free(owner(), S);
+  if (rc) /* drop partial working-copy gradients so that the next call starts from zero */
+    for (int i = 0; i < tm->nt; i++)
+      if (tm->t[i].layer >= p->l0 && tm->t[i].layer < p->l1)
+        memset(tm->t[i].g, 0, (size_t)tm->p[tm->t[i].src].pub.n * sizeof(float));
+  slot_release(p, sl);
+  return rc;
+}
+
+/* The whole model is one part: one forward/backward code path for every caller. */
+int qins_train_model_loss_grad(qins_train_model *tm, const int32_t *ids, int n, double *loss) {
+  if (!tm->whole) {
+    int rc = qins_train_part_create(tm, 0, tm->cfg.n_layers, 1, 1, 1, &tm->whole);
+    if (rc) return rc;
+  }
+  int rc = qins_train_part_forward(tm->whole, 0, ids, n, NULL, NULL, loss);
+  if (!rc) rc = qins_train_part_backward(tm->whole, 0, NULL, NULL);
   return rc;
 }

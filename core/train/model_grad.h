@@ -50,4 +50,30 @@ typedef int (*qins_train_hidden_hook)(void *user, const int32_t *ids, int n, int
                                       float *dh, double *loss);
 void qins_train_model_set_hidden_hook(qins_train_model *tm, qins_train_hidden_hook fn, void *user);
 
+/* A contiguous piece of the model for pipeline-parallel training: the embedding (with_embed), layers
+ * [l0, l1), and the final norm + lm_head + loss (with_head). Activations of up to `max_mb` micro-batches
+ * in flight are kept (slot mb in [0, max_mb)). The activations crossing between parts are [n, dim] f32 rows
+ * in host memory (they cross shared memory between workers anyway).
+ * qins_train_model_loss_grad is the whole model as one part: a chain of parts computes the same loss
+ * and bit-identical gradients on cpu. Parts of one model share its parameters; a tied embedding's g
+ * is written by both end parts, so run those on one thread (or on separate models) at a time. */
+typedef struct qins_train_part qins_train_part;
+int qins_train_part_create(qins_train_model *tm, int l0, int l1, int with_embed, int with_head, int max_mb,
+                           qins_train_part **out);
+void qins_train_part_destroy(qins_train_part *p);
+/* ids [n] are the micro-batch's tokens (needed by the embed and the head's targets ids[1..n-1]; a
+ * middle part may pass NULL, its hidden hook then gets NULL ids).
+ * x_in: [n,dim] (NULL iff with_embed). x_out: [n,dim] (NULL iff with_head). *loss set iff with_head.
+ * Additive: loss may also be given to a part without the head; it then gets the terms the hidden
+ * hook added for this part's layers (0 without a hook), so the step's loss is the sum over parts.
+ * The head part's *loss holds the cross-entropy, the logit hook's changes and its own layers' terms.
+ * A slot already in flight, or a bad mb / n / NULL pattern: QINS_EINVAL; bad ids: QINS_EINPUT. */
+int qins_train_part_forward(qins_train_part *p, int mb, const int32_t *ids, int n, const float *x_in, float *x_out,
+                            double *loss);
+/* dx_out: gradient at this part's output [n,dim] (NULL iff with_head); dx_in gets the gradient at its input
+ * (NULL iff with_embed). Parameter gradients are ADDED into the params' g. Frees slot mb (also on error). */
+int qins_train_part_backward(qins_train_part *p, int mb, const float *dx_out, float *dx_in);
+/* 1 if parameter i is read by this part (a tied embedding/lm_head is read by both end parts). */
+int qins_train_part_uses(const qins_train_part *p, int param_index);
+
 #endif
