@@ -312,10 +312,35 @@ static int send_to(wk *w, int edge, const qins_msg *m) {
   return rc;
 }
 
-/* Route a stage's output along its edges: same worker -> local queue, else a channel. */
+/* A gradient message back along edge `edge` to the producer replica serving the request. */
+static int send_back(wk *w, int edge, const qins_msg *m) {
+  int c = qins_topo_chan_back(w->pl, &w->topo, edge, w->inst, m->route);
+  if (c < 0)
+    return qins_error_set(QINS_EINTERNAL, "no reverse channel for edge %s -> %s from %s (stage '%s' has no backward)",
+                          w->pl->stages[w->pl->edges[edge].from].name, w->pl->stages[w->pl->edges[edge].to].name,
+                          w->name, w->pl->stages[w->pl->edges[edge].from].name);
+  qins_chan_tx *tx = &w->tx[c];
+  int rc = wait_credit(w, tx);
+  if (rc) return rc < 0 ? rc : 0;
+  return qins_chan_send(tx, m);
+}
+
+/* Route a stage's output along its edges: same worker -> local queue, else a channel. A
+ * QINS_MSG_GRAD output goes backward: to the producer of each (non-loop) edge into the stage. */
 static int route(wk *w, int s, qins_msg *out, obuf *b) {
   const qins_pipeline *pl = w->pl;
   int rc = 0;
+  if (out->flags & QINS_MSG_GRAD) {
+    for (int e = 0; e < pl->n_edges && rc == 0; e++) {
+      const qins_pl_edge *ed = &pl->edges[e];
+      if (ed->to != s || ed->loop) continue;
+      if (pl->stages[ed->from].worker == pl->stages[s].worker)
+        push_local(w, ed->from, out, b);
+      else
+        rc = send_back(w, e, out);
+    }
+    return rc;
+  }
   if (w->zc_used) { /* the output already sits in the channel's slot */
     w->zc_used = 0;
     if (out->data == w->zc_tx->ring + (size_t)w->zc_slot * w->zc_tx->slot_bytes) {
@@ -344,6 +369,14 @@ static int route(wk *w, int s, qins_msg *out, obuf *b) {
 static int run_stage(wk *w, int s, const qins_msg *in) {
   if (forget_below(w, in->req) > in->attempt) return 0; /* replayed or finished: drop */
   qins_stage *st = &w->stages[s];
+  int grad = (in->flags & QINS_MSG_GRAD) != 0;
+  if (grad && !st->type->backward) {
+    qins_error_set(QINS_EINTERNAL, "a gradient message reached stage '%s' (%s), which has no backward",
+                   st->ctx.stage_name, st->type->name);
+    fatal(w, st->ctx.stage_name);
+    return QINS_EINTERNAL;
+  }
+  for (;;) { /* once, or again while the stage says QINS_STAGE_MORE */
   qins_msg out;
   memset(&out, 0, sizeof out);
   out.alloc = obuf_alloc;
@@ -356,7 +389,9 @@ static int run_stage(wk *w, int s, const qins_msg *in) {
     int n_out = 0, e1 = -1;
     for (int e = 0; e < pl->n_edges; e++)
       if (pl->edges[e].from == s) n_out++, e1 = e;
-    if (n_out == 1 && s != pl->exit_stage && !pl->edges[e1].loop && pl->stages[pl->edges[e1].to].worker != pl->stages[s].worker) {
+    /* (not for stage types with a backward: their outputs may turn around) */
+    if (n_out == 1 && s != pl->exit_stage && !pl->edges[e1].loop && !st->type->backward &&
+        pl->stages[pl->edges[e1].to].worker != pl->stages[s].worker) {
       int c = qins_topo_chan_for(pl, &w->topo, e1, w->inst, in->route);
       if (c >= 0 && w->tx[c].ring) {
         w->zc_tx = &w->tx[c];
@@ -374,11 +409,13 @@ static int run_stage(wk *w, int s, const qins_msg *in) {
   out.last_id = in->last_id;
   double t0 = now_s();
   qins_error_clear();
-  int rc = st->type->forward(st, in, &out);
+  int rc = grad ? st->type->backward(st, in, &out) : st->type->forward(st, in, &out);
   qins_metric_observe(st->m_latency, now_s() - t0);
   qins_metric_add(st->m_items, 1);
   qins_metric_add(st->m_bytes_in, (double)in->nbytes);
   obuf *b = out.alloc_user;
+  int more = rc == QINS_STAGE_MORE;
+  if (more) rc = 1;
   if (rc != 1) w->zc_used = 0; /* a reserved slot stays free: nothing was sent */
   if (rc < 0) {
     qins_metric_add(st->m_errors, 1);
@@ -396,7 +433,8 @@ static int run_stage(wk *w, int s, const qins_msg *in) {
     rc = 0;
   }
   obuf_unref(b);
-  return rc;
+  if (rc || !more || w->stopping) return rc;
+  }
 }
 
 static void reset_channels(wk *w, json_t *chans) {

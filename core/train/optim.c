@@ -404,8 +404,8 @@ static const char *action_text(qins_anomaly_action a) {
   }
 }
 
-double qins_optim_param_sq(const qins_optim *o, int param) {
-  return param >= 0 && param < o->n ? param_sq(&o->p[param]) : 0.0;
+double qins_optim_param_sq(const qins_optim *o, int index) {
+  return index >= 0 && index < o->n ? param_sq(&o->p[index]) : 0.0;
 }
 
 static int step_impl(qins_optim *o, double loss, const double *global_sq, int global_bad, qins_step_report *report);
