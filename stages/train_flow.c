@@ -439,3 +439,67 @@ done:
   qins_st_close(f);
   return rc;
 }
+
+int tf_copy_file(const char *src, const char *dst) {
+  FILE *a = fopen(src, "rb");
+  if (!a) return qins_error_set(QINS_EIO, "%s: cannot open: %s", src, strerror(errno));
+  FILE *b = fopen(dst, "wb");
+  if (!b) {
+    fclose(a);
+    return qins_error_set(QINS_EIO, "%s: cannot create: %s", dst, strerror(errno));
+  }
+  char buf[65536];
+  size_t n;
+  int rc = 0;
+  while ((n = fread(buf, 1, sizeof buf, a)) > 0)
+    if (fwrite(buf, 1, n, b) != n) rc = qins_error_set(QINS_EIO, "%s: write failed", dst);
+  fclose(a);
+  if (fclose(b) != 0 && !rc) rc = qins_error_set(QINS_EIO, "%s: write failed", dst);
+  return rc;
+}
+
+/* An optimizer tensor of a part file: "<weight>.m|.v|.z|.alpha" whose <weight> is in the file. */
+static int is_optim_tensor(const qins_st_file *f, const char *name) {
+  static const char *suffix[] = {".m", ".v", ".z", ".alpha"};
+  size_t len = strlen(name);
+  for (int i = 0; i < 4; i++) {
+    size_t k = strlen(suffix[i]);
+    if (len > k && !strcmp(name + len - k, suffix[i])) {
+      char base[QINS_NAME_MAX];
+      snprintf(base, sizeof base, "%.*s", (int)(len - k), name);
+      if (qins_st_find(f, base)) return 1;
+    }
+  }
+  return 0;
+}
+
+int tf_merge_weights(const char *dir, const tf_part_spec *specs, int n) {
+  qins_st_file **f = calloc((size_t)n + 1, sizeof *f);
+  int cap = 0, rc = 0, k = 0;
+  qins_st_entry *e = NULL;
+  if (!f) return qins_error_set(QINS_ENOMEM, "no memory");
+  for (int i = 0; i < n && !rc; i++) {
+    char p[1100];
+    snprintf(p, sizeof p, "%s/part-%s.safetensors", dir, specs[i].name);
+    if (!(rc = qins_st_open(p, &f[i]))) cap += f[i]->n_tensors;
+  }
+  if (!rc && !(e = calloc((size_t)cap + 1, sizeof *e))) rc = qins_error_set(QINS_ENOMEM, "no memory");
+  for (int i = 0; i < n && !rc; i++)
+    for (int t = 0; t < f[i]->n_tensors; t++) {
+      const qins_st_tensor *x = &f[i]->tensors[t];
+      if (is_optim_tensor(f[i], x->name)) continue;
+      e[k++] = (qins_st_entry){x->name, x->dtype, x->ndim, x->shape, x->data};
+    }
+  if (!rc) {
+    char p[1100], tmp[1200];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", p);
+    rc = qins_st_write(tmp, e, k, NULL);
+    if (!rc && rename(tmp, p) != 0) rc = qins_error_set(QINS_EIO, "%s: rename: %s", p, strerror(errno));
+  }
+  for (int i = 0; i < n; i++)
+    if (f[i]) qins_st_close(f[i]);
+  free(f);
+  free(e);
+  return rc;
+}

@@ -17,6 +17,8 @@ static const qins_opt_spec opts[] = {
 
 typedef struct tlog {
   tf_settings s;
+  tf_part_spec *specs;
+  int n_specs;
   FILE *log;
   char path[700];
   int progress;
@@ -29,7 +31,8 @@ static int init(qins_stage *st, const qins_stage_ctx *ctx) {
   if (!t) return qins_error_set(QINS_ENOMEM, "out of memory");
   st->priv = t;
   int rc = tf_settings_load(ctx->pipeline, &t->s);
-  if (rc || (rc = tf_mkdirs(t->s.info.out_dir))) return rc;
+  if (rc || (rc = tf_mkdirs(t->s.info.out_dir)) || (rc = tf_part_specs(ctx->pipeline->root, &t->specs, &t->n_specs)))
+    return rc;
   snprintf(t->path, sizeof t->path, "%s/train_log.jsonl", t->s.info.out_dir);
   t->log = fopen(t->path, t->s.resume[0] ? "a" : "w");
   if (!t->log) return qins_error_set(QINS_EIO, "%s: cannot open: %s", t->path, strerror(errno));
@@ -49,6 +52,7 @@ static void fini(qins_stage *st) {
   tlog *t = st->priv;
   if (!t) return;
   if (t->log) fclose(t->log);
+  free(t->specs);
   tf_settings_free(&t->s);
   free(t);
 }
@@ -75,6 +79,12 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   t->tokens_seen = v[TF_S_TOKENS];
   qins_metric_set(t->m_step, (double)step);
   int last = (f.h.flags & TF_LAST) != 0;
+  if (f.h.flags & TF_CKPT) { /* every part has written its file: make the folder a model too */
+    char dir[700], dst[800];
+    snprintf(dir, sizeof dir, "%s/ckpt-%06lld", t->s.info.out_dir, step);
+    snprintf(dst, sizeof dst, "%s/tokenizer.bin", dir);
+    if ((rc = tf_merge_weights(dir, t->specs, t->n_specs)) || (rc = tf_copy_file(t->s.info.tokenizer, dst))) return rc;
+  }
   if (t->progress && (step % t->s.info.log_every == 0 || last))
     fprintf(stderr, "step %lld/%lld  loss %.4f  lr %.3g  gnorm %.3f  %.0f tok/s%s\n", step, (long long)t->s.info.steps,
             v[TF_S_LOSS], v[TF_S_LR], v[TF_S_NORM], tps, (f.h.flags & TF_CKPT) ? "  (checkpoint)" : "");

@@ -38,6 +38,7 @@ typedef struct tpart {
   int n_bwd;                            /* backwards done in this step */
   double loss_sum;
   int pending_reduce;                   /* head part: the REDUCE follows the last GRAD */
+  char model_dir[1024];                 /* the start model's folder (its config.json goes into checkpoints) */
 } tpart;
 
 static int ports(const qins_cfg *options, const qins_pipeline *pl, char *in, char *out) {
@@ -74,6 +75,7 @@ static int init(qins_stage *st, const qins_stage_ctx *ctx) {
   if ((rc = tf_mkdirs(dir)) || (rc = qins_train_setup_model(t->s.setup, dir, path, sizeof path))) return rc;
   qins_model *m = NULL;
   if ((rc = qins_model_open(path, &m))) return rc;
+  snprintf(t->model_dir, sizeof t->model_dir, "%s", path);
   t->D = (int)m->cfg.dim;
   if ((rc = qins_backend_create(I->backend, &t->be)) == 0) rc = qins_train_model_create(m, t->be, &t->tm);
   int maxpos = m->cfg.max_seq_len;
@@ -230,6 +232,14 @@ static int do_step(qins_stage *st, tpart *t, const qins_msg *in, const tf_frame 
     snprintf(dir, sizeof dir, "%s/ckpt-%06lld", t->s.info.out_dir, (long long)t->step);
     snprintf(path, sizeof path, "%s/part-%s.safetensors", dir, st->ctx.stage_name);
     if ((rc = tf_mkdirs(dir)) || (rc = tf_part_save(path, t->o, t->step, t->s.info.qins, t->tm, t->own))) return rc;
+    char src[1100], dst[1100];
+    snprintf(src, sizeof src, "%s/config.json", t->model_dir);
+    snprintf(dst, sizeof dst, "%s/config.json", dir);
+    FILE *cf = t->specs[t->me].embed ? fopen(src, "rb") : NULL; /* a model folder: the checkpoint becomes one too */
+    if (cf) {
+      fclose(cf);
+      if ((rc = tf_copy_file(src, dst))) return rc;
+    }
   }
   /* pass it on, with our own updated shared weights appended */
   tf_hdr h = f->h;
