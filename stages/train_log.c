@@ -22,7 +22,7 @@ typedef struct tlog {
   FILE *log;
   char path[700];
   int progress;
-  qins_metric *m_loss, *m_lr, *m_norm, *m_tps, *m_tokens, *m_step;
+  qins_metric *m_loss, *m_lr, *m_norm, *m_tps, *m_tokens, *m_step, *m_total;
   double tokens_seen;
 } tlog;
 
@@ -45,6 +45,8 @@ static int init(qins_stage *st, const qins_stage_ctx *ctx) {
   t->m_tps = qins_metric_gauge("qins_train_tokens_per_second", "training throughput", labels);
   t->m_tokens = qins_metric_counter("qins_train_tokens_total", "training tokens processed", labels);
   t->m_step = qins_metric_gauge("qins_train_step", "optimizer steps done", labels);
+  t->m_total = qins_metric_gauge("qins_train_total_steps", "optimizer steps of the run", labels);
+  qins_metric_set(t->m_total, (double)t->s.info.steps);
   return 0;
 }
 
@@ -102,7 +104,7 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
 
 static const char *const metrics[] = {"qins_train_loss",  "qins_train_lr",           "qins_train_grad_norm",
                                       "qins_train_tokens_per_second", "qins_train_tokens_total", "qins_train_step",
-                                      NULL};
+                                      "qins_train_total_steps", NULL};
 
 const qins_stage_type qins_stage_train_log = {
     .name = "train_log",
