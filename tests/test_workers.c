@@ -203,6 +203,41 @@ static int check_outputs(const char *path, const qins_pipeline *pl, char **promp
   return lines;
 }
 
+/* check_outputs on tmpdir/NAME against the echo pipeline's reference. */
+static int check_tmp_outputs(const char *name, char **prompts, int n, int *seen, int exact) {
+  qins_pipeline *pl = load(ECHO, NULL, 0);
+  char out[600];
+  snprintf(out, sizeof out, "%s/%s", tmpdir, name);
+  int lines = check_outputs(out, pl, prompts, n, seen, exact);
+  qins_pipeline_free(pl);
+  return lines;
+}
+
+static void free_prompts(char **pr, int n) {
+  for (int i = 0; i < n; i++) free(pr[i]);
+  free(pr);
+}
+
+/* The --set overrides that read tmpdir/prompts.jsonl and write tmpdir/OUTNAME. */
+static void io_sets(char *set_in, char *set_out, size_t cap, const char *outname) {
+  snprintf(set_in, cap, "inputs={file: %s/prompts.jsonl}", tmpdir);
+  snprintf(set_out, cap, "outputs={jsonl: %s/%s}", tmpdir, outname);
+}
+
+/* Poll (10 ms steps, at most `tries`) until the records file has `want` lines. */
+static void wait_for_lines(const char *path, int want, int tries) {
+  for (int i = 0; i < tries; i++) {
+    FILE *f = fopen(path, "r");
+    int lines = 0, c;
+    if (f) {
+      while ((c = fgetc(f)) != EOF) lines += c == '\n';
+      fclose(f);
+    }
+    if (lines >= want) return;
+    usleep(10000);
+  }
+}
+
 typedef struct fault {
   const char *victim;
   int sig;
@@ -275,8 +310,7 @@ static void test_split_matches_reference(void **state) {
   snprintf(set_out2, sizeof set_out2, "%s/one.jsonl", tmpdir);
   assert_int_equal(check_outputs(set_out2, pl, pr, n, seen, 1), n);
   qins_pipeline_free((qins_pipeline *)pl);
-  for (int i = 0; i < n; i++) free(pr[i]);
-  free(pr);
+  free_prompts(pr, n);
   assert_int_equal(count_dev_shm(), shm_before);
 }
 
@@ -297,15 +331,13 @@ static void test_pool_200(void **state) {
   assert_int_equal(check_outputs(set_out, pl, pr, n, seen, 1), n);
   free(seen);
   qins_pipeline_free((qins_pipeline *)pl);
-  for (int i = 0; i < n; i++) free(pr[i]);
-  free(pr);
+  free_prompts(pr, n);
 }
 
 static void fault_run(const char *victim, int sig, int restart, int *rc_out, fault *fl, char **pr, int n,
                       const char *outname, const char *extra_set) {
   char set_in[600], set_out[600];
-  snprintf(set_in, sizeof set_in, "inputs={file: %s/prompts.jsonl}", tmpdir);
-  snprintf(set_out, sizeof set_out, "outputs={jsonl: %s/%s}", tmpdir, outname);
+  io_sets(set_in, set_out, sizeof set_in, outname);
   const char *sets[] = {set_in, set_out, restart ? "restart={policy: restart, max_attempts: 2}" : "restart=stop",
                         "stages.mix1.options.delay_us=300", extra_set ? extra_set : "heartbeat_ms=100"};
   memset(fl, 0, sizeof *fl);
@@ -330,15 +362,10 @@ static void test_sigkill_restart(void **state) {
     if (rc) fail_msg("run failed: %s", qins_error_msg());
     assert_true(fl.done);
     assert_int_equal(fl.restarts_seen, 1);
-    qins_pipeline *pl = load(ECHO, NULL, 0);
-    int seen[64];
-    char out[600];
-    snprintf(out, sizeof out, "%s/kill.jsonl", tmpdir);
-    assert_int_equal(check_outputs(out, pl, pr, n, seen, 1), n);
-    qins_pipeline_free(pl);
+      int seen[64];
+    assert_int_equal(check_tmp_outputs("kill.jsonl", pr, n, seen, 1), n);
   }
-  for (int i = 0; i < n; i++) free(pr[i]);
-  free(pr);
+  free_prompts(pr, n);
   assert_int_equal(count_dev_shm(), shm_before);
 }
 
@@ -358,16 +385,11 @@ static void test_sigkill_stop(void **state) {
     fail_msg("unclear message: %s", msg);
   assert_int_not_equal(qins_error_exit_code(rc), 0);
   /* what was written before the stop is intact: whole lines, correct, none twice */
-  qins_pipeline *pl = load(ECHO, NULL, 0);
   int seen[64];
-  char out[600];
-  snprintf(out, sizeof out, "%s/stop.jsonl", tmpdir);
-  int lines = check_outputs(out, pl, pr, n, seen, 0);
+  int lines = check_tmp_outputs("stop.jsonl", pr, n, seen, 0);
   assert_true(lines >= n / 4 && lines < n);
   for (int k = 0; k < n; k++) assert_true(seen[k] <= 1);
-  qins_pipeline_free(pl);
-  for (int i = 0; i < n; i++) free(pr[i]);
-  free(pr);
+  free_prompts(pr, n);
 }
 
 static void test_sigstop_hang(void **state) {
@@ -382,19 +404,14 @@ static void test_sigstop_hang(void **state) {
   if (rc) fail_msg("run failed: %s", qins_error_msg());
   assert_true(fl.done);
   assert_int_equal(fl.restarts_seen, 1);
-  qins_pipeline *pl = load(ECHO, NULL, 0);
   int seen[64];
-  char out[600];
-  snprintf(out, sizeof out, "%s/hang.jsonl", tmpdir);
-  assert_int_equal(check_outputs(out, pl, pr, n, seen, 1), n);
+  assert_int_equal(check_tmp_outputs("hang.jsonl", pr, n, seen, 1), n);
   /* stop: the message says it stopped heartbeating */
   fault_run("front", SIGSTOP, 0, &rc, &fl, pr, n, "hang2.jsonl", NULL);
   assert_int_equal(rc, QINS_EIPC);
   if (!strstr(qins_error_msg(), "worker 'front'") || !strstr(qins_error_msg(), "no heartbeat"))
     fail_msg("unclear message: %s", qins_error_msg());
-  qins_pipeline_free(pl);
-  for (int i = 0; i < n; i++) free(pr[i]);
-  free(pr);
+  free_prompts(pr, n);
 }
 
 static void test_stage_error_stops(void **state) {
@@ -448,16 +465,7 @@ static void test_kill9_coordinator(void **state) {
     _exit(run_echo(sets, 3, NULL, NULL) == 0 ? 0 : 1);
   }
   /* wait for the first records, then kill -9 the coordinator mid-run */
-  for (int i = 0; i < 500; i++) {
-    FILE *f = fopen(out, "r");
-    int lines = 0, c;
-    if (f) {
-      while ((c = fgetc(f)) != EOF) lines += c == '\n';
-      fclose(f);
-    }
-    if (lines >= 2) break;
-    usleep(10000);
-  }
+  wait_for_lines(out, 2, 500);
   kill(child, SIGKILL);
   int st;
   waitpid(child, &st, 0);
@@ -470,8 +478,7 @@ static void test_kill9_coordinator(void **state) {
   }
   assert_int_equal(left, 0); /* workers die with their coordinator */
   assert_int_equal(count_dev_shm(), shm_before);
-  for (int i = 0; i < n; i++) free(pr[i]);
-  free(pr);
+  free_prompts(pr, n);
 }
 
 static int free_port(void) {
@@ -487,6 +494,8 @@ static int free_port(void) {
   return ntohs(a.sin_port);
 }
 
+static pid_t spawn_remote(int port);
+
 static void test_tcp_worker(void **state) {
   (void)state;
   char **pr;
@@ -495,18 +504,9 @@ static void test_tcp_worker(void **state) {
   int port = free_port();
   char host[128], set_in[600], set_out[600];
   snprintf(host, sizeof host, "workers.back.host=tcp://127.0.0.1:%d", port);
-  snprintf(set_in, sizeof set_in, "inputs={file: %s/prompts.jsonl}", tmpdir);
-  snprintf(set_out, sizeof set_out, "outputs={jsonl: %s/tcp.jsonl}", tmpdir);
-  pid_t w = fork();
+  io_sets(set_in, set_out, sizeof set_in, "tcp.jsonl");
+  pid_t w = spawn_remote(port);
   assert_true(w >= 0);
-  if (w == 0) {
-    char ep[64];
-    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
-    int devnull = open("/dev/null", O_WRONLY);
-    dup2(devnull, 2);
-    execl(getenv("QINS_BIN"), "qins", "worker", "--connect", ep, (char *)NULL);
-    _exit(127);
-  }
   const char *sets[] = {set_in, set_out, host};
   int rc = run_echo(sets, 3, NULL, NULL);
   int st;
@@ -514,13 +514,9 @@ static void test_tcp_worker(void **state) {
   waitpid(w, &st, 0);
   if (rc) fail_msg("tcp run failed: %s", qins_error_msg());
   assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-  qins_pipeline *pl = load(ECHO, NULL, 0);
   int seen[64];
-  snprintf(set_out, sizeof set_out, "%s/tcp.jsonl", tmpdir);
-  assert_int_equal(check_outputs(set_out, pl, pr, n, seen, 1), n);
-  qins_pipeline_free(pl);
-  for (int i = 0; i < n; i++) free(pr[i]);
-  free(pr);
+  assert_int_equal(check_tmp_outputs("tcp.jsonl", pr, n, seen, 1), n);
+  free_prompts(pr, n);
 }
 
 
@@ -715,16 +711,8 @@ static void test_tcp_worker_leaves_dead_coordinator(void **state) {
   char out[600];
   snprintf(out, sizeof out, "%s/tcp9.jsonl", tmpdir);
   unlink(out);
-  pid_t w = fork();
+  pid_t w = spawn_remote(port);
   assert_true(w >= 0);
-  if (w == 0) {
-    char ep[64];
-    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
-    int devnull = open("/dev/null", O_WRONLY);
-    dup2(devnull, 2);
-    execl(getenv("QINS_BIN"), "qins", "worker", "--connect", ep, (char *)NULL);
-    _exit(127);
-  }
   pid_t coord = fork();
   assert_true(coord >= 0);
   if (coord == 0) {
@@ -735,16 +723,7 @@ static void test_tcp_worker_leaves_dead_coordinator(void **state) {
     const char *sets[] = {set_in, set_out, host, "stages.mix1.options.delay_us=3000"};
     _exit(run_echo(sets, 4, NULL, NULL) == 0 ? 0 : 1);
   }
-  for (int i = 0; i < 1000; i++) { /* until the run is under way */
-    FILE *f = fopen(out, "r");
-    int lines = 0, c;
-    if (f) {
-      while ((c = fgetc(f)) != EOF) lines += c == '\n';
-      fclose(f);
-    }
-    if (lines >= 1) break;
-    usleep(10000);
-  }
+  wait_for_lines(out, 1, 1000); /* until the run is under way */
   kill(coord, SIGKILL);
   int st;
   waitpid(coord, &st, 0);
@@ -758,8 +737,7 @@ static void test_tcp_worker_leaves_dead_coordinator(void **state) {
     waitpid(w, &st, 0);
     fail_msg("the remote worker did not leave after its coordinator died");
   }
-  for (int i = 0; i < n; i++) free(pr[i]);
-  free(pr);
+  free_prompts(pr, n);
 }
 
 
@@ -811,8 +789,7 @@ static void test_tcp_worker_rejoin(void **state) {
   int port = free_port();
   char host[128], set_in[700], set_out[700];
   snprintf(host, sizeof host, "workers.back.host=tcp://127.0.0.1:%d", port);
-  snprintf(set_in, sizeof set_in, "inputs={file: %s/prompts.jsonl}", tmpdir);
-  snprintf(set_out, sizeof set_out, "outputs={jsonl: %s/rejoin.jsonl}", tmpdir);
+  io_sets(set_in, set_out, sizeof set_in, "rejoin.jsonl");
   const char *sets[] = {set_in, set_out, host, "restart={policy: restart, max_attempts: 2}",
                         "stages.mix1.options.delay_us=300"};
   rejoin j = {spawn_remote(port), port, n / 4, 0, 0};
@@ -830,14 +807,9 @@ static void test_tcp_worker_rejoin(void **state) {
   if (rc) fail_msg("run failed: %s", qins_error_msg());
   assert_true(j.done);
   assert_int_equal(j.restarts_seen, 1);
-  pl = load(ECHO, NULL, 0);
   int seen[64];
-  char out[600];
-  snprintf(out, sizeof out, "%s/rejoin.jsonl", tmpdir);
-  assert_int_equal(check_outputs(out, pl, pr, n, seen, 1), n);
-  qins_pipeline_free(pl);
-  for (int i = 0; i < n; i++) free(pr[i]);
-  free(pr);
+  assert_int_equal(check_tmp_outputs("rejoin.jsonl", pr, n, seen, 1), n);
+  free_prompts(pr, n);
 }
 
 /* The CLI: exit 2 and a located message for a bad pipeline, 0 and records for a good one. */
