@@ -19,9 +19,95 @@
 
 static void usage(FILE *f) {
   fprintf(f, "usage: qins-bench-train [--layers 12] [--dim 768] [--heads 12] [--vocab 50257] [--batch 4] [--seq 64]\n"
-             "                        [--steps 2] [--backend cpu] [--dir /tmp/qins-bench-train] [--json PATH]\n"
+             "                        [--steps 2] [--backend cpu[,vk...]] [--quick] [--dir /tmp/qins-bench-train]\n"
+             "                        [--json PATH]\n"
              "  trains a GPT-2-shaped model (default 124M) on random ids with AdamW: tokens/s, FLOP/s, and the\n"
-             "  FLOP/s of a [256 x D] x [D x D] f32 GEMM on the backend (the yardstick)\n");
+             "  FLOP/s of an f32 GEMM on the backend (the yardstick): [256 x D] x [D x D] on cpu, [2048 x 2048]^2\n"
+             "  on a device (vk). One table row per backend of the comma-separated list. On vk parameters,\n"
+             "  gradients and AdamW state stay in device memory (the adamw_step op); the gradients come down\n"
+             "  once per step for the norm/anomaly checks (counted in the AdamW column).\n"
+             "  --quick: a small shape for emulated devices (2 layers, D 256, 4 heads, vocab 4096, 1 step,\n"
+             "  GEMM [256 x D] x [D x D] everywhere)\n");
+}
+
+static int gemm_peak(qins_backend *be, int M, int K, int N, double *flops);
+
+typedef struct bench_row {
+  char backend[64], device[256];
+  double step_s, fwd_bwd_s, optim_s, tps, achieved, peak;
+  int64_t nparams;
+} bench_row;
+
+/* One backend: the model from dir trained `steps` steps (after a warm-up step) at B x T. */
+static int bench_backend(const char *spec, const char *dir, int L, int D, int V, int B, int T, int steps, int quick,
+                         bench_row *row) {
+  qins_backend *be = NULL;
+  qins_model *m = NULL;
+  qins_train_model *tm = NULL;
+  qins_optim *o = NULL;
+  int32_t *ids = NULL;
+  memset(row, 0, sizeof *row);
+  snprintf(row->backend, sizeof row->backend, "%s", spec);
+  int rc = qins_backend_create(spec, &be);
+  if (rc) return rc;
+  snprintf(row->device, sizeof row->device, "%s", be->device_name);
+  int device = strncmp(be->name, "cpu", 3) != 0;
+  if (!quick && device) rc = gemm_peak(be, 2048, 2048, 2048, &row->peak);
+  else rc = gemm_peak(be, 256, D, D, &row->peak);
+  if (!rc) rc = qins_model_open(dir, &m);
+  if (!rc) rc = qins_train_model_create(m, be, &tm);
+  qins_model_close(m);
+  qins_optim_config oc = qins_optim_config_default();
+  oc.accum_steps = B;
+  if (!rc) rc = qins_optim_create(&oc, &o);
+  for (int i = 0; !rc && i < qins_train_model_count(tm); i++) {
+    const qins_train_param *p = qins_train_model_param(tm, i);
+    const qins_tensor *wt, *gt;
+    row->nparams += p->n;
+    rc = qins_train_model_param_tensors(tm, i, &wt, &gt);
+    if (!rc) rc = device ? qins_optim_add_device(o, p->name, p->w, p->g, p->n, NULL, wt, gt)
+                         : qins_optim_add(o, p->name, p->w, p->g, p->n, NULL);
+    if (rc > 0) rc = 0;
+  }
+  if (!rc && !(ids = malloc((size_t)T * sizeof *ids))) rc = QINS_ENOMEM;
+  uint64_t st = 99;
+  /* FLOPs of one forward over T positions: 2 x (matmul params incl. the tied head) per token,
+   * plus causal attention (QK^T and AV over (T+1)/2 positions on average); training = 3x forward */
+  double fwd_tok = 2.0 * (12.0 * L * D * (double)D + (double)V * D) + 4.0 * L * D * (T + 1) / 2.0;
+  double step_flops = 3.0 * fwd_tok * T * B;
+  double best_fb = 1e30, best_opt = 1e30;
+  for (int s = 0; s <= steps && !rc; s++) { /* step 0: warm-up */
+    qins_optim_zero_grad(o);
+    double t0 = bench_now_s(), loss = 0;
+    rc = qins_train_model_zero_grad(tm);
+    for (int b = 0; b < B && !rc; b++) {
+      for (int t = 0; t < T; t++) ids[t] = (int32_t)(qins_splitmix64(&st) % (uint64_t)V);
+      rc = qins_train_model_loss_grad(tm, ids, T, &loss);
+      qins_optim_micro_done(o);
+    }
+    double t1 = bench_now_s();
+    if (!rc) rc = qins_train_model_pull_grads(tm);
+    if (!rc) rc = qins_optim_step(o, loss, NULL);
+    if (!rc) rc = qins_backend_sync(be);
+    double t2 = bench_now_s();
+    if (s > 0) {
+      best_fb = fmin(best_fb, t1 - t0);
+      best_opt = fmin(best_opt, t2 - t1);
+    }
+    fprintf(stderr, "%s step %d: forward+backward %.3f s, AdamW %.3f s, loss %.3f\n", spec, s, t1 - t0, t2 - t1, loss);
+  }
+  if (!rc) {
+    row->fwd_bwd_s = best_fb;
+    row->optim_s = best_opt;
+    row->step_s = best_fb + best_opt;
+    row->tps = (double)B * T / row->step_s;
+    row->achieved = step_flops / row->step_s;
+  }
+  free(ids);
+  qins_optim_destroy(o);
+  qins_train_model_destroy(tm);
+  qins_backend_destroy(be);
+  return rc;
 }
 
 /* A GPT-2 HF folder with N(0, 0.02) weights (unit LayerNorm gains, zero biases). */
@@ -88,18 +174,19 @@ static int write_gpt2(const char *dir, int L, int D, int H, int V, int P) {
   return rc;
 }
 
-/* GEMM yardstick: y[M,D] = x[M,D] w[D,D]^T repeated for >= 1 s; best FLOP/s over the calls. */
-static int gemm_peak(qins_backend *be, int M, int D, double *flops) {
+/* GEMM yardstick: y[M,N] = x[M,K] w[N,K]^T repeated for >= 1 s; best FLOP/s over the calls. */
+static int gemm_peak(qins_backend *be, int M, int K, int N, double *flops) {
   qins_tensor x, w, y;
-  int rc = qins_tensor_init(&x, "x", QINS_DT_F32, 2, (int64_t[]){M, D});
+  int rc = qins_tensor_init(&x, "x", QINS_DT_F32, 2, (int64_t[]){M, K});
   if (!rc) rc = qins_tensor_alloc(be, &x);
-  if (!rc) rc = qins_tensor_init(&w, "w", QINS_DT_F32, 2, (int64_t[]){D, D});
+  if (!rc) rc = qins_tensor_init(&w, "w", QINS_DT_F32, 2, (int64_t[]){N, K});
   if (!rc) rc = qins_tensor_alloc(be, &w);
-  if (!rc) rc = qins_tensor_init(&y, "y", QINS_DT_F32, 2, (int64_t[]){M, D});
+  if (!rc) rc = qins_tensor_init(&y, "y", QINS_DT_F32, 2, (int64_t[]){M, N});
   if (!rc) rc = qins_tensor_alloc(be, &y);
   if (rc) return rc;
-  float *buf = malloc((size_t)D * (M > D ? M : D) * sizeof(float));
-  for (int64_t i = 0; i < (int64_t)D * (M > D ? M : D); i++) buf[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
+  int64_t most = (int64_t)K * (M > N ? M : N);
+  float *buf = malloc((size_t)most * sizeof(float));
+  for (int64_t i = 0; i < most; i++) buf[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
   qins_tensor_write(&x, buf);
   qins_tensor_write(&w, buf);
   free(buf);
@@ -113,7 +200,7 @@ static int gemm_peak(qins_backend *be, int M, int D, double *flops) {
     if (dt < best) best = dt;
     calls++;
   }
-  *flops = 2.0 * M * (double)D * D / best;
+  *flops = 2.0 * M * (double)K * N / best;
   qins_tensor_free(&x);
   qins_tensor_free(&w);
   qins_tensor_free(&y);
@@ -121,13 +208,18 @@ static int gemm_peak(qins_backend *be, int M, int D, double *flops) {
 }
 
 int main(int argc, char **argv) {
-  int L = 12, D = 768, H = 12, V = 50257, B = 4, T = 64, steps = 2;
-  const char *backend = "cpu", *dir = "/tmp/qins-bench-train", *json = NULL;
+  int L = 12, D = 768, H = 12, V = 50257, B = 4, T = 64, steps = 2, quick = 0;
+  const char *backends = "cpu", *dir = "/tmp/qins-bench-train", *json = NULL;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
       usage(stdout);
       return 0;
+    }
+    if (!strcmp(a, "--quick")) {
+      quick = 1;
+      L = 2, D = 256, H = 4, V = 4096, steps = 1;
+      continue;
     }
     if (!v) {
       usage(stderr);
@@ -141,7 +233,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--batch")) B = atoi(v);
     else if (!strcmp(a, "--seq")) T = atoi(v);
     else if (!strcmp(a, "--steps")) steps = atoi(v);
-    else if (!strcmp(a, "--backend")) backend = v;
+    else if (!strcmp(a, "--backend")) backends = v;
     else if (!strcmp(a, "--dir")) dir = v;
     else if (!strcmp(a, "--json")) json = v;
     else {
@@ -153,77 +245,51 @@ int main(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
-  qins_backend *be = NULL;
-  qins_model *m = NULL;
-  qins_train_model *tm = NULL;
-  qins_optim *o = NULL;
   int rc = write_gpt2(dir, L, D, H, V, T > 1024 ? T : 1024);
-  if (!rc) rc = qins_backend_create(backend, &be);
-  double peak = 0;
-  if (!rc) rc = gemm_peak(be, 256, D, &peak);
-  if (!rc) rc = qins_model_open(dir, &m);
-  if (!rc) rc = qins_train_model_create(m, be, &tm);
-  qins_model_close(m);
-  qins_optim_config oc = qins_optim_config_default();
-  oc.accum_steps = B;
-  if (!rc) rc = qins_optim_create(&oc, &o);
-  int64_t nparams = 0;
-  for (int i = 0; !rc && i < qins_train_model_count(tm); i++) {
-    const qins_train_param *p = qins_train_model_param(tm, i);
-    nparams += p->n;
-    if ((rc = qins_optim_add(o, p->name, p->w, p->g, p->n, NULL)) > 0) rc = 0;
-  }
-  if (rc < 0) {
-    fprintf(stderr, "qins-bench-train: %s\n", qins_error_msg());
-    return 1;
-  }
-  rc = 0;
-  int32_t *ids = malloc((size_t)T * sizeof *ids);
-  uint64_t st = 99;
-  /* FLOPs of one forward over T positions: 2 x (matmul params incl. the tied head) per token,
-   * plus causal attention (QK^T and AV over (T+1)/2 positions on average); training = 3x forward */
-  double fwd_tok = 2.0 * (12.0 * L * D * (double)D + (double)V * D) + 4.0 * L * D * (T + 1) / 2.0;
-  double step_flops = 3.0 * fwd_tok * T * B;
-  double best_fb = 1e30, best_opt = 1e30;
-  for (int s = 0; s <= steps && !rc; s++) { /* step 0: warm-up */
-    qins_optim_zero_grad(o);
-    double t0 = bench_now_s(), loss = 0;
-    for (int b = 0; b < B && !rc; b++) {
-      for (int t = 0; t < T; t++) ids[t] = (int32_t)(qins_splitmix64(&st) % (uint64_t)V);
-      rc = qins_train_model_loss_grad(tm, ids, T, &loss);
-      qins_optim_micro_done(o);
-    }
-    double t1 = bench_now_s();
-    if (!rc) rc = qins_optim_step(o, loss, NULL);
-    double t2 = bench_now_s();
-    if (s > 0) {
-      best_fb = fmin(best_fb, t1 - t0);
-      best_opt = fmin(best_opt, t2 - t1);
-    }
-    fprintf(stderr, "step %d: forward+backward %.2f s, AdamW %.3f s, loss %.3f\n", s, t1 - t0, t2 - t1, loss);
-  }
-  free(ids);
   if (rc) {
     fprintf(stderr, "qins-bench-train: %s\n", qins_error_msg());
     return 1;
   }
-  double step_s = best_fb + best_opt, tps = (double)B * T / step_s, achieved = step_flops / step_s;
-  printf("| model | params | B x T | step s | fwd+bwd s | AdamW s | tokens/s | GFLOP/s | GEMM GFLOP/s | of GEMM |\n");
-  printf("|---|---|---|---|---|---|---|---|---|---|\n");
-  printf("| gpt2 L%d D%d V%d | %.1fM | %dx%d | %.3f | %.3f | %.3f | %.1f | %.2f | %.2f | %.0f%% |\n", L, D, V,
-         nparams / 1e6, B, T, step_s, best_fb, best_opt, tps, achieved / 1e9, peak / 1e9, 100 * achieved / peak);
+  bench_row rows[8];
+  int nrows = 0;
+  char list[256];
+  snprintf(list, sizeof list, "%s", backends);
+  for (char *save = NULL, *spec = strtok_r(list, ",", &save); spec && nrows < 8; spec = strtok_r(NULL, ",", &save)) {
+    if ((rc = bench_backend(spec, dir, L, D, V, B, T, steps, quick, &rows[nrows]))) {
+      fprintf(stderr, "qins-bench-train: %s: %s\n", spec, qins_error_msg());
+      return 1;
+    }
+    nrows++;
+  }
+  printf("| backend | device | model | params | B x T | step s | fwd+bwd s | AdamW s | tokens/s | GFLOP/s | GEMM GFLOP/s "
+         "| of GEMM |\n");
+  printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (int r = 0; r < nrows; r++) {
+    const bench_row *w = &rows[r];
+    printf("| %s | %s | gpt2 L%d D%d V%d | %.1fM | %dx%d | %.3f | %.3f | %.3f | %.1f | %.2f | %.2f | %.0f%% |\n",
+           w->backend, w->device, L, D, V, w->nparams / 1e6, B, T, w->step_s, w->fwd_bwd_s, w->optim_s, w->tps,
+           w->achieved / 1e9, w->peak / 1e9, 100 * w->achieved / w->peak);
+  }
   if (json) {
     FILE *f = fopen(json, "w");
     if (f) {
+      /* the first row at the top level (as before), every row under "rows" */
+      const bench_row *w = &rows[0];
       fprintf(f, "{\"backend\": \"%s\", \"layers\": %d, \"dim\": %d, \"vocab\": %d, \"params\": %lld, \"batch\": %d, "
                  "\"seq\": %d, \"step_s\": %.6f, \"fwd_bwd_s\": %.6f, \"optim_s\": %.6f, \"tokens_per_s\": %.3f, "
-                 "\"flops_per_step\": %.6g, \"achieved_flops\": %.6g, \"gemm_peak_flops\": %.6g}\n",
-              backend, L, D, V, (long long)nparams, B, T, step_s, best_fb, best_opt, tps, step_flops, achieved, peak);
+                 "\"achieved_flops\": %.6g, \"gemm_peak_flops\": %.6g, \"rows\": [",
+              w->backend, L, D, V, (long long)w->nparams, B, T, w->step_s, w->fwd_bwd_s, w->optim_s, w->tps,
+              w->achieved, w->peak);
+      for (int r = 0; r < nrows; r++) {
+        w = &rows[r];
+        fprintf(f, "%s{\"backend\": \"%s\", \"device\": \"%s\", \"step_s\": %.6f, \"fwd_bwd_s\": %.6f, \"optim_s\": %.6f, "
+                   "\"tokens_per_s\": %.3f, \"achieved_flops\": %.6g, \"gemm_peak_flops\": %.6g}",
+                r ? ", " : "", w->backend, w->device, w->step_s, w->fwd_bwd_s, w->optim_s, w->tps, w->achieved,
+                w->peak);
+      }
+      fprintf(f, "]}\n");
       fclose(f);
     }
   }
-  qins_optim_destroy(o);
-  qins_train_model_destroy(tm);
-  qins_backend_destroy(be);
   return 0;
 }

@@ -13,6 +13,7 @@
 #include "core/tensor.h"
 
 typedef struct qins_backend qins_backend;
+typedef struct qins_adamw_step_args qins_adamw_step_args; /* core/backend_grad.h */
 
 typedef struct qins_buf {
   qins_backend *be;
@@ -49,6 +50,8 @@ typedef enum qins_op_kind {
   QINS_OP_LAYERNORM_BACKWARD, QINS_OP_ROPE_BACKWARD, QINS_OP_SOFTMAX_BACKWARD, QINS_OP_SILU_BACKWARD,
   QINS_OP_GELU_TANH_BACKWARD, QINS_OP_SILU_MUL_BACKWARD, QINS_OP_EMBED_BACKWARD, QINS_OP_ATTENTION_BACKWARD,
   QINS_OP_CROSS_ENTROPY,
+  /* optimizer (core/backend_grad.h) */
+  QINS_OP_ADAMW_STEP,
   QINS_OP_COUNT
 } qins_op_kind;
 
@@ -124,6 +127,10 @@ typedef struct qins_backend_ops {
                             qins_tensor *dv);
   int (*cross_entropy)(qins_backend *be, const qins_tensor *logits, const qins_tensor *targets, qins_tensor *loss,
                        qins_tensor *dlogits, float scale);
+
+  /* ---- optimizer: one AdamW step where the parameter lives (qins_op_adamw_step) ---- */
+  int (*adamw_step)(qins_backend *be, qins_tensor *w, const qins_tensor *g, qins_tensor *m, qins_tensor *v,
+                    const qins_adamw_step_args *a);
 } qins_backend_ops;
 
 struct qins_backend {

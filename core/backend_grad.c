@@ -201,3 +201,31 @@ int qins_op_cross_entropy(qins_backend *be, const qins_tensor *logits, const qin
     return qins_error_set(QINS_EINVAL, "%s: scale %g must be finite and >= 0", op, (double)scale);
   DISPATCH(QINS_OP_CROSS_ENTROPY, cross_entropy, logits, targets, loss, dlogits, scale);
 }
+
+qins_adamw_step_args qins_adamw_step_args_make(float lr, float beta1, float beta2, float eps, float weight_decay,
+                                               int64_t t, float gmul) {
+  qins_adamw_step_args a;
+  /* PyTorch: bias corrections and step size as Python floats (double), element math in f32 */
+  double bc1 = 1.0 - pow((double)beta1, (double)t), bc2 = 1.0 - pow((double)beta2, (double)t);
+  a.step_size = (float)((double)lr / bc1);
+  a.bc2_sqrt = (float)sqrt(bc2);
+  a.decay = (float)(1.0 - (double)lr * (double)weight_decay);
+  a.do_decay = weight_decay > 0;
+  a.w1 = (float)(1.0 - (double)beta1);
+  a.w2 = (float)(1.0 - (double)beta2);
+  a.beta2 = beta2;
+  a.eps = eps;
+  a.gmul = gmul;
+  return a;
+}
+
+int qins_op_adamw_step(qins_backend *be, qins_tensor *w, const qins_tensor *g, qins_tensor *m, qins_tensor *v,
+                       const qins_adamw_step_args *a) {
+  const char *op = "adamw_step";
+  if (!a) return qins_error_set(QINS_EINVAL, "%s: no step arguments", op);
+  RET_IF(f32_n(op, be, w, -1));
+  RET_IF(f32_like(op, be, g, w));
+  RET_IF(f32_like(op, be, m, w));
+  RET_IF(f32_like(op, be, v, w));
+  DISPATCH(QINS_OP_ADAMW_STEP, adamw_step, w, g, m, v, a);
+}

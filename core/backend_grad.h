@@ -71,4 +71,28 @@ int qins_op_attention_backward(qins_backend *be, const qins_tensor *q, const qin
 int qins_op_cross_entropy(qins_backend *be, const qins_tensor *logits, const qins_tensor *targets, qins_tensor *loss,
                           qins_tensor *dlogits, float scale);
 
+/* One AdamW step on f32 tensors w, g, m, v of the same element count (any shapes), exactly as
+ * torch.optim.AdamW (and core/train/optim.c) does per element, in f32:
+ *   g' = g * gmul;  w *= decay (if do_decay);  m += w1 (g' - m);  v = v beta2 + w2 g' g';
+ *   w -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
+ * The scalars come from qins_adamw_step_args_make (PyTorch computes them in double). w, m, v are
+ * updated in place; g is read only. On cpu the result is bit-identical to qins_optim_step's plain
+ * AdamW; on vk sqrt and division may differ by a few ulp (GPU precision), contraction into fma is
+ * forbidden (precise). */
+struct qins_adamw_step_args {
+  float step_size; /* lr / (1 - beta1^t) */
+  float bc2_sqrt;  /* sqrt(1 - beta2^t) */
+  float decay;     /* 1 - lr * weight_decay */
+  int do_decay;    /* 0: no weight decay (norm gains, biases) */
+  float w1, w2;    /* 1 - beta1, 1 - beta2 */
+  float beta2;
+  float eps;
+  float gmul;      /* gradient multiplier: 1 / accumulation steps x clipping scale */
+};
+/* The scalars of step t (1-based) as torch computes them; weight_decay 0 turns decay off. */
+qins_adamw_step_args qins_adamw_step_args_make(float lr, float beta1, float beta2, float eps, float weight_decay,
+                                               int64_t t, float gmul);
+int qins_op_adamw_step(qins_backend *be, qins_tensor *w, const qins_tensor *g, qins_tensor *m, qins_tensor *v,
+                       const qins_adamw_step_args *a);
+
 #endif

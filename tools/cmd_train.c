@@ -15,8 +15,10 @@
 #include "tools/live_dashboard.h"
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: qins train CONFIG.yaml [--set key.path=value]... [--resume CKPT_DIR] [--quiet]\n"
+  fprintf(f, "usage: qins train CONFIG.yaml [--set key.path=value]... [--resume CKPT_DIR] [--backend SPEC] [--quiet]\n"
              "  trains as the config says (run/data/model/optim sections; docs/training.md);\n"
+             "  --backend SPEC  cpu, vk, vk:N (= --set run.backend=SPEC): on vk weights, gradients and AdamW\n"
+             "                  state live in device memory\n"
              "  writes OUT_DIR/train_log.jsonl and OUT_DIR/ckpt-NNNNNN/ (HF Llama folder + optimizer state)\n"
              "  --resume continues a checkpoint exactly (same config: weights, moments, data position)\n"
              "  --pilot       C3: train the config three times (OUT/fp: adamw; OUT/qins8: qins-adamw, qins8;\n"
@@ -148,6 +150,7 @@ int cmd_train(int argc, char **argv) {
   const char **sets = calloc((size_t)argc, sizeof *sets);
   int n_sets = 0, quiet = 0, pilot = 0, report_only = 0, drc;
   const char *prefix = "reports/C3";
+  static char backend_set[96];
   if (!sets) return qins_cli_fail(qins_error_set(QINS_ENOMEM, "no memory"));
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -157,6 +160,10 @@ int cmd_train(int argc, char **argv) {
       return 0;
     } else if (!strcmp(a, "--set") && i + 1 < argc) sets[n_sets++] = argv[++i];
     else if (!strcmp(a, "--resume") && i + 1 < argc) resume = argv[++i];
+    else if (!strcmp(a, "--backend") && i + 1 < argc) { /* the same as --set run.backend=SPEC */
+      snprintf(backend_set, sizeof backend_set, "run.backend=%s", argv[++i]);
+      sets[n_sets++] = backend_set;
+    }
     else if (!strcmp(a, "--quiet")) quiet = 1;
     else if (!strcmp(a, "--pilot")) pilot = 1;
     else if (!strcmp(a, "--report-only")) report_only = 1;

@@ -103,6 +103,7 @@ static const qins_backend_ops cpu_ops = {
     .embed_backward = cpu_embed_backward,
     .attention_backward = cpu_attention_backward,
     .cross_entropy = cpu_cross_entropy,
+    .adamw_step = cpu_adamw_step,
 };
 
 static const qins_backend_ops cpu_ref_ops = {

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/cpu/cpu_grad.h"
+#include "core/backend_grad.h"
 #include "core/cpu/cpu_ops.h"
 #include "core/error.h"
 #include "core/mem.h"
@@ -548,3 +549,37 @@ int cpu_cross_entropy(qins_backend *be, const qins_tensor *logits, const qins_te
   cpu_parallel(be, m, 1, ce_rows, &j);
   return 0;
 }
+
+/* ---------------------------------------------------------------- optimizer */
+
+typedef struct adamw_job {
+  float *w, *m, *v;
+  const float *g;
+  qins_adamw_step_args a;
+} adamw_job;
+
+/* The same f32 expressions, in the same order, as core/train/optim.c's plain AdamW (ISO C: no fma
+ * contraction), so the two agree bit for bit. */
+static void adamw_range(void *user, int64_t i0, int64_t i1) {
+  const adamw_job *j = user;
+  const qins_adamw_step_args *a = &j->a;
+  for (int64_t i = i0; i < i1; i++) {
+    float g = j->g[i] * a->gmul;
+    float w = j->w[i];
+    if (a->do_decay) w *= a->decay;
+    float m = j->m[i] + a->w1 * (g - j->m[i]);
+    float v = j->v[i] * a->beta2 + a->w2 * g * g;
+    float denom = sqrtf(v) / a->bc2_sqrt + a->eps;
+    j->m[i] = m;
+    j->v[i] = v;
+    j->w[i] = w - a->step_size * (m / denom);
+  }
+}
+
+int cpu_adamw_step(qins_backend *be, qins_tensor *w, const qins_tensor *g, qins_tensor *m, qins_tensor *v,
+                   const qins_adamw_step_args *a) {
+  adamw_job j = {F32(w), F32(m), F32(v), F32(g), *a};
+  cpu_parallel(be, qins_tensor_numel(w), 16384, adamw_range, &j);
+  return 0;
+}
+

@@ -26,5 +26,7 @@ int cpu_attention_backward(qins_backend *be, const qins_tensor *q, const qins_te
                            qins_tensor *dv);
 int cpu_cross_entropy(qins_backend *be, const qins_tensor *logits, const qins_tensor *targets, qins_tensor *loss,
                       qins_tensor *dlogits, float scale);
+int cpu_adamw_step(qins_backend *be, qins_tensor *w, const qins_tensor *g, qins_tensor *m, qins_tensor *v,
+                   const qins_adamw_step_args *a);
 
 #endif

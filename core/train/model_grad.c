@@ -18,8 +18,17 @@
 typedef struct tparam {
   qins_train_param pub;
   char name[QINS_NAME_MAX];
-  qins_tensor w, g; /* wrapping pub.w / pub.g */
+  qins_tensor w, g; /* cpu: wrapping pub.w / pub.g; device backends: device copies */
+  int tidx;         /* device backends, GPT-2 Conv1D: w/g are the [out,in] working copy tm->t[tidx] */
 } tparam;
+
+static void transpose_into(float *dst, const float *src, int64_t rows, int64_t cols, int accumulate) {
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < cols; c++) {
+      if (accumulate) dst[c * rows + r] += src[r * cols + c];
+      else dst[c * rows + r] = src[r * cols + c];
+    }
+}
 
 /* A [out,in] working copy of a GPT-2 Conv1D weight [in,out] and its gradient. */
 typedef struct transposed {
@@ -43,6 +52,7 @@ typedef struct layer_w {
 
 struct qins_train_model {
   qins_backend *be;
+  int device;       /* buffers are not the host arrays: weights/gradients sync explicitly */
   qins_model_config cfg;
   float rope_short[256], rope_long[256];
   int np;
@@ -113,8 +123,21 @@ static int add_transposed(qins_train_model *tm, tparam *src, int layer, qins_ten
   t->g = qins_mem_calloc(owner(), (size_t)(in * outd), sizeof(float));
   if (!t->w || !t->g) return QINS_ENOMEM;
   int64_t shape[2] = {outd, in};
-  int rc = wrap(tm->be, &t->tw, src->name, t->w, 2, shape);
-  if (!rc) rc = wrap(tm->be, &t->tg, src->name, t->g, 2, shape);
+  int rc;
+  if (tm->device) {
+    /* on a device the working copy IS the parameter (transposed at push/pull time on the host), so
+     * gradients accumulate in place and an optimizer op can update it where it lives */
+    rc = qins_tensor_init(&t->tw, src->name, QINS_DT_F32, 2, shape);
+    if (!rc) rc = qins_tensor_init(&t->tg, src->name, QINS_DT_F32, 2, shape);
+    if (!rc) rc = qins_tensor_alloc(tm->be, &t->tw);
+    if (!rc) rc = qins_tensor_alloc(tm->be, &t->tg);
+    src->w = t->tw;
+    src->g = t->tg;
+    src->tidx = tm->nt - 1;
+  } else {
+    rc = wrap(tm->be, &t->tw, src->name, t->w, 2, shape);
+    if (!rc) rc = wrap(tm->be, &t->tg, src->name, t->g, 2, shape);
+  }
   *w_out = t->tw;
   *g_out = t->tg;
   return rc;
@@ -251,14 +274,12 @@ int qins_train_model_create(const qins_model *m, qins_backend *be, qins_train_mo
   if (c->arch == QINS_ARCH_GPT2 ? c->act != QINS_ACT_GELU_TANH : c->act != QINS_ACT_SILU)
     return qins_error_set(QINS_EUNSUPPORTED, "training: %s: activation %s has no backward here", m->path,
                           qins_act_name(c->act));
-  if (strncmp(be->name, "cpu", 3) != 0)
-    return qins_error_set(QINS_EUNSUPPORTED, "training: model gradients run on the cpu backend only (not %s)",
-                          be->name);
   if (c->rope_n_factors > 256)
     return qins_error_set(QINS_EUNSUPPORTED, "training: %d rope factors (at most 256)", c->rope_n_factors);
   qins_train_model *tm = qins_mem_calloc(owner(), 1, sizeof *tm);
   if (!tm) return QINS_ENOMEM;
   tm->be = be;
+  tm->device = strncmp(be->name, "cpu", 3) != 0;
   tm->cfg = *c;
   for (int i = 0; i < c->rope_n_factors; i++) {
     tm->rope_short[i] = c->rope_short_factor ? c->rope_short_factor[i] : 1.0f;
@@ -296,10 +317,23 @@ int qins_train_model_create(const qins_model *m, qins_backend *be, qins_train_mo
                     : w->dtype == QINS_DT_F16 ? qins_f16_to_f32(h[k])
                                               : qins_bf16_to_f32(h[k]);
     }
-    TRY(wrap(be, &p->w, p->name, p->pub.w, w->ndim, w->shape));
-    TRY(wrap(be, &p->g, p->name, p->pub.g, w->ndim, w->shape));
+    p->tidx = -1;
+    if (!tm->device) {
+      TRY(wrap(be, &p->w, p->name, p->pub.w, w->ndim, w->shape));
+      TRY(wrap(be, &p->g, p->name, p->pub.g, w->ndim, w->shape));
+    } else if (!(c->arch == QINS_ARCH_GPT2 && w->ndim == 2 && strncmp(w->name, "transformer.h.", 14) == 0)) {
+      /* (GPT-2's Conv1D weights get their buffers as transposed working copies in bind_gpt2) */
+      TRY(qins_tensor_init(&p->w, p->name, QINS_DT_F32, w->ndim, w->shape));
+      TRY(qins_tensor_init(&p->g, p->name, QINS_DT_F32, w->ndim, w->shape));
+      TRY(qins_tensor_alloc(be, &p->w));
+      TRY(qins_tensor_alloc(be, &p->g));
+    }
   }
   TRY(c->arch == QINS_ARCH_GPT2 ? bind_gpt2(tm) : bind_llama(tm));
+  if (tm->device) {
+    TRY(qins_train_model_push_weights(tm));
+    TRY(qins_train_model_zero_grad(tm));
+  }
   *out = tm;
   return 0;
 out:
@@ -311,8 +345,10 @@ void qins_train_model_destroy(qins_train_model *tm) {
   if (!tm) return;
   qins_train_part_destroy(tm->whole);
   for (int i = 0; i < tm->np; i++) {
-    qins_buf_free(tm->p[i].w.buf);
-    qins_buf_free(tm->p[i].g.buf);
+    if (tm->p[i].tidx < 0) { /* else the working copy's buffers, freed below */
+      qins_buf_free(tm->p[i].w.buf);
+      qins_buf_free(tm->p[i].g.buf);
+    }
     qins_mem_free(owner(), tm->p[i].pub.w);
     qins_mem_free(owner(), tm->p[i].pub.g);
   }
@@ -332,8 +368,76 @@ int qins_train_model_count(const qins_train_model *tm) { return tm->np; }
 const qins_train_param *qins_train_model_param(const qins_train_model *tm, int i) {
   return i >= 0 && i < tm->np ? &tm->p[i].pub : NULL;
 }
-void qins_train_model_zero_grad(qins_train_model *tm) {
-  for (int i = 0; i < tm->np; i++) memset(tm->p[i].pub.g, 0, (size_t)tm->p[i].pub.n * sizeof(float));
+int qins_train_model_zero_grad(qins_train_model *tm) {
+  int64_t most = 0;
+  for (int i = 0; i < tm->np; i++) {
+    memset(tm->p[i].pub.g, 0, (size_t)tm->p[i].pub.n * sizeof(float));
+    if (tm->p[i].pub.n > most) most = tm->p[i].pub.n;
+  }
+  if (!tm->device) return 0;
+  float *zero = qins_mem_calloc(owner(), (size_t)most, sizeof(float));
+  if (!zero) return QINS_ENOMEM;
+  int rc = 0;
+  for (int i = 0; i < tm->np && !rc; i++) rc = qins_tensor_write(&tm->p[i].g, zero);
+  qins_mem_free(owner(), zero);
+  return rc;
+}
+
+int qins_train_model_on_device(const qins_train_model *tm) { return tm->device; }
+
+int qins_train_model_param_tensors(const qins_train_model *tm, int i, const qins_tensor **w, const qins_tensor **g) {
+  if (i < 0 || i >= tm->np) return qins_error_set(QINS_EINVAL, "training: parameter %d of %d", i, tm->np);
+  *w = &tm->p[i].w;
+  *g = &tm->p[i].g;
+  return 0;
+}
+
+int qins_train_model_push_param(qins_train_model *tm, int i) {
+  if (i < 0 || i >= tm->np) return qins_error_set(QINS_EINVAL, "training: parameter %d of %d", i, tm->np);
+  if (!tm->device) return 0;
+  tparam *p = &tm->p[i];
+  if (p->tidx >= 0) {
+    transposed *t = &tm->t[p->tidx];
+    transpose_into(t->w, p->pub.w, p->pub.shape[0], p->pub.shape[1], 0);
+    return qins_tensor_write(&t->tw, t->w);
+  }
+  return qins_tensor_write(&p->w, p->pub.w);
+}
+
+int qins_train_model_push_weights(qins_train_model *tm) {
+  int rc = 0;
+  for (int i = 0; tm->device && i < tm->np && !rc; i++) rc = qins_train_model_push_param(tm, i);
+  return rc;
+}
+
+int qins_train_model_pull_grads(qins_train_model *tm) {
+  int rc = 0;
+  for (int i = 0; tm->device && i < tm->np && !rc; i++) {
+    tparam *p = &tm->p[i];
+    if (p->tidx >= 0) {
+      transposed *t = &tm->t[p->tidx];
+      rc = qins_tensor_read(&t->tg, t->g);
+      if (!rc) transpose_into(p->pub.g, t->g, p->pub.shape[1], p->pub.shape[0], 0);
+    } else {
+      rc = qins_tensor_read(&p->g, p->pub.g);
+    }
+  }
+  return rc;
+}
+
+int qins_train_model_pull_weights(qins_train_model *tm) {
+  int rc = 0;
+  for (int i = 0; tm->device && i < tm->np && !rc; i++) {
+    tparam *p = &tm->p[i];
+    if (p->tidx >= 0) {
+      transposed *t = &tm->t[p->tidx];
+      rc = qins_tensor_read(&t->tw, t->w);
+      if (!rc) transpose_into(p->pub.w, t->w, p->pub.shape[1], p->pub.shape[0], 0);
+    } else {
+      rc = qins_tensor_read(&p->w, p->pub.w);
+    }
+  }
+  return rc;
 }
 
 /* ---------------------------------------------------------------- activations */
@@ -393,14 +497,6 @@ typedef struct saved {
   qins_tensor *x, *h1, *q, *k, *v, *att, *x2, *h2, *gate, *up, *a;
   qins_tensor *out, *dout; /* layer output (hidden state) and the hidden hook's gradient for it */
 } saved;
-
-static void transpose_into(float *dst, const float *src, int64_t rows, int64_t cols, int accumulate) {
-  for (int64_t r = 0; r < rows; r++)
-    for (int64_t c = 0; c < cols; c++) {
-      if (accumulate) dst[c * rows + r] += src[r * cols + c];
-      else dst[c * rows + r] = src[r * cols + c];
-    }
-}
 
 /* ---------------------------------------------------------------- parts */
 
@@ -522,6 +618,7 @@ int qins_train_part_uses(const qins_train_part *p, int param_index) {
 /* GPT-2: refresh the [out,in] working copies of this part's layers from the [in,out] weights. */
 static void part_transpose_weights(qins_train_part *p) {
   qins_train_model *tm = p->tm;
+  if (tm->device) return; /* the device copies are refreshed by qins_train_model_push_weights */
   for (int i = 0; i < tm->nt; i++) {
     if (tm->t[i].layer < p->l0 || tm->t[i].layer >= p->l1) continue;
     const qins_train_param *src = &tm->p[tm->t[i].src].pub;
@@ -533,6 +630,7 @@ static void part_transpose_weights(qins_train_part *p) {
  * (they are zero between calls, so micro-batches in flight never see each other's terms). */
 static void part_flush_grads(qins_train_part *p) {
   qins_train_model *tm = p->tm;
+  if (tm->device) return; /* the working copy is the device gradient (qins_train_model_pull_grads) */
   for (int i = 0; i < tm->nt; i++) {
     if (tm->t[i].layer < p->l0 || tm->t[i].layer >= p->l1) continue;
     qins_train_param *dst = &tm->p[tm->t[i].src].pub;
@@ -812,7 +910,7 @@ int qins_train_part_backward(qins_train_part *p, int mb, const float *dx_out, fl
   TRY(qins_backend_sync(be));
   part_flush_grads(p);
 out:
-  if (rc) /* drop partial working-copy gradients so that the next call starts from zero */
+  if (rc && !tm->device) /* drop partial working-copy gradients so that the next call starts from zero */
     for (int i = 0; i < tm->nt; i++)
       if (tm->t[i].layer >= p->l0 && tm->t[i].layer < p->l1)
         memset(tm->t[i].g, 0, (size_t)tm->p[tm->t[i].src].pub.n * sizeof(float));

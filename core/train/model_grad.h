@@ -3,7 +3,16 @@
  * activations the backward needs, and the backward pass chained from the backward ops
  * (core/backend_grad.h). Loss: mean cross-entropy of the logits at positions 0..n-2 against
  * ids[1..n-1] (PyTorch's causal-LM loss). Gradients are ADDED into each parameter's g.
- * Runs on backends whose buffers are host memory (cpu). */
+ * Runs on any backend. On cpu the parameter tensors ARE the host arrays w/g. On a device backend
+ * (vk) parameters and gradients live in device buffers and the host arrays are copies synchronised
+ * explicitly:
+ *   qins_train_model_push_weights  host w -> device, after anything changed w on the host (a host
+ *                                  optimizer step, loading a checkpoint, test code editing w);
+ *   qins_train_model_pull_grads    device g -> host g, before anything reads g on the host (a host
+ *                                  optimizer step, gradient norms, the fixture comparisons);
+ *   qins_train_model_pull_weights  device w -> host w, after a device optimizer step and before
+ *                                  saving a checkpoint or reading w on the host.
+ * All three are no-ops on cpu. qins_train_model_zero_grad zeroes both copies. */
 #ifndef QINS_MODEL_GRAD_H
 #define QINS_MODEL_GRAD_H
 
@@ -29,7 +38,17 @@ int qins_train_model_create(const qins_model *m, qins_backend *be, qins_train_mo
 void qins_train_model_destroy(qins_train_model *tm);
 int qins_train_model_count(const qins_train_model *tm);
 const qins_train_param *qins_train_model_param(const qins_train_model *tm, int i);
-void qins_train_model_zero_grad(qins_train_model *tm);
+int qins_train_model_zero_grad(qins_train_model *tm); /* host and device gradients */
+int qins_train_model_push_weights(qins_train_model *tm);
+int qins_train_model_push_param(qins_train_model *tm, int i); /* one parameter's w (host-side optimizer) */
+int qins_train_model_pull_grads(qins_train_model *tm);
+int qins_train_model_pull_weights(qins_train_model *tm);
+/* 1 when parameters live in device buffers (the sync calls above do work). */
+int qins_train_model_on_device(const qins_train_model *tm);
+/* The backend tensors of parameter i, for an optimizer that updates parameters where they live
+ * (qins_optim_add_device). On cpu they wrap w/g; on a device GPT-2's Conv1D weights are held
+ * transposed ([out,in]): same elements, another order (element-wise optimizers don't mind). */
+int qins_train_model_param_tensors(const qins_train_model *tm, int i, const qins_tensor **w, const qins_tensor **g);
 /* Forward + backward on one sequence of n >= 2 ids (n <= max positions): *loss is the mean
  * cross-entropy, every parameter's gradient is added into its g. Bad ids: QINS_EINPUT. */
 int qins_train_model_loss_grad(qins_train_model *tm, const int32_t *ids, int n, double *loss);

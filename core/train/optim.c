@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/backend.h"
+#include "core/backend_grad.h"
 #include "core/error.h"
 #include "core/mem.h"
 
@@ -22,6 +23,10 @@ typedef struct param {
   float *alpha;        /* rows */
   int64_t rows, cols;
   int flagged;         /* flagged for FP fallback by the anomaly policy */
+  /* device parameters (qins_optim_add_device): plain AdamW runs as the adamw_step op on these */
+  int on_device;
+  qins_tensor dw, dg;  /* the caller's tensors (descriptors copied) */
+  qins_tensor dm, dv;  /* moments in device buffers (owned) */
 } param;
 
 struct qins_optim {
@@ -127,6 +132,10 @@ int qins_optim_create(const qins_optim_config *cfg, qins_optim **out) {
 }
 
 static void param_free(param *p) {
+  if (p->on_device) {
+    qins_tensor_free(&p->dm);
+    qins_tensor_free(&p->dv);
+  }
   qins_mem_free(owner(), p->m);
   qins_mem_free(owner(), p->v);
   qins_mem_free(owner(), p->z);
@@ -224,6 +233,54 @@ int qins_optim_add_tensor(qins_optim *o, qins_tensor *w, qins_tensor *g, const q
   return qins_optim_add(o, w->name, pw, pg, qins_tensor_numel(w), &o2);
 }
 
+int qins_optim_add_device(qins_optim *o, const char *name, float *w, float *g, int64_t n, const qins_param_opts *opts,
+                          const qins_tensor *w_t, const qins_tensor *g_t) {
+  char a[192], b[192];
+  if (!w_t || !g_t || !w_t->buf || !g_t->buf || w_t->dtype != QINS_DT_F32 || g_t->dtype != QINS_DT_F32 ||
+      qins_tensor_numel(w_t) != n || qins_tensor_numel(g_t) != n || w_t->buf->be != g_t->buf->be)
+    return qins_error_set(QINS_EINVAL, "optimizer: parameter %s: device tensors %s and %s must be f32 [%lld] on one backend",
+                          name, w_t ? qins_tensor_describe(w_t, a, sizeof a) : "(none)",
+                          g_t ? qins_tensor_describe(g_t, b, sizeof b) : "(none)", (long long)n);
+  int i = qins_optim_add(o, name, w, g, n, opts);
+  if (i < 0 || o->p[i].opts.qins) return i; /* QINS-AdamW stays on the host */
+  param *p = &o->p[i];
+  qins_backend *be = w_t->buf->be;
+  p->dw = *w_t;
+  p->dg = *g_t;
+  int64_t shape[1] = {n};
+  int rc = qins_tensor_init(&p->dm, "adam.m", QINS_DT_F32, 1, shape);
+  if (!rc) rc = qins_tensor_init(&p->dv, "adam.v", QINS_DT_F32, 1, shape);
+  if (!rc) rc = qins_tensor_alloc(be, &p->dm);
+  if (!rc) rc = qins_tensor_alloc(be, &p->dv);
+  p->on_device = 1; /* (also for the cleanup below) */
+  if (!rc) rc = qins_tensor_write(&p->dm, p->m);
+  if (!rc) rc = qins_tensor_write(&p->dv, p->v);
+  if (rc) {
+    param_free(p);
+    o->n--;
+    return qins_error_wrap(rc, "optimizer: device moments of %s: ", name);
+  }
+  return i;
+}
+
+int qins_optim_sync_state(qins_optim *o, int to_device) {
+  int rc = 0;
+  for (int i = 0; i < o->n && !rc; i++) {
+    param *p = &o->p[i];
+    if (!p->on_device) continue;
+    if (to_device) {
+      rc = qins_tensor_write(&p->dm, p->m);
+      if (!rc) rc = qins_tensor_write(&p->dv, p->v);
+    } else {
+      rc = qins_tensor_read(&p->dm, p->m);
+      if (!rc) rc = qins_tensor_read(&p->dv, p->v);
+    }
+  }
+  return rc;
+}
+
+int qins_optim_on_device(const qins_optim *o, int i) { return i >= 0 && i < o->n ? o->p[i].on_device : 0; }
+
 int qins_optim_count(const qins_optim *o) { return o->n; }
 const char *qins_optim_name(const qins_optim *o, int i) { return i >= 0 && i < o->n ? o->p[i].name : NULL; }
 int qins_optim_flagged(const qins_optim *o, int i) { return i >= 0 && i < o->n ? o->p[i].flagged : 0; }
@@ -304,7 +361,7 @@ double qins_optim_grad_norm(const qins_optim *o) {
 /* A QINS parameter flagged for fallback becomes plain AdamW on its latent w (f32 storage); the
  * moments are carried over by the chain rule: g_w = g_z / D'(z) = -g_z alpha z^2. */
 static void fallback_to_fp(param *p) {
-  if (!p->opts.qins) return;
+  if (!p->opts.qins) return; /* (device parameters are never QINS: nothing to move) */
   for (int64_t i = 0; i < p->n; i++) {
     double a = p->alpha[i / p->cols], z = p->z[i];
     double f = -a * z * z;
@@ -510,8 +567,19 @@ static int step_impl(qins_optim *o, double loss, const double *global_sq, int gl
   for (int i = 0; i < o->n; i++) {
     param *p = &o->p[i];
     float lr = r->lr * p->opts.lr_scale;
-    if (p->opts.qins) r->recanonicalised += update_qins(o, p, lr, gmul * r->clip_scale);
-    else update_adamw(o, p, lr, gmul * r->clip_scale);
+    if (p->opts.qins) {
+      r->recanonicalised += update_qins(o, p, lr, gmul * r->clip_scale);
+    } else if (p->on_device) { /* where the parameter lives; same scalars as update_adamw */
+      const qins_adamw_config *c = &o->cfg.adamw;
+      p->t++;
+      qins_adamw_step_args a = qins_adamw_step_args_make(lr, c->beta1, c->beta2, c->eps,
+                                                         p->opts.no_decay ? 0.0f : c->weight_decay, p->t,
+                                                         gmul * r->clip_scale);
+      int rc = qins_op_adamw_step(p->dw.buf->be, &p->dw, &p->dg, &p->dm, &p->dv, &a);
+      if (rc) return qins_error_wrap(rc, "optimizer: %s: ", p->name);
+    } else {
+      update_adamw(o, p, lr, gmul * r->clip_scale);
+    }
   }
   r->applied = 1;
   return 0;

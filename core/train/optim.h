@@ -127,6 +127,22 @@ int qins_optim_flagged(const qins_optim *o, int param);
 /* Current learning-rate multiplier from QINS_ANOMALY_SCALE_LR responses (starts at 1). */
 float qins_optim_lr_factor(const qins_optim *o);
 
+/* ---- device parameters (additive: training on a device backend) ----
+ * Like qins_optim_add, plus the parameter's device tensors w_t, g_t (f32, n elements, one backend;
+ * descriptors copied, buffers stay the caller's). A plain AdamW parameter is then updated where it
+ * lives by the adamw_step op with its moments in device buffers: a step does NOT change host w
+ * (read it back, e.g. qins_train_model_pull_weights) and needs the gradient in host g too (norm,
+ * clipping and anomaly checks run on the host: pull it before qins_optim_step). Element math and
+ * scalars are the host AdamW's (bit-identical on cpu). A QINS parameter (opts->qins) stays on the
+ * host: push its w to the device after each step. */
+int qins_optim_add_device(qins_optim *o, const char *name, float *w, float *g, int64_t n, const qins_param_opts *opts,
+                          const qins_tensor *w_t, const qins_tensor *g_t);
+/* 1 when parameter i is updated on its device. */
+int qins_optim_on_device(const qins_optim *o, int param);
+/* Moments of device parameters: to_device 0 copies device -> host m, v (before reading the state
+ * for a checkpoint), 1 host -> device (after restoring it). */
+int qins_optim_sync_state(qins_optim *o, int to_device);
+
 /* ---- QINS parameters ---- */
 /* Latent z [n] (read-only view) and alpha [rows] of a QINS parameter; NULL for a plain one. */
 const float *qins_optim_latent(const qins_optim *o, int param);

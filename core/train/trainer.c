@@ -524,6 +524,8 @@ static int save_checkpoint(trainer *t, const char *dir) {
   int rc = mkdirs(dir);
   if (rc) return rc;
   if ((rc = write_llama_config(dir, &t->mcfg))) return rc;
+  /* device backends: weights and Adam moments updated on the device come back first */
+  if ((rc = qins_train_model_pull_weights(t->tm)) || (rc = qins_optim_sync_state(t->o, 0))) return rc;
   if ((rc = write_weights(dir, t->tm, NULL))) return rc;
   char path[1100];
   snprintf(path, sizeof path, "%s/tokenizer.bin", dir);
@@ -717,6 +719,7 @@ static int eval_heldout(trainer *t, double *mean) {
   if (t->teacher) qins_train_model_set_logit_hook(t->tm, distill_hook, t);
   if (t->thid) qins_train_model_set_hidden_hook(t->tm, hidden_hook, t);
   qins_optim_zero_grad(t->o);
+  if (!rc) rc = qins_train_model_zero_grad(t->tm);
   if (!rc) *mean = sum / (double)nw;
   return rc;
 }
@@ -890,10 +893,18 @@ int qins_train_run(const qins_train_opts *opts, qins_train_result *res) {
       po.lr_scale = (float)c->qins_lr_scale;
       n_qins++;
     }
-    if ((rc = qins_optim_add(t.o, p->name, p->w, p->g, p->n, &po)) < 0) goto out;
+    const qins_tensor *wt, *gt;
+    /* on a device backend plain AdamW updates the parameter where it lives (adamw_step op) */
+    if (qins_train_model_on_device(t.tm) && !po.qins && !qins_train_model_param_tensors(t.tm, i, &wt, &gt))
+      rc = qins_optim_add_device(t.o, p->name, p->w, p->g, p->n, &po, wt, gt);
+    else
+      rc = qins_optim_add(t.o, p->name, p->w, p->g, p->n, &po);
+    if (rc < 0) goto out;
   }
   rc = 0;
   if (opts->resume && (rc = restore_optim(&t, opts->resume))) goto out;
+  /* device backends: QINS weights were put on their grid and a checkpoint restored on the host */
+  if ((rc = qins_train_model_push_weights(t.tm)) || (rc = qins_optim_sync_state(t.o, 1))) goto out;
   if (c->teacher[0]) {
     qins_llm_options lo = {c->seq + 1, 0};
     if ((rc = qins_model_open(c->teacher, &t.teacher_m)) || (rc = qins_llm_create(t.teacher_m, t.be, &lo, &t.teacher)))
@@ -968,6 +979,7 @@ int qins_train_run(const qins_train_opts *opts, qins_train_result *res) {
   }
   while (t.step < c->steps) {
     qins_optim_zero_grad(t.o);
+    if ((rc = qins_train_model_zero_grad(t.tm))) break;
     double loss_sum = 0;
     t.last_kl = t.last_hid = t.last_ce = 0;
     for (int a = 0; a < c->grad_accum && !rc; a++) {
@@ -982,7 +994,11 @@ int qins_train_run(const qins_train_opts *opts, qins_train_result *res) {
     if (rc) break;
     double loss = loss_sum / (double)(B * c->grad_accum);
     qins_step_report rep;
+    if ((rc = qins_train_model_pull_grads(t.tm))) break; /* device: norms and anomalies are checked on the host */
     if ((rc = qins_optim_step(t.o, loss, &rep))) break;
+    for (int i = 0; i < qins_optim_count(t.o) && !rc; i++) /* host-side (QINS-AdamW) updates go back up */
+      if (!qins_optim_on_device(t.o, i)) rc = qins_train_model_push_param(t.tm, i);
+    if (rc) break;
     t.step++;
     tokens += (int64_t)B * c->grad_accum * T;
     double el = now_s() - t0, tps = (double)tokens / (el > 0 ? el : 1e-9);

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/backend_grad.h"
 #include "core/vk/vk_internal.h"
 
 #define SH(name) vk_shader_pick(c, name)
@@ -295,3 +296,26 @@ int vk_attention_backward(qins_backend *be, const qins_tensor *q, const qins_ten
   if (!rc) rc = vk_dispatch(c, QINS_OP_ATTENTION_BACKWARD, SH("attn_bwd_kv"), b, 5, (1u << 3) | (1u << 4), off, p, 8, gx, gy);
   return rc ? qins_error_wrap(rc, "attention_backward: ") : 0;
 }
+
+/* ---------------------------------------------------------------- optimizer */
+
+int vk_adamw_step(qins_backend *be, qins_tensor *w, const qins_tensor *g, qins_tensor *m, qins_tensor *v,
+                  const qins_adamw_step_args *a) {
+  vk_ctx *c = vk_of(be);
+  int64_t n = qins_tensor_numel(w);
+  /* one "row" per element, so long tensors split at the binding limit like any row op */
+  vk_arg args[4] = {{w, 4, 4, 1}, {g, 4, 4, 0}, {m, 4, 4, 1}, {v, 4, 4, 1}};
+  uint32_t p[10] = {0,
+                    fbits(a->step_size),
+                    fbits(a->bc2_sqrt),
+                    fbits(a->decay),
+                    (uint32_t)(a->do_decay != 0),
+                    fbits(a->w1),
+                    fbits(a->w2),
+                    fbits(a->beta2),
+                    fbits(a->eps),
+                    fbits(a->gmul)};
+  int rc = vk_run_rows(c, QINS_OP_ADAMW_STEP, SH("adamw"), args, 4, n, p, 10, 1, 0, 1, 256);
+  return rc ? qins_error_wrap(rc, "adamw_step: ") : 0;
+}
+

@@ -158,6 +158,8 @@ int vk_attention_backward(qins_backend *be, const qins_tensor *q, const qins_ten
                           qins_tensor *dv);
 int vk_cross_entropy(qins_backend *be, const qins_tensor *logits, const qins_tensor *targets, qins_tensor *loss,
                             qins_tensor *dlogits, float scale);
+int vk_adamw_step(qins_backend *be, qins_tensor *w, const qins_tensor *g, qins_tensor *m, qins_tensor *v,
+                  const qins_adamw_step_args *a);
 int vk_cast_impl(vk_ctx *c, qins_op_kind kind, const qins_tensor *src, const qins_tensor *dst);
 
 /* A row-parallel op argument: bound per chunk of rows (row_bytes > 0) or whole (row_bytes 0). */

@@ -428,4 +428,5 @@ const qins_backend_ops vk_backend_ops = {
     .embed_backward = vk_embed_backward,
     .attention_backward = vk_attention_backward,
     .cross_entropy = vk_cross_entropy,
+    .adamw_step = vk_adamw_step,
 };
