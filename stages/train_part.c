@@ -116,10 +116,9 @@ static int init(qins_stage *st, const qins_stage_ctx *ctx) {
     }
     snprintf(path, sizeof path, "%s/part-%s.safetensors", t->s.resume, ctx->stage_name);
     if (!rc) rc = tf_part_load_optim(path, t->o, I->qins, &t->step);
-    if (rc) return rc;
+    if (rc || (rc = qins_train_model_push_weights(t->tm))) return rc;
   }
-  qins_train_model_zero_grad(t->tm);
-  return 0;
+  return qins_train_model_zero_grad(t->tm);
 }
 
 static void fini(qins_stage *st) {
@@ -142,6 +141,8 @@ static void fini(qins_stage *st) {
  * this part's sums of squares and its own shared gradients. */
 static int make_reduce(qins_stage *st, tpart *t, const qins_msg *in, const tf_frame *f, qins_msg *out) {
   int64_t n_ids = 0, n_f32 = 0;
+  int rc = qins_train_model_pull_grads(t->tm); /* device backends: the step's gradients to the host */
+  if (rc) return rc;
   for (int k = 0, off = 0; f && k < f->h.n_ids; k++) {
     int i = f->ids[k];
     int64_t n = qins_train_model_param(t->tm, i)->n;
@@ -161,8 +162,7 @@ static int make_reduce(qins_stage *st, tpart *t, const qins_msg *in, const tf_fr
   int32_t *ids;
   double *v;
   float *x;
-  int rc = tf_frame_out(out, in, &h, &ids, &v, &x);
-  if (rc) return rc;
+  if ((rc = tf_frame_out(out, in, &h, &ids, &v, &x))) return rc;
   out->flags |= QINS_MSG_GRAD;
   if (f) memcpy(v, f->f64, (size_t)(t->P + 2) * sizeof *v);
   else memset(v, 0, (size_t)(t->P + 2) * sizeof *v);
@@ -218,12 +218,8 @@ static int do_step(qins_stage *st, tpart *t, const qins_msg *in, const tf_frame 
   int rc = qins_optim_step_global(t->o, f->f64[TF_S_LOSS], f->f64[TF_S_SQ], f->f64[TF_S_BAD] > 0, &rep);
   if (rc) return rc;
   if (rep.anomaly != QINS_ANOMALY_NONE && t->specs[t->me].head) QINS_WARN("%s", rep.message);
-  qins_optim_zero_grad(t->o);
-  for (int i = 0; i < t->P; i++)
-    if (t->uses[i] && !t->own[i]) {
-      const qins_train_param *p = qins_train_model_param(t->tm, i);
-      memset(p->g, 0, (size_t)p->n * sizeof(float));
-    }
+  /* host weights changed (the step, shared copies): to the device; gradients zeroed on both */
+  if ((rc = qins_train_model_push_weights(t->tm)) || (rc = qins_train_model_zero_grad(t->tm))) return rc;
   t->step++;
   t->n_bwd = 0;
   t->loss_sum = 0;

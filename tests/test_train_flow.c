@@ -330,6 +330,30 @@ static void test_split_qins_adamw(void **state) {
   compare_weights("q_split/ckpt-000006", "q_one/ckpt-000006", 0, 0);
 }
 
+/* On Vulkan (parameters and gradients in device buffers, host optimizer; the parts pull the
+ * gradients before the REDUCE and push the weights after the STEP): 2-worker = one-worker bit for
+ * bit, and close to the cpu run. Skipped without a vk device. */
+static void test_split_vk(void **state) {
+  (void)state;
+  char names[8][64];
+  int nb = test_backends(names, 8), vk = -1;
+  for (int i = 0; i < nb; i++)
+    if (!strncmp(names[i], "vk", 2)) vk = i;
+  if (vk < 0) {
+    printf("  no Vulkan device: skipped\n");
+    skip();
+  }
+  char set[128];
+  snprintf(set, sizeof set, "stages.data.options.set=run.backend=%s", names[vk]);
+  const char *v[1] = {set};
+  assert_int_equal(run_flow(0, "vk_one", v, 1, NULL), 0);
+  assert_int_equal(run_flow(1, "vk_split", v, 1, NULL), 0);
+  compare_logs("vk_split", "vk_one", 0);
+  compare_weights("vk_split/ckpt-000006", "vk_one/ckpt-000006", 0, 0);
+  compare_logs("vk_split", "split", 1e-4);
+  compare_weights("vk_split/ckpt-000006", "split/ckpt-000006", 0, 1e-3);
+}
+
 /* (2) stopped after the step-3 checkpoint, or killed (SIGKILL to a worker) once it is on disk,
  * then resumed from it: the same losses and the same final weights and optimizer state. */
 static void test_resume_equals_uninterrupted(void **state) {
@@ -407,6 +431,7 @@ int main(void) {
       cmocka_unit_test(test_bad_yaml),
       cmocka_unit_test(test_split_equals_one_worker_and_inprocess),
       cmocka_unit_test(test_split_qins_adamw),
+      cmocka_unit_test(test_split_vk),
       cmocka_unit_test(test_resume_equals_uninterrupted),
   };
   return cmocka_run_group_tests(tests, setup_all, teardown_all);
