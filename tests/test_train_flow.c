@@ -420,6 +420,9 @@ static void test_bad_yaml(void **state) {
   expect_bad("options: {config: ", "options: {set: data.text=/nonexistent/corpus.txt, config: ", "bad.yaml:6:",
              "data.text '/nonexistent/corpus.txt' does not exist");
   expect_bad("options: {config: ", "options: {config: /nonexistent/train.yaml, x: ", "bad.yaml:6:", "unknown option 'x'");
+  expect_bad("restart: stop", "restart: restart", "bad.yaml:12:10", "cannot replay a step");
+  expect_bad("  - {name: back, stages: [p2, log]}", "  - {name: back, replicas: 2, stages: [p2, log]}", "bad.yaml:4:",
+             "cannot have replicas");
 }
 
 int main(void) {
