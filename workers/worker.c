@@ -377,63 +377,63 @@ static int run_stage(wk *w, int s, const qins_msg *in) {
     return QINS_EINTERNAL;
   }
   for (;;) { /* once, or again while the stage says QINS_STAGE_MORE */
-  qins_msg out;
-  memset(&out, 0, sizeof out);
-  out.alloc = obuf_alloc;
-  w->zc_tx = NULL;
-  w->zc_used = 0;
-  {
-    /* one outgoing edge, to another worker, over shared memory, not a loop edge (which END
-     * skips), not the final stage: the output can be written in place */
-    const qins_pipeline *pl = w->pl;
-    int n_out = 0, e1 = -1;
-    for (int e = 0; e < pl->n_edges; e++)
-      if (pl->edges[e].from == s) n_out++, e1 = e;
-    /* (not for stage types with a backward: their outputs may turn around) */
-    if (n_out == 1 && s != pl->exit_stage && !pl->edges[e1].loop && !st->type->backward &&
-        pl->stages[pl->edges[e1].to].worker != pl->stages[s].worker) {
-      int c = qins_topo_chan_for(pl, &w->topo, e1, w->inst, in->route);
-      if (c >= 0 && w->tx[c].ring) {
-        w->zc_tx = &w->tx[c];
-        w->zc_edge = e1;
-        out.alloc = zc_alloc;
+    qins_msg out;
+    memset(&out, 0, sizeof out);
+    out.alloc = obuf_alloc;
+    w->zc_tx = NULL;
+    w->zc_used = 0;
+    {
+      /* one outgoing edge, to another worker, over shared memory, not a loop edge (which END
+       * skips), not the final stage: the output can be written in place */
+      const qins_pipeline *pl = w->pl;
+      int n_out = 0, e1 = -1;
+      for (int e = 0; e < pl->n_edges; e++)
+        if (pl->edges[e].from == s) n_out++, e1 = e;
+      /* (not for stage types with a backward: their outputs may turn around) */
+      if (n_out == 1 && s != pl->exit_stage && !pl->edges[e1].loop && !st->type->backward &&
+          pl->stages[pl->edges[e1].to].worker != pl->stages[s].worker) {
+        int c = qins_topo_chan_for(pl, &w->topo, e1, w->inst, in->route);
+        if (c >= 0 && w->tx[c].ring) {
+          w->zc_tx = &w->tx[c];
+          w->zc_edge = e1;
+          out.alloc = zc_alloc;
+        }
       }
     }
-  }
-  out.req = in->req;
-  out.attempt = in->attempt;
-  out.route = in->route;
-  out.step = in->step;
-  out.flags = in->flags;
-  out.pos = in->pos;
-  out.last_id = in->last_id;
-  double t0 = now_s();
-  qins_error_clear();
-  int rc = grad ? st->type->backward(st, in, &out) : st->type->forward(st, in, &out);
-  qins_metric_observe(st->m_latency, now_s() - t0);
-  qins_metric_add(st->m_items, 1);
-  qins_metric_add(st->m_bytes_in, (double)in->nbytes);
-  obuf *b = out.alloc_user;
-  int more = rc == QINS_STAGE_MORE;
-  if (more) rc = 1;
-  if (rc != 1) w->zc_used = 0; /* a reserved slot stays free: nothing was sent */
-  if (rc < 0) {
-    qins_metric_add(st->m_errors, 1);
-    obuf_unref(b);
-    char where[200];
-    snprintf(where, sizeof where, "stage '%s' (%s), request %llu", st->ctx.stage_name, st->type->name,
-             (unsigned long long)in->req);
-    fatal(w, where);
-    return rc;
-  }
-  if (rc == 1) {
+    out.req = in->req;
+    out.attempt = in->attempt;
     out.route = in->route;
-    rc = route(w, s, &out, b);
-  } else {
-    rc = 0;
-  }
-  obuf_unref(b);
-  if (rc || !more || w->stopping) return rc;
+    out.step = in->step;
+    out.flags = in->flags;
+    out.pos = in->pos;
+    out.last_id = in->last_id;
+    double t0 = now_s();
+    qins_error_clear();
+    int rc = grad ? st->type->backward(st, in, &out) : st->type->forward(st, in, &out);
+    qins_metric_observe(st->m_latency, now_s() - t0);
+    qins_metric_add(st->m_items, 1);
+    qins_metric_add(st->m_bytes_in, (double)in->nbytes);
+    obuf *b = out.alloc_user;
+    int more = rc == QINS_STAGE_MORE;
+    if (more) rc = 1;
+    if (rc != 1) w->zc_used = 0; /* a reserved slot stays free: nothing was sent */
+    if (rc < 0) {
+      qins_metric_add(st->m_errors, 1);
+      obuf_unref(b);
+      char where[200];
+      snprintf(where, sizeof where, "stage '%s' (%s), request %llu", st->ctx.stage_name, st->type->name,
+               (unsigned long long)in->req);
+      fatal(w, where);
+      return rc;
+    }
+    if (rc == 1) {
+      out.route = in->route;
+      rc = route(w, s, &out, b);
+    } else {
+      rc = 0;
+    }
+    obuf_unref(b);
+    if (rc || !more || w->stopping) return rc;
   }
 }
 
