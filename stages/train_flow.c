@@ -200,6 +200,9 @@ int tf_validate(const qins_pipeline *pl) {
   else if (!file_exists(s.info.tokenizer))
     rc = qins_error_set(QINS_EINPUT, "%s: train config %s: data.tokenizer '%s' does not exist",
                         qins_cfg_where(where, w, sizeof w), s.config, s.info.tokenizer);
+  else if (s.info.distill)
+    rc = qins_error_set(QINS_EINPUT, "%s: train config %s: distill: is not supported by train pipelines (use qins train)",
+                        qins_cfg_where(where, w, sizeof w), s.config);
   if (rc) goto out;
   int L = s.info.scratch_layers;
   if (!L) {

@@ -20,6 +20,7 @@ typedef struct qins_train_setup_info {
   int batch, seq, grad_accum, qins, log_every;
   double holdout;
   int scratch_layers; /* model.layers when model.init is scratch, else 0 */
+  int distill;        /* a distill: teacher is configured */
 } qins_train_setup_info;
 
 /* Parse a `qins train` config with "key.path=value" overrides (errors name file:line). */
