@@ -65,6 +65,36 @@ static int init(qins_stage *st, const qins_stage_ctx *ctx) {
   for (int i = 0; i < t->n_specs; i++)
     if (!strcmp(t->specs[i].name, ctx->stage_name)) t->me = i;
   if (t->me < 0) return qins_error_set(QINS_EINTERNAL, "stage '%s': not among the train parts", ctx->stage_name);
+  /* the edges must follow the chain: train_data (or the previous part) -> this -> the next part
+   * (or train_log after the head part) */
+  {
+    const qins_pipeline *pl = ctx->pipeline;
+    int me = qins_pipeline_stage_index(pl, ctx->stage_name), n_in = 0, n_out = 0;
+    const char *want_in = t->me ? t->specs[t->me - 1].name : NULL, *want_out = t->me + 1 < t->n_specs ? t->specs[t->me + 1].name : NULL;
+    for (int e = 0; e < pl->n_edges; e++) {
+      const qins_pl_edge *ed = &pl->edges[e];
+      if (ed->loop) continue;
+      if (ed->to == me) {
+        const qins_pl_stage *f = &pl->stages[ed->from];
+        n_in++;
+        if (want_in ? strcmp(f->name, want_in) != 0 : strcmp(f->type->name, "train_data") != 0)
+          return qins_error_set(QINS_EINPUT, "stage '%s' (layers %d:%d): its input must come from %s%s%s, not '%s'",
+                                ctx->stage_name, t->specs[t->me].l0, t->specs[t->me].l1, want_in ? "the part before it, '" : "the train_data stage",
+                                want_in ? want_in : "", want_in ? "'" : "", f->name);
+      }
+      if (ed->from == me) {
+        const qins_pl_stage *f = &pl->stages[ed->to];
+        n_out++;
+        if (want_out ? strcmp(f->name, want_out) != 0 : strcmp(f->type->name, "train_log") != 0)
+          return qins_error_set(QINS_EINPUT, "stage '%s' (layers %d:%d): its output must go to %s%s%s, not '%s'",
+                                ctx->stage_name, t->specs[t->me].l0, t->specs[t->me].l1, want_out ? "the part after it, '" : "the train_log stage",
+                                want_out ? want_out : "", want_out ? "'" : "", f->name);
+      }
+    }
+    if (n_in != 1 || n_out != 1)
+      return qins_error_set(QINS_EINPUT, "stage '%s': a train part needs one input and one output edge (has %d and %d)",
+                            ctx->stage_name, n_in, n_out);
+  }
   const qins_train_setup_info *I = &t->s.info;
   const tf_part_spec *sp = &t->specs[t->me];
   t->M = I->batch * I->grad_accum;
