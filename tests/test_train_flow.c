@@ -411,6 +411,25 @@ static void expect_bad(const char *from, const char *to, const char *want_where,
 
 static void test_bad_yaml(void **state) {
   (void)state;
+  { /* edges against the chain (stages listed p0, p2, p1: default edges p0 -> p2 -> p1): refused at start */
+    char text[2048];
+    const char *base = pipeline_text(0);
+    const char *a = strstr(base, "  - {name: p1,"), *b = strstr(base, "  - {name: p2,"), *c = strstr(base, "  - {name: log,");
+    assert_true(a && b && c);
+    snprintf(text, sizeof text, "%.*s%.*s%.*s%s", (int)(a - base), base, (int)(c - b), b, (int)(b - a), a, c);
+    qins_pipeline *pl = NULL;
+    char od[600];
+    snprintf(od, sizeof od, "stages.data.options.out_dir=%s/miswired", g_dir);
+    const char *sets[1] = {od};
+    assert_int_equal(qins_pipeline_load_string(text, strlen(text), "mis.yaml", sets, 1, &pl), 0);
+    qins_run_opts o = {0};
+    o.quiet = 1;
+    int rc = qins_run_pipeline(pl, &o);
+    printf("  %s\n", qins_error_msg());
+    assert_int_equal(rc, QINS_EINPUT);
+    assert_non_null(strstr(qins_error_msg(), "stage 'p0' (layers 0:1): its output must go to the part after it, 'p1', not 'p2'"));
+    qins_pipeline_free(pl);
+  }
   /* stage lines: 6 data, 7 p0, 8 p1, 9 p2; the layers value's column is 52 */
   expect_bad("layers: \"2:3\"", "layers: \"2:7\"", "bad.yaml:9:52", "outside the model's layers 0:3");
   expect_bad("layers: \"1:2\"", "layers: \"0:2\"", "bad.yaml:", "overlaps");
