@@ -74,7 +74,7 @@ static int read_data_json(tdata *d, const char *dir) {
   return rc;
 }
 
-static int init(qins_stage *st, const qins_stage_ctx *ctx) {
+static int init_impl(qins_stage *st, const qins_stage_ctx *ctx) {
   tdata *d = calloc(1, sizeof *d);
   if (!d) return qins_error_set(QINS_ENOMEM, "out of memory");
   st->priv = d;
@@ -114,6 +114,16 @@ static void fini(qins_stage *st) {
   free(d->rows);
   tf_settings_free(&d->s);
   free(d);
+}
+
+/* A failed init leaves nothing behind (the worker calls fini only for stages that started). */
+static int init(qins_stage *st, const qins_stage_ctx *ctx) {
+  int rc = init_impl(st, ctx);
+  if (rc) {
+    fini(st);
+    st->priv = NULL;
+  }
+  return rc;
 }
 
 /* The rows of step d->step, exactly as `qins train` draws them (grad_accum batches of B rows). */

@@ -26,7 +26,7 @@ typedef struct tlog {
   double tokens_seen;
 } tlog;
 
-static int init(qins_stage *st, const qins_stage_ctx *ctx) {
+static int init_impl(qins_stage *st, const qins_stage_ctx *ctx) {
   tlog *t = calloc(1, sizeof *t);
   if (!t) return qins_error_set(QINS_ENOMEM, "out of memory");
   st->priv = t;
@@ -57,6 +57,16 @@ static void fini(qins_stage *st) {
   free(t->specs);
   tf_settings_free(&t->s);
   free(t);
+}
+
+/* A failed init leaves nothing behind (the worker calls fini only for stages that started). */
+static int init(qins_stage *st, const qins_stage_ctx *ctx) {
+  int rc = init_impl(st, ctx);
+  if (rc) {
+    fini(st);
+    st->priv = NULL;
+  }
+  return rc;
 }
 
 static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {

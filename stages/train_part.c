@@ -55,7 +55,7 @@ static int ports(const qins_cfg *options, const qins_pipeline *pl, char *in, cha
   return 0; /* the layout is checked by train_data's ports() */
 }
 
-static int init(qins_stage *st, const qins_stage_ctx *ctx) {
+static int init_impl(qins_stage *st, const qins_stage_ctx *ctx) {
   tpart *t = calloc(1, sizeof *t);
   if (!t) return qins_error_set(QINS_ENOMEM, "out of memory");
   st->priv = t;
@@ -165,6 +165,16 @@ static void fini(qins_stage *st) {
   free(t->specs);
   tf_settings_free(&t->s);
   free(t);
+}
+
+/* A failed init leaves nothing behind (the worker calls fini only for stages that started). */
+static int init(qins_stage *st, const qins_stage_ctx *ctx) {
+  int rc = init_impl(st, ctx);
+  if (rc) {
+    fini(st);
+    st->priv = NULL;
+  }
+  return rc;
 }
 
 /* REDUCE going back: the incoming sums (or zeros), shared gradients for owners further back,
