@@ -449,6 +449,30 @@ static int validate_graph(qins_pipeline *pl) {
       return qins_error_set(QINS_EINPUT, "%s: edge %s -> %s: %s output %s cannot feed %s input %s: %s", W(b->node), a->name,
                             b->name, a->name, a->out_port, b->name, b->in_port, why);
   }
+  /* Joins (stages/stage.h `join`): exactly that many branches, each giving the same port, so
+   * that the stage compares like with like (logits with logits of the same vocabulary). */
+  for (int v = 0; v < n; v++) {
+    const qins_pl_stage *j = &pl->stages[v];
+    int want = j->type->join, got = 0, first = -1;
+    char list[256] = "";
+    size_t len = 0;
+    for (int i = 0; i < pl->n_edges; i++) {
+      if (pl->edges[i].to != v || pl->edges[i].loop) continue;
+      const qins_pl_stage *a = &pl->stages[pl->edges[i].from];
+      if (len < sizeof list - 80) len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", got ? ", " : "", a->name);
+      got++;
+      if (want > 1 && first >= 0 && strcmp(pl->stages[first].out_port, a->out_port) != 0)
+        return qins_error_set(QINS_EINPUT,
+                              "%s: stages[%s]: branch mismatch: %s joins '%s' (%s) with '%s' (%s); its branches must "
+                              "give the same port",
+                              W(pl->edges[i].node ? pl->edges[i].node : j->node), j->name, j->type->name,
+                              pl->stages[first].name, pl->stages[first].out_port, a->name, a->out_port);
+      if (first < 0) first = pl->edges[i].from;
+    }
+    if (want > 1 && got != want)
+      return qins_error_set(QINS_EINPUT, "%s: stages[%s]: branch mismatch: type '%s' joins %d branches but takes from %d (%s)",
+                            W(j->node), j->name, j->type->name, want, got, got ? list : "none");
+  }
   /* Replicated workers route a request to the same replica everywhere; a remote worker sits on
    * one host, so a loop may cross it only by tcp, which works. Nothing more to check here. */
   return 0;

@@ -8,6 +8,11 @@
 #include "core/error.h"
 #include "stages/model_shared.h"
 
+static const qins_opt_spec opts[] = {
+    {"policy", QINS_OPT_NODE, "", 1, 0, "this branch's coverage policy: a map (as the root policy:), a policy YAML path, or none"},
+    {NULL, 0, NULL, 0, 0, NULL},
+};
+
 typedef struct hist {
   int32_t *ids;
   int n, cap;
@@ -101,6 +106,7 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
 const qins_stage_type qins_stage_embed = {
     .name = "embed",
     .summary = "token ids -> hidden rows (token + learned position embeddings)",
+    .options = opts,
     .in_port = "i32[T]",
     .out_port = "f32[T,dim]",
     .init = init,

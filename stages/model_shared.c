@@ -39,11 +39,22 @@ void qins_stage_kv_config(const qins_stage_ctx *ctx, int *max_seq, int *pool) {
 }
 
 int qins_stage_model_get(const qins_stage_ctx *ctx, int need, qins_stage_model **out) {
-  qins_stage_model *m = ctx->shared_get ? ctx->shared_get(ctx, "model") : NULL;
+  char key[320];
+  qins_cfg *bn, *pfile;
+  int rc = qins_stage_branch_policy(ctx, key, sizeof key, &bn, &pfile); /* the stage's branch */
+  if (rc) return rc;
+  rc = qins_stage_model_get_key(ctx, need, key, bn, out);
+  qins_cfg_free(pfile);
+  return rc;
+}
+
+int qins_stage_model_get_key(const qins_stage_ctx *ctx, int need, const char *key, qins_cfg *bn,
+                             qins_stage_model **out) {
+  qins_stage_model *m = ctx->shared_get ? ctx->shared_get(ctx, key) : NULL;
   if (!m) {
     m = calloc(1, sizeof *m);
     if (!m) return qins_error_set(QINS_ENOMEM, "out of memory");
-    if (!ctx->shared_put || ctx->shared_put(ctx, "model", m, destroy_shared)) {
+    if (!ctx->shared_put || ctx->shared_put(ctx, key, m, destroy_shared)) {
       free(m);
       return qins_error_set(QINS_EINTERNAL, "stage '%s': no worker to hold the model", ctx->stage_name);
     }
@@ -62,6 +73,7 @@ int qins_stage_model_get(const qins_stage_ctx *ctx, int need, qins_stage_model *
     if ((rc = qins_llm_create(m->model, m->be, &opt, &m->llm))) return rc;
     /* the pipeline's coverage policy (docs/gates.md): weights re-encoded once per worker */
     qins_cfg *pn = ctx->pipeline && ctx->pipeline->root ? qins_cfg_get(ctx->pipeline->root, "policy") : NULL;
+    pn = bn; /* the stage's branch (stages/branch.c): its own policy:, else the root one above */
     if (pn) {
       qins_policy pol;
       if ((rc = qins_policy_parse(pn, m->model->cfg.n_layers, &pol))) return rc;

@@ -23,6 +23,15 @@ typedef struct qins_stage_model {
 /* need: bit 1 runtime (model + backend + llm), bit 2 tokenizer. Errors name the stage and key. */
 enum { QINS_NEED_LLM = 1, QINS_NEED_TOK = 2 };
 int qins_stage_model_get(const qins_stage_ctx *ctx, int need, qins_stage_model **out);
+/* The same for an explicit shared key and policy node (NULL: none). */
+int qins_stage_model_get_key(const qins_stage_ctx *ctx, int need, const char *key, qins_cfg *pn,
+                             qins_stage_model **out);
+
+/* The runtime a model stage uses (stages/branch.c): key "model" (the pipeline's root policy, in
+ * *node, may be NULL) unless the stage has its own `policy:` option (map, policy YAML path or
+ * none), which gives another key and node. *file_root (free it) holds a loaded policy file. */
+int qins_stage_branch_policy(const qins_stage_ctx *ctx, char *key, size_t n, qins_cfg **node,
+                             qins_cfg **file_root);
 
 /* The KV cache settings for this stage's worker: from a `kv_store` stage placed on the same
  * worker (its max_seq, pool options), else max_seq 0 (the pipeline's / model's) and pool 64. */

@@ -9,12 +9,15 @@
 
 static const qins_opt_spec opts[] = {
     {"layers", QINS_OPT_STRING, "all", 1, 0, "layers to run: 'all', 'A:B' (A..B-1) or 'A' (one layer)"},
+    {"emit", QINS_OPT_STRING, "hidden", 1, 0, "hidden: the last layer's rows f32[T,dim]; layers: every layer's rows f32[L,T,dim] (for hidden_cosine)"},
+    {"policy", QINS_OPT_NODE, "", 1, 0, "this branch's coverage policy: a map (as the root policy:), a policy YAML path, or none"},
     {NULL, 0, NULL, 0, 0, NULL},
 };
 
 typedef struct block {
   qins_stage_model *m;
   int l0, l1;
+  int emit_layers; /* emit: layers */
   qins_reqstate *reqs;     /* (req, attempt) -> qins_llm_kv */
   qins_llm_kv **pool;      /* caches of finished requests, reused */
   int n_pool, cap_pool;
@@ -26,6 +29,15 @@ static void kv_release(void *p, void *u) {
     b->pool[b->n_pool++] = p;
   else
     qins_llm_kv_destroy(p);
+}
+
+/* emit: layers changes the output port to every layer's rows */
+static int ports(const qins_cfg *o, const struct qins_pipeline *pl, char *in, char *out) {
+  (void)pl;
+  const qins_cfg *e = qins_cfg_get(o, "emit");
+  snprintf(in, QINS_PORT_MAX, "f32[T,dim]");
+  snprintf(out, QINS_PORT_MAX, "%s", e && e->type == QINS_CFG_SCALAR && !strcmp(e->value, "layers") ? "f32[L,T,dim]" : "f32[T,dim]");
+  return 0;
 }
 
 static int init(qins_stage *st, const qins_stage_ctx *ctx) {
@@ -53,6 +65,14 @@ static int init(qins_stage *st, const qins_stage_ctx *ctx) {
     if (b->l0 < 0 || b->l1 > L || b->l0 >= b->l1)
       return qins_error_set(QINS_EINPUT, "stage '%s': options.layers: '%s' is outside the model's layers 0:%d",
                             ctx->stage_name, spec, L);
+  }
+  const char *emit = qins_stage_opt_string(st, "emit");
+  if (strcmp(emit, "layers") == 0)
+    b->emit_layers = 1;
+  else if (strcmp(emit, "hidden") != 0) {
+    char w[256];
+    return qins_error_set(QINS_EINPUT, "%s: stage '%s': options.emit: '%s': expected hidden or layers",
+                          qins_cfg_where(qins_cfg_get(ctx->options, "emit"), w, sizeof w), ctx->stage_name, emit);
   }
   int kv_seq;
   qins_stage_kv_config(ctx, &kv_seq, &b->cap_pool); /* a kv_store stage on this worker sets the pool */
@@ -95,6 +115,22 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
       return rc;
     }
   }
+  if (b->emit_layers) { /* layer by layer, each layer's rows kept: f32[L,T,dim] */
+    int64_t shape[3] = {b->l1 - b->l0, in->shape[0], in->shape[1]};
+    float *y = qins_msg_output(out, in, QINS_DT_F32, 3, shape);
+    if (!y) return QINS_ENOMEM;
+    const float *prev = in->data;
+    for (int l = b->l0; l < b->l1; l++) {
+      float *x = y + (size_t)(l - b->l0) * (size_t)in->shape[0] * (size_t)in->shape[1];
+      memcpy(x, prev, in->nbytes);
+      int rc = qins_llm_forward_range(b->m->llm, kv, NULL, x, (int)in->shape[0], in->pos, l, l + 1, NULL, NULL);
+      if (rc)
+        return qins_error_wrap(rc, "qins_block %s (layer %d), request %llu: ", st->ctx.stage_name, l,
+                               (unsigned long long)in->req);
+      prev = x;
+    }
+    return 1;
+  }
   float *x = qins_msg_output(out, in, QINS_DT_F32, 2, in->shape);
   if (!x) return QINS_ENOMEM;
   memcpy(x, in->data, in->nbytes);
@@ -113,6 +149,7 @@ const qins_stage_type qins_stage_qins_block = {
     .options = opts,
     .in_port = "f32[T,dim]",
     .out_port = "f32[T,dim]",
+    .ports = ports,
     .metrics = metrics,
     .init = init,
     .forward = fwd,

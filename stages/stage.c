@@ -7,12 +7,17 @@
 
 #include "core/error.h"
 
+/* evaluation stages (docs/evaluation.md) */
+extern const qins_stage_type qins_stage_compare, qins_stage_logit_compare, qins_stage_hidden_cosine,
+    qins_stage_perplexity, qins_stage_context_curve;
 extern const qins_stage_type qins_stage_test_bytes, qins_stage_test_embed, qins_stage_test_affine,
     qins_stage_test_sample, qins_stage_test_detok, qins_stage_sink, qins_stage_tokenize, qins_stage_parse_ids,
     qins_stage_embed, qins_stage_qins_block, qins_stage_head, qins_stage_sample, qins_stage_detokenize,
     qins_stage_format_ids, qins_stage_kv_store, qins_stage_train_data, qins_stage_train_part, qins_stage_train_log;
 
 static const qins_stage_type *const registry[] = {
+    &qins_stage_compare,     &qins_stage_logit_compare, &qins_stage_hidden_cosine, &qins_stage_perplexity,
+    &qins_stage_context_curve,
     &qins_stage_tokenize,    &qins_stage_parse_ids,   &qins_stage_embed,      &qins_stage_qins_block,
     &qins_stage_head,        &qins_stage_sample,      &qins_stage_detokenize, &qins_stage_format_ids,
     &qins_stage_sink,        &qins_stage_test_bytes,  &qins_stage_test_embed, &qins_stage_test_affine,
@@ -54,6 +59,8 @@ static int check_value(const qins_opt_spec *o, const qins_cfg *c, const char *pa
     return qins_cfg_as_bool(c, path, &bv);
   case QINS_OPT_STRING:
     return qins_cfg_as_string(c, path, &sv);
+  case QINS_OPT_NODE:
+    return 0; /* the stage type checks it */
   default:
     return 0;
   }

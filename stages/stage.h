@@ -58,7 +58,9 @@ void *qins_msg_output(qins_msg *out, const qins_msg *in, qins_dtype dt, int ndim
 /* Text output (u8[len], not NUL-terminated on the wire). */
 int qins_msg_output_text(qins_msg *out, const qins_msg *in, const char *text, size_t len);
 
-typedef enum qins_opt_type { QINS_OPT_INT, QINS_OPT_FLOAT, QINS_OPT_BOOL, QINS_OPT_STRING } qins_opt_type;
+/* QINS_OPT_NODE: any YAML value (a map, a list or a scalar); the stage reads ctx->options itself
+ * (e.g. a per-stage `policy:` given inline or as a path). */
+typedef enum qins_opt_type { QINS_OPT_INT, QINS_OPT_FLOAT, QINS_OPT_BOOL, QINS_OPT_STRING, QINS_OPT_NODE } qins_opt_type;
 
 typedef struct qins_opt_spec {
   const char *name;
@@ -107,6 +109,14 @@ typedef struct qins_stage_type {
   /* Drop per-request state for `req` with attempt < below (UINT32_MAX: all). Optional. */
   void (*forget)(qins_stage *st, uint64_t req, uint32_t below);
   void (*fini)(qins_stage *st);
+
+  /* Join (workers/join.h): join > 1 means the stage takes exactly `join` incoming (non-loop)
+   * edges, its branches, numbered in the order the edges are listed. The worker pairs their
+   * messages by (request, attempt, step) and calls forward_join once per complete set; after a
+   * branch's END message, later steps of the other branches come with in[k] = NULL for the
+   * ended branch k. forward is then unused. Same return values as forward. */
+  int join;
+  int (*forward_join)(qins_stage *st, const qins_msg *const *in, int n, qins_msg *out);
 } qins_stage_type;
 
 struct qins_stage {

@@ -280,12 +280,17 @@ static void test_convert_round_trip(void **state) {
                           "models/stories260K/stories260K.bin"};
   const char *yaml = "policy:\n  format: qins8\n  v_cache: qins8\n  layers:\n"
                      "    - {layers: 1, mlp_down: qins6, o_proj: int8-block32, v_proj: {fallback: true}}\n";
+  /* llama2.c: its q/k rows are permuted to rotate-half order, so K differs by float rounding (~1e-7);
+   * with a qins8 V cache that now and then moves a cached V value across a code boundary (rel up to
+   * 1.6e-4 seen), which says nothing about convert. Its round trip is checked with the V cache f32. */
+  const char *yaml_f32_v = "policy:\n  format: qins8\n  layers:\n"
+                           "    - {layers: 1, mlp_down: qins6, o_proj: int8-block32, v_proj: {fallback: true}}\n";
   qins_backend *be;
   assert_int_equal(qins_backend_create("cpu", &be), 0);
   for (int mi = 0; mi < 4; mi++) {
     qins_model *m = open_model(models[mi]);
     qins_policy pol;
-    assert_int_equal(parse(yaml, m->cfg.n_layers, &pol), 0);
+    assert_int_equal(parse(mi < 3 ? yaml : yaml_f32_v, m->cfg.n_layers, &pol), 0);
     char dir[256];
     snprintf(dir, sizeof dir, "test_convert_%d", mi);
     assert_int_equal(qins_convert(m, &pol, dir), 0);
@@ -312,10 +317,7 @@ static void test_convert_round_trip(void **state) {
     double rel = test_rel_l2(lb, la, V), rel_dec = test_rel_l2(lc, la, V);
     printf("%s: converted+codes vs policy-applied %.3e; decoded-only (f32 V cache) %.3e\n", models[mi], rel, rel_dec);
     if (mi < 3) assert_memory_equal(la, lb, (size_t)V * 4);
-    /* llama2.c: the permuted q/k rows change K by float rounding (~1e-7), which now and then moves
-     * a V-cache value across a qins8 code boundary (seen: up to 1.9e-5 over 12 seeds); still an
-     * order of magnitude below what dropping the codes does (rel_dec, 5e-4 and up). */
-    else assert_true(rel < 1e-4);
+    else assert_true(rel < 1e-5); /* float rounding of the permuted q/k rows only */
     assert_true(rel_dec < 0.05);
     qins_policy_state_free(sa);
     qins_policy_state_free(sb);

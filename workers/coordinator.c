@@ -734,6 +734,20 @@ static int all_ready(qins_run *r) {
 
 /* ---- main ---- */
 
+/* Merge the metrics snapshots waiting on the control socket; the rest is dropped (stopping). */
+static int drain_snapshots(qins_run *r) {
+  char ident[128], type[32], peer[64];
+  json_t *body;
+  int n = 0;
+  while (qins_ctl_recv(r->router, 1, ident, type, sizeof type, &body, peer) == 1) {
+    const char *m = strcmp(type, "HB") == 0 ? json_string_value(json_object_get(body, "metrics")) : NULL;
+    if (m) qins_metrics_merge_json(m);
+    json_decref(body);
+    n++;
+  }
+  return n;
+}
+
 static void shutdown_workers(qins_run *r) {
   for (int i = 0; i < r->topo.n_inst; i++)
     if (r->inst[i].ident[0] && r->inst[i].state != I_DEAD) qins_ctl_send(r->router, r->inst[i].ident, "STOP", NULL);
@@ -741,13 +755,7 @@ static void shutdown_workers(qins_run *r) {
   for (;;) {
     /* a stopping worker sends one last metrics snapshot: merge it, so the final metrics (and
      * the last on_event) count everything the workers did */
-    char ident[128], type[32], peer[64];
-    json_t *body;
-    while (qins_ctl_recv(r->router, 1, ident, type, sizeof type, &body, peer) == 1) {
-      const char *m = strcmp(type, "HB") == 0 ? json_string_value(json_object_get(body, "metrics")) : NULL;
-      if (m) qins_metrics_merge_json(m);
-      json_decref(body);
-    }
+    drain_snapshots(r);
     int alive = 0;
     for (int i = 0; i < r->topo.n_inst; i++) {
       if (r->inst[i].pid <= 0) continue;
@@ -757,7 +765,15 @@ static void shutdown_workers(qins_run *r) {
       else
         alive++;
     }
-    if (!alive) break;
+    if (!alive) {
+      /* a snapshot sent just before the exit may still be inside ZeroMQ: wait for the socket to
+       * go quiet (the eval stages' gauges change with the very last record) */
+      for (int k = 0; k < 10; k++) {
+        zmq_pollitem_t it = {r->router, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 20) <= 0 || drain_snapshots(r) == 0) break;
+      }
+      break;
+    }
     if (now_s() - t0 > 2.0) {
       for (int i = 0; i < r->topo.n_inst; i++)
         if (r->inst[i].pid > 0) {

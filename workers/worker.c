@@ -19,6 +19,7 @@
 #include "core/metrics.h"
 #include "monitor/monitor.h"
 #include "stages/stage.h"
+#include "workers/join.h"
 #include "workers/proto.h"
 #include "workers/run.h"
 #include "workers/topo.h"
@@ -32,6 +33,7 @@ typedef struct obuf {
 
 typedef struct item {
   int stage;
+  int edge; /* the edge it came along (a join stage needs to know the branch) */
   qins_msg msg;
   obuf *buf;
   struct item *next;
@@ -63,6 +65,9 @@ typedef struct wk {
   qins_shm shm;
   qins_stage *stages; /* indexed by pipeline stage; only ours initialised */
   int *ours;
+  qins_join **joins;  /* per stage: the join of a stage type with join > 1 (ours only) */
+  int *branch;        /* per edge: its index among its target's incoming non-loop edges */
+  qins_metric **m_join_held; /* per stage: messages a join holds */
   shared_obj *shared;
   int n_shared;
   item *qhead, *qtail;
@@ -263,10 +268,11 @@ static int wait_credit(wk *w, qins_chan_tx *tx) {
   return w->stopping ? 1 : 0;
 }
 
-static void push_local(wk *w, int stage, const qins_msg *m, obuf *b) {
+static item *push_local(wk *w, int stage, const qins_msg *m, obuf *b) {
   item *it = malloc(sizeof *it);
-  if (!it) return;
+  if (!it) return NULL;
   it->stage = stage;
+  it->edge = -1; /* route() sets it: a join stage needs to know the branch */
   it->msg = *m;
   it->buf = b;
   if (b) b->refs++;
@@ -276,6 +282,7 @@ static void push_local(wk *w, int stage, const qins_msg *m, obuf *b) {
   else
     w->qhead = it;
   w->qtail = it;
+  return it;
 }
 
 /* Dashboard hook: per-edge item counter and, for channel edges, slots in flight (queue depth). */
@@ -334,9 +341,10 @@ static int route(wk *w, int s, qins_msg *out, obuf *b) {
     for (int e = 0; e < pl->n_edges && rc == 0; e++) {
       const qins_pl_edge *ed = &pl->edges[e];
       if (ed->to != s || ed->loop) continue;
-      if (pl->stages[ed->from].worker == pl->stages[s].worker)
-        push_local(w, ed->from, out, b);
-      else
+      if (pl->stages[ed->from].worker == pl->stages[s].worker) {
+        item *it = push_local(w, ed->from, out, b);
+        if (it) it->edge = e;
+      } else
         rc = send_back(w, e, out);
     }
     return rc;
@@ -358,7 +366,8 @@ static int route(wk *w, int s, qins_msg *out, obuf *b) {
     if (ed->from != s) continue;
     if (ed->loop && (out->flags & QINS_MSG_END)) continue;
     if (pl->stages[ed->to].worker == pl->stages[s].worker) {
-      push_local(w, ed->to, out, b);
+      item *it = push_local(w, ed->to, out, b);
+      if (it) it->edge = e;
       edge_metrics(w, e, NULL);
     } else
       rc = send_to(w, e, out);
@@ -366,7 +375,12 @@ static int route(wk *w, int s, qins_msg *out, obuf *b) {
   return rc;
 }
 
-static int run_stage(wk *w, int s, const qins_msg *in) {
+/* Run stage s on one message, or for a join stage on one set of its branches' messages (ins[k]
+ * NULL for an ended branch), and route the output. */
+static int run_stage_set(wk *w, int s, const qins_msg *const *ins, int n_in) {
+  const qins_msg *in = NULL;
+  for (int k = 0; k < n_in && !in; k++) in = ins[k];
+  if (!in) return 0;
   if (forget_below(w, in->req) > in->attempt) return 0; /* replayed or finished: drop */
   qins_stage *st = &w->stages[s];
   int grad = (in->flags & QINS_MSG_GRAD) != 0;
@@ -409,7 +423,9 @@ static int run_stage(wk *w, int s, const qins_msg *in) {
     out.last_id = in->last_id;
     double t0 = now_s();
     qins_error_clear();
-    int rc = grad ? st->type->backward(st, in, &out) : st->type->forward(st, in, &out);
+    int rc = grad                   ? st->type->backward(st, in, &out)
+             : st->type->join > 1 ? st->type->forward_join(st, ins, n_in, &out)
+                                  : st->type->forward(st, in, &out);
     qins_metric_observe(st->m_latency, now_s() - t0);
     qins_metric_add(st->m_items, 1);
     qins_metric_add(st->m_bytes_in, (double)in->nbytes);
@@ -435,6 +451,32 @@ static int run_stage(wk *w, int s, const qins_msg *in) {
     obuf_unref(b);
     if (rc || !more || w->stopping) return rc;
   }
+}
+
+typedef struct join_ctx {
+  wk *w;
+  int s;
+} join_ctx;
+
+static int join_deliver(void *user, const qins_msg *const *in, int n) {
+  join_ctx *c = user;
+  return run_stage_set(c->w, c->s, in, n);
+}
+
+/* A message for stage s that came along `edge`: a join stage holds it until its partners come. */
+static int run_stage(wk *w, int s, int edge, const qins_msg *in) {
+  if (forget_below(w, in->req) > in->attempt) return 0; /* replayed or finished: drop */
+  if (w->joins[s] && !(in->flags & QINS_MSG_GRAD)) { /* gradients go straight to backward() */
+    int k = edge >= 0 && edge < w->pl->n_edges ? w->branch[edge] : -1;
+    if (k < 0) return qins_error_set(QINS_EINTERNAL, "join stage '%s': message from no branch (edge %d)", w->pl->stages[s].name, edge);
+    join_ctx c = {w, s};
+    int rc = qins_join_put(w->joins[s], k, in, join_deliver, &c);
+    if (w->m_join_held[s]) qins_metric_set(w->m_join_held[s], (double)qins_join_held(w->joins[s], NULL));
+    if (rc < 0 && !w->reported) fatal(w, w->pl->stages[s].name);
+    return rc;
+  }
+  const qins_msg *one[1] = {in};
+  return run_stage_set(w, s, one, 1);
 }
 
 static void reset_channels(wk *w, json_t *chans) {
@@ -506,6 +548,11 @@ static int handle_control(wk *w, const char *type, json_t *body) {
       forget_set(w, req, b);
       for (int s = 0; s < w->pl->n_stages; s++)
         if (w->ours[s] && w->stages[s].type->forget) w->stages[s].type->forget(&w->stages[s], req, b);
+      for (int s = 0; s < w->pl->n_stages; s++)
+        if (w->joins[s]) {
+          qins_join_forget(w->joins[s], req, b);
+          if (w->m_join_held[s]) qins_metric_set(w->m_join_held[s], (double)qins_join_held(w->joins[s], NULL));
+        }
     }
   } else if (strcmp(type, "PEERS") == 0) {
     return update_peers(w, body);
@@ -626,6 +673,11 @@ static int init_stages(wk *w) {
     st->m_latency = qins_metric_histogram("qins_stage_latency_seconds", "time in a stage's forward()", labels, NULL, 0);
     st->m_bytes_in = qins_metric_counter("qins_stage_input_bytes_total", "payload bytes a stage consumed", labels);
     w->ours[s] = 1;
+    if (st->type->join > 1) {
+      int rc = qins_join_create(st->type->join, &w->joins[s]);
+      if (rc) return rc;
+      w->m_join_held[s] = qins_metric_gauge("qins_join_held", "messages a join stage holds for their partners", labels);
+    }
     if (st->type->init) {
       qins_error_clear();
       int rc = st->type->init(st, &st->ctx);
@@ -669,7 +721,7 @@ static int main_loop(wk *w) {
             return rc;
           }
           int s = w->topo.chan[h.chan].to_stage;
-          rc = run_stage(w, s, &m);
+          rc = run_stage(w, s, w->topo.chan[h.chan].edge, &m);
           qins_wire_release(&f);
           if (rc < 0) return rc;
           if ((rc = qins_chan_rx_done(rx, &h))) return rc;
@@ -684,7 +736,7 @@ static int main_loop(wk *w) {
       item *itm = w->qhead;
       w->qhead = itm->next;
       if (!w->qhead) w->qtail = NULL;
-      rc = run_stage(w, itm->stage, &itm->msg);
+      rc = run_stage(w, itm->stage, itm->edge, &itm->msg);
       obuf_unref(itm->buf);
       free(itm);
       if (rc < 0) return rc;
@@ -727,6 +779,11 @@ static void cleanup(wk *w) {
   free(w->ep_credit_tcp);
   free(w->stages);
   free(w->ours);
+  if (w->joins && w->pl)
+    for (int s = 0; s < w->pl->n_stages; s++) qins_join_destroy(w->joins[s]);
+  free(w->joins);
+  free(w->branch);
+  free(w->m_join_held);
   free(w->forget);
   if (w->data_in) zmq_close(w->data_in);
   if (w->credit_in) zmq_close(w->credit_in);
@@ -803,7 +860,17 @@ int qins_worker_main(const qins_worker_args *a) {
     w->rx = calloc((size_t)w->topo.n_chan + 1, sizeof *w->rx);
     w->stages = calloc((size_t)w->pl->n_stages, sizeof *w->stages);
     w->ours = calloc((size_t)w->pl->n_stages, sizeof(int));
-    if (!w->push_data || !w->push_credit || !w->ep_data_ipc || !w->ep_data_tcp || !w->ep_credit_ipc ||
+    w->joins = calloc((size_t)w->pl->n_stages, sizeof *w->joins);
+    w->m_join_held = calloc((size_t)w->pl->n_stages, sizeof *w->m_join_held);
+    w->branch = calloc((size_t)w->pl->n_edges + 1, sizeof(int));
+    for (int e = 0; w->branch && e < w->pl->n_edges; e++) {
+      w->branch[e] = -1;
+      if (w->pl->edges[e].loop) continue;
+      int k = 0;
+      for (int f = 0; f < e; f++) k += w->pl->edges[f].to == w->pl->edges[e].to && !w->pl->edges[f].loop;
+      w->branch[e] = k;
+    }
+    if (!w->joins || !w->m_join_held || !w->branch || !w->push_data || !w->push_credit || !w->ep_data_ipc || !w->ep_data_tcp || !w->ep_credit_ipc ||
         !w->ep_credit_tcp || !w->tx || !w->rx || !w->stages || !w->ours) {
       rc = qins_error_set(QINS_ENOMEM, "out of memory");
       goto out_body;

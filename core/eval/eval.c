@@ -99,6 +99,12 @@ double qins_eval_match(const int32_t *a, const int32_t *b, int n, int *first_div
 
 int qins_eval_perplexity(qins_llm *llm, const int32_t *ids, int n, int window, int stride, double *ppl,
                          int64_t *scored) {
+  return qins_eval_perplexity_ex(llm, ids, n, window, stride, NULL, NULL, ppl, scored);
+}
+
+int qins_eval_perplexity_ex(qins_llm *llm, const int32_t *ids, int n, int window, int stride,
+                            void (*on_token)(void *user, int win, int pos_in_window, int abs_pos, double nll),
+                            void *user, double *ppl, int64_t *scored) {
   int V = qins_llm_vocab(llm);
   if (window <= 0 || window > qins_llm_max_seq(llm)) window = qins_llm_max_seq(llm);
   if (stride <= 0 || stride > window) stride = window;
@@ -109,7 +115,8 @@ int qins_eval_perplexity(qins_llm *llm, const int32_t *ids, int n, int window, i
   int64_t count = 0;
   int done_to = 1; /* tokens [1, done_to) are scored */
   int rc = 0;
-  for (int s = 0; done_to < n; s += stride) {
+  int win = 0;
+  for (int s = 0; done_to < n; s += stride, win++) {
     int len = n - s < window ? n - s : window;
     if (len < 2) break;
     qins_llm_reset(llm);
@@ -117,8 +124,10 @@ int qins_eval_perplexity(qins_llm *llm, const int32_t *ids, int n, int window, i
     for (int t = 1; t < len; t++) {
       int abs = s + t;
       if (abs < done_to) continue;
-      nll += qins_eval_nll(logits + (size_t)(t - 1) * (size_t)V, V, ids[abs]);
+      double e = qins_eval_nll(logits + (size_t)(t - 1) * (size_t)V, V, ids[abs]);
+      nll += e;
       count++;
+      if (on_token) on_token(user, win, t, abs, e);
     }
     done_to = s + len;
     if (s + len >= n) break;

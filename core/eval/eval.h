@@ -28,6 +28,12 @@ double qins_eval_match(const int32_t *a, const int32_t *b, int n, int *first_div
 int qins_eval_perplexity(qins_llm *llm, const int32_t *ids, int n, int window, int stride, double *ppl,
                          int64_t *scored);
 
+/* The same, calling on_token (may be NULL) for every scored token: window index, its position
+ * in the window (its context length), its position in ids, and its NLL in nats. */
+int qins_eval_perplexity_ex(qins_llm *llm, const int32_t *ids, int n, int window, int stride,
+                            void (*on_token)(void *user, int win, int pos_in_window, int abs_pos, double nll),
+                            void *user, double *ppl, int64_t *scored);
+
 /* Mean cosine between the hidden rows of two runtimes of the same model after every layer, on
  * one sequence (cos[n_layers]): forward_range layer by layer (f32 K/V caches of the pipeline path). */
 int qins_eval_layer_cosine(qins_llm *a, qins_llm *b, const int32_t *ids, int n, double *cos);

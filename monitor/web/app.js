@@ -395,6 +395,20 @@
     renderHist('c-err', 'err-empty', 'err-tensor', idx.all('qins_recon_error'),
       (x) => (typeof x[0] === 'number' ? '≤' + x[0].toExponential(0) : '>'));
 
+    // evaluation stages (stages/eval_stage.h): every qins_eval_* gauge, with its stage's record count
+    const evals = metrics.filter((m) => m.name.startsWith('qins_eval_') && m.name !== 'qins_eval_records_total' &&
+      m.name !== 'qins_eval_scored_tokens_total');
+    if (evals.length) {
+      const recs = {};
+      for (const m of idx.all('qins_eval_records_total')) recs[m.labels.stage] = (recs[m.labels.stage] || 0) + val(m);
+      evals.sort((a, b) => key(a) < key(b) ? -1 : 1);
+      $('evals').tBodies[0].innerHTML = evals.map((m) => {
+        const l = Object.keys(m.labels || {}).filter((k) => k !== 'stage' && k !== 'worker').map((k) => k + '=' + m.labels[k]).join(' ');
+        return `<tr><td>${esc(m.labels.stage || '')}</td><td>${esc(m.name.replace('qins_eval_', ''))}</td><td>${esc(l)}</td>` +
+          `<td>${esc(typeof m.value === 'number' ? m.value.toPrecision(6) : '–')}</td><td>${fmtNum(recs[m.labels.stage] || 0, 0)}</td></tr>`;
+      }).join('');
+    }
+
     // gates
     const gates = (st.gates && st.gates.gates) || [];
     if (gates.length) {

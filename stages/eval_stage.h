@@ -1,0 +1,36 @@
+/* What the evaluation stages (compare, logit_compare, hidden_cosine, context_curve, perplexity)
+ * share: writing a request's record as JSON, running means exported as metrics, and the per
+ * request accumulators of a join. */
+#ifndef QINS_STAGES_EVAL_STAGE_H
+#define QINS_STAGES_EVAL_STAGE_H
+
+#include <jansson.h>
+
+#include "core/metrics.h"
+#include "stages/stage.h"
+
+/* A running mean over records, exported as the gauge `name`{stage, worker[, extra labels]}
+ * (what the dashboard and /metrics show), plus how many values went into it. */
+typedef struct qins_eval_mean {
+  qins_metric *gauge;
+  double sum;
+  long long n;
+} qins_eval_mean;
+
+void qins_eval_mean_init(qins_eval_mean *m, const qins_stage_ctx *ctx, const char *name, const char *help,
+                         const char *extra_labels);
+void qins_eval_mean_add(qins_eval_mean *m, double v);
+
+/* Counter qins_eval_records_total{stage, worker}: records an eval stage wrote. */
+qins_metric *qins_eval_records_metric(const qins_stage_ctx *ctx);
+
+/* Write `rec` (consumed) as the output text; returns 1 (output produced) or a negative status. */
+int qins_eval_emit(qins_msg *out, const qins_msg *in, json_t *rec);
+
+/* A JSON number that stays valid JSON for inf/nan (written as null). */
+json_t *qins_eval_json_num(double v);
+
+/* The first non-NULL message of a join set. */
+const qins_msg *qins_eval_first(const qins_msg *const *in, int n);
+
+#endif
