@@ -35,7 +35,7 @@ typedef struct tdata {
   int32_t *rows;      /* the current step's M rows of T+1 ids */
   int cursor;         /* next row to send; M: all sent */
   int step_sent;      /* the STEP went out; the next step's rows follow */
-  int done;
+  int done, started;
   double t0;
   int64_t tokens;
 } tdata;
@@ -157,7 +157,11 @@ static int last_step(const tdata *d, int64_t done) {
 /* The run's request: start step d->step (0, or the resumed one). */
 static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   tdata *d = st->priv;
+  if (d->cursor == d->M && d->started)
+    return qins_error_set(QINS_EINPUT, "stage '%s': a train pipeline runs one request (inputs: {prompts: [train]}); "
+                          "request %llu is another", st->ctx.stage_name, (unsigned long long)in->req);
   if (d->cursor == d->M) {
+    d->started = 1;
     if (d->done || last_step(d, d->step))
       return qins_error_set(QINS_EINPUT, "stage '%s': nothing to train: %lld of %lld steps done", st->ctx.stage_name,
                             (long long)d->step, (long long)d->s.info.steps);

@@ -430,6 +430,11 @@ static void test_bad_yaml(void **state) {
     assert_non_null(strstr(qins_error_msg(), "stage 'p0' (layers 0:1): its output must go to the part after it, 'p1', not 'p2'"));
     qins_pipeline_free(pl);
   }
+  { /* two requests: the run is one */
+    const char *two[1] = {"inputs.prompts=[a, b]"};
+    assert_int_equal(run_flow(1, "two", two, 1, NULL), QINS_EINPUT);
+    assert_non_null(strstr(qins_error_msg(), "a train pipeline runs one request"));
+  }
   /* stage lines: 6 data, 7 p0, 8 p1, 9 p2; the layers value's column is 52 */
   expect_bad("layers: \"2:3\"", "layers: \"2:7\"", "bad.yaml:9:52", "outside the model's layers 0:3");
   expect_bad("layers: \"1:2\"", "layers: \"0:2\"", "bad.yaml:", "overlaps");
