@@ -13,6 +13,10 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "core/error.h"
 #include "core/model/model.h"
@@ -330,6 +334,45 @@ static void test_split_qins_adamw(void **state) {
   compare_weights("q_split/ckpt-000006", "q_one/ckpt-000006", 0, 0);
 }
 
+static int free_port(void) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(s, (struct sockaddr *)&a, sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(s, (struct sockaddr *)&a, &len);
+  close(s);
+  return ntohs(a.sin_port);
+}
+
+/* Worker `back` on "another host" (tcp, a `qins worker --connect`): activations, gradients and
+ * the REDUCE/STEP travel inside the ZeroMQ messages instead of shared memory; same run, bit for bit. */
+static void test_split_tcp(void **state) {
+  (void)state;
+  int port = free_port();
+  char host[128];
+  snprintf(host, sizeof host, "workers.back.host=tcp://127.0.0.1:%d", port);
+  pid_t w = fork();
+  if (w == 0) {
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
+    int devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 2);
+    execl(getenv("QINS_BIN"), "qins", "worker", "--connect", ep, (char *)NULL);
+    _exit(127);
+  }
+  assert_true(w > 0);
+  const char *sets[1] = {host};
+  int rc = run_flow(1, "tcp", sets, 1, NULL), st;
+  if (rc) kill(w, SIGKILL);
+  waitpid(w, &st, 0);
+  assert_int_equal(rc, 0);
+  compare_logs("tcp", "split", 0);
+  compare_weights("tcp/ckpt-000006", "split/ckpt-000006", 0, 0);
+}
+
 /* On Vulkan (parameters and gradients in device buffers, host optimizer; the parts pull the
  * gradients before the REDUCE and push the weights after the STEP): 2-worker = one-worker bit for
  * bit, and close to the cpu run. Skipped without a vk device. */
@@ -458,6 +501,7 @@ int main(void) {
       cmocka_unit_test(test_bad_yaml),
       cmocka_unit_test(test_split_equals_one_worker_and_inprocess),
       cmocka_unit_test(test_split_qins_adamw),
+      cmocka_unit_test(test_split_tcp),
       cmocka_unit_test(test_split_vk),
       cmocka_unit_test(test_resume_equals_uninterrupted),
   };
