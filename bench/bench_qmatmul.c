@@ -393,10 +393,10 @@ int main(int argc, char **argv) {
           if (rc) break;
         }
         cpu_qdecode used = cpu_qmatmul_set_decode(v->decode);
-        cpu_qmatmul_set_unfused(v->path == PATH_UNFUSED);
+        qins_backend_set_qmatmul_path(be, v->path == PATH_UNFUSED ? QINS_QMATMUL_UNFUSED : QINS_QMATMUL_FUSED);
         double best = 0, med = 0;
         rc = time_matmul(be, &x, &w, &y, min_time, quick, &best, &med);
-        cpu_qmatmul_set_unfused(0);
+        qins_backend_set_qmatmul_path(be, QINS_QMATMUL_FUSED);
         cpu_qmatmul_set_decode(CPU_QDECODE_AUTO);
         if (rc) break;
         double wb = weight_bytes(&w), gbps = wb / (best * 1e-3) / 1e9;

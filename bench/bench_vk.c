@@ -1,9 +1,11 @@
 /* Vulkan op timings from GPU timestamps: GEMV/GEMM at model sizes (f32/f16/bf16 and the quantized
  * formats, fused, plus the unfused dequantize-then-f32 path), attention at several context lengths
  * (f32 and qins8 V cache), norms and the codec. Prints a table (device ns per call, GB/s or
- * GFLOP/s); never asserts. Usage: bench_vk [backend] [scale] [all|quant [format]]   (backend default vk:0;
- * scale 1 = 7B-like sizes, pass 0.25 on lavapipe; `quant`: only the quantized part, optionally one
- * format such as qins8, without attention). GB/s for a
+ * GFLOP/s); never asserts. Usage: qins-bench-vk [backend] [scale] [all|quant [format]|gemm]
+ * (backend default vk:0; scale 1 = 7B-like sizes, pass 0.25 on lavapipe; `quant`: only the
+ * quantized part, optionally one format such as qins8, without attention; `gemm`: the prefill
+ * GEMM M=512 K=4096 N=11008 (times scale) in every weight format, TFLOP/s beside f32, and the
+ * unfused path; `vk:0 0.125 gemm` is the short run, well under a minute on lavapipe). GB/s for a
  * GEMV counts the bytes the weight occupies in its format (codes and scales). */
 #include <math.h>
 #include <stdio.h>
@@ -17,7 +19,7 @@ static qins_backend *be;
 
 static void make(qins_tensor *t, const char *name, qins_dtype dt, int nd, const int64_t *shape) {
   if (qins_tensor_init(t, name, dt, nd, shape) || qins_tensor_alloc(be, t)) {
-    fprintf(stderr, "bench_vk: %s\n", qins_error_msg());
+    fprintf(stderr, "qins-bench-vk: %s\n", qins_error_msg());
     exit(1);
   }
   size_t n = qins_tensor_nbytes(t);
@@ -30,7 +32,7 @@ static void make(qins_tensor *t, const char *name, qins_dtype dt, int nd, const 
 /* Runs fn reps times after a warm-up; returns device ns per call of `kind`. */
 typedef int (*run_fn)(void *);
 static double timed(qins_op_kind kind, run_fn fn, void *user, int reps) {
-  if (fn(user)) { fprintf(stderr, "bench_vk: %s\n", qins_error_msg()); exit(1); }
+  if (fn(user)) { fprintf(stderr, "qins-bench-vk: %s\n", qins_error_msg()); exit(1); }
   qins_backend_sync(be);
   uint64_t ns0 = be->stats[kind].ns, c0 = be->stats[kind].calls;
   for (int i = 0; i < reps; i++) fn(user);
@@ -55,7 +57,7 @@ static void make_q(qins_tensor *w, qins_tensor *s, qins_dtype fmt, int64_t n, in
   if (qins_tensor_init(w, "wq", fmt, 2, ws) || qins_tensor_init(s, "wq.scale", QINS_DT_F32, 1, &ns)) exit(1);
   w->scale = s;
   if (qins_tensor_alloc(be, w)) {
-    fprintf(stderr, "bench_vk: %s\n", qins_error_msg());
+    fprintf(stderr, "qins-bench-vk: %s\n", qins_error_msg());
     exit(1);
   }
   float *sc = malloc((size_t)ns * sizeof *sc);
@@ -110,7 +112,7 @@ static void bench_quant(double scale, const char *only) {
         int64_t ws[2] = {N, K};
         make(&wd, "w_deq", QINS_DT_F32, 2, ws);
         uq_args u = {&x, &w, &wd, &y};
-        if (run_unfused(&u)) { fprintf(stderr, "bench_vk: %s\n", qins_error_msg()); exit(1); }
+        if (run_unfused(&u)) { fprintf(stderr, "qins-bench-vk: %s\n", qins_error_msg()); exit(1); }
         qins_backend_sync(be);
         uint64_t d0 = be->stats[QINS_OP_DEQUANTIZE].ns, m0 = be->stats[QINS_OP_MATMUL].ns;
         for (int i = 0; i < 5; i++) run_unfused(&u);
@@ -136,7 +138,7 @@ static void bench_quant(double scale, const char *only) {
     make(&o, "o", QINS_DT_F32, 3, qs);
     if (qins_tensor_init(&v, "v8", QINS_DT_QINS8, 3, cs) || qins_tensor_init(&va, "v8.alpha", QINS_DT_F32, 1, &nal)) exit(1);
     v.scale = &va;
-    if (qins_tensor_alloc(be, &v)) { fprintf(stderr, "bench_vk: %s\n", qins_error_msg()); exit(1); }
+    if (qins_tensor_alloc(be, &v)) { fprintf(stderr, "qins-bench-vk: %s\n", qins_error_msg()); exit(1); }
     float *al = malloc((size_t)nal * sizeof *al);
     for (int64_t i = 0; i < nal; i++) al[i] = 1.0f;
     qins_tensor_write(&va, al);
@@ -151,16 +153,69 @@ static void bench_quant(double scale, const char *only) {
   }
 }
 
+/* The prefill GEMM in every weight format: TFLOP/s and the ratio to f32, fused and unfused. */
+static void bench_gemm(double scale) {
+  int64_t K = (int64_t)(4096 * scale), N = (int64_t)(11008 * scale), M = (int64_t)(512 * scale);
+  if (M < 9) M = 9; /* M <= 8 takes the GEMV */
+  const qins_dtype fmts[8] = {QINS_DT_F32,  QINS_DT_F16,  QINS_DT_BF16,     QINS_DT_QINS_F32,
+                              QINS_DT_QINS8, QINS_DT_QINS6, QINS_DT_INT8_ROW, QINS_DT_INT8_B32};
+  int reps = scale >= 0.5 ? 5 : 3;
+  printf("GEMM M=%lld K=%lld N=%lld (%s tiles), best of %d calls after a warm-up\n", (long long)M, (long long)K,
+         (long long)N, M >= 128 && N >= 128 ? "128x128" : "64x64", reps);
+  printf("%-14s %-8s %12s %10s %8s\n", "weight", "path", "us/call", "TFLOP/s", "vs f32");
+  qins_tensor x, y;
+  int64_t xs[2] = {M, K}, ys[2] = {M, N};
+  make(&x, "x", QINS_DT_F32, 2, xs);
+  make(&y, "y", QINS_DT_F32, 2, ys);
+  double flop = 2.0 * (double)M * (double)K * (double)N, f32_ns = 0;
+  for (int f = 0; f < 8; f++) {
+    qins_tensor w, s;
+    int quant = qins_dtype_is_quantized(fmts[f]);
+    if (quant) {
+      make_q(&w, &s, fmts[f], N, K);
+    } else {
+      int64_t ws[2] = {N, K};
+      make(&w, "w", fmts[f], 2, ws);
+    }
+    for (int path = 0; path < (quant ? 2 : 1); path++) {
+      qins_backend_set_qmatmul_path(be, path ? QINS_QMATMUL_UNFUSED : QINS_QMATMUL_FUSED);
+      mm_args a = {&x, &w, &y};
+      if (run_mm(&a)) { fprintf(stderr, "qins-bench-vk: %s\n", qins_error_msg()); exit(1); }
+      qins_backend_sync(be);
+      double best = 0;
+      for (int r = 0; r < reps; r++) {
+        uint64_t n0 = be->stats[QINS_OP_MATMUL].ns + be->stats[QINS_OP_DEQUANTIZE].ns;
+        run_mm(&a);
+        qins_backend_sync(be);
+        double ns = (double)(be->stats[QINS_OP_MATMUL].ns + be->stats[QINS_OP_DEQUANTIZE].ns - n0);
+        if (r == 0 || ns < best) best = ns;
+      }
+      if (fmts[f] == QINS_DT_F32) f32_ns = best;
+      printf("%-14s %-8s %12.1f %10.4f %7.2fx\n", qins_dtype_name(fmts[f]), !quant ? "-" : path ? "unfused" : "fused",
+             best / 1e3, best > 0 ? flop / best / 1e3 : 0.0, best > 0 ? f32_ns / best : 0.0);
+    }
+    qins_backend_set_qmatmul_path(be, QINS_QMATMUL_FUSED);
+    qins_tensor_free(&w); /* and its scale */
+  }
+  qins_tensor_free(&x);
+  qins_tensor_free(&y);
+}
+
 int main(int argc, char **argv) {
   const char *spec = argc > 1 ? argv[1] : "vk:0";
   double scale = argc > 2 ? atof(argv[2]) : 1.0;
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (qins_backend_create(spec, &be)) {
-    fprintf(stderr, "bench_vk: %s\n", qins_error_msg());
+    fprintf(stderr, "qins-bench-vk: %s\n", qins_error_msg());
     return 1;
   }
   printf("backend %s (%s), scale %g; times are device ns per call from timestamps\n", be->name, be->device_name, scale);
   printf("%-40s %12s %12s\n", "op", "us/call", "rate");
+  if (argc > 3 && strcmp(argv[3], "gemm") == 0) {
+    bench_gemm(scale);
+    qins_backend_destroy(be);
+    return 0;
+  }
   if (argc > 3 && strcmp(argv[3], "quant") == 0) {
     bench_quant(scale, argc > 4 ? argv[4] : NULL);
     qins_backend_destroy(be);

@@ -66,6 +66,17 @@ void qins_backend_destroy(qins_backend *be) {
 
 int qins_backend_sync(qins_backend *be) { return be->ops->sync(be); }
 
+qins_qmatmul_path qins_backend_set_qmatmul_path(qins_backend *be, qins_qmatmul_path path) {
+  qins_qmatmul_path old = be->qmatmul_path;
+  be->qmatmul_path = path == QINS_QMATMUL_UNFUSED ? QINS_QMATMUL_UNFUSED : QINS_QMATMUL_FUSED;
+  return old;
+}
+
+qins_qmatmul_path qins_qmatmul_path_default(void) {
+  const char *env = getenv("QINS_MATMUL_UNFUSED");
+  return env && env[0] && strcmp(env, "0") != 0 ? QINS_QMATMUL_UNFUSED : QINS_QMATMUL_FUSED;
+}
+
 int qins_backend_list(char names[][64], int max) {
   int n = 0;
   if (n < max) snprintf(names[n++], 64, "cpu");

@@ -57,6 +57,15 @@ typedef enum qins_op_kind {
 
 const char *qins_op_name(qins_op_kind op);
 
+/* How a matmul with a quantized weight (qins-f32, qins8, qins6, int8-row, int8-block32) runs:
+ * fused (codes decoded in registers or per tile, the row scale folded: the default) or unfused
+ * (the weight decoded into a float scratch buffer by the codec's dequantize, then the f32 matmul:
+ * the reference path kept for comparison, gate A5). Per backend: see qins_backend_set_qmatmul_path. */
+typedef enum qins_qmatmul_path {
+  QINS_QMATMUL_FUSED = 0,
+  QINS_QMATMUL_UNFUSED = 1,
+} qins_qmatmul_path;
+
 typedef struct qins_op_stat {
   uint64_t calls;
   uint64_t ns; /* measured time: wall on cpu, GPU timestamps on vk */
@@ -140,6 +149,8 @@ struct qins_backend {
   int threads;            /* cpu worker threads (cpu backend), 0 otherwise */
   qins_op_stat stats[QINS_OP_COUNT];
   void *impl;
+  /* quantized matmul path; starts as QINS_MATMUL_UNFUSED=1 in the environment says (else fused) */
+  qins_qmatmul_path qmatmul_path;
 };
 
 /* ---- selection ----
@@ -151,6 +162,11 @@ int qins_backend_sync(qins_backend *be);
 /* Names of the backends available on this machine ("cpu", then "vk:0", ...): for tests that run
  * every op on every backend. Returns the count written (at most max). */
 int qins_backend_list(char names[][64], int max);
+/* Choose the fused or unfused quantized matmul for every later matmul on this backend (cpu and
+ * vk both implement both); returns the previous path. Set it between calls, not during one. */
+qins_qmatmul_path qins_backend_set_qmatmul_path(qins_backend *be, qins_qmatmul_path path);
+/* The default a backend constructor stores: QINS_MATMUL_UNFUSED=1 in the environment, else fused. */
+qins_qmatmul_path qins_qmatmul_path_default(void);
 
 /* ---- buffers and tensor placement ---- */
 int qins_buf_alloc(qins_backend *be, size_t bytes, qins_buf **out);

@@ -1,7 +1,12 @@
 // Tiled GEMM for larger M: y[m, n0+n] = x[m,:] . w[n,:] (+ bias). Each work group computes a
 // BM x BN tile of y from BK-deep slices of x and w staged in shared memory; each invocation
 // owns a TM x TN block of outputs. Tile sizes are defines so variants need no copied shaders.
-// Quantized weights are decoded while staging (qweights.glsl); the row scale multiplies each sum.
+// Quantized weights: each BK x BN weight slice is decoded once per work group while staging
+// (qweights.glsl) with the row scale (1/alpha, the int8 step) folded in, so the tile holds the
+// dequantized values and the inner loop and epilogue are exactly the float GEMM's. (Applying the
+// scale in the epilogue instead kept BN/TN extra values live across the K loop: on an H100 the
+// 128-tile variant ran ~10x slower than f32 with it; int8-block32, which had no epilogue scale,
+// ran at f32 speed.)
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #ifdef STORAGE16
@@ -40,6 +45,10 @@ layout(binding = 3) buffer Y { float y[]; };
 
 shared float As[BK][BM + 1];
 shared float Bs[BK][BN + 1];
+#if defined(WT_QUANT) && !defined(WT_INT8B32)
+#define FOLD_ROW_SCALE
+shared float rs_s[BN]; // row scale of each weight row of this tile
+#endif
 
 void main() {
   uint lid = gl_LocalInvocationID.x;
@@ -47,6 +56,10 @@ void main() {
   uint nb = gl_WorkGroupID.x * BN, mb = gl_WorkGroupID.y * BM;
   uint xo = pc.off[0] >> 2;
   wq_init();
+#ifdef FOLD_ROW_SCALE
+  for (uint i = lid; i < BN; i += WG) rs_s[i] = nb + i < pc.nrows ? wq_row_scale(nb + i) : 0.0;
+  barrier();
+#endif
   float acc[TM][TN];
   for (uint i = 0; i < TM; i++)
     for (uint j = 0; j < TN; j++) acc[i][j] = 0.0;
@@ -60,7 +73,11 @@ void main() {
     for (uint e = lid; e < BN * BK; e += WG) {
       uint rr = e / BK, kk = e % BK;
       uint n = nb + rr, k = k0 + kk;
+#ifdef FOLD_ROW_SCALE
+      Bs[kk][rr] = (n < pc.nrows && k < pc.K) ? wq_load(n, k) * rs_s[rr] : 0.0;
+#else
       Bs[kk][rr] = (n < pc.nrows && k < pc.K) ? wq_load(n, k) : 0.0;
+#endif
     }
     barrier();
     for (uint kk = 0; kk < BK; kk++) {
@@ -81,7 +98,7 @@ void main() {
       if (n >= pc.nrows) continue;
       uint col = pc.n0 + n;
       float b = pc.has_bias != 0u ? bias[(pc.off[2] >> 2) + col] : 0.0;
-      y[yo + m * pc.N + col] = acc[i][j] * wq_row_scale(n) + b;
+      y[yo + m * pc.N + col] = acc[i][j] + b; // the row scale is already in the tile
     }
   }
 }

@@ -575,9 +575,42 @@ static void hidden_hook_model(const char *name) {
   qins_backend_destroy(be);
 }
 
+/* Trains a student (the clean model plus the given noise on every matrix) for 6 AdamW steps with
+ * CE + lambda * MSE(hidden states of layers 1 and 3 against c->tgt); returns the last step's MSE. */
+static double hidden_student_run(const qins_model *m, qins_backend *be, hid_ctx *c, double lambda, const float *noise,
+                                 const int32_t *ids, int n, double *first) {
+  qins_train_model *ts;
+  assert_int_equal(qins_train_model_create(m, be, &ts), 0);
+  qins_optim_config cfg = qins_optim_config_default();
+  cfg.adamw.lr = 1e-3f;
+  qins_optim *o;
+  assert_int_equal(qins_optim_create(&cfg, &o), 0);
+  const float *nz = noise;
+  for (int i = 0; i < qins_train_model_count(ts); i++) {
+    const qins_train_param *p = qins_train_model_param(ts, i);
+    if (p->ndim == 2)
+      for (int64_t j = 0; j < p->n; j++) p->w[j] += *nz++;
+    assert_true(qins_optim_add(o, p->name, p->w, p->g, p->n, NULL) >= 0);
+  }
+  c->lambda = lambda;
+  qins_train_model_set_hidden_hook(ts, hid_hook, c);
+  double loss;
+  for (int s = 0; s < 6; s++) {
+    qins_optim_zero_grad(o);
+    assert_int_equal(qins_train_model_loss_grad(ts, ids, n, &loss), 0);
+    print_message("  stories260K lambda_hid %g step %d: loss %.5f, hidden MSE %.6g\n", lambda, s, loss, c->mse);
+    if (s == 0) *first = c->mse;
+    assert_int_equal(qins_optim_step(o, loss, NULL), 0);
+  }
+  qins_optim_destroy(o);
+  qins_train_model_destroy(ts);
+  return c->mse;
+}
+
 /* lambda_hid > 0 on stories260K: a student made from the model by adding noise to every matrix,
- * trained with CE + 1.0 * MSE(layers 1 and 3) against the clean model's hidden states on a fixed
- * sequence, lowers the MSE in a few AdamW steps. */
+ * trained with CE + 5.0 * MSE(layers 1 and 3) against the clean model's hidden states on a fixed
+ * sequence, ends closer to the teacher's hidden states than the same student trained with CE
+ * alone (the MSE alone need not fall every time: the CE term moves the hidden states too). */
 static void test_hidden_stories260k(void **st) {
   json_error_t jerr;
   json_t *root = json_load_file(test_shared_path("fixtures/stories260K_greedy.json"), 0, &jerr);
@@ -592,40 +625,29 @@ static void test_hidden_stories260k(void **st) {
   int L = m->cfg.n_layers, Dm = (int)m->cfg.dim;
   qins_backend *be;
   assert_int_equal(qins_backend_create("cpu", &be), 0);
-  qins_train_model *tt, *ts;
+  qins_train_model *tt;
   assert_int_equal(qins_train_model_create(m, be, &tt), 0);
-  assert_int_equal(qins_train_model_create(m, be, &ts), 0);
-  qins_model_close(m);
   hid_ctx c = {1, N, Dm, calloc((size_t)L * N * Dm, sizeof(float)), {1, 3}, 2, 1.0, 0};
   double loss;
   qins_train_model_set_hidden_hook(tt, hid_hook, &c);
   assert_int_equal(qins_train_model_loss_grad(tt, ids, N, &loss), 0); /* teacher's hidden states */
   c.capture = 0;
-  qins_optim_config cfg = qins_optim_config_default();
-  cfg.adamw.lr = 1e-3f;
-  qins_optim *o;
-  assert_int_equal(qins_optim_create(&cfg, &o), 0);
-  for (int i = 0; i < qins_train_model_count(ts); i++) {
-    const qins_train_param *p = qins_train_model_param(ts, i);
-    if (p->ndim == 2)
-      for (int64_t j = 0; j < p->n; j++) p->w[j] += 0.03f * test_rand_normal();
-    assert_true(qins_optim_add(o, p->name, p->w, p->g, p->n, NULL) >= 0);
-  }
-  qins_train_model_set_hidden_hook(ts, hid_hook, &c);
-  double first = 0;
-  for (int s = 0; s < 6; s++) {
-    qins_optim_zero_grad(o);
-    assert_int_equal(qins_train_model_loss_grad(ts, ids, N, &loss), 0);
-    print_message("  stories260K hidden distillation step %d: loss %.5f, hidden MSE %.6g\n", s, loss, c.mse);
-    if (s == 0) first = c.mse;
-    assert_int_equal(qins_optim_step(o, loss, NULL), 0);
-  }
-  assert_true(first > 1e-4);
-  assert_true(c.mse < 0.8 * first);
-  qins_optim_destroy(o);
+  int64_t nn = 0;
+  for (int i = 0; i < qins_train_model_count(tt); i++)
+    if (qins_train_model_param(tt, i)->ndim == 2) nn += qins_train_model_param(tt, i)->n;
+  float *noise = malloc((size_t)nn * sizeof(float));
+  for (int64_t j = 0; j < nn; j++) noise[j] = 0.03f * test_rand_normal();
+  double first_ce, first_hid;
+  double ce_only = hidden_student_run(m, be, &c, 0.0, noise, ids, N, &first_ce);
+  double with_hid = hidden_student_run(m, be, &c, 5.0, noise, ids, N, &first_hid);
+  assert_true(first_hid > 1e-4);
+  assert_true(first_ce == first_hid); /* the same student before any step */
+  if (!(with_hid < 0.75 * ce_only)) /* measured 0.37-0.61 over 10 seeds */
+    fail_msg("hidden MSE after 6 steps: %.6g with the hidden term, %.6g without", with_hid, ce_only);
+  qins_model_close(m);
+  free(noise);
   free(c.tgt);
   qins_train_model_destroy(tt);
-  qins_train_model_destroy(ts);
   qins_backend_destroy(be);
 }
 

@@ -469,6 +469,29 @@ static void trainer_vk(const char *kind) {
     free(x);
     free(y);
   }
+  /* the CLI flag: `qins train CONFIG --backend vk` (2 steps) */
+  const char *exe = getenv("QINS_EXE");
+  if (exe && !strcmp(kind, "adamw")) {
+    char line[1600];
+    snprintf(line, sizeof line,
+             "'%s' train '%s' --backend vk --set run.steps=2 --set run.out_dir=%s/cli --quiet",
+             exe, cfg, dir);
+    FILE *p = popen(line, "r");
+    assert_non_null(p);
+    char out[1024] = "";
+    size_t got = fread(out, 1, sizeof out - 1, p);
+    out[got] = 0;
+    assert_int_equal(pclose(p), 0);
+    json_error_t jerr;
+    json_t *j = json_loads(out, 0, &jerr);
+    if (!j) fail_msg("qins train --backend vk printed no JSON: %s", out);
+    assert_int_equal(json_integer_value(json_object_get(j, "steps")), 2);
+    double l2 = json_real_value(json_object_get(j, "loss"));
+    json_decref(j);
+    if (!(fabs(l2 - losses[0][1]) <= 1e-3 * fabs(losses[0][1])))
+      fail_msg("qins train --backend vk: step 2 loss %.6f, the cpu run's %.6f", l2, losses[0][1]);
+    print_message("  qins train --backend vk (CLI): 2 steps, loss %.5f\n", l2);
+  }
   char cmd[400];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   assert_int_equal(system(cmd), 0);

@@ -69,7 +69,8 @@ static void qweight_free(qweight *q) {
   free(q->deq);
 }
 
-/* fused vk vs unfused vk (dequantize on vk, then the f32 matmul) vs cpu fused */
+/* fused vk vs unfused vk (dequantize on vk, then the f32 matmul) vs cpu fused; then the backends'
+ * own unfused path (qins_backend_set_qmatmul_path) on cpu and vk */
 static void qmatmul_case(qins_dtype fmt, int64_t m, int64_t k, int64_t n, int with_bias) {
   qweight q;
   qweight_make(&q, fmt, n, k);
@@ -90,7 +91,7 @@ static void qmatmul_case(qins_dtype fmt, int64_t m, int64_t k, int64_t n, int wi
   char what[160];
   snprintf(what, sizeof what, "%s M=%lld K=%lld N=%lld bias=%d", qins_dtype_name(fmt), (long long)m, (long long)k,
            (long long)n, with_bias);
-  char w2[200];
+  char w2[256];
   /* the vk dequantize is the codec's decode; exact on lavapipe, but GPU division and 1/alpha are
    * not correctly rounded everywhere (NVIDIA: 1 ulp, rel L2 3e-8), so allow float rounding */
   snprintf(w2, sizeof w2, "vk dequantize %s", what);
@@ -99,7 +100,22 @@ static void qmatmul_case(qins_dtype fmt, int64_t m, int64_t k, int64_t n, int wi
   test_assert_close(w2, fused, unf, m * n, TOL);
   snprintf(w2, sizeof w2, "vk fused vs cpu %s", what);
   test_assert_close(w2, fused, cpu, m * n, TOL);
-  free(cpu); free(fused); free(unf); free(wd);
+  /* the unfused path chosen on the backend: on vk exactly the two explicit ops above (same
+   * shaders, same data), on cpu the cpu's dequantize + f32 matmul */
+  for (int i = 0; i < 2; i++) {
+    qins_backend_set_qmatmul_path(B[i], QINS_QMATMUL_UNFUSED);
+    int rc = qins_op_matmul(B[i], &X.t[i], &q.w.t[i], with_bias ? &Bi.t[i] : NULL, &Y.t[i]);
+    qins_backend_set_qmatmul_path(B[i], QINS_QMATMUL_FUSED);
+    OK(rc);
+  }
+  float *cpu_u = pair_read(&Y, 0), *vk_u = pair_read(&Y, 1);
+  snprintf(w2, sizeof w2, "vk unfused path vs explicit dequantize + matmul %s", what);
+  test_assert_close(w2, vk_u, unf, m * n, 0.0);
+  snprintf(w2, sizeof w2, "cpu unfused path vs cpu fused %s", what);
+  test_assert_close(w2, cpu_u, cpu, m * n, TOL);
+  snprintf(w2, sizeof w2, "vk unfused path vs cpu unfused path %s", what);
+  test_assert_close(w2, vk_u, cpu_u, m * n, TOL);
+  free(cpu); free(fused); free(unf); free(wd); free(cpu_u); free(vk_u);
   pfree(&X); pfree(&Bi); pfree(&Y); pfree(&Yu); pfree(&Wd);
   qweight_free(&q);
   free(x); free(bias);

@@ -149,6 +149,7 @@ int qins_cpu_backend_create(int threads, qins_backend **out) {
   int reference = ref && *ref && strcmp(ref, "0") != 0;
   be->ops = reference ? &cpu_ref_ops : &cpu_ops;
   be->threads = threads;
+  be->qmatmul_path = qins_qmatmul_path_default();
   snprintf(be->name, sizeof be->name, "cpu");
   snprintf(be->device_name, sizeof be->device_name, "cpu (%d threads%s)", threads,
            reference ? ", reference loops" : "");

@@ -7,8 +7,8 @@
 
 /* y[M,N] = x[M,K] . W^T (+ bias) for W in qins-f32, qins8, qins6, int8-row or int8-block32.
  * Fused (the default): codes are decoded by table in registers and the row scale (1/alpha or the
- * int8 step) is applied once after each dot product. QINS_MATMUL_UNFUSED=1 in the environment (read
- * at the first call) or cpu_qmatmul_set_mode() selects the unfused reference instead. */
+ * int8 step) is applied once after each dot product. The backend's qmatmul_path (core/backend.h:
+ * qins_backend_set_qmatmul_path, default from QINS_MATMUL_UNFUSED) selects the unfused reference. */
 int cpu_qmatmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, const qins_tensor *bias, qins_tensor *y);
 int cpu_qmatmul_fused(qins_backend *be, const qins_tensor *x, const qins_tensor *w, const qins_tensor *bias,
                       qins_tensor *y);
@@ -29,8 +29,6 @@ cpu_qdecode cpu_qmatmul_set_decode(cpu_qdecode d);
 const char *cpu_qdecode_name(cpu_qdecode d);
 /* The decode in use (chosen at the first call: QINS_QMATMUL_DECODE or the fastest available). */
 cpu_qdecode cpu_qdecode_current(void);
-/* 1: every quantized matmul takes the unfused path; 0: fused. Overrides QINS_MATMUL_UNFUSED. */
-void cpu_qmatmul_set_unfused(int unfused);
 
 /* Causal GQA attention as cpu_attention, for a qins8 V cache [T,Hkv,D] whose scale holds
  * alpha f32 [T*Hkv] (one per token and KV head): out = sum_t (p_t / alpha_t) LUT8[q_t]. */

@@ -50,7 +50,6 @@
 /* ---------------------------------------------------------------- mode selection */
 
 static int g_decode = -1;  /* cpu_qdecode actually used; -1: not chosen yet */
-static int g_unfused = -1; /* -1: read QINS_MATMUL_UNFUSED at the first call */
 
 const char *cpu_qdecode_name(cpu_qdecode d) {
   switch (d) {
@@ -98,24 +97,12 @@ cpu_qdecode cpu_qmatmul_set_decode(cpu_qdecode d) {
   return d;
 }
 
-void cpu_qmatmul_set_unfused(int unfused) { __atomic_store_n(&g_unfused, unfused ? 1 : 0, __ATOMIC_RELAXED); }
-
 static cpu_qdecode current_decode(void) {
   int d = __atomic_load_n(&g_decode, __ATOMIC_RELAXED);
   return d < 0 ? cpu_qmatmul_set_decode(CPU_QDECODE_AUTO) : (cpu_qdecode)d;
 }
 
 cpu_qdecode cpu_qdecode_current(void) { return current_decode(); }
-
-static int current_unfused(void) {
-  int u = __atomic_load_n(&g_unfused, __ATOMIC_RELAXED);
-  if (u < 0) {
-    const char *env = getenv("QINS_MATMUL_UNFUSED");
-    u = env && env[0] && strcmp(env, "0") != 0;
-    __atomic_store_n(&g_unfused, u, __ATOMIC_RELAXED);
-  }
-  return u;
-}
 
 /* ---------------------------------------------------------------- the job */
 
@@ -665,5 +652,5 @@ int cpu_qmatmul_unfused(qins_backend *be, const qins_tensor *x, const qins_tenso
 }
 
 int cpu_qmatmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, const qins_tensor *bias, qins_tensor *y) {
-  return current_unfused() ? cpu_qmatmul_unfused(be, x, w, bias, y) : cpu_qmatmul_fused(be, x, w, bias, y);
+  return be->qmatmul_path == QINS_QMATMUL_UNFUSED ? cpu_qmatmul_unfused(be, x, w, bias, y) : cpu_qmatmul_fused(be, x, w, bias, y);
 }

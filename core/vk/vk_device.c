@@ -333,6 +333,7 @@ int qins_vk_backend_create(int device_index, int want_gpu, qins_backend **out) {
   c->phys = devs[chosen];
   if ((rc = create_device(c))) goto fail;
   snprintf(be->name, sizeof be->name, "vk:%d", chosen);
+  be->qmatmul_path = qins_qmatmul_path_default();
   snprintf(be->device_name, sizeof be->device_name, "%s", c->info.device_name);
   QINS_DEBUG("vulkan: %s is %s (subgroup %u, max binding %u, 16-bit storage %d, push descriptors %d, timestamps %d)",
              be->name, be->device_name, c->info.subgroup_size, c->info.max_storage_range, c->info.storage16,

@@ -14,29 +14,6 @@ static uint32_t fbits(float f) {
   return u;
 }
 
-/* A temporary device buffer of `bytes` viewed as an f32 tensor, freed once the batch completes. */
-static int scratch_tensor(vk_ctx *c, qins_tensor *t, qins_buf *holder, const char *name, int64_t n, int ncmds) {
-  vk_buffer *vb;
-  int rc = vk_reserve(c, ncmds);
-  if (!rc) rc = vk_buffer_create(c, (VkDeviceSize)(n > 0 ? n : 1) * 4, 0, &vb);
-  if (rc) return rc;
-  if ((rc = vk_garbage_add(c, vb))) {
-    vk_buffer_destroy(c, vb);
-    return rc;
-  }
-  memset(holder, 0, sizeof *holder);
-  holder->be = c->be;
-  holder->size = (size_t)vb->size;
-  holder->impl = vb;
-  memset(t, 0, sizeof *t);
-  snprintf(t->name, sizeof t->name, "%s", name);
-  t->dtype = QINS_DT_F32;
-  t->ndim = 1;
-  t->shape[0] = n;
-  t->buf = holder;
-  return 0;
-}
-
 /* out[c] += sum_r g[r,c] * (1 | a[r,c] | (a[r,c] - mean_r) rstd_r). */
 static int colsum(vk_ctx *c, qins_op_kind kind, const qins_tensor *g, const qins_tensor *a, const qins_tensor *stats,
                   int mode, qins_tensor *out) {
@@ -83,7 +60,7 @@ int vk_matmul_backward(qins_backend *be, const qins_tensor *dy, const qins_tenso
     qins_buf hold;
     if (qins_dtype_is_quantized(w->dtype)) {
       /* straight-through: the gradient flows through the dequantized weight */
-      if ((rc = scratch_tensor(c, &wtmp, &hold, "matmul_backward.w_dequant", n * k, 3))) return rc;
+      if ((rc = vk_scratch_tensor(c, &wtmp, &hold, "matmul_backward.w_dequant", n * k, 3))) return rc;
       wtmp.ndim = 2;
       wtmp.shape[0] = n;
       wtmp.shape[1] = k;
@@ -134,7 +111,7 @@ static int norm_backward(qins_backend *be, qins_op_kind kind, const char *shader
   int64_t rows = qins_tensor_rows(x), d = qins_tensor_cols(x);
   qins_tensor st;
   qins_buf hold;
-  int rc = scratch_tensor(c, &st, &hold, "norm_backward.stats", 2 * rows, 4);
+  int rc = vk_scratch_tensor(c, &st, &hold, "norm_backward.stats", 2 * rows, 4);
   if (rc) return rc;
   size_t rb = (size_t)d * 4;
   vk_arg args[5] = {{dy, rb, 4, 0}, {x, rb, 4, 0}, {w, 0, 4, 0}, {dx, rb, 4, 1}, {&st, 8, 4, 1}};
@@ -279,7 +256,7 @@ int vk_attention_backward(qins_backend *be, const qins_tensor *q, const qins_ten
   /* two [M*Hq, pos0+M] scratch matrices (P and dS), as on the cpu */
   qins_tensor st;
   qins_buf hold;
-  int rc = scratch_tensor(c, &st, &hold, "attention_backward.scores", 2 * m * hq * tv, 2);
+  int rc = vk_scratch_tensor(c, &st, &hold, "attention_backward.scores", 2 * m * hq * tv, 2);
   if (rc) return rc;
   vk_bind b[6];
   uint32_t off[8] = {0};

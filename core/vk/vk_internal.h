@@ -92,6 +92,9 @@ int vk_buf_wrap(qins_backend *be, void *host, size_t bytes, qins_buf **out);
 void vk_buf_free(qins_backend *be, qins_buf *buf);
 int vk_buf_write(qins_backend *be, qins_buf *buf, size_t offset, const void *src, size_t bytes);
 int vk_buf_read(qins_backend *be, qins_buf *buf, size_t offset, void *dst, size_t bytes);
+/* A temporary device buffer of n floats viewed as an f32 tensor [n] (holder is its qins_buf),
+ * freed once the batch completes; room for ncmds commands is reserved first (vk_reserve). */
+int vk_scratch_tensor(vk_ctx *c, qins_tensor *t, qins_buf *holder, const char *name, int64_t n, int ncmds);
 
 /* vk_dispatch.c */
 typedef struct vk_bind {

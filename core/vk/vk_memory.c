@@ -1,5 +1,6 @@
 /* Vulkan backend memory: device buffers behind qins_buf, staging for uploads/downloads on
  * device-only memory, and buffers kept alive until the batch that uses them completes. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -171,5 +172,28 @@ int vk_buf_read(qins_backend *be, qins_buf *buf, size_t offset, void *dst, size_
     if (rc) return rc;
     done += n;
   }
+  return 0;
+}
+
+/* (vk_internal.h) The buffer goes to the garbage list, so callers never free it. */
+int vk_scratch_tensor(vk_ctx *c, qins_tensor *t, qins_buf *holder, const char *name, int64_t n, int ncmds) {
+  vk_buffer *vb;
+  int rc = vk_reserve(c, ncmds);
+  if (!rc) rc = vk_buffer_create(c, (VkDeviceSize)(n > 0 ? n : 1) * 4, 0, &vb);
+  if (rc) return rc;
+  if ((rc = vk_garbage_add(c, vb))) {
+    vk_buffer_destroy(c, vb);
+    return rc;
+  }
+  memset(holder, 0, sizeof *holder);
+  holder->be = c->be;
+  holder->size = (size_t)vb->size;
+  holder->impl = vb;
+  memset(t, 0, sizeof *t);
+  snprintf(t->name, sizeof t->name, "%s", name);
+  t->dtype = QINS_DT_F32;
+  t->ndim = 1;
+  t->shape[0] = n;
+  t->buf = holder;
   return 0;
 }

@@ -30,6 +30,31 @@ static const char *wt_suffix_q(qins_dtype dt) {
   }
 }
 
+/* The unfused reference (qins_qmatmul_path QINS_QMATMUL_UNFUSED): the dequant shader decodes W
+ * into a scratch f32 [N,K] (freed when the batch completes), then the f32 GEMV/GEMM reads it. */
+static int matmul_unfused(qins_backend *be, const qins_tensor *x, const qins_tensor *w, const qins_tensor *bias,
+                          qins_tensor *y) {
+  vk_ctx *c = vk_of(be);
+  int64_t n = w->shape[0], k = w->shape[1];
+  /* both steps split by the binding limit; the scratch must outlive all their commands in one
+   * batch (vk_reserve), so count them generously: chunks of half the limit, two ops */
+  uint64_t half = c->max_range / 2 > 16 ? c->max_range / 2 : 16;
+  uint64_t chunks = (uint64_t)n * (uint64_t)k * 4 / half + 2;
+  if (2 * chunks + 2 > VK_MAX_DISPATCH)
+    return qins_error_set(QINS_EUNSUPPORTED, "matmul: unfused %s needs more than %d dispatches in one batch", w->name,
+                          VK_MAX_DISPATCH);
+  qins_tensor wf;
+  qins_buf hold;
+  int rc = vk_scratch_tensor(c, &wf, &hold, "matmul.w_unfused", n * k, (int)(2 * chunks + 2));
+  if (rc) return qins_error_wrap(rc, "matmul: unfused scratch for %s: ", w->name);
+  wf.ndim = 2;
+  wf.shape[0] = n;
+  wf.shape[1] = k;
+  rc = vk_dequantize(be, w, &wf);
+  if (!rc) rc = vk_matmul(be, x, &wf, bias, y);
+  return rc;
+}
+
 /* Quantized weights (qins-f32, qins8, qins6, int8-row, int8-block32) run the same GEMV/GEMM
  * shaders with the decode in registers (shaders/qweights.glsl): two more bindings, the weight's
  * scales (bound per row range like the weight) and, for qins8/qins6, the D_1 table. */
@@ -46,6 +71,7 @@ int vk_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, cons
     if (!s || s->dtype != QINS_DT_F32 || qins_tensor_numel(s) != qins_format_scale_count(w->dtype, n, k))
       return qins_error_set(QINS_EINVAL, "matmul: weight %s needs %lld f32 scales", qins_tensor_describe(w, d, sizeof d),
                             (long long)qins_format_scale_count(w->dtype, n, k));
+    if (be->qmatmul_path == QINS_QMATMUL_UNFUSED) return matmul_unfused(be, x, w, bias, y);
   }
   int gemv = m <= 8, big = !gemv && m >= 128 && n >= 128; /* big: 128x128 tiles */
   uint32_t tile = big ? 128 : 64;
