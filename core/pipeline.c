@@ -313,8 +313,11 @@ static int parse_stages(qins_pipeline *pl, const qins_cfg *ss) {
     if ((rc = qins_stage_check_options(ps->type, ps->options, key))) return rc;
     snprintf(ps->in_port, sizeof ps->in_port, "%s", ps->type->in_port ? ps->type->in_port : "");
     snprintf(ps->out_port, sizeof ps->out_port, "%s", ps->type->out_port ? ps->type->out_port : "");
-    if (ps->type->ports && (rc = ps->type->ports(ps->options, pl, ps->in_port, ps->out_port)))
+    if (ps->type->ports && (rc = ps->type->ports(ps->options, pl, ps->in_port, ps->out_port))) {
+      /* a message that already points into this file (a check of other stages' keys) stays as is */
+      if (s->origin[0] && strncmp(qins_error_msg(), s->origin, strlen(s->origin)) == 0) return rc;
       return qins_error_wrap(rc, "%s: %s: ", W(s), what);
+    }
   }
   return 0;
 }

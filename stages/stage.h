@@ -17,7 +17,18 @@ struct qins_pipeline;
 enum {
   QINS_MSG_END = 1u << 0,  /* last message of a request: `loop: true` edges are not followed */
   QINS_MSG_STOP = 1u << 1, /* the request ended on a stop id: this message carries no token */
+  /* a gradient (or other backward-flowing) message: it travels the pipeline's edges in reverse,
+   * from an edge's consumer to its producer, and the worker hands it to the producer's backward().
+   * An output's own GRAD flag decides where it goes: outputs start with the input's flags, so a
+   * forward() output travels forward unless the stage sets GRAD (turns around, e.g. after the
+   * loss) and a backward() output travels backward unless the stage clears it. */
+  QINS_MSG_GRAD = 1u << 2,
 };
+
+/* forward()/backward() return value: output produced AND more to come; the worker routes the
+ * output and calls the same function again with the same input (a stage emitting several
+ * messages for one input, e.g. the micro-batches of a training step). */
+#define QINS_STAGE_MORE 2
 
 #define QINS_PORT_MAX 64
 
@@ -88,9 +99,13 @@ typedef struct qins_stage_type {
 
   int (*init)(qins_stage *st, const qins_stage_ctx *ctx);
   /* Consume `in`, maybe produce `out` (call qins_msg_output*). Returns 1: out produced,
-   * 0: nothing to send (dropped or accumulated), <0: error (message set). */
+   * 0: nothing to send (dropped or accumulated), QINS_STAGE_MORE: out produced and call again,
+   * <0: error (message set). */
   int (*forward)(qins_stage *st, const qins_msg *in, qins_msg *out);
-  int (*backward)(qins_stage *st, const qins_msg *grad_out, qins_msg *grad_in); /* optional */
+  /* Optional: messages flagged QINS_MSG_GRAD (arriving over reverse edges) go here; same return
+   * values as forward(). A stage type with a backward() gets reverse channels on its outgoing
+   * cross-worker edges (workers/topo.h). */
+  int (*backward)(qins_stage *st, const qins_msg *grad_out, qins_msg *grad_in);
   /* Drop per-request state for `req` with attempt < below (UINT32_MAX: all). Optional. */
   void (*forget)(qins_stage *st, uint64_t req, uint32_t below);
   void (*fini)(qins_stage *st);

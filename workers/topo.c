@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "stages/stage.h"
 
 static int add_chan(qins_topo *t, qins_topo_chan c) {
   qins_topo_chan *p = realloc(t->chan, sizeof *p * (size_t)(t->n_chan + 1));
@@ -44,7 +45,7 @@ int qins_topo_build(const qins_pipeline *pl, qins_topo *t) {
   const qins_pl_worker *eg = &pl->workers[pl->stages[pl->entry].worker];
   for (int r = 0; r < eg->replicas; r++)
     if ((rc = add_chan(t, (qins_topo_chan){-1, QINS_COORD, t->group_first[pl->stages[pl->entry].worker] + r, -1,
-                                           pl->entry, 0, 0})))
+                                           pl->entry, 0, 0, 0})))
       return rc;
   for (int e = 0; e < pl->n_edges; e++) {
     int ga = pl->stages[pl->edges[e].from].worker, gb = pl->stages[pl->edges[e].to].worker;
@@ -52,7 +53,23 @@ int qins_topo_build(const qins_pipeline *pl, qins_topo *t) {
     for (int a = 0; a < pl->workers[ga].replicas; a++)
       for (int b = 0; b < pl->workers[gb].replicas; b++) {
         int ia = t->group_first[ga] + a, ib = t->group_first[gb] + b;
-        qins_topo_chan c = {e, ia, ib, pl->edges[e].from, pl->edges[e].to, 0, 0};
+        qins_topo_chan c = {e, ia, ib, pl->edges[e].from, pl->edges[e].to, 0, 0, 0};
+        if (!t->inst[ia].remote && !t->inst[ib].remote) {
+          c.shm = 1;
+          c.offset = t->arena_size;
+          t->arena_size += ring;
+        }
+        if ((rc = add_chan(t, c))) return rc;
+      }
+  }
+  /* reverse edges: gradients flow from the consumer back to a producer that has a backward() */
+  for (int e = 0; e < pl->n_edges; e++) {
+    int ga = pl->stages[pl->edges[e].from].worker, gb = pl->stages[pl->edges[e].to].worker;
+    if (ga == gb || pl->edges[e].loop || !pl->stages[pl->edges[e].from].type->backward) continue;
+    for (int a = 0; a < pl->workers[ga].replicas; a++)
+      for (int b = 0; b < pl->workers[gb].replicas; b++) {
+        int ia = t->group_first[ga] + a, ib = t->group_first[gb] + b;
+        qins_topo_chan c = {e, ib, ia, pl->edges[e].to, pl->edges[e].from, 0, 0, 1};
         if (!t->inst[ia].remote && !t->inst[ib].remote) {
           c.shm = 1;
           c.offset = t->arena_size;
@@ -64,7 +81,7 @@ int qins_topo_build(const qins_pipeline *pl, qins_topo *t) {
   const qins_pl_worker *xg = &pl->workers[pl->stages[pl->exit_stage].worker];
   for (int r = 0; r < xg->replicas; r++)
     if ((rc = add_chan(t, (qins_topo_chan){-2, t->group_first[pl->stages[pl->exit_stage].worker] + r, QINS_COORD,
-                                           pl->exit_stage, -1, 0, 0})))
+                                           pl->exit_stage, -1, 0, 0, 0})))
       return rc;
   return 0;
 }
@@ -86,7 +103,18 @@ int qins_topo_chan_for(const qins_pipeline *pl, const qins_topo *t, int edge, in
     to_group = pl->stages[pl->edges[edge].to].worker;
   int to = to_group < 0 ? QINS_COORD : t->group_first[to_group] + (int)(route % (unsigned)pl->workers[to_group].replicas);
   for (int i = 0; i < t->n_chan; i++)
-    if (t->chan[i].edge == edge && t->chan[i].from_inst == from && t->chan[i].to_inst == to) return i;
+    if (t->chan[i].edge == edge && !t->chan[i].reverse && t->chan[i].from_inst == from && t->chan[i].to_inst == to)
+      return i;
+  return -1;
+}
+
+int qins_topo_chan_back(const qins_pipeline *pl, const qins_topo *t, int edge, int from, unsigned route) {
+  if (edge < 0 || edge >= pl->n_edges) return -1;
+  int g = pl->stages[pl->edges[edge].from].worker;
+  int to = t->group_first[g] + (int)(route % (unsigned)pl->workers[g].replicas);
+  for (int i = 0; i < t->n_chan; i++)
+    if (t->chan[i].edge == edge && t->chan[i].reverse && t->chan[i].from_inst == from && t->chan[i].to_inst == to)
+      return i;
   return -1;
 }
 

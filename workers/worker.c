@@ -319,10 +319,36 @@ static int send_to(wk *w, int edge, const qins_msg *m) {
   return rc;
 }
 
-/* Route a stage's output along its edges: same worker -> local queue, else a channel. */
+/* A gradient message back along edge `edge` to the producer replica serving the request. */
+static int send_back(wk *w, int edge, const qins_msg *m) {
+  int c = qins_topo_chan_back(w->pl, &w->topo, edge, w->inst, m->route);
+  if (c < 0)
+    return qins_error_set(QINS_EINTERNAL, "no reverse channel for edge %s -> %s from %s (stage '%s' has no backward)",
+                          w->pl->stages[w->pl->edges[edge].from].name, w->pl->stages[w->pl->edges[edge].to].name,
+                          w->name, w->pl->stages[w->pl->edges[edge].from].name);
+  qins_chan_tx *tx = &w->tx[c];
+  int rc = wait_credit(w, tx);
+  if (rc) return rc < 0 ? rc : 0;
+  return qins_chan_send(tx, m);
+}
+
+/* Route a stage's output along its edges: same worker -> local queue, else a channel. A
+ * QINS_MSG_GRAD output goes backward: to the producer of each (non-loop) edge into the stage. */
 static int route(wk *w, int s, qins_msg *out, obuf *b) {
   const qins_pipeline *pl = w->pl;
   int rc = 0;
+  if (out->flags & QINS_MSG_GRAD) {
+    for (int e = 0; e < pl->n_edges && rc == 0; e++) {
+      const qins_pl_edge *ed = &pl->edges[e];
+      if (ed->to != s || ed->loop) continue;
+      if (pl->stages[ed->from].worker == pl->stages[s].worker) {
+        item *it = push_local(w, ed->from, out, b);
+        if (it) it->edge = e;
+      } else
+        rc = send_back(w, e, out);
+    }
+    return rc;
+  }
   if (w->zc_used) { /* the output already sits in the channel's slot */
     w->zc_used = 0;
     if (out->data == w->zc_tx->ring + (size_t)w->zc_slot * w->zc_tx->slot_bytes) {
@@ -357,59 +383,74 @@ static int run_stage_set(wk *w, int s, const qins_msg *const *ins, int n_in) {
   if (!in) return 0;
   if (forget_below(w, in->req) > in->attempt) return 0; /* replayed or finished: drop */
   qins_stage *st = &w->stages[s];
-  qins_msg out;
-  memset(&out, 0, sizeof out);
-  out.alloc = obuf_alloc;
-  w->zc_tx = NULL;
-  w->zc_used = 0;
-  {
-    /* one outgoing edge, to another worker, over shared memory, not a loop edge (which END
-     * skips), not the final stage: the output can be written in place */
-    const qins_pipeline *pl = w->pl;
-    int n_out = 0, e1 = -1;
-    for (int e = 0; e < pl->n_edges; e++)
-      if (pl->edges[e].from == s) n_out++, e1 = e;
-    if (n_out == 1 && s != pl->exit_stage && !pl->edges[e1].loop && pl->stages[pl->edges[e1].to].worker != pl->stages[s].worker) {
-      int c = qins_topo_chan_for(pl, &w->topo, e1, w->inst, in->route);
-      if (c >= 0 && w->tx[c].ring) {
-        w->zc_tx = &w->tx[c];
-        w->zc_edge = e1;
-        out.alloc = zc_alloc;
+  int grad = (in->flags & QINS_MSG_GRAD) != 0;
+  if (grad && !st->type->backward) {
+    qins_error_set(QINS_EINTERNAL, "a gradient message reached stage '%s' (%s), which has no backward",
+                   st->ctx.stage_name, st->type->name);
+    fatal(w, st->ctx.stage_name);
+    return QINS_EINTERNAL;
+  }
+  for (;;) { /* once, or again while the stage says QINS_STAGE_MORE */
+    qins_msg out;
+    memset(&out, 0, sizeof out);
+    out.alloc = obuf_alloc;
+    w->zc_tx = NULL;
+    w->zc_used = 0;
+    {
+      /* one outgoing edge, to another worker, over shared memory, not a loop edge (which END
+       * skips), not the final stage: the output can be written in place */
+      const qins_pipeline *pl = w->pl;
+      int n_out = 0, e1 = -1;
+      for (int e = 0; e < pl->n_edges; e++)
+        if (pl->edges[e].from == s) n_out++, e1 = e;
+      /* (not for stage types with a backward: their outputs may turn around) */
+      if (n_out == 1 && s != pl->exit_stage && !pl->edges[e1].loop && !st->type->backward &&
+          pl->stages[pl->edges[e1].to].worker != pl->stages[s].worker) {
+        int c = qins_topo_chan_for(pl, &w->topo, e1, w->inst, in->route);
+        if (c >= 0 && w->tx[c].ring) {
+          w->zc_tx = &w->tx[c];
+          w->zc_edge = e1;
+          out.alloc = zc_alloc;
+        }
       }
     }
-  }
-  out.req = in->req;
-  out.attempt = in->attempt;
-  out.route = in->route;
-  out.step = in->step;
-  out.flags = in->flags;
-  out.pos = in->pos;
-  out.last_id = in->last_id;
-  double t0 = now_s();
-  qins_error_clear();
-  int rc = st->type->join > 1 ? st->type->forward_join(st, ins, n_in, &out) : st->type->forward(st, in, &out);
-  qins_metric_observe(st->m_latency, now_s() - t0);
-  qins_metric_add(st->m_items, 1);
-  qins_metric_add(st->m_bytes_in, (double)in->nbytes);
-  obuf *b = out.alloc_user;
-  if (rc != 1) w->zc_used = 0; /* a reserved slot stays free: nothing was sent */
-  if (rc < 0) {
-    qins_metric_add(st->m_errors, 1);
-    obuf_unref(b);
-    char where[200];
-    snprintf(where, sizeof where, "stage '%s' (%s), request %llu", st->ctx.stage_name, st->type->name,
-             (unsigned long long)in->req);
-    fatal(w, where);
-    return rc;
-  }
-  if (rc == 1) {
+    out.req = in->req;
+    out.attempt = in->attempt;
     out.route = in->route;
-    rc = route(w, s, &out, b);
-  } else {
-    rc = 0;
+    out.step = in->step;
+    out.flags = in->flags;
+    out.pos = in->pos;
+    out.last_id = in->last_id;
+    double t0 = now_s();
+    qins_error_clear();
+    int rc = grad                   ? st->type->backward(st, in, &out)
+             : st->type->join > 1 ? st->type->forward_join(st, ins, n_in, &out)
+                                  : st->type->forward(st, in, &out);
+    qins_metric_observe(st->m_latency, now_s() - t0);
+    qins_metric_add(st->m_items, 1);
+    qins_metric_add(st->m_bytes_in, (double)in->nbytes);
+    obuf *b = out.alloc_user;
+    int more = rc == QINS_STAGE_MORE;
+    if (more) rc = 1;
+    if (rc != 1) w->zc_used = 0; /* a reserved slot stays free: nothing was sent */
+    if (rc < 0) {
+      qins_metric_add(st->m_errors, 1);
+      obuf_unref(b);
+      char where[200];
+      snprintf(where, sizeof where, "stage '%s' (%s), request %llu", st->ctx.stage_name, st->type->name,
+               (unsigned long long)in->req);
+      fatal(w, where);
+      return rc;
+    }
+    if (rc == 1) {
+      out.route = in->route;
+      rc = route(w, s, &out, b);
+    } else {
+      rc = 0;
+    }
+    obuf_unref(b);
+    if (rc || !more || w->stopping) return rc;
   }
-  obuf_unref(b);
-  return rc;
 }
 
 typedef struct join_ctx {
@@ -425,7 +466,7 @@ static int join_deliver(void *user, const qins_msg *const *in, int n) {
 /* A message for stage s that came along `edge`: a join stage holds it until its partners come. */
 static int run_stage(wk *w, int s, int edge, const qins_msg *in) {
   if (forget_below(w, in->req) > in->attempt) return 0; /* replayed or finished: drop */
-  if (w->joins[s]) {
+  if (w->joins[s] && !(in->flags & QINS_MSG_GRAD)) { /* gradients go straight to backward() */
     int k = edge >= 0 && edge < w->pl->n_edges ? w->branch[edge] : -1;
     if (k < 0) return qins_error_set(QINS_EINTERNAL, "join stage '%s': message from no branch (edge %d)", w->pl->stages[s].name, edge);
     join_ctx c = {w, s};

@@ -461,7 +461,23 @@ static const char *action_text(qins_anomaly_action a) {
   }
 }
 
+double qins_optim_param_sq(const qins_optim *o, int index) {
+  return index >= 0 && index < o->n ? param_sq(&o->p[index]) : 0.0;
+}
+
+static int step_impl(qins_optim *o, double loss, const double *global_sq, int global_bad, qins_step_report *report);
+
 int qins_optim_step(qins_optim *o, double loss, qins_step_report *report) {
+  return step_impl(o, loss, NULL, 0, report);
+}
+
+int qins_optim_step_global(qins_optim *o, double loss, double global_sq, int global_bad, qins_step_report *report) {
+  return step_impl(o, loss, &global_sq, global_bad, report);
+}
+
+/* global_sq != NULL: a pipeline part's step; the norm (clipping, spikes) comes from the whole
+ * model's sum of squares, and a non-finite gradient anywhere skips the step here too. */
+static int step_impl(qins_optim *o, double loss, const double *global_sq, int global_bad, qins_step_report *report) {
   qins_step_report local;
   qins_step_report *r = report ? report : &local;
   memset(r, 0, sizeof *r);
@@ -488,14 +504,21 @@ int qins_optim_step(qins_optim *o, double loss, qins_step_report *report) {
       largest = i;
     }
   }
+  if (global_sq) {
+    if (bad < 0 && (global_bad || !isfinite(*global_sq))) {
+      bad = -2; /* elsewhere in the model */
+      snprintf(r->tensor, sizeof r->tensor, "(another pipeline part)");
+    }
+    sq_total = *global_sq;
+  }
   r->grad_norm = sqrt(sq_total) * gmul;
   r->lr = qins_lr_schedule_at(&o->cfg.schedule, o->cfg.adamw.lr, s) * o->lr_factor;
   int apply = 1;
-  if (!isfinite(loss) || bad >= 0) {
+  if (!isfinite(loss) || bad != -1) {
     r->anomaly = !isfinite(loss) ? QINS_ANOMALY_LOSS_NONFINITE : QINS_ANOMALY_GRAD_NONFINITE;
     r->action = ac->action;
     apply = 0;
-    if (r->anomaly == QINS_ANOMALY_GRAD_NONFINITE) snprintf(r->tensor, sizeof r->tensor, "%s", o->p[bad].name);
+    if (r->anomaly == QINS_ANOMALY_GRAD_NONFINITE && bad >= 0) snprintf(r->tensor, sizeof r->tensor, "%s", o->p[bad].name);
     if (ac->action == QINS_ANOMALY_SCALE_LR) o->lr_factor *= ac->lr_factor;
     if (ac->action == QINS_ANOMALY_FALLBACK && bad >= 0) {
       o->p[bad].flagged = 1;
@@ -504,6 +527,9 @@ int qins_optim_step(qins_optim *o, double loss, qins_step_report *report) {
     if (r->anomaly == QINS_ANOMALY_LOSS_NONFINITE)
       snprintf(r->message, sizeof r->message, "step %lld: loss is %g; step %s", (long long)r->step, loss,
                action_text(ac->action));
+    else if (bad < 0)
+      snprintf(r->message, sizeof r->message, "step %lld: a gradient in another pipeline part holds NaN/Inf; step %s",
+               (long long)r->step, action_text(ac->action));
     else
       snprintf(r->message, sizeof r->message, "step %lld: gradient of %s holds %g (element %lld); step %s",
                (long long)r->step, o->p[bad].name, (double)o->p[bad].g[bad_elem], (long long)bad_elem,

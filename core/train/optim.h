@@ -111,6 +111,15 @@ int qins_optim_micro_done(qins_optim *o);
  * pass 0 when unknown). Returns 0 also when an anomaly skipped the step (see report); errors only
  * for bad arguments. report may be NULL. */
 int qins_optim_step(qins_optim *o, double loss, qins_step_report *report);
+/* Pipeline-parallel step (additive): this optimizer holds only one part's parameters. global_sq
+ * is the sum over EVERY parameter of the whole model, in the model's order, of the per-parameter
+ * sums of squares (qins_optim_param_sq): it replaces this optimizer's own for the norm, clipping
+ * and spike checks, so every part computes the same grad_norm and clip scale as one optimizer over
+ * all parameters would (bit for bit when summed in the same order). global_bad (or a non-finite
+ * global_sq): a gradient elsewhere holds NaN/Inf and the step is skipped here as well. */
+int qins_optim_step_global(qins_optim *o, double loss, double global_sq, int global_bad, qins_step_report *report);
+/* Sum of squares of one parameter's current gradient, in double (as the step computes it). */
+double qins_optim_param_sq(const qins_optim *o, int param);
 /* Global L2 norm of the current gradients (x 1/accum_steps), in double. */
 double qins_optim_grad_norm(const qins_optim *o);
 /* 1 when the parameter was flagged for FP fallback by the anomaly policy. */

@@ -1057,3 +1057,88 @@ out:
   trainer_free(&t);
   return rc;
 }
+
+/* ------------------------------------------------------------------ setup for the train stages */
+
+#include "core/train/train_setup.h"
+
+struct qins_train_setup {
+  tcfg c;
+};
+
+int qins_train_setup_load(const char *config, const char *const *sets, int n_sets, qins_train_setup **out) {
+  *out = NULL;
+  qins_cfg *root = NULL;
+  int rc = qins_cfg_load_file(config, &root);
+  for (int i = 0; !rc && i < n_sets; i++) rc = qins_cfg_set(root, sets[i]);
+  qins_train_setup *s = rc ? NULL : calloc(1, sizeof *s);
+  if (!rc && !s) rc = qins_error_set(QINS_ENOMEM, "no memory");
+  if (!rc) rc = parse_cfg(root, &s->c);
+  qins_cfg_free(root);
+  if (rc) {
+    free(s);
+    return qins_error_wrap(rc, "%s: ", config);
+  }
+  *out = s;
+  return 0;
+}
+
+void qins_train_setup_free(qins_train_setup *s) { free(s); }
+
+void qins_train_setup_get(const qins_train_setup *s, qins_train_setup_info *o) {
+  const tcfg *c = &s->c;
+  *o = (qins_train_setup_info){c->name,  c->out_dir, c->tokenizer,  c->text,       c->shard,    c->init,
+                               c->backend, c->seed, c->steps,      c->stop_after, c->checkpoint_every,
+                               c->batch, c->seq,    c->grad_accum, c->qins,       c->log_every, c->holdout,
+                               strcmp(c->init, "scratch") ? 0 : c->shape.layers, c->teacher[0] != 0};
+}
+
+int qins_train_setup_model(const qins_train_setup *s, const char *dir, char *path, size_t n) {
+  const tcfg *c = &s->c;
+  if (!strcmp(c->init, "scratch")) {
+    snprintf(path, n, "%s", dir);
+    return qins_train_init_llama(dir, &c->shape, c->seed);
+  }
+  qins_model *m = NULL;
+  int rc = qins_model_open(c->init, &m);
+  if (rc) return rc;
+  if (m->cfg.rope_mode != QINS_ROPE_HALF) {
+    snprintf(path, n, "%s", dir);
+    rc = qins_train_export_hf(m, dir);
+  } else {
+    snprintf(path, n, "%s", c->init);
+  }
+  qins_model_close(m);
+  return rc;
+}
+
+int qins_train_setup_optim(const qins_train_setup *s, qins_train_model *tm, const unsigned char *own, qins_optim **out) {
+  const tcfg *c = &s->c;
+  qins_optim_config oc = qins_optim_config_default();
+  oc.adamw = (qins_adamw_config){(float)c->lr, (float)c->beta1, (float)c->beta2, (float)c->eps, (float)c->wd};
+  oc.schedule = (qins_lr_schedule){c->warmup, c->steps, (float)c->min_lr_ratio};
+  oc.clip_norm = (float)c->clip;
+  oc.accum_steps = c->batch * c->grad_accum;
+  int rc = qins_optim_create(&oc, out);
+  if (rc) return rc;
+  for (int i = 0; i < qins_train_model_count(tm); i++) {
+    if (own && !own[i]) continue;
+    const qins_train_param *p = qins_train_model_param(tm, i);
+    qins_param_opts po = qins_param_opts_default();
+    po.no_decay = p->is_vector;
+    if (name_is_qins(c, p->name, p->ndim)) {
+      po.qins = 1;
+      po.storage = c->storage;
+      po.rows = p->shape[0];
+      po.lr_scale = (float)c->qins_lr_scale;
+    }
+    if ((rc = qins_optim_add(*out, p->name, p->w, p->g, p->n, &po)) < 0) {
+      qins_optim_destroy(*out);
+      *out = NULL;
+      return rc;
+    }
+  }
+  return 0;
+}
+
+int qins_train_setup_ckpt_due(const qins_train_setup *s, int64_t step) { return ckpt_due(&s->c, step); }

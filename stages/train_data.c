@@ -1,0 +1,244 @@
+/* Stage type `train_data`: the entry of a train pipeline. Serves each optimizer step's rows as
+ * micro-batches (the batches of core/train/data.c from the run's seed), receives the step's
+ * reduction (per-parameter sums of squares, loss) back over the reverse edge, and sends the STEP
+ * that every part applies before the next step's micro-batches follow it. Also the data part of
+ * checkpoints (data.json: step, data position, seed) and of resume. */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/error.h"
+#include "core/train/data.h"
+#include "stages/train_flow.h"
+
+static const qins_opt_spec opts[] = {
+    {"config", QINS_OPT_STRING, NULL, 1, 0, "the `qins train` config (YAML) of the run"},
+    {"steps", QINS_OPT_INT, "0", 0, 1e12, "optimizer steps (0: the config's run.steps)"},
+    {"out_dir", QINS_OPT_STRING, "", 1, 0, "logs and checkpoints ('': the config's run.out_dir)"},
+    {"stop_after", QINS_OPT_INT, "0", 0, 1e12, "stop (with a checkpoint) after this step (0: run to the end)"},
+    {"resume", QINS_OPT_STRING, "", 1, 0, "checkpoint folder to continue from ('': start fresh)"},
+    {"set", QINS_OPT_STRING, "", 1, 0, "more config overrides, 'key.path=value;key.path=value'"},
+    {NULL, 0, NULL, 0, 0, NULL},
+};
+
+typedef struct tdata {
+  tf_settings s;
+  qins_shard *shard;
+  qins_data_split train, held;
+  int B, T, M;        /* rows per batch, tokens per row, micro-batches (rows) per step */
+  int64_t step;       /* steps done */
+  int64_t data_pos;   /* batches served */
+  int32_t *rows;      /* the current step's M rows of T+1 ids */
+  int cursor;         /* next row to send; M: all sent */
+  int step_sent;      /* the STEP went out; the next step's rows follow */
+  int done, started;
+  double t0;
+  int64_t tokens;
+} tdata;
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int ports(const qins_cfg *options, const qins_pipeline *pl, char *in, char *out) {
+  (void)options;
+  (void)in;
+  (void)out;
+  return tf_validate(pl); /* the whole train layout, before anything starts */
+}
+
+static int read_data_json(tdata *d, const char *dir) {
+  char path[1100];
+  snprintf(path, sizeof path, "%s/data.json", dir);
+  json_error_t je;
+  json_t *j = json_load_file(path, 0, &je);
+  if (!j) return qins_error_set(QINS_EINPUT, "%s: %s", path, je.text);
+  json_t *st = json_object_get(j, "step"), *pos = json_object_get(j, "data_position"), *seed = json_object_get(j, "seed");
+  int rc = 0;
+  if (!json_is_integer(st) || !json_is_integer(pos) || !json_is_integer(seed))
+    rc = qins_error_set(QINS_EINPUT, "%s: expected integer step, data_position and seed", path);
+  else if ((uint64_t)json_integer_value(seed) != d->s.info.seed)
+    rc = qins_error_set(QINS_EINPUT, "%s: checkpoint seed %lld differs from run.seed %llu", path,
+                        (long long)json_integer_value(seed), (unsigned long long)d->s.info.seed);
+  else {
+    d->step = json_integer_value(st);
+    d->data_pos = json_integer_value(pos);
+  }
+  json_decref(j);
+  return rc;
+}
+
+static int init_impl(qins_stage *st, const qins_stage_ctx *ctx) {
+  tdata *d = calloc(1, sizeof *d);
+  if (!d) return qins_error_set(QINS_ENOMEM, "out of memory");
+  st->priv = d;
+  int rc = tf_settings_load(ctx->pipeline, &d->s);
+  if (rc) return rc;
+  const qins_train_setup_info *I = &d->s.info;
+  d->B = I->batch;
+  d->T = I->seq;
+  d->M = I->batch * I->grad_accum;
+  if (d->M + 2 > ctx->pipeline->slots)
+    return qins_error_set(QINS_EINPUT,
+                          "stage '%s': batch x grad_accum = %d micro-batches per step needs channels.slots >= %d (have %d)",
+                          ctx->stage_name, d->M, d->M + 2, ctx->pipeline->slots);
+  if ((rc = tf_mkdirs(I->out_dir))) return rc;
+  int rebuilt = 0;
+  char sdir[600];
+  snprintf(sdir, sizeof sdir, "%s", I->shard);
+  char *slash = strrchr(sdir, '/');
+  if (slash && slash != sdir) {
+    *slash = 0;
+    if ((rc = tf_mkdirs(sdir))) return rc;
+  }
+  if (I->text[0] && (rc = qins_shard_build(I->text, I->tokenizer, I->shard, &rebuilt))) return rc;
+  if ((rc = qins_shard_open(I->shard, I->tokenizer, &d->shard))) return rc;
+  if ((rc = qins_data_split_make(d->shard, I->holdout, I->seq, &d->train, &d->held))) return rc;
+  d->rows = malloc((size_t)d->M * (size_t)(d->T + 1) * sizeof *d->rows);
+  if (!d->rows) return qins_error_set(QINS_ENOMEM, "out of memory");
+  if (d->s.resume[0] && (rc = read_data_json(d, d->s.resume))) return rc;
+  d->cursor = d->M;
+  return 0;
+}
+
+static void fini(qins_stage *st) {
+  tdata *d = st->priv;
+  if (!d) return;
+  qins_shard_close(d->shard);
+  free(d->rows);
+  tf_settings_free(&d->s);
+  free(d);
+}
+
+/* A failed init leaves nothing behind (the worker calls fini only for stages that started). */
+static int init(qins_stage *st, const qins_stage_ctx *ctx) {
+  int rc = init_impl(st, ctx);
+  if (rc) {
+    fini(st);
+    st->priv = NULL;
+  }
+  return rc;
+}
+
+/* The rows of step d->step, exactly as `qins train` draws them (grad_accum batches of B rows). */
+static int load_step(tdata *d) {
+  for (int a = 0; a < d->s.info.grad_accum; a++) {
+    int rc = qins_data_batch(&d->train, d->s.info.seed, d->data_pos++, d->B, d->T,
+                             d->rows + (size_t)a * d->B * (size_t)(d->T + 1));
+    if (rc) return rc;
+  }
+  d->cursor = 0;
+  return 0;
+}
+
+/* Next micro-batch of the current step (forward). */
+static int emit_mb(qins_stage *st, tdata *d, const qins_msg *in, qins_msg *out) {
+  tf_hdr h = {.kind = TF_MB, .step = d->step, .mb = d->cursor, .n_mb = d->M, .n_ids = d->T + 1};
+  int32_t *ids;
+  int rc = tf_frame_out(out, in, &h, &ids, NULL, NULL);
+  if (rc) return rc;
+  out->flags &= ~(uint32_t)(QINS_MSG_GRAD | QINS_MSG_END);
+  memcpy(ids, d->rows + (size_t)d->cursor * (d->T + 1), (size_t)(d->T + 1) * sizeof *ids);
+  d->cursor++;
+  (void)st;
+  return d->cursor < d->M ? QINS_STAGE_MORE : 1;
+}
+
+static int last_step(const tdata *d, int64_t done) {
+  return done >= d->s.info.steps || (d->s.info.stop_after > 0 && done >= d->s.info.stop_after);
+}
+
+/* The run's request: start step d->step (0, or the resumed one). */
+static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
+  tdata *d = st->priv;
+  if (d->cursor == d->M && d->started)
+    return qins_error_set(QINS_EINPUT, "stage '%s': a train pipeline runs one request (inputs: {prompts: [train]}); "
+                          "request %llu is another", st->ctx.stage_name, (unsigned long long)in->req);
+  if (d->cursor == d->M) {
+    d->started = 1;
+    if (d->done || last_step(d, d->step))
+      return qins_error_set(QINS_EINPUT, "stage '%s': nothing to train: %lld of %lld steps done", st->ctx.stage_name,
+                            (long long)d->step, (long long)d->s.info.steps);
+    d->t0 = now_s();
+    int rc = load_step(d);
+    if (rc) return rc;
+  }
+  return emit_mb(st, d, in, out);
+}
+
+/* A step's REDUCE (from the first part): reduce, send STEP, then the next step's micro-batches. */
+static int bwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
+  tdata *d = st->priv;
+  if (d->step_sent) { /* called again after the STEP: the next step's rows */
+    int r = emit_mb(st, d, in, out);
+    if (r == 1) d->step_sent = 0;
+    return r;
+  }
+  tf_frame f;
+  int rc = tf_frame_parse(in, st->ctx.stage_name, &f);
+  if (rc) return rc;
+  if (f.h.kind != TF_REDUCE || f.h.step != d->step || f.h.n_f64 < 2)
+    return qins_error_set(QINS_EINPUT, "stage '%s': expected the REDUCE of step %lld, got kind %u of step %lld",
+                          st->ctx.stage_name, (long long)d->step, f.h.kind, (long long)f.h.step);
+  int64_t P = f.h.n_f64 - 2;
+  double sq = 0; /* in parameter order, as one optimizer over the whole model sums */
+  for (int64_t i = 0; i < P; i++) sq += f.f64[i];
+  double loss = f.f64[P] / (double)d->M, bad = f.f64[P + 1];
+  int64_t done = d->step + 1;
+  d->tokens += (int64_t)d->M * d->T;
+  int ckpt = qins_train_setup_ckpt_due(d->s.setup, done), last = last_step(d, done);
+  if (ckpt) {
+    char dir[700], path[800];
+    snprintf(dir, sizeof dir, "%s/ckpt-%06lld", d->s.info.out_dir, (long long)done);
+    if ((rc = tf_mkdirs(dir))) return rc;
+    snprintf(path, sizeof path, "%s/data.json", dir);
+    json_t *j = json_pack("{s:I,s:I,s:I}", "step", (json_int_t)done, "data_position", (json_int_t)d->data_pos, "seed",
+                          (json_int_t)d->s.info.seed);
+    rc = json_dump_file(j, path, JSON_INDENT(2)) ? qins_error_set(QINS_EIO, "%s: write failed", path) : 0;
+    json_decref(j);
+    if (rc) return rc;
+  }
+  tf_hdr h = {.kind = TF_STEP, .step = d->step, .n_mb = d->M, .n_f64 = TF_S_COUNT,
+              .flags = (ckpt ? TF_CKPT : 0) | (last ? TF_LAST : 0)};
+  double *v;
+  if ((rc = tf_frame_out(out, in, &h, NULL, &v, NULL))) return rc;
+  memset(v, 0, TF_S_COUNT * sizeof *v);
+  v[TF_S_SQ] = sq;
+  v[TF_S_LOSS] = loss;
+  v[TF_S_BAD] = bad;
+  v[TF_S_ELAPSED] = now_s() - d->t0;
+  v[TF_S_TOKENS] = (double)d->tokens;
+  out->flags &= ~(uint32_t)QINS_MSG_GRAD; /* turns forward */
+  if (last) {
+    out->flags |= QINS_MSG_END;
+    d->done = 1;
+    d->step = done;
+    return 1;
+  }
+  d->step = done;
+  d->step_sent = 1;
+  if ((rc = load_step(d))) return rc;
+  return QINS_STAGE_MORE;
+}
+
+static const char *const metrics[] = {NULL};
+
+const qins_stage_type qins_stage_train_data = {
+    .name = "train_data",
+    .summary = "train pipeline entry: micro-batches of each step, the step's reduction and STEP control",
+    .options = opts,
+    .in_port = "u8[N]",
+    .out_port = "u8[F]",
+    .ports = ports,
+    .metrics = metrics,
+    .init = init,
+    .forward = fwd,
+    .backward = bwd,
+    .fini = fini,
+};

@@ -1,0 +1,129 @@
+/* Stage type `train_log`: the final stage of a train pipeline. Each STEP that has passed every
+ * part becomes a line of train_log.jsonl (the format `qins train` writes) and the qins_train_*
+ * metrics the dashboard shows; the last one becomes the run's record. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/metrics.h"
+#include "stages/train_flow.h"
+
+static const qins_opt_spec opts[] = {
+    {"progress", QINS_OPT_BOOL, "true", 1, 0, "print a progress line every run.log_every steps on stderr"},
+    {NULL, 0, NULL, 0, 0, NULL},
+};
+
+typedef struct tlog {
+  tf_settings s;
+  tf_part_spec *specs;
+  int n_specs;
+  FILE *log;
+  char path[700];
+  int progress;
+  qins_metric *m_loss, *m_lr, *m_norm, *m_tps, *m_tokens, *m_step, *m_total;
+  double tokens_seen;
+} tlog;
+
+static int init_impl(qins_stage *st, const qins_stage_ctx *ctx) {
+  tlog *t = calloc(1, sizeof *t);
+  if (!t) return qins_error_set(QINS_ENOMEM, "out of memory");
+  st->priv = t;
+  int rc = tf_settings_load(ctx->pipeline, &t->s);
+  if (rc || (rc = tf_mkdirs(t->s.info.out_dir)) || (rc = tf_part_specs(ctx->pipeline->root, &t->specs, &t->n_specs)))
+    return rc;
+  snprintf(t->path, sizeof t->path, "%s/train_log.jsonl", t->s.info.out_dir);
+  t->log = fopen(t->path, t->s.resume[0] ? "a" : "w");
+  if (!t->log) return qins_error_set(QINS_EIO, "%s: cannot open: %s", t->path, strerror(errno));
+  t->progress = qins_stage_opt_bool(st, "progress");
+  char labels[160];
+  snprintf(labels, sizeof labels, "run=\"%s\"", t->s.info.name);
+  t->m_loss = qins_metric_gauge("qins_train_loss", "training loss of the last step", labels);
+  t->m_lr = qins_metric_gauge("qins_train_lr", "learning rate of the last step", labels);
+  t->m_norm = qins_metric_gauge("qins_train_grad_norm", "global gradient norm of the last step", labels);
+  t->m_tps = qins_metric_gauge("qins_train_tokens_per_second", "training throughput", labels);
+  t->m_tokens = qins_metric_counter("qins_train_tokens_total", "training tokens processed", labels);
+  t->m_step = qins_metric_gauge("qins_train_step", "optimizer steps done", labels);
+  t->m_total = qins_metric_gauge("qins_train_total_steps", "optimizer steps of the run", labels);
+  qins_metric_set(t->m_total, (double)t->s.info.steps);
+  return 0;
+}
+
+static void fini(qins_stage *st) {
+  tlog *t = st->priv;
+  if (!t) return;
+  if (t->log) fclose(t->log);
+  free(t->specs);
+  tf_settings_free(&t->s);
+  free(t);
+}
+
+/* A failed init leaves nothing behind (the worker calls fini only for stages that started). */
+static int init(qins_stage *st, const qins_stage_ctx *ctx) {
+  int rc = init_impl(st, ctx);
+  if (rc) {
+    fini(st);
+    st->priv = NULL;
+  }
+  return rc;
+}
+
+static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
+  tlog *t = st->priv;
+  tf_frame f;
+  int rc = tf_frame_parse(in, st->ctx.stage_name, &f);
+  if (rc) return rc;
+  if (f.h.kind != TF_STEP || f.h.n_f64 != TF_S_COUNT)
+    return qins_error_set(QINS_EINPUT, "stage '%s': expected STEP frames (is it after the head part?), got kind %u",
+                          st->ctx.stage_name, f.h.kind);
+  const double *v = f.f64;
+  long long step = (long long)f.h.step + 1;
+  double el = v[TF_S_ELAPSED], tps = v[TF_S_TOKENS] / (el > 0 ? el : 1e-9);
+  fprintf(t->log, "{\"step\": %lld, \"loss\": %.17g, \"lr\": %.9g, \"grad_norm\": %.17g, \"tokens_per_s\": %.1f%s}\n",
+          step, v[TF_S_LOSS], v[TF_S_LR], v[TF_S_NORM], tps, v[TF_S_APPLIED] > 0 ? "" : ", \"skipped\": true");
+  fflush(t->log);
+  qins_metric_set(t->m_loss, v[TF_S_LOSS]);
+  qins_metric_set(t->m_lr, v[TF_S_LR]);
+  qins_metric_set(t->m_norm, v[TF_S_NORM]);
+  qins_metric_set(t->m_tps, tps);
+  qins_metric_add(t->m_tokens, v[TF_S_TOKENS] - t->tokens_seen);
+  t->tokens_seen = v[TF_S_TOKENS];
+  qins_metric_set(t->m_step, (double)step);
+  int last = (f.h.flags & TF_LAST) != 0;
+  if (f.h.flags & TF_CKPT) { /* every part has written its file: make the folder a model too */
+    char dir[700], dst[800];
+    snprintf(dir, sizeof dir, "%s/ckpt-%06lld", t->s.info.out_dir, step);
+    snprintf(dst, sizeof dst, "%s/tokenizer.bin", dir);
+    if ((rc = tf_merge_weights(dir, t->specs, t->n_specs)) || (rc = tf_copy_file(t->s.info.tokenizer, dst))) return rc;
+  }
+  if (t->progress && (step % t->s.info.log_every == 0 || last))
+    fprintf(stderr, "step %lld/%lld  loss %.4f  lr %.3g  gnorm %.3f  %.0f tok/s%s\n", step, (long long)t->s.info.steps,
+            v[TF_S_LOSS], v[TF_S_LR], v[TF_S_NORM], tps, (f.h.flags & TF_CKPT) ? "  (checkpoint)" : "");
+  if (!last) return 0;
+  char rec[1600], ck[800] = "";
+  if (f.h.flags & TF_CKPT) snprintf(ck, sizeof ck, "%s/ckpt-%06lld", t->s.info.out_dir, step);
+  int n = snprintf(rec, sizeof rec,
+                   "{\"steps\": %lld, \"loss\": %.17g, \"grad_norm\": %.17g, \"tokens_per_s\": %.1f, \"checkpoint\": "
+                   "\"%s\", \"log\": \"%s\"}",
+                   step, v[TF_S_LOSS], v[TF_S_NORM], tps, ck, t->path);
+  if (n < 0 || n >= (int)sizeof rec) return qins_error_set(QINS_EINTERNAL, "record too long");
+  rc = qins_msg_output_text(out, in, rec, (size_t)n);
+  return rc ? rc : 1;
+}
+
+static const char *const metrics[] = {"qins_train_loss",  "qins_train_lr",           "qins_train_grad_norm",
+                                      "qins_train_tokens_per_second", "qins_train_tokens_total", "qins_train_step",
+                                      "qins_train_total_steps", NULL};
+
+const qins_stage_type qins_stage_train_log = {
+    .name = "train_log",
+    .summary = "train pipeline end: train_log.jsonl, qins_train_* metrics, the run's record",
+    .options = opts,
+    .in_port = "u8[F]",
+    .out_port = "u8[N]",
+    .metrics = metrics,
+    .init = init,
+    .forward = fwd,
+    .fini = fini,
+};
