@@ -19,11 +19,18 @@ enum {
   TF_REDUCE = 3, /* after a step's last backward: f64 [P sums of squares, loss sum, non-finite count];
                     ids = indices of the shared parameters whose gradients follow in f32 */
   TF_STEP = 4,   /* the reduced step: f64 [TF_S_*]; ids = indices of updated shared weights in f32 */
+  TF_EVAL = 5,   /* head part -> train_log: held-out result of step `step` (steps done): f64 [loss sum, windows] */
+  TF_RELOAD = 6, /* data -> parts -> log, first frame of a replayed run (automatic restart): ids = the
+                    checkpoint folder's path, one char per id ('' = the start model), step = its step */
 };
 /* STEP f64 slots */
 enum { TF_S_SQ, TF_S_LOSS, TF_S_BAD, TF_S_LR, TF_S_NORM, TF_S_APPLIED, TF_S_ELAPSED, TF_S_TOKENS, TF_S_COUNT };
 /* frame flags */
-enum { TF_CKPT = 1u, TF_LAST = 2u };
+enum {
+  TF_CKPT = 1u,
+  TF_LAST = 2u,
+  TF_HELD = 4u, /* on a STEP: held-out micro-batches follow (and on those MB frames: no backward) */
+};
 
 #define TF_MAGIC 0x31465451u /* "QTF1" */
 

@@ -38,6 +38,7 @@ typedef struct tpart {
   int n_bwd;                            /* backwards done in this step */
   double loss_sum;
   int pending_reduce;                   /* head part: the REDUCE follows the last GRAD */
+  double held_sum;                      /* head part: held-out losses of this evaluation, in window order */
   char model_dir[1024];                 /* the start model's folder (its config.json goes into checkpoints) */
 } tpart;
 
@@ -55,11 +56,14 @@ static int ports(const qins_cfg *options, const qins_pipeline *pl, char *in, cha
   return 0; /* the layout is checked by train_data's ports() */
 }
 
-static int init_impl(qins_stage *st, const qins_stage_ctx *ctx) {
+/* reload: NULL = the pipeline's resume option; else the checkpoint folder to start from ('' = the
+ * start model), as a replayed run's RELOAD names it. */
+static int init_impl(qins_stage *st, const qins_stage_ctx *ctx, const char *reload) {
   tpart *t = calloc(1, sizeof *t);
   if (!t) return qins_error_set(QINS_ENOMEM, "out of memory");
   st->priv = t;
   int rc = tf_settings_load(ctx->pipeline, &t->s);
+  if (!rc && reload) snprintf(t->s.resume, sizeof t->s.resume, "%s", reload);
   if (rc || (rc = tf_part_specs(ctx->pipeline->root, &t->specs, &t->n_specs))) return rc;
   t->me = -1;
   for (int i = 0; i < t->n_specs; i++)
@@ -169,7 +173,7 @@ static void fini(qins_stage *st) {
 
 /* A failed init leaves nothing behind (the worker calls fini only for stages that started). */
 static int init(qins_stage *st, const qins_stage_ctx *ctx) {
-  int rc = init_impl(st, ctx);
+  int rc = init_impl(st, ctx, NULL);
   if (rc) {
     fini(st);
     st->priv = NULL;
@@ -235,7 +239,12 @@ static int check_frame(qins_stage *st, tpart *t, const tf_frame *f, int want_dim
   if (f->h.step != t->step)
     return qins_error_set(QINS_EINPUT, "stage '%s': frame of step %lld while at step %lld", st->ctx.stage_name,
                           (long long)f->h.step, (long long)t->step);
-  if (f->h.kind == TF_MB || f->h.kind == TF_GRAD) {
+  if (f->h.kind == TF_MB && (f->h.flags & TF_HELD)) { /* held-out window mb of n_mb */
+    if (f->h.mb < 0 || f->h.mb >= f->h.n_mb || f->h.n_ids != t->N ||
+        (want_dim && (f->h.dim != t->D || f->h.n_f32 != (int64_t)t->N * t->D)))
+      return qins_error_set(QINS_EINPUT, "stage '%s': held-out frame %d of %d with %d ids, width %d (want %d ids of width %d)",
+                            st->ctx.stage_name, f->h.mb, f->h.n_mb, f->h.n_ids, f->h.dim, t->N, t->D);
+  } else if (f->h.kind == TF_MB || f->h.kind == TF_GRAD) {
     if (f->h.mb < 0 || f->h.mb >= t->M || (f->h.kind == TF_MB && f->h.n_ids != t->N) ||
         (want_dim && (f->h.dim != t->D || f->h.n_f32 != (int64_t)t->N * t->D)))
       return qins_error_set(QINS_EINPUT, "stage '%s': micro-batch frame %d of %d with %d ids, width %d (want %d ids of width %d)",
@@ -303,8 +312,74 @@ static int do_step(qins_stage *st, tpart *t, const qins_msg *in, const tf_frame 
   return 1;
 }
 
+/* A held-out window: forward only, in activation slot 0 (free: the step's micro-batches have all
+ * gone back before the STEP, the next step's come after the windows). The head part sums the
+ * losses in window order, as `qins train` does, and sends the sum after the last window. */
+static int held_forward(qins_stage *st, tpart *t, const qins_msg *in, const tf_frame *f, const float *x_in, qins_msg *out) {
+  const tf_part_spec *sp = &t->specs[t->me];
+  int rc;
+  if (!sp->head) {
+    tf_hdr h = {.kind = TF_MB, .step = t->step, .mb = f->h.mb, .n_mb = f->h.n_mb, .n_ids = t->N, .dim = t->D,
+                .n_f32 = (int64_t)t->N * t->D, .flags = TF_HELD};
+    int32_t *ids;
+    float *x;
+    if ((rc = tf_frame_out(out, in, &h, &ids, NULL, &x))) return rc;
+    memcpy(ids, f->ids, (size_t)t->N * sizeof *ids);
+    rc = qins_train_part_forward(t->part, 0, f->ids, t->N, x_in, x, NULL);
+    qins_train_part_discard(t->part, 0);
+    if (rc)
+      return qins_error_wrap(rc, "stage '%s', held-out window %d after step %lld: ", st->ctx.stage_name, f->h.mb,
+                             (long long)t->step);
+    return 1;
+  }
+  double l = 0;
+  rc = qins_train_part_forward(t->part, 0, f->ids, t->N, x_in, NULL, &l);
+  qins_train_part_discard(t->part, 0);
+  if (rc)
+    return qins_error_wrap(rc, "stage '%s', held-out window %d after step %lld: ", st->ctx.stage_name, f->h.mb,
+                           (long long)t->step);
+  if (f->h.mb == 0) t->held_sum = 0;
+  t->held_sum += l;
+  if (f->h.mb + 1 < f->h.n_mb) return 0;
+  tf_hdr h = {.kind = TF_EVAL, .step = t->step, .n_mb = f->h.n_mb, .n_f64 = 2};
+  double *v;
+  if ((rc = tf_frame_out(out, in, &h, NULL, &v, NULL))) return rc;
+  v[0] = t->held_sum;
+  v[1] = (double)f->h.n_mb;
+  return 1;
+}
+
+/* A replayed run's first frame: start over from the checkpoint it names (weights, optimizer
+ * state, step), dropping whatever the interrupted attempt left (activations, gradients, a
+ * half-summed loss), then pass it on. */
+static int reload(qins_stage *st, const qins_msg *in, const tf_frame *f, qins_msg *out) {
+  char dir[1200];
+  if (f->h.n_ids < 0 || f->h.n_ids >= (int)sizeof dir)
+    return qins_error_set(QINS_EINPUT, "stage '%s': malformed RELOAD frame", st->ctx.stage_name);
+  for (int i = 0; i < f->h.n_ids; i++) dir[i] = (char)f->ids[i];
+  dir[f->h.n_ids] = 0;
+  fini(st);
+  st->priv = NULL;
+  int rc = init_impl(st, &st->ctx, dir);
+  if (rc) {
+    fini(st);
+    st->priv = NULL;
+    return qins_error_wrap(rc, "stage '%s': restart from %s: ", st->ctx.stage_name, dir[0] ? dir : "the start model");
+  }
+  tpart *t = st->priv;
+  if (t->step != f->h.step)
+    return qins_error_set(QINS_EINPUT, "stage '%s': restart: %s holds step %lld, the data stage rewound to %lld",
+                          st->ctx.stage_name, dir, (long long)t->step, (long long)f->h.step);
+  tf_hdr h = f->h;
+  int32_t *ids;
+  if ((rc = tf_frame_out(out, in, &h, &ids, NULL, NULL))) return rc;
+  if (h.n_ids) memcpy(ids, f->ids, (size_t)h.n_ids * sizeof *ids);
+  return 1;
+}
+
 static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   tpart *t = st->priv;
+  if (!t) return qins_error_set(QINS_EINPUT, "stage '%s': failed to restart", st->ctx.stage_name);
   const tf_part_spec *sp = &t->specs[t->me];
   if (t->pending_reduce) { /* called again after the last GRAD */
     t->pending_reduce = 0;
@@ -312,10 +387,13 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   }
   tf_frame f;
   int rc = tf_frame_parse(in, st->ctx.stage_name, &f);
-  if (rc || (rc = check_frame(st, t, &f, f.h.kind == TF_MB && !sp->embed))) return rc;
+  if (rc) return rc;
+  if (f.h.kind == TF_RELOAD) return reload(st, in, &f, out);
+  if ((rc = check_frame(st, t, &f, f.h.kind == TF_MB && !sp->embed))) return rc;
   if (f.h.kind == TF_STEP) return do_step(st, t, in, &f, out);
   if (f.h.kind != TF_MB) return qins_error_set(QINS_EINPUT, "stage '%s': unexpected frame kind %u going forward", st->ctx.stage_name, f.h.kind);
   const float *x_in = sp->embed ? NULL : f.f32;
+  if (f.h.flags & TF_HELD) return held_forward(st, t, in, &f, x_in, out);
   if (!sp->head) {
     tf_hdr h = {.kind = TF_MB, .step = t->step, .mb = f.h.mb, .n_mb = t->M, .n_ids = t->N, .dim = t->D,
                 .n_f32 = (int64_t)t->N * t->D};
@@ -353,6 +431,7 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
 
 static int bwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   tpart *t = st->priv;
+  if (!t) return qins_error_set(QINS_EINPUT, "stage '%s': failed to restart", st->ctx.stage_name);
   const tf_part_spec *sp = &t->specs[t->me];
   tf_frame f;
   int rc = tf_frame_parse(in, st->ctx.stage_name, &f);

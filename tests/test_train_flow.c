@@ -62,7 +62,7 @@ static int setup_all(void **state) {
   f = fopen(g_cfg, "w");
   fprintf(f,
           "run: {name: flowtest, out_dir: %s/unused, seed: %llu, steps: 6, batch: 3, seq: 24, log_every: 100,\n"
-          "      eval_every: 0, eval_windows: 2, checkpoint_at: [0.5, 1.0]}\n"
+          "      eval_every: 2, eval_windows: 2, checkpoint_at: [0.5, 1.0]}\n"
           "data: {text: %s, tokenizer: %s, shard: %s/corpus.shard, holdout: 0.1}\n"
           "model: {init: scratch, dim: 32, layers: 3, heads: 4, kv_heads: 2, ffn: 48, vocab: 512, seq: 48,\n"
           "        tied: false, init_std: 0.05}\n"
@@ -156,6 +156,7 @@ static int run_flow(int split, const char *out, const char **extra, int n_extra,
     json_t *j = json_loads(line, 0, NULL);
     assert_non_null(j);
     assert_true(json_integer_value(json_object_get(j, "steps")) > 0);
+    assert_non_null(json_object_get(j, "eval_loss")); /* held-out evaluation during the run */
     json_decref(j);
   }
   fclose(rec);
@@ -197,6 +198,47 @@ static int read_log(const char *out, double *loss, double *norm, int max) {
   }
   fclose(f);
   return n;
+}
+
+/* Held-out losses of a train_log.jsonl by step (the eval lines); returns how many steps have one. */
+static int read_evals(const char *out, double *ev, int max) {
+  char p[600];
+  snprintf(p, sizeof p, "%s/%s/train_log.jsonl", g_dir, out);
+  FILE *f = fopen(p, "r");
+  if (!f) fail_msg("%s: missing", p);
+  char line[1024];
+  int n = 0;
+  for (int i = 0; i < max; i++) ev[i] = NAN;
+  while (fgets(line, sizeof line, f)) {
+    json_t *j = json_loads(line, 0, NULL);
+    assert_non_null(j);
+    json_t *l = json_object_get(j, "eval_loss");
+    int s = (int)json_integer_value(json_object_get(j, "step"));
+    if (l && s >= 1 && s <= max) {
+      if (isnan(ev[s - 1])) n++;
+      ev[s - 1] = json_number_value(l);
+      assert_true(fabs(json_number_value(json_object_get(j, "eval_ppl")) - exp(ev[s - 1])) <= 1e-6 * exp(ev[s - 1]));
+    }
+    json_decref(j);
+  }
+  fclose(f);
+  return n;
+}
+
+/* The held-out evaluations of two runs: at the same steps (run.eval_every and the last step),
+ * equal within tol (0 = bit for bit). */
+static void compare_evals(const char *a, const char *b, double tol, int want) {
+  double ea[64], eb[64];
+  int n = read_evals(a, ea, 64), m = read_evals(b, eb, 64);
+  assert_int_equal(n, want);
+  assert_int_equal(m, want);
+  for (int i = 0; i < 64; i++) {
+    if (isnan(ea[i]) != isnan(eb[i])) fail_msg("step %d: held-out loss in only one of %s, %s", i + 1, a, b);
+    if (isnan(ea[i])) continue;
+    double d = fabs(ea[i] - eb[i]) / fabs(eb[i]);
+    printf("  step %d: held-out loss %s %.17g, %s %.17g (rel diff %.2g)\n", i + 1, a, ea[i], b, eb[i], d);
+    if (!(d <= tol)) fail_msg("step %d: held-out losses of %s and %s differ: %.17g vs %.17g", i + 1, a, b, ea[i], eb[i]);
+  }
 }
 
 /* Steps from..steps of two logs: equal within tol (relative; 0 = bit for bit). */
@@ -308,6 +350,9 @@ static void test_split_equals_one_worker_and_inprocess(void **state) {
   assert_int_equal(run_flow(1, "split", NULL, 0, NULL), 0);
   compare_logs("split", "one", 0);
   compare_logs("split", "ip", 0);
+  /* held-out evaluation during the run (eval_every 2: steps 2, 4, 6), as `qins train` does it */
+  compare_evals("split", "ip", 0, 3);
+  compare_evals("one", "ip", 0, 3);
   compare_weights("split/ckpt-000006", "one/ckpt-000006", 0, 0);
   compare_weights("split/ckpt-000006", "ip/ckpt-000006", 1, 0);
   /* the middle of the run too (the checkpoint at half) */
@@ -321,6 +366,8 @@ static void test_split_equals_one_worker_and_inprocess(void **state) {
   compare_logs("split_tied", "one_tied", 0);
   compare_weights("split_tied/ckpt-000006", "one_tied/ckpt-000006", 0, 0);
   compare_logs("split_tied", "ip_tied", 1e-5);
+  compare_evals("split_tied", "one_tied", 0, 3);
+  compare_evals("split_tied", "ip_tied", 1e-5, 3);
   compare_weights("split_tied/ckpt-000006", "ip_tied/ckpt-000006", 1, 1e-4);
 }
 
@@ -331,6 +378,7 @@ static void test_split_qins_adamw(void **state) {
   assert_int_equal(run_flow(0, "q_one", q, 1, NULL), 0);
   assert_int_equal(run_flow(1, "q_split", q, 1, NULL), 0);
   compare_logs("q_split", "q_one", 0);
+  compare_evals("q_split", "q_one", 0, 3);
   compare_weights("q_split/ckpt-000006", "q_one/ckpt-000006", 0, 0);
 }
 

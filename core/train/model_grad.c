@@ -599,6 +599,11 @@ static void slot_release(qins_train_part *p, slot *s) {
   s->a = a; /* keeps the grown table */
 }
 
+void qins_train_part_discard(qins_train_part *p, int mb) {
+  if (!p || mb < 0 || mb >= p->max_mb || !p->slots[mb].busy) return;
+  slot_release(p, &p->slots[mb]);
+}
+
 void qins_train_part_destroy(qins_train_part *p) {
   if (!p) return;
   for (int i = 0; p->slots && i < p->max_mb; i++) {

@@ -92,6 +92,9 @@ int qins_train_part_forward(qins_train_part *p, int mb, const int32_t *ids, int 
 /* dx_out: gradient at this part's output [n,dim] (NULL iff with_head); dx_in gets the gradient at its input
  * (NULL iff with_embed). Parameter gradients are ADDED into the params' g. Frees slot mb (also on error). */
 int qins_train_part_backward(qins_train_part *p, int mb, const float *dx_out, float *dx_in);
+/* Drop slot mb's forward without a backward (an evaluation-only forward: no gradient is added).
+ * A free slot or a bad mb: no-op. */
+void qins_train_part_discard(qins_train_part *p, int mb);
 /* 1 if parameter i is read by this part (a tied embedding/lm_head is read by both end parts). */
 int qins_train_part_uses(const qins_train_part *p, int param_index);
 

@@ -21,6 +21,8 @@ typedef struct qins_train_setup_info {
   double holdout;
   int scratch_layers; /* model.layers when model.init is scratch, else 0 */
   int distill;        /* a distill: teacher is configured */
+  int eval_every, eval_windows; /* held-out evaluation: every N steps (0: only at the end), windows */
+  int checkpoint_initial;       /* a checkpoint before step 1 (ckpt-000000) */
 } qins_train_setup_info;
 
 /* Parse a `qins train` config with "key.path=value" overrides (errors name file:line). */

@@ -1090,7 +1090,8 @@ void qins_train_setup_get(const qins_train_setup *s, qins_train_setup_info *o) {
   *o = (qins_train_setup_info){c->name,  c->out_dir, c->tokenizer,  c->text,       c->shard,    c->init,
                                c->backend, c->seed, c->steps,      c->stop_after, c->checkpoint_every,
                                c->batch, c->seq,    c->grad_accum, c->qins,       c->log_every, c->holdout,
-                               strcmp(c->init, "scratch") ? 0 : c->shape.layers, c->teacher[0] != 0};
+                               strcmp(c->init, "scratch") ? 0 : c->shape.layers, c->teacher[0] != 0,
+                               c->eval_every, c->eval_windows, c->checkpoint_initial};
 }
 
 int qins_train_setup_model(const qins_train_setup *s, const char *dir, char *path, size_t n) {
