@@ -250,16 +250,9 @@ int tf_validate(const qins_pipeline *pl) {
                         qins_cfg_where(ps[0].node, w, sizeof w), n_embed, n_head);
     goto out;
   }
-  /* the run is one request that cannot be replayed (a step may be half applied), and its
-   * parameters live in one place: no automatic restart, no replicas of train workers */
+  /* the parameters live in one place: no replicas of train workers. (`restart: restart` is
+   * allowed: a replay rewinds every part to the run's last checkpoint, see train_data.c) */
   {
-    const qins_cfg *rs = qins_cfg_get(pl->root, "restart");
-    const qins_cfg *pol = rs && rs->type == QINS_CFG_MAP ? qins_cfg_get(rs, "policy") : rs;
-    if (pol && pol->type == QINS_CFG_SCALAR && !strcmp(pol->value, "restart")) {
-      rc = qins_error_set(QINS_EINPUT, "%s: restart: a train pipeline cannot replay a step; use 'stop' and resume from "
-                          "a checkpoint (stages.<train_data>.options.resume)", qins_cfg_where(pol, w, sizeof w));
-      goto out;
-    }
     const qins_cfg *ws = qins_cfg_get(pl->root, "workers");
     for (int i = 0; ws && ws->type == QINS_CFG_SEQ && i < ws->n; i++) {
       const qins_cfg *r = qins_cfg_get(ws->items[i], "replicas");

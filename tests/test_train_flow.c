@@ -108,9 +108,10 @@ static const char *pipeline_text(int split) {
 typedef struct killer {
   char ckpt[600];
   int killed;
+  const char *victim; /* NULL: "back" */
 } killer;
 
-/* Kill worker `back` as soon as the step-3 checkpoint is complete (every file renamed in place). */
+/* Kill the victim worker (`back`) as soon as the step-3 checkpoint is complete (every file renamed in place). */
 static void kill_after_ckpt(qins_run *run, int final, void *user) {
   killer *k = user;
   if (final || k->killed) return;
@@ -122,7 +123,7 @@ static void kill_after_ckpt(qins_run *run, int final, void *user) {
     if (stat(p, &sb) != 0) return;
   }
   for (int i = 0; i < qins_run_instance_count(run); i++)
-    if (!strcmp(qins_run_instance_name(run, i), "back") && qins_run_instance_pid(run, i) > 0) {
+    if (!strcmp(qins_run_instance_name(run, i), k->victim ? k->victim : "back") && qins_run_instance_pid(run, i) > 0) {
       kill(qins_run_instance_pid(run, i), SIGKILL);
       k->killed = 1;
     }
@@ -445,6 +446,12 @@ static void test_split_vk(void **state) {
   compare_weights("vk_split/ckpt-000006", "split/ckpt-000006", 0, 1e-3);
 }
 
+static void compare_weights_ckpt30(const char *out) {
+  char ck[64];
+  snprintf(ck, sizeof ck, "%s/ckpt-000030", out);
+  compare_weights(ck, "ref30/ckpt-000030", 0, 0);
+}
+
 /* (2) stopped after the step-3 checkpoint, or killed (SIGKILL to a worker) once it is on disk,
  * then resumed from it: the same losses and the same final weights and optimizer state. */
 static void test_resume_equals_uninterrupted(void **state) {
@@ -473,6 +480,31 @@ static void test_resume_equals_uninterrupted(void **state) {
   assert_int_equal(run_flow(1, "killed", resume30, 3, NULL), 0);
   compare_logs_from("killed", "ref30", 0, 4, 30); /* the steps the resumed run logged */
   compare_weights("killed/ckpt-000030", "ref30/ckpt-000030", 0, 0);
+
+  /* automatic restart (restart: restart): the killed worker is replaced, every part reloads the
+   * last checkpoint, the data stage rewinds to it; no manual step. Killed: `back` (the head part
+   * and the log), then `front` (the data stage and two parts). */
+  static const char *victims[2] = {"back", "front"};
+  for (int v = 0; v < 2; v++) {
+    char out[32];
+    snprintf(out, sizeof out, "auto_%s", victims[v]);
+    const char *autoset[3] = {longer[0], longer[1], "restart=restart"};
+    killer ka = {.victim = victims[v]};
+    snprintf(ka.ckpt, sizeof ka.ckpt, "%s/%s/ckpt-000003", g_dir, out);
+    assert_int_equal(run_flow(1, out, autoset, 3, &ka), 0);
+    printf("  %s: worker '%s' killed after the step-3 checkpoint, restarted automatically\n", out, victims[v]);
+    assert_true(ka.killed);
+    compare_logs_from(out, "ref30", 0, 1, 30);
+    compare_evals(out, "ref30", 0, 15);
+    compare_weights_ckpt30(out);
+    /* the log says where it restarted from */
+    char p[700];
+    snprintf(p, sizeof p, "%s/%s/train_log.jsonl", g_dir, out);
+    char *log = slurp(p, NULL);
+    assert_non_null(log);
+    assert_non_null(strstr(log, "\"restart\": \""));
+    free(log);
+  }
 }
 
 /* (3) bad train pipelines: refused at load with file:line:col, and `qins run --check` exits 2. */
@@ -535,7 +567,6 @@ static void test_bad_yaml(void **state) {
   expect_bad("options: {config: ", "options: {set: data.text=/nonexistent/corpus.txt, config: ", "bad.yaml:6:",
              "data.text '/nonexistent/corpus.txt' does not exist");
   expect_bad("options: {config: ", "options: {config: /nonexistent/train.yaml, x: ", "bad.yaml:6:", "unknown option 'x'");
-  expect_bad("restart: stop", "restart: restart", "bad.yaml:12:10", "cannot replay a step");
   expect_bad("  - {name: back, stages: [p2, log]}", "  - {name: back, replicas: 2, stages: [p2, log]}", "bad.yaml:4:",
              "cannot have replicas");
 }
