@@ -47,7 +47,7 @@ typedef struct tdata {
   uint32_t attempt;   /* of the request being served (a replay after a worker restart is > 0) */
   char run_id[40];    /* this run's id in OUT_DIR/flow-run.json and every data.json it writes */
   char reload[1200];   /* replay: the checkpoint every part reloads ('' = the start model) */
-  int reload_sent;
+  int reload_sent;    /* a RELOAD or the initial SAVE went out: the step's rows follow */
   tf_part_spec *specs;
   int n_specs;
   double t0;
@@ -342,7 +342,18 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
                             (long long)d->step, (long long)d->s.info.steps);
     d->t0 = now_s();
     int rc = new_run_id(d);
-    if (rc || (rc = load_step(d))) return rc;
+    if (rc) return rc;
+    if (d->s.info.checkpoint_initial && d->step == 0) { /* ckpt-000000: the start, as `qins train` saves it */
+      char dir[700];
+      snprintf(dir, sizeof dir, "%s/ckpt-%06d", d->s.info.out_dir, 0);
+      tf_hdr h = {.kind = TF_SAVE, .step = 0, .n_mb = d->M, .flags = TF_CKPT};
+      if ((rc = tf_mkdirs(dir)) || (rc = write_data_json(d, dir, 0)) || (rc = tf_frame_out(out, in, &h, NULL, NULL, NULL)))
+        return rc;
+      out->flags &= ~(uint32_t)(QINS_MSG_GRAD | QINS_MSG_END);
+      d->reload_sent = 1;
+      return QINS_STAGE_MORE;
+    }
+    if ((rc = load_step(d))) return rc;
   }
   return emit_mb(st, d, in, out);
 }

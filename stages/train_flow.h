@@ -22,6 +22,7 @@ enum {
   TF_EVAL = 5,   /* head part -> train_log: held-out result of step `step` (steps done): f64 [loss sum, windows] */
   TF_RELOAD = 6, /* data -> parts -> log, first frame of a replayed run (automatic restart): ids = the
                     checkpoint folder's path, one char per id ('' = the start model), step = its step */
+  TF_SAVE = 7,   /* data -> parts -> log: checkpoint ckpt-<step> now (run.checkpoint_initial: before step 1) */
 };
 /* STEP f64 slots */
 enum { TF_S_SQ, TF_S_LOSS, TF_S_BAD, TF_S_LR, TF_S_NORM, TF_S_APPLIED, TF_S_ELAPSED, TF_S_TOKENS, TF_S_COUNT };

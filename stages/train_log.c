@@ -143,6 +143,14 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
     if (!t->log) return qins_error_set(QINS_EIO, "%s: cannot open: %s", t->path, strerror(errno));
   }
   if (f.h.kind == TF_RELOAD) return reloaded(st, t, &f);
+  if (f.h.kind == TF_SAVE) { /* checkpoint_initial: every part has written ckpt-000000; a model folder too */
+    char dir[700], dst[800];
+    snprintf(dir, sizeof dir, "%s/ckpt-%06lld", t->s.info.out_dir, (long long)f.h.step);
+    snprintf(dst, sizeof dst, "%s/tokenizer.bin", dir);
+    if ((rc = tf_merge_weights(dir, t->specs, t->n_specs)) || (rc = tf_copy_file(t->s.info.tokenizer, dst))) return rc;
+    if (t->progress) fprintf(stderr, "checkpoint: %s\n", dir);
+    return 0;
+  }
   if (f.h.kind == TF_EVAL) return held_result(st, t, &f, in, out);
   if (f.h.kind != TF_STEP || f.h.n_f64 != TF_S_COUNT)
     return qins_error_set(QINS_EINPUT, "stage '%s': expected STEP frames (is it after the head part?), got kind %u",

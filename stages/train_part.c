@@ -253,6 +253,33 @@ static int check_frame(qins_stage *st, tpart *t, const tf_frame *f, int want_dim
   return 0;
 }
 
+/* This part's file of checkpoint ckpt-<steps done> (and the start model's config.json from the
+ * embed part, so the folder is a model folder). */
+static int save_ckpt(qins_stage *st, tpart *t) {
+  char dir[700], path[800];
+  int rc;
+  snprintf(dir, sizeof dir, "%s/ckpt-%06lld", t->s.info.out_dir, (long long)t->step);
+  snprintf(path, sizeof path, "%s/part-%s.safetensors", dir, st->ctx.stage_name);
+  if ((rc = tf_mkdirs(dir)) || (rc = tf_part_save(path, t->o, t->step, t->s.info.qins, t->tm, t->own))) return rc;
+  char src[1100], dst[1100];
+  snprintf(src, sizeof src, "%s/config.json", t->model_dir);
+  snprintf(dst, sizeof dst, "%s/config.json", dir);
+  FILE *cf = t->specs[t->me].embed ? fopen(src, "rb") : NULL; /* a model folder: the checkpoint becomes one too */
+  if (cf) {
+    fclose(cf);
+    if ((rc = tf_copy_file(src, dst))) return rc;
+  }
+  return 0;
+}
+
+/* checkpoint_initial: the start (step 0) saved before step 1, then passed on. */
+static int save_initial(qins_stage *st, tpart *t, const qins_msg *in, const tf_frame *f, qins_msg *out) {
+  int rc = save_ckpt(st, t);
+  tf_hdr h = f->h;
+  if (rc || (rc = tf_frame_out(out, in, &h, NULL, NULL, NULL))) return rc;
+  return 1;
+}
+
 static int do_step(qins_stage *st, tpart *t, const qins_msg *in, const tf_frame *f, qins_msg *out) {
   if (f->h.n_f64 != TF_S_COUNT) return qins_error_set(QINS_EINPUT, "stage '%s': malformed STEP frame", st->ctx.stage_name);
   /* updated shared weights from their owners further forward */
@@ -272,20 +299,7 @@ static int do_step(qins_stage *st, tpart *t, const qins_msg *in, const tf_frame 
   t->step++;
   t->n_bwd = 0;
   t->loss_sum = 0;
-  if (f->h.flags & TF_CKPT) {
-    char dir[700], path[800];
-    snprintf(dir, sizeof dir, "%s/ckpt-%06lld", t->s.info.out_dir, (long long)t->step);
-    snprintf(path, sizeof path, "%s/part-%s.safetensors", dir, st->ctx.stage_name);
-    if ((rc = tf_mkdirs(dir)) || (rc = tf_part_save(path, t->o, t->step, t->s.info.qins, t->tm, t->own))) return rc;
-    char src[1100], dst[1100];
-    snprintf(src, sizeof src, "%s/config.json", t->model_dir);
-    snprintf(dst, sizeof dst, "%s/config.json", dir);
-    FILE *cf = t->specs[t->me].embed ? fopen(src, "rb") : NULL; /* a model folder: the checkpoint becomes one too */
-    if (cf) {
-      fclose(cf);
-      if ((rc = tf_copy_file(src, dst))) return rc;
-    }
-  }
+  if ((f->h.flags & TF_CKPT) && (rc = save_ckpt(st, t))) return rc;
   /* pass it on, with our own updated shared weights appended */
   tf_hdr h = f->h;
   for (int i = 0; i < t->P; i++)
@@ -391,6 +405,7 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   if (f.h.kind == TF_RELOAD) return reload(st, in, &f, out);
   if ((rc = check_frame(st, t, &f, f.h.kind == TF_MB && !sp->embed))) return rc;
   if (f.h.kind == TF_STEP) return do_step(st, t, in, &f, out);
+  if (f.h.kind == TF_SAVE) return save_initial(st, t, in, &f, out);
   if (f.h.kind != TF_MB) return qins_error_set(QINS_EINPUT, "stage '%s': unexpected frame kind %u going forward", st->ctx.stage_name, f.h.kind);
   const float *x_in = sp->embed ? NULL : f.f32;
   if (f.h.flags & TF_HELD) return held_forward(st, t, in, &f, x_in, out);

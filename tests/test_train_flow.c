@@ -507,6 +507,31 @@ static void test_resume_equals_uninterrupted(void **state) {
   }
 }
 
+/* (4) run.checkpoint_initial: ckpt-000000 before step 1, equal to `qins train`'s (weights and the
+ * merged model file), and an automatic restart that rewinds to it (worker `back` killed as soon as
+ * it is on disk) still equals the uninterrupted run. Uses ref30 of the test before. */
+static void test_checkpoint_initial(void **state) {
+  (void)state;
+  run_inproc("ip0", "run.checkpoint_initial=true");
+  const char *c0[1] = {"stages.data.options.set=run.checkpoint_initial=true"};
+  assert_int_equal(run_flow(1, "split0", c0, 1, NULL), 0);
+  compare_weights("split0/ckpt-000000", "ip0/ckpt-000000", 1, 0);
+  compare_model_files("split0/ckpt-000000", "ip0/ckpt-000000");
+  compare_logs("split0", "ip0", 0);
+  compare_weights("split0/ckpt-000006", "ip0/ckpt-000006", 1, 0);
+
+  const char *autoset[3] = {"stages.data.options.steps=30",
+                            "stages.data.options.set=run.checkpoint_at=[0.1, 1.0];run.checkpoint_initial=true",
+                            "restart=restart"};
+  killer k = {0};
+  snprintf(k.ckpt, sizeof k.ckpt, "%s/auto0/ckpt-000000", g_dir);
+  assert_int_equal(run_flow(1, "auto0", autoset, 3, &k), 0);
+  assert_true(k.killed);
+  compare_logs_from("auto0", "ref30", 0, 1, 30);
+  compare_evals("auto0", "ref30", 0, 15);
+  compare_weights_ckpt30("auto0");
+}
+
 /* (3) bad train pipelines: refused at load with file:line:col, and `qins run --check` exits 2. */
 static void expect_bad(const char *from, const char *to, const char *want_where, const char *want_text) {
   char text[2048];
@@ -583,6 +608,7 @@ int main(void) {
       cmocka_unit_test(test_split_tcp),
       cmocka_unit_test(test_split_vk),
       cmocka_unit_test(test_resume_equals_uninterrupted),
+      cmocka_unit_test(test_checkpoint_initial),
   };
   return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }
