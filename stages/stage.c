@@ -13,7 +13,8 @@ extern const qins_stage_type qins_stage_compare, qins_stage_logit_compare, qins_
 extern const qins_stage_type qins_stage_test_bytes, qins_stage_test_embed, qins_stage_test_affine,
     qins_stage_test_sample, qins_stage_test_detok, qins_stage_sink, qins_stage_tokenize, qins_stage_parse_ids,
     qins_stage_embed, qins_stage_qins_block, qins_stage_head, qins_stage_sample, qins_stage_detokenize,
-    qins_stage_format_ids, qins_stage_kv_store, qins_stage_train_data, qins_stage_train_part, qins_stage_train_log;
+    qins_stage_format_ids, qins_stage_kv_store, qins_stage_train_data, qins_stage_train_part, qins_stage_train_log,
+    qins_stage_train_teacher;
 
 static const qins_stage_type *const registry[] = {
     &qins_stage_compare,     &qins_stage_logit_compare, &qins_stage_hidden_cosine, &qins_stage_perplexity,
@@ -23,6 +24,7 @@ static const qins_stage_type *const registry[] = {
     &qins_stage_sink,        &qins_stage_test_bytes,  &qins_stage_test_embed, &qins_stage_test_affine,
     &qins_stage_test_sample, &qins_stage_test_detok, &qins_stage_kv_store,
     &qins_stage_train_data,  &qins_stage_train_part,  &qins_stage_train_log,
+    &qins_stage_train_teacher,
 };
 
 int qins_stage_type_count(void) { return (int)(sizeof registry / sizeof registry[0]); }

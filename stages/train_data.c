@@ -381,13 +381,13 @@ static int bwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   tf_frame f;
   int rc = tf_frame_parse(in, st->ctx.stage_name, &f);
   if (rc) return rc;
-  if (f.h.kind != TF_REDUCE || f.h.step != d->step || f.h.n_f64 < 2)
+  if (f.h.kind != TF_REDUCE || f.h.step != d->step || f.h.n_f64 < TF_R_COUNT)
     return qins_error_set(QINS_EINPUT, "stage '%s': expected the REDUCE of step %lld, got kind %u of step %lld",
                           st->ctx.stage_name, (long long)d->step, f.h.kind, (long long)f.h.step);
-  int64_t P = f.h.n_f64 - 2;
+  int64_t P = f.h.n_f64 - TF_R_COUNT;
   double sq = 0; /* in parameter order, as one optimizer over the whole model sums */
   for (int64_t i = 0; i < P; i++) sq += f.f64[i];
-  double loss = f.f64[P] / (double)d->M, bad = f.f64[P + 1];
+  double loss = f.f64[P + TF_R_LOSS] / (double)d->M, bad = f.f64[P + TF_R_BAD];
   int64_t done = d->step + 1;
   d->tokens += (int64_t)d->M * d->T;
   int ckpt = qins_train_setup_ckpt_due(d->s.setup, done), last = last_step(d, done), held = held_due(d, done);
@@ -408,6 +408,8 @@ static int bwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   v[TF_S_BAD] = bad;
   v[TF_S_ELAPSED] = now_s() - d->t0;
   v[TF_S_TOKENS] = (double)d->tokens;
+  v[TF_S_CE] = f.f64[P + TF_R_CE] / (double)d->M;
+  v[TF_S_KL] = f.f64[P + TF_R_KL] / (double)d->M;
   out->flags &= ~(uint32_t)QINS_MSG_GRAD; /* turns forward */
   d->held_cursor = 0;
   d->held_n = held ? d->n_held : 0;

@@ -174,6 +174,11 @@ int tf_part_specs(const qins_cfg *root, tf_part_spec **out, int *n) {
   return 0;
 }
 
+static int path_exists(const char *p) {
+  struct stat sb;
+  return stat(p, &sb) == 0;
+}
+
 static int file_exists(const char *p) {
   struct stat sb;
   return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
@@ -200,9 +205,23 @@ int tf_validate(const qins_pipeline *pl) {
   else if (!file_exists(s.info.tokenizer))
     rc = qins_error_set(QINS_EINPUT, "%s: train config %s: data.tokenizer '%s' does not exist",
                         qins_cfg_where(where, w, sizeof w), s.config, s.info.tokenizer);
-  else if (s.info.distill)
-    rc = qins_error_set(QINS_EINPUT, "%s: train config %s: distill: is not supported by train pipelines (use qins train)",
-                        qins_cfg_where(where, w, sizeof w), s.config);
+  else {
+    /* distillation: a train_teacher stage exactly when the config has distill:, no hidden term */
+    int nt = 0;
+    const qins_cfg *tst = find_stage(pl->root, "train_teacher", &nt);
+    if (s.info.distill && nt != 1)
+      rc = qins_error_set(QINS_EINPUT, "%s: train config %s has distill: the pipeline needs one train_teacher stage (has %d)",
+                          qins_cfg_where(where, w, sizeof w), s.config, nt);
+    else if (!s.info.distill && nt > 0)
+      rc = qins_error_set(QINS_EINPUT, "%s: a train_teacher stage needs distill: in the train config %s",
+                          qins_cfg_where(tst, w, sizeof w), s.config);
+    else if (s.info.distill && s.info.distill_hid > 0)
+      rc = qins_error_set(QINS_EINPUT, "%s: train config %s: distill.lambda_hid (hidden-state term) is not supported by "
+                          "train pipelines (use qins train)", qins_cfg_where(where, w, sizeof w), s.config);
+    else if (s.info.distill && !path_exists(s.info.teacher))
+      rc = qins_error_set(QINS_EINPUT, "%s: train config %s: distill.teacher '%s' does not exist",
+                          qins_cfg_where(where, w, sizeof w), s.config, s.info.teacher);
+  }
   if (rc) goto out;
   int L = s.info.scratch_layers;
   if (!L) {

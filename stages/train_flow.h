@@ -14,7 +14,8 @@
 
 /* Frame kinds. MB and STEP travel forward, GRAD and REDUCE backward (QINS_MSG_GRAD). */
 enum {
-  TF_MB = 1,     /* one micro-batch: ids [T+1], hidden rows f32 [T+1, dim] after a part (dim 0 before) */
+  TF_MB = 1,     /* one micro-batch: ids [T+1], hidden rows f32 [T+1, dim] after a part (dim 0 before);
+                    distillation: + the teacher's logits f32 [T+1, reserved] (reserved = teacher vocab) */
   TF_GRAD = 2,   /* the gradient at a part's input rows f32 [T+1, dim] for micro-batch mb */
   TF_REDUCE = 3, /* after a step's last backward: f64 [P sums of squares, loss sum, non-finite count];
                     ids = indices of the shared parameters whose gradients follow in f32 */
@@ -25,7 +26,9 @@ enum {
   TF_SAVE = 7,   /* data -> parts -> log: checkpoint ckpt-<step> now (run.checkpoint_initial: before step 1) */
 };
 /* STEP f64 slots */
-enum { TF_S_SQ, TF_S_LOSS, TF_S_BAD, TF_S_LR, TF_S_NORM, TF_S_APPLIED, TF_S_ELAPSED, TF_S_TOKENS, TF_S_COUNT };
+enum { TF_S_SQ, TF_S_LOSS, TF_S_BAD, TF_S_LR, TF_S_NORM, TF_S_APPLIED, TF_S_ELAPSED, TF_S_TOKENS, TF_S_CE, TF_S_KL, TF_S_COUNT };
+/* REDUCE f64: P sums of squares, then these (distillation: the CE and KL parts of the loss) */
+enum { TF_R_LOSS, TF_R_BAD, TF_R_CE, TF_R_KL, TF_R_COUNT };
 /* frame flags */
 enum {
   TF_CKPT = 1u,
@@ -41,7 +44,7 @@ typedef struct tf_hdr {
   int32_t mb, n_mb;
   int32_t n_ids, dim;
   int64_t n_f64, n_f32;
-  uint32_t flags, reserved;
+  uint32_t flags, reserved; /* reserved: on MB frames, the teacher logits' columns (0: none) */
   int64_t reserved2;
 } tf_hdr;
 

@@ -158,8 +158,11 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   const double *v = f.f64;
   long long step = (long long)f.h.step + 1;
   double el = v[TF_S_ELAPSED], tps = v[TF_S_TOKENS] / (el > 0 ? el : 1e-9);
-  fprintf(t->log, "{\"step\": %lld, \"loss\": %.17g, \"lr\": %.9g, \"grad_norm\": %.17g, \"tokens_per_s\": %.1f%s}\n",
-          step, v[TF_S_LOSS], v[TF_S_LR], v[TF_S_NORM], tps, v[TF_S_APPLIED] > 0 ? "" : ", \"skipped\": true");
+  char kl_text[160] = ""; /* distillation: the loss's parts, as `qins train` logs them */
+  if (t->s.info.distill)
+    snprintf(kl_text, sizeof kl_text, ", \"ce\": %.9g, \"kl\": %.9g", v[TF_S_CE], v[TF_S_KL]);
+  fprintf(t->log, "{\"step\": %lld, \"loss\": %.17g, \"lr\": %.9g, \"grad_norm\": %.17g, \"tokens_per_s\": %.1f%s%s}\n",
+          step, v[TF_S_LOSS], v[TF_S_LR], v[TF_S_NORM], tps, v[TF_S_APPLIED] > 0 ? "" : ", \"skipped\": true", kl_text);
   fflush(t->log);
   qins_metric_set(t->m_loss, v[TF_S_LOSS]);
   qins_metric_set(t->m_lr, v[TF_S_LR]);

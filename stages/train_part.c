@@ -5,6 +5,7 @@
  * REDUCE collects every part's per-parameter sums of squares (and the gradients of a tied
  * embedding for its owner); the STEP that comes back forward carries the reduced norm and loss,
  * and each part's optimizer updates the parameters it owns, where they live. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,9 @@ typedef struct tpart {
   double loss_sum;
   int pending_reduce;                   /* head part: the REDUCE follows the last GRAD */
   double held_sum;                      /* head part: held-out losses of this evaluation, in window order */
+  int distill, V;                       /* distillation (config distill:), vocabulary */
+  const float *tlog;                    /* head part: the teacher's logits of the micro-batch in flight */
+  double ce_sum, kl_sum;                /* head part: the step's CE and KL sums (distillation) */
   char model_dir[1024];                 /* the start model's folder (its config.json goes into checkpoints) */
 } tpart;
 
@@ -81,9 +85,10 @@ static int init_impl(qins_stage *st, const qins_stage_ctx *ctx, const char *relo
       if (ed->to == me) {
         const qins_pl_stage *f = &pl->stages[ed->from];
         n_in++;
-        if (want_in ? strcmp(f->name, want_in) != 0 : strcmp(f->type->name, "train_data") != 0)
+        if (want_in ? strcmp(f->name, want_in) != 0
+                    : strcmp(f->type->name, "train_data") != 0 && strcmp(f->type->name, "train_teacher") != 0)
           return qins_error_set(QINS_EINPUT, "stage '%s' (layers %d:%d): its input must come from %s%s%s, not '%s'",
-                                ctx->stage_name, t->specs[t->me].l0, t->specs[t->me].l1, want_in ? "the part before it, '" : "the train_data stage",
+                                ctx->stage_name, t->specs[t->me].l0, t->specs[t->me].l1, want_in ? "the part before it, '" : "the train_data (or train_teacher) stage",
                                 want_in ? want_in : "", want_in ? "'" : "", f->name);
       }
       if (ed->from == me) {
@@ -111,6 +116,8 @@ static int init_impl(qins_stage *st, const qins_stage_ctx *ctx, const char *relo
   if ((rc = qins_model_open(path, &m))) return rc;
   snprintf(t->model_dir, sizeof t->model_dir, "%s", path);
   t->D = (int)m->cfg.dim;
+  t->V = (int)m->cfg.vocab_size;
+  t->distill = I->teacher && I->teacher[0];
   if ((rc = qins_backend_create(I->backend, &t->be)) == 0) rc = qins_train_model_create(m, t->be, &t->tm);
   int maxpos = m->cfg.max_seq_len;
   qins_model_close(m);
@@ -201,18 +208,20 @@ static int make_reduce(qins_stage *st, tpart *t, const qins_msg *in, const tf_fr
   }
   for (int i = 0; i < t->P; i++)
     if (t->uses[i] && !t->own[i]) n_ids++, n_f32 += qins_train_model_param(t->tm, i)->n;
-  tf_hdr h = {.kind = TF_REDUCE, .step = t->step, .n_mb = t->M, .n_ids = (int32_t)n_ids, .n_f64 = t->P + 2,
+  tf_hdr h = {.kind = TF_REDUCE, .step = t->step, .n_mb = t->M, .n_ids = (int32_t)n_ids, .n_f64 = t->P + TF_R_COUNT,
               .n_f32 = n_f32};
   int32_t *ids;
   double *v;
   float *x;
   if ((rc = tf_frame_out(out, in, &h, &ids, &v, &x))) return rc;
   out->flags |= QINS_MSG_GRAD;
-  if (f) memcpy(v, f->f64, (size_t)(t->P + 2) * sizeof *v);
-  else memset(v, 0, (size_t)(t->P + 2) * sizeof *v);
+  if (f) memcpy(v, f->f64, (size_t)(t->P + TF_R_COUNT) * sizeof *v);
+  else memset(v, 0, (size_t)(t->P + TF_R_COUNT) * sizeof *v);
   for (int i = 0; i < t->P; i++)
     if (t->own[i]) v[i] = qins_optim_param_sq(t->o, t->local[i]);
-  v[t->P] += t->loss_sum;
+  v[t->P + TF_R_LOSS] += t->loss_sum;
+  v[t->P + TF_R_CE] += t->ce_sum;
+  v[t->P + TF_R_KL] += t->kl_sum;
   int64_t k = 0, off = 0;
   for (int q = 0, src = 0; f && q < f->h.n_ids; q++) {
     int i = f->ids[q];
@@ -245,8 +254,13 @@ static int check_frame(qins_stage *st, tpart *t, const tf_frame *f, int want_dim
       return qins_error_set(QINS_EINPUT, "stage '%s': held-out frame %d of %d with %d ids, width %d (want %d ids of width %d)",
                             st->ctx.stage_name, f->h.mb, f->h.n_mb, f->h.n_ids, f->h.dim, t->N, t->D);
   } else if (f->h.kind == TF_MB || f->h.kind == TF_GRAD) {
+    int64_t tl = f->h.kind == TF_MB ? (int64_t)t->N * f->h.reserved : 0; /* the teacher's logits follow the rows */
+    if (f->h.kind == TF_MB && (int)f->h.reserved != (t->distill ? t->V : 0))
+      return qins_error_set(QINS_EINPUT, "stage '%s': micro-batch frame with %u teacher logit columns (want %d: %s)",
+                            st->ctx.stage_name, f->h.reserved, t->distill ? t->V : 0,
+                            t->distill ? "a train_teacher stage must precede the parts" : "the config has no distill:");
     if (f->h.mb < 0 || f->h.mb >= t->M || (f->h.kind == TF_MB && f->h.n_ids != t->N) ||
-        (want_dim && (f->h.dim != t->D || f->h.n_f32 != (int64_t)t->N * t->D)))
+        f->h.n_f32 != (want_dim ? (int64_t)t->N * t->D : 0) + tl || (want_dim && f->h.dim != t->D))
       return qins_error_set(QINS_EINPUT, "stage '%s': micro-batch frame %d of %d with %d ids, width %d (want %d ids of width %d)",
                             st->ctx.stage_name, f->h.mb, t->M, f->h.n_ids, f->h.dim, t->N, t->D);
   }
@@ -298,7 +312,7 @@ static int do_step(qins_stage *st, tpart *t, const qins_msg *in, const tf_frame 
   if ((rc = qins_train_model_push_weights(t->tm)) || (rc = qins_train_model_zero_grad(t->tm))) return rc;
   t->step++;
   t->n_bwd = 0;
-  t->loss_sum = 0;
+  t->loss_sum = t->ce_sum = t->kl_sum = 0;
   if ((f->h.flags & TF_CKPT) && (rc = save_ckpt(st, t))) return rc;
   /* pass it on, with our own updated shared weights appended */
   tf_hdr h = f->h;
@@ -391,6 +405,36 @@ static int reload(qins_stage *st, const qins_msg *in, const tf_frame *f, qins_ms
   return 1;
 }
 
+/* Distillation (the head part's logit hook; the same arithmetic as `qins train`'s, core/train/
+ * trainer.c): dl holds (s - onehot)/(n-1) for the student's softmax s, the teacher's softmax p comes
+ * from its logits; new gradient ce * dl + kl * (s - p)/(n-1), loss ce * CE + kl * mean KL(p || s). */
+static int distill_hook(void *user, const int32_t *ids, int n, int V, float *dl, double *loss) {
+  tpart *t = user;
+  const qins_train_setup_info *I = &t->s.info;
+  t->ce_sum += *loss;
+  float ce = (float)I->distill_ce, kl = (float)I->distill_kl, inv = 1.0f / (float)(n - 1);
+  double kl_sum = 0;
+  for (int r = 0; r < n - 1; r++) {
+    float *d = dl + (size_t)r * V;
+    const float *tl = t->tlog + (size_t)r * V;
+    float mx = tl[0];
+    for (int v = 1; v < V; v++) mx = tl[v] > mx ? tl[v] : mx;
+    double z = 0;
+    for (int v = 0; v < V; v++) z += exp((double)tl[v] - mx);
+    double lz = log(z);
+    for (int v = 0; v < V; v++) {
+      double lp = (double)tl[v] - mx - lz, p = exp(lp);
+      double sv = (double)d[v] * (n - 1) + (v == ids[r + 1] ? 1.0 : 0.0);
+      if (sv < 1e-30) sv = 1e-30;
+      kl_sum += p * (lp - log(sv));
+      d[v] = ce * d[v] + kl * inv * (float)(sv - p);
+    }
+  }
+  t->kl_sum += kl_sum / (n - 1);
+  *loss = I->distill_ce * *loss + I->distill_kl * kl_sum / (n - 1);
+  return 0;
+}
+
 static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   tpart *t = st->priv;
   if (!t) return qins_error_set(QINS_EINPUT, "stage '%s': failed to restart", st->ctx.stage_name);
@@ -410,19 +454,27 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   const float *x_in = sp->embed ? NULL : f.f32;
   if (f.h.flags & TF_HELD) return held_forward(st, t, in, &f, x_in, out);
   if (!sp->head) {
+    int64_t tl = (int64_t)t->N * f.h.reserved; /* the teacher's logits travel on to the head part */
     tf_hdr h = {.kind = TF_MB, .step = t->step, .mb = f.h.mb, .n_mb = t->M, .n_ids = t->N, .dim = t->D,
-                .n_f32 = (int64_t)t->N * t->D};
+                .n_f32 = (int64_t)t->N * t->D + tl, .reserved = f.h.reserved};
     int32_t *ids;
     float *x;
     if ((rc = tf_frame_out(out, in, &h, &ids, NULL, &x))) return rc;
     memcpy(ids, f.ids, (size_t)t->N * sizeof *ids);
+    if (tl) memcpy(x + (size_t)t->N * t->D, f.f32 + (f.h.n_f32 - tl), (size_t)tl * sizeof *x);
     if ((rc = qins_train_part_forward(t->part, f.h.mb, f.ids, t->N, x_in, x, NULL)))
       return qins_error_wrap(rc, "stage '%s', step %lld, micro-batch %d: ", st->ctx.stage_name, (long long)t->step, f.h.mb);
     return 1;
   }
   /* the head part: loss, then straight back */
   double l = 0;
-  if ((rc = qins_train_part_forward(t->part, f.h.mb, f.ids, t->N, x_in, NULL, &l)))
+  if (t->distill) { /* CE + lambda_KL * KL against the teacher's logits that came with the rows */
+    t->tlog = f.f32 + (f.h.n_f32 - (int64_t)t->N * t->V);
+    qins_train_model_set_logit_hook(t->tm, distill_hook, t);
+  }
+  rc = qins_train_part_forward(t->part, f.h.mb, f.ids, t->N, x_in, NULL, &l);
+  qins_train_model_set_logit_hook(t->tm, NULL, NULL);
+  if (rc)
     return qins_error_wrap(rc, "stage '%s', step %lld, micro-batch %d: ", st->ctx.stage_name, (long long)t->step, f.h.mb);
   t->loss_sum += l; /* in micro-batch order, as `qins train` sums its rows */
   float *dx = NULL;
@@ -452,8 +504,8 @@ static int bwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   int rc = tf_frame_parse(in, st->ctx.stage_name, &f);
   if (rc || (rc = check_frame(st, t, &f, f.h.kind == TF_GRAD))) return rc;
   if (f.h.kind == TF_REDUCE) {
-    if (f.h.n_f64 != t->P + 2) return qins_error_set(QINS_EINPUT, "stage '%s': REDUCE for %lld parameters, model has %d",
-                                                     st->ctx.stage_name, (long long)f.h.n_f64 - 2, t->P);
+    if (f.h.n_f64 != t->P + TF_R_COUNT) return qins_error_set(QINS_EINPUT, "stage '%s': REDUCE for %lld parameters, model has %d",
+                                                     st->ctx.stage_name, (long long)f.h.n_f64 - TF_R_COUNT, t->P);
     if (t->n_bwd != t->M)
       return qins_error_set(QINS_EINPUT, "stage '%s': REDUCE of step %lld after %d of %d backwards", st->ctx.stage_name,
                             (long long)t->step, t->n_bwd, t->M);

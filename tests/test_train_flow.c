@@ -84,8 +84,32 @@ static int teardown_all(void **state) {
 /* The train pipeline: 3 parts (embed + layer 0, layer 1, layer 2 + head). split: parts 0 and 1
  * with the data stage on `front`, part 2 and the log on `back` (so the middle part's gradients
  * come over a reverse channel and its own go back through the local queue). */
+static const char *g_pcfg = g_cfg; /* the train config the pipeline names */
+static int g_teacher;               /* 1: a train_teacher stage on its own worker (distillation) */
+
 static const char *pipeline_text(int split) {
   static char buf[2048];
+  if (g_teacher) {
+    snprintf(buf, sizeof buf,
+             "name: flow\n"
+             "workers:\n"
+             "  - {name: teach, stages: [teacher]}\n"
+             "%s"
+             "stages:\n"
+             "  - {name: data, type: train_data, options: {config: %s}}\n"
+             "  - {name: teacher, type: train_teacher}\n"
+             "  - {name: p0, type: train_part, options: {layers: \"0:1\", embed: true}}\n"
+             "  - {name: p1, type: train_part, options: {layers: \"1:2\"}}\n"
+             "  - {name: p2, type: train_part, options: {layers: \"2:3\", head: true}}\n"
+             "  - {name: log, type: train_log, options: {progress: false}}\n"
+             "inputs: {prompts: [train]}\n"
+             "restart: stop\n"
+             "heartbeat_ms: 1000\n",
+             split ? "  - {name: front, stages: [data, p0, p1]}\n  - {name: back, stages: [p2, log]}\n"
+                   : "  - {name: all, stages: [data, p0, p1, p2, log]}\n",
+             g_pcfg);
+    return buf;
+  }
   snprintf(buf, sizeof buf,
            "name: flow\n"
            "workers:\n"
@@ -101,7 +125,7 @@ static const char *pipeline_text(int split) {
            "heartbeat_ms: 1000\n" /* the dev VM is loaded: no false "hung" verdicts */,
            split ? "  - {name: front, stages: [data, p0, p1]}\n  - {name: back, stages: [p2, log]}\n"
                  : "  - {name: all, stages: [data, p0, p1, p2, log]}\n",
-           g_cfg);
+           g_pcfg);
   return buf;
 }
 
@@ -169,7 +193,7 @@ static void run_inproc(const char *out, const char *extra) {
   char od[600];
   snprintf(od, sizeof od, "run.out_dir=%s/%s", g_dir, out);
   const char *sets[2] = {od, extra};
-  qins_train_opts o = {g_cfg, sets, extra ? 2 : 1, NULL, NULL};
+  qins_train_opts o = {g_pcfg, sets, extra ? 2 : 1, NULL, NULL};
   qins_train_result r;
   int rc = qins_train_run(&o, &r);
   if (rc) fail_msg("qins train: %s", qins_error_msg());
@@ -532,6 +556,64 @@ static void test_checkpoint_initial(void **state) {
   compare_weights_ckpt30("auto0");
 }
 
+/* The "ce" and "kl" of every step line of a log (distillation), as text. */
+static void read_kl(const char *out, char *buf, size_t n) {
+  char p[600], line[1024];
+  snprintf(p, sizeof p, "%s/%s/train_log.jsonl", g_dir, out);
+  FILE *f = fopen(p, "r");
+  if (!f) fail_msg("%s: missing", p);
+  buf[0] = 0;
+  while (fgets(line, sizeof line, f)) {
+    const char *c = strstr(line, "\"ce\":");
+    if (!c) continue;
+    size_t l = strlen(buf);
+    snprintf(buf + l, n - l, "%.*s;", (int)strcspn(c, "}"), c);
+  }
+  fclose(f);
+}
+
+/* (5) distillation (config distill: teacher = the in-process run's final checkpoint, CE + 0.5 KL):
+ * the teacher as a frozen train_teacher stage on its own worker, its logits travelling with the
+ * rows to the head part; equals `qins train --config` of the same config bit for bit (untied):
+ * losses, grad norms, CE and KL per step, held-out losses, final weights. */
+static void test_distill(void **state) {
+  (void)state;
+  char cfg[600], teacher[600];
+  snprintf(cfg, sizeof cfg, "%s/distill.yaml", g_dir);
+  snprintf(teacher, sizeof teacher, "%s/ip/ckpt-000006", g_dir);
+  char *base = slurp(g_cfg, NULL);
+  assert_non_null(base);
+  FILE *f = fopen(cfg, "w");
+  fprintf(f, "%sdistill: {teacher: %s, ce: 1.0, kl: 0.5}\n", base, teacher);
+  fclose(f);
+  free(base);
+  g_pcfg = cfg;
+  g_teacher = 1;
+  run_inproc("d_ip", NULL);
+  int rc = run_flow(1, "d_split", NULL, 0, NULL);
+  g_pcfg = g_cfg;
+  g_teacher = 0;
+  assert_int_equal(rc, 0);
+  compare_logs("d_split", "d_ip", 0);
+  compare_evals("d_split", "d_ip", 0, 3);
+  compare_weights("d_split/ckpt-000006", "d_ip/ckpt-000006", 1, 0);
+  char ka[4096], kb[4096];
+  read_kl("d_split", ka, sizeof ka);
+  read_kl("d_ip", kb, sizeof kb);
+  printf("  ce/kl per step: %s\n", ka);
+  assert_true(strlen(kb) > 0);
+  assert_string_equal(ka, kb);
+  /* a distill config without a teacher stage is refused before anything starts */
+  g_pcfg = cfg;
+  const char *text = pipeline_text(1);
+  qins_pipeline *pl = NULL;
+  rc = qins_pipeline_load_string(text, strlen(text), "nodistill.yaml", NULL, 0, &pl);
+  g_pcfg = g_cfg;
+  assert_int_equal(rc, QINS_EINPUT);
+  printf("  %s\n", qins_error_msg());
+  assert_non_null(strstr(qins_error_msg(), "needs one train_teacher stage"));
+}
+
 /* (3) bad train pipelines: refused at load with file:line:col, and `qins run --check` exits 2. */
 static void expect_bad(const char *from, const char *to, const char *want_where, const char *want_text) {
   char text[2048];
@@ -609,6 +691,7 @@ int main(void) {
       cmocka_unit_test(test_split_vk),
       cmocka_unit_test(test_resume_equals_uninterrupted),
       cmocka_unit_test(test_checkpoint_initial),
+      cmocka_unit_test(test_distill),
   };
   return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }

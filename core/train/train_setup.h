@@ -23,6 +23,8 @@ typedef struct qins_train_setup_info {
   int distill;        /* a distill: teacher is configured */
   int eval_every, eval_windows; /* held-out evaluation: every N steps (0: only at the end), windows */
   int checkpoint_initial;       /* a checkpoint before step 1 (ckpt-000000) */
+  const char *teacher;          /* distill.teacher ('' none) */
+  double distill_ce, distill_kl, distill_hid; /* distill.ce, .kl, .lambda_hid */
 } qins_train_setup_info;
 
 /* Parse a `qins train` config with "key.path=value" overrides (errors name file:line). */

@@ -1091,7 +1091,8 @@ void qins_train_setup_get(const qins_train_setup *s, qins_train_setup_info *o) {
                                c->backend, c->seed, c->steps,      c->stop_after, c->checkpoint_every,
                                c->batch, c->seq,    c->grad_accum, c->qins,       c->log_every, c->holdout,
                                strcmp(c->init, "scratch") ? 0 : c->shape.layers, c->teacher[0] != 0,
-                               c->eval_every, c->eval_windows, c->checkpoint_initial};
+                               c->eval_every, c->eval_windows, c->checkpoint_initial,
+                               c->teacher, c->ce_w, c->kl_w, c->hid_w};
 }
 
 int qins_train_setup_model(const qins_train_setup *s, const char *dir, char *path, size_t n) {
