@@ -38,7 +38,7 @@ typedef struct tdata {
   int64_t data_pos;   /* batches served */
   int32_t *rows;      /* the current step's M rows of T+1 ids */
   int cursor;         /* next row to send; M: all sent */
-  int step_sent;      /* the STEP went out; the next step's rows follow */
+  int step_sent;      /* emitting (called again with the same input): held-out windows, then the next step's rows */
   int done, started;
   int64_t n_held;     /* held-out windows per evaluation (min(windows of the split, run.eval_windows)) */
   int64_t held_cursor, held_n; /* next held-out window to send, windows to send after this STEP */
@@ -300,7 +300,7 @@ static int held_due(const tdata *d, int64_t done) {
  * the losses in window order and sends the mean's parts to train_log). */
 static int emit_held(tdata *d, const qins_msg *in, qins_msg *out) {
   tf_hdr h = {.kind = TF_MB, .step = d->step, .mb = (int32_t)d->held_cursor, .n_mb = (int32_t)d->held_n,
-              .n_ids = d->T + 1, .flags = TF_HELD};
+              .n_ids = d->T + 1, .flags = TF_HELD, .reserved2 = d->M};
   int32_t *ids;
   int rc = qins_data_eval_window(&d->held, d->held_cursor, d->T, d->hrow);
   if (rc || (rc = tf_frame_out(out, in, &h, &ids, NULL, NULL))) return rc;
@@ -361,14 +361,17 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
 /* A step's REDUCE (from the first part): reduce, send STEP, then the next step's micro-batches. */
 static int bwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   tdata *d = st->priv;
-  if (d->step_sent) { /* called again after the STEP: held-out windows, then the next step's rows */
+  if (d->step_sent) { /* called again after the STEP (or a chunk's ack): held-out windows, then the next step's rows */
     if (d->held_cursor < d->held_n) {
       int rc = emit_held(d, in, out);
       if (rc) return rc;
-      if (d->held_cursor < d->held_n) return QINS_STAGE_MORE;
-      if (d->held_final) { /* the run's end */
+      if (d->held_cursor == d->held_n && d->held_final) { /* the run's end */
         out->flags |= QINS_MSG_END;
         d->done = 1;
+        d->step_sent = 0;
+        return 1;
+      }
+      if (d->held_cursor % d->M == 0 || d->held_cursor == d->held_n) { /* a chunk of M: wait for its ack */
         d->step_sent = 0;
         return 1;
       }
@@ -381,6 +384,13 @@ static int bwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   tf_frame f;
   int rc = tf_frame_parse(in, st->ctx.stage_name, &f);
   if (rc) return rc;
+  if (f.h.kind == TF_HACK) { /* the head part has the chunk: more windows, or the next step's rows */
+    if (f.h.step != d->step || d->held_cursor == 0 || (d->held_cursor % d->M != 0 && d->held_cursor != d->held_n))
+      return qins_error_set(QINS_EINPUT, "stage '%s': unexpected held-out ack of step %lld after %lld of %lld windows",
+                            st->ctx.stage_name, (long long)f.h.step, (long long)d->held_cursor, (long long)d->held_n);
+    d->step_sent = 1;
+    return bwd(st, in, out);
+  }
   if (f.h.kind != TF_REDUCE || f.h.step != d->step || f.h.n_f64 < TF_R_COUNT)
     return qins_error_set(QINS_EINPUT, "stage '%s': expected the REDUCE of step %lld, got kind %u of step %lld",
                           st->ctx.stage_name, (long long)d->step, f.h.kind, (long long)f.h.step);

@@ -24,6 +24,8 @@ enum {
   TF_RELOAD = 6, /* data -> parts -> log, first frame of a replayed run (automatic restart): ids = the
                     checkpoint folder's path, one char per id ('' = the start model), step = its step */
   TF_SAVE = 7,   /* data -> parts -> log: checkpoint ckpt-<step> now (run.checkpoint_initial: before step 1) */
+  TF_HACK = 8,   /* head part -> ... -> data (backward): a chunk of held-out windows is through, send more
+                    (bounds the windows in flight to a step's M micro-batches, as the channels' slots need) */
 };
 /* STEP f64 slots */
 enum { TF_S_SQ, TF_S_LOSS, TF_S_BAD, TF_S_LR, TF_S_NORM, TF_S_APPLIED, TF_S_ELAPSED, TF_S_TOKENS, TF_S_CE, TF_S_KL, TF_S_COUNT };

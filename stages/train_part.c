@@ -40,6 +40,7 @@ typedef struct tpart {
   double loss_sum;
   int pending_reduce;                   /* head part: the REDUCE follows the last GRAD */
   double held_sum;                      /* head part: held-out losses of this evaluation, in window order */
+  int pending_ack;                      /* head part: the last chunk's ack follows the result */
   int distill, V;                       /* distillation (config distill:), vocabulary */
   const float *tlog;                    /* head part: the teacher's logits of the micro-batch in flight */
   double ce_sum, kl_sum;                /* head part: the step's CE and KL sums (distillation) */
@@ -340,6 +341,15 @@ static int do_step(qins_stage *st, tpart *t, const qins_msg *in, const tf_frame 
   return 1;
 }
 
+/* The ack of a chunk of held-out windows, back to the data stage. */
+static int held_ack(tpart *t, const qins_msg *in, qins_msg *out) {
+  tf_hdr h = {.kind = TF_HACK, .step = t->step, .n_mb = t->M};
+  int rc = tf_frame_out(out, in, &h, NULL, NULL, NULL);
+  if (rc) return rc;
+  out->flags = (out->flags | QINS_MSG_GRAD) & ~(uint32_t)QINS_MSG_END;
+  return 1;
+}
+
 /* A held-out window: forward only, in activation slot 0 (free: the step's micro-batches have all
  * gone back before the STEP, the next step's come after the windows). The head part sums the
  * losses in window order, as `qins train` does, and sends the sum after the last window. */
@@ -348,7 +358,7 @@ static int held_forward(qins_stage *st, tpart *t, const qins_msg *in, const tf_f
   int rc;
   if (!sp->head) {
     tf_hdr h = {.kind = TF_MB, .step = t->step, .mb = f->h.mb, .n_mb = f->h.n_mb, .n_ids = t->N, .dim = t->D,
-                .n_f32 = (int64_t)t->N * t->D, .flags = TF_HELD};
+                .n_f32 = (int64_t)t->N * t->D, .flags = TF_HELD, .reserved2 = f->h.reserved2};
     int32_t *ids;
     float *x;
     if ((rc = tf_frame_out(out, in, &h, &ids, NULL, &x))) return rc;
@@ -368,13 +378,20 @@ static int held_forward(qins_stage *st, tpart *t, const qins_msg *in, const tf_f
                            (long long)t->step);
   if (f->h.mb == 0) t->held_sum = 0;
   t->held_sum += l;
-  if (f->h.mb + 1 < f->h.n_mb) return 0;
+  /* the data stage sends the windows in chunks and waits for each chunk's ack (none after the
+   * run's last window) */
+  int64_t chunk = f->h.reserved2 > 0 ? f->h.reserved2 : f->h.n_mb;
+  int last = f->h.mb + 1 == f->h.n_mb;
+  int ack = !(in->flags & QINS_MSG_END) && ((f->h.mb + 1) % chunk == 0 || last);
+  if (!last) return ack ? held_ack(t, in, out) : 0;
   tf_hdr h = {.kind = TF_EVAL, .step = t->step, .n_mb = f->h.n_mb, .n_f64 = 2};
   double *v;
   if ((rc = tf_frame_out(out, in, &h, NULL, &v, NULL))) return rc;
   v[0] = t->held_sum;
   v[1] = (double)f->h.n_mb;
-  return 1;
+  if (!ack) return 1;
+  t->pending_ack = 1; /* the ack goes back on the next call */
+  return QINS_STAGE_MORE;
 }
 
 /* A replayed run's first frame: start over from the checkpoint it names (weights, optimizer
@@ -439,6 +456,10 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   tpart *t = st->priv;
   if (!t) return qins_error_set(QINS_EINPUT, "stage '%s': failed to restart", st->ctx.stage_name);
   const tf_part_spec *sp = &t->specs[t->me];
+  if (t->pending_ack) { /* called again after the evaluation's result */
+    t->pending_ack = 0;
+    return held_ack(t, in, out);
+  }
   if (t->pending_reduce) { /* called again after the last GRAD */
     t->pending_reduce = 0;
     return make_reduce(st, t, in, NULL, out);
@@ -503,6 +524,11 @@ static int bwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   tf_frame f;
   int rc = tf_frame_parse(in, st->ctx.stage_name, &f);
   if (rc || (rc = check_frame(st, t, &f, f.h.kind == TF_GRAD))) return rc;
+  if (f.h.kind == TF_HACK) { /* a held-out chunk's ack, on to the data stage */
+    tf_hdr h = f.h;
+    if ((rc = tf_frame_out(out, in, &h, NULL, NULL, NULL))) return rc;
+    return 1;
+  }
   if (f.h.kind == TF_REDUCE) {
     if (f.h.n_f64 != t->P + TF_R_COUNT) return qins_error_set(QINS_EINPUT, "stage '%s': REDUCE for %lld parameters, model has %d",
                                                      st->ctx.stage_name, (long long)f.h.n_f64 - TF_R_COUNT, t->P);

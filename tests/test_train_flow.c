@@ -62,7 +62,7 @@ static int setup_all(void **state) {
   f = fopen(g_cfg, "w");
   fprintf(f,
           "run: {name: flowtest, out_dir: %s/unused, seed: %llu, steps: 6, batch: 3, seq: 24, log_every: 100,\n"
-          "      eval_every: 2, eval_windows: 2, checkpoint_at: [0.5, 1.0]}\n"
+          "      eval_every: 2, eval_windows: 8, checkpoint_at: [0.5, 1.0]}\n"
           "data: {text: %s, tokenizer: %s, shard: %s/corpus.shard, holdout: 0.1}\n"
           "model: {init: scratch, dim: 32, layers: 3, heads: 4, kv_heads: 2, ffn: 48, vocab: 512, seq: 48,\n"
           "        tied: false, init_std: 0.05}\n"
