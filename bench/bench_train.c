@@ -96,6 +96,11 @@ static int bench_backend(const char *spec, const char *dir, int L, int D, int V,
     }
     fprintf(stderr, "%s step %d: forward+backward %.3f s, AdamW %.3f s, loss %.3f\n", spec, s, t1 - t0, t2 - t1, loss);
   }
+  if (getenv("QINS_BENCH_OPS")) /* per-op time over every step, warm-up included */
+    for (int k = 0; k < QINS_OP_COUNT; k++)
+      if (be->stats[k].calls)
+        fprintf(stderr, "  %s %s: %llu calls, %.3f ms\n", spec, qins_op_name((qins_op_kind)k),
+                (unsigned long long)be->stats[k].calls, be->stats[k].ns / 1e6);
   if (!rc) {
     row->fwd_bwd_s = best_fb;
     row->optim_s = best_opt;

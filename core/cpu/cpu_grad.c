@@ -19,79 +19,117 @@ static qins_mem_owner *grad_owner(void) { return qins_mem_owner_get("backend.cpu
 
 /* ---------------------------------------------------------------- matmul */
 
-typedef struct {
-  const float *dy, *x, *w;
-  float *dx, *dw, *dbias;
-  int64_t m, n, k;
-} mm_bwd_job;
+/* Both products run on the forward's blocked GEMM (y = x . w^T, operands K-contiguous) after a
+ * transpose that puts the reduced dimension last:
+ *   dx [M,K] = dy [M,N] . (w^T [K,N])^T        (reduces over N)
+ *   dw [N,K] += dy^T [N,M] . (x^T [K,M])^T     (reduces over M)
+ * A transpose moves N*K or (N+K)*M floats against 2*M*N*K FLOPs, a small price for the GEMM's
+ * register blocking. Every output element is summed by one GEMM task in a fixed order. */
 
-/* dx rows: dx[r] = sum_o dy[r,o] w[o]. */
-static void mm_bwd_dx(void *user, int64_t r0, int64_t r1) {
-  const mm_bwd_job *j = user;
-  for (int64_t r = r0; r < r1; r++) {
-    float *dxr = j->dx + r * j->k;
-    const float *dyr = j->dy + r * j->n;
-    for (int64_t i = 0; i < j->k; i++) dxr[i] = 0.0f;
-    for (int64_t o = 0; o < j->n; o++) {
-      float a = dyr[o];
-      const float *wr = j->w + o * j->k;
-      for (int64_t i = 0; i < j->k; i++) dxr[i] += a * wr[i];
+typedef struct {
+  const void *src;
+  float *dst;
+  int64_t rows, cols; /* of src; dst is [cols, rows] */
+  qins_dtype dt;      /* f32, f16 or bf16 source, converted to f32 */
+} transpose_job;
+
+#define TR_B 32 /* 32 x 32 tiles: a tile of source and destination fit in L1 together */
+
+static inline float elem_f32(const void *src, qins_dtype dt, int64_t i) {
+  if (dt == QINS_DT_F32) return ((const float *)src)[i];
+  uint16_t h = ((const uint16_t *)src)[i];
+  return dt == QINS_DT_F16 ? qins_f16_to_f32(h) : qins_bf16_to_f32(h);
+}
+
+/* One task per 32-row band of the destination (32 source columns). */
+static void transpose_bands(void *user, int64_t b0, int64_t b1) {
+  const transpose_job *j = user;
+  for (int64_t b = b0; b < b1; b++) {
+    int64_t c0 = b * TR_B, c1 = c0 + TR_B < j->cols ? c0 + TR_B : j->cols;
+    for (int64_t r0 = 0; r0 < j->rows; r0 += TR_B) {
+      int64_t r1 = r0 + TR_B < j->rows ? r0 + TR_B : j->rows;
+      if (j->dt == QINS_DT_F32) {
+        const float *s = j->src;
+        for (int64_t c = c0; c < c1; c++)
+          for (int64_t r = r0; r < r1; r++) j->dst[c * j->rows + r] = s[r * j->cols + c];
+      } else {
+        for (int64_t c = c0; c < c1; c++)
+          for (int64_t r = r0; r < r1; r++) j->dst[c * j->rows + r] = elem_f32(j->src, j->dt, r * j->cols + c);
+      }
     }
   }
 }
 
-/* dw rows (one output feature each): dw[o] += sum_r dy[r,o] x[r]; dbias[o] += sum_r dy[r,o]. */
-static void mm_bwd_dw(void *user, int64_t o0, int64_t o1) {
-  const mm_bwd_job *j = user;
+static void transpose_f32(qins_backend *be, const void *src, qins_dtype dt, int64_t rows, int64_t cols, float *dst) {
+  transpose_job j = {src, dst, rows, cols, dt};
+  int64_t bands = (cols + TR_B - 1) / TR_B;
+  cpu_parallel(be, bands, rows * cols < 65536 ? bands : 1, transpose_bands, &j);
+}
+
+typedef struct {
+  const float *dy;
+  float *dbias;
+  int64_t m, n;
+} bias_bwd_job;
+
+/* dbias[o] += sum_r dy[r,o]: columns split over threads, rows summed in order. */
+static void bias_bwd_cols(void *user, int64_t o0, int64_t o1) {
+  const bias_bwd_job *j = user;
   for (int64_t o = o0; o < o1; o++) {
-    float bsum = 0.0f;
-    float *dwr = j->dw ? j->dw + o * j->k : NULL;
-    for (int64_t r = 0; r < j->m; r++) {
-      float a = j->dy[r * j->n + o];
-      bsum += a;
-      if (!dwr || a == 0.0f) continue;
-      const float *xr = j->x + r * j->k;
-      for (int64_t i = 0; i < j->k; i++) dwr[i] += a * xr[i];
-    }
-    if (j->dbias) j->dbias[o] += bsum;
+    float s = 0.0f;
+    for (int64_t r = 0; r < j->m; r++) s += j->dy[r * j->n + o];
+    j->dbias[o] += s;
   }
 }
 
 int cpu_matmul_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *x, const qins_tensor *w,
                         qins_tensor *dx, qins_tensor *dw, qins_tensor *dbias) {
-  int64_t n = w->shape[0], k = w->shape[1];
-  mm_bwd_job j = {F32(dy), F32(x), NULL, dx ? F32(dx) : NULL, dw ? F32(dw) : NULL, dbias ? F32(dbias) : NULL,
-                  qins_tensor_rows(x), n, k};
+  int64_t n = w->shape[0], k = w->shape[1], m = qins_tensor_rows(x);
+  const float *dyp = F32(dy);
   qins_tensor wtmp = {0};
-  float *conv = NULL;
+  int rc = 0;
   if (dx) {
-    /* dx needs w as f32. Quantized weights: straight-through, the gradient flows through the
-     * dequantized values (decoded by the backend's own dequantize op). */
-    if (w->dtype == QINS_DT_F32) {
-      j.w = F32(w);
-    } else if (qins_dtype_is_quantized(w->dtype)) {
+    float *wt = qins_mem_alloc(grad_owner(), (size_t)(n * k > 0 ? n * k : 1) * sizeof(float));
+    if (!wt)
+      return qins_error_set(QINS_ENOMEM, "matmul_backward: no memory to transpose %s [%lld, %lld]", w->name,
+                            (long long)n, (long long)k);
+    const void *src = qins_tensor_host(w);
+    qins_dtype dt = w->dtype;
+    if (qins_dtype_is_quantized(w->dtype)) {
+      /* Quantized weights: straight-through, the gradient flows through the dequantized values
+       * (decoded by the backend's own dequantize op). */
       int64_t shape[2] = {n, k};
-      int rc = qins_tensor_init(&wtmp, "matmul_backward.w_dequant", QINS_DT_F32, 2, shape);
+      rc = qins_tensor_init(&wtmp, "matmul_backward.w_dequant", QINS_DT_F32, 2, shape);
       if (!rc) rc = qins_tensor_alloc(be, &wtmp);
       if (!rc) rc = be->ops->dequantize ? be->ops->dequantize(be, w, &wtmp) : QINS_EUNSUPPORTED;
       if (rc) {
         if (wtmp.buf) qins_tensor_free(&wtmp);
+        qins_mem_free(grad_owner(), wt);
         return qins_error_wrap(rc, "matmul_backward: straight-through decode of %s: ", w->name);
       }
-      j.w = F32(&wtmp);
-    } else {
-      conv = qins_mem_alloc(grad_owner(), (size_t)(n * k) * sizeof(float));
-      if (!conv) return QINS_ENOMEM;
-      const uint16_t *h = qins_tensor_host(w);
-      for (int64_t i = 0; i < n * k; i++)
-        conv[i] = w->dtype == QINS_DT_F16 ? qins_f16_to_f32(h[i]) : qins_bf16_to_f32(h[i]);
-      j.w = conv;
+      src = F32(&wtmp);
+      dt = QINS_DT_F32;
     }
-    cpu_parallel(be, j.m, 1, mm_bwd_dx, &j);
+    transpose_f32(be, src, dt, n, k, wt);
+    if (wtmp.buf) qins_tensor_free(&wtmp);
+    cpu_gemm_f32_nt(be, dyp, wt, F32(dx), m, k, n, 0);
+    qins_mem_free(grad_owner(), wt);
   }
-  if (dw || dbias) cpu_parallel(be, n, 4, mm_bwd_dw, &j);
-  if (wtmp.buf) qins_tensor_free(&wtmp);
-  qins_mem_free(grad_owner(), conv);
+  if (dw) {
+    float *dyt = qins_mem_alloc(grad_owner(), (size_t)((n + k) * m > 0 ? (n + k) * m : 1) * sizeof(float));
+    if (!dyt)
+      return qins_error_set(QINS_ENOMEM, "matmul_backward: no memory to transpose the gradient of %s (%lld rows)",
+                            w->name, (long long)m);
+    float *xt = dyt + n * m;
+    transpose_f32(be, dyp, QINS_DT_F32, m, n, dyt);
+    transpose_f32(be, F32(x), QINS_DT_F32, m, k, xt);
+    cpu_gemm_f32_nt(be, dyt, xt, F32(dw), n, k, m, 1);
+    qins_mem_free(grad_owner(), dyt);
+  }
+  if (dbias) {
+    bias_bwd_job j = {dyp, F32(dbias), m, n};
+    cpu_parallel(be, n, 64, bias_bwd_cols, &j);
+  }
   return 0;
 }
 
