@@ -19,21 +19,11 @@ static qins_mem_owner *grad_owner(void) { return qins_mem_owner_get("backend.cpu
 
 /* ---------------------------------------------------------------- matmul */
 
-/* Both products run on the forward's blocked GEMM (y = x . w^T, operands K-contiguous) after a
- * transpose that puts the reduced dimension last:
- *   dx [M,K] = dy [M,N] . (w^T [K,N])^T        (reduces over N)
- *   dw [N,K] += dy^T [N,M] . (x^T [K,M])^T     (reduces over M)
- * A transpose moves N*K or (N+K)*M floats against 2*M*N*K FLOPs, a small price for the GEMM's
- * register blocking. Every output element is summed by one GEMM task in a fixed order. */
-
-typedef struct {
-  const void *src;
-  float *dst;
-  int64_t rows, cols; /* of src; dst is [cols, rows] */
-  qins_dtype dt;      /* f32, f16 or bf16 source, converted to f32 */
-} transpose_job;
-
-#define TR_B 32 /* 32 x 32 tiles: a tile of source and destination fit in L1 together */
+/* Both products run on the outer-product GEMM (cpu_gemm_outer.c), which reads dy through strides,
+ * so neither needs a transpose:
+ *   dx [M,K]  = dy [M,N] . w [N,K]          (reduces over N)
+ *   dw [N,K] += dy^T [N,M] . x [M,K]        (reduces over M)
+ * Every output element is summed by one GEMM task in a fixed order. */
 
 static inline float elem_f32(const void *src, qins_dtype dt, int64_t i) {
   if (dt == QINS_DT_F32) return ((const float *)src)[i];
@@ -41,29 +31,21 @@ static inline float elem_f32(const void *src, qins_dtype dt, int64_t i) {
   return dt == QINS_DT_F16 ? qins_f16_to_f32(h) : qins_bf16_to_f32(h);
 }
 
-/* One task per 32-row band of the destination (32 source columns). */
-static void transpose_bands(void *user, int64_t b0, int64_t b1) {
-  const transpose_job *j = user;
-  for (int64_t b = b0; b < b1; b++) {
-    int64_t c0 = b * TR_B, c1 = c0 + TR_B < j->cols ? c0 + TR_B : j->cols;
-    for (int64_t r0 = 0; r0 < j->rows; r0 += TR_B) {
-      int64_t r1 = r0 + TR_B < j->rows ? r0 + TR_B : j->rows;
-      if (j->dt == QINS_DT_F32) {
-        const float *s = j->src;
-        for (int64_t c = c0; c < c1; c++)
-          for (int64_t r = r0; r < r1; r++) j->dst[c * j->rows + r] = s[r * j->cols + c];
-      } else {
-        for (int64_t c = c0; c < c1; c++)
-          for (int64_t r = r0; r < r1; r++) j->dst[c * j->rows + r] = elem_f32(j->src, j->dt, r * j->cols + c);
-      }
-    }
-  }
+typedef struct {
+  const void *src;
+  float *dst;
+  qins_dtype dt;
+} convert_job;
+
+static void convert_range(void *user, int64_t i0, int64_t i1) {
+  const convert_job *j = user;
+  for (int64_t i = i0; i < i1; i++) j->dst[i] = elem_f32(j->src, j->dt, i);
 }
 
-static void transpose_f32(qins_backend *be, const void *src, qins_dtype dt, int64_t rows, int64_t cols, float *dst) {
-  transpose_job j = {src, dst, rows, cols, dt};
-  int64_t bands = (cols + TR_B - 1) / TR_B;
-  cpu_parallel(be, bands, rows * cols < 65536 ? bands : 1, transpose_bands, &j);
+/* f16/bf16 weights widened to f32 once per call (the GEMM reads each element M/6 times). */
+static void convert_f32(qins_backend *be, const void *src, qins_dtype dt, int64_t n, float *dst) {
+  convert_job j = {src, dst, dt};
+  cpu_parallel(be, n, 16384, convert_range, &j);
 }
 
 typedef struct {
@@ -89,12 +71,8 @@ int cpu_matmul_backward(qins_backend *be, const qins_tensor *dy, const qins_tens
   qins_tensor wtmp = {0};
   int rc = 0;
   if (dx) {
-    float *wt = qins_mem_alloc(grad_owner(), (size_t)(n * k > 0 ? n * k : 1) * sizeof(float));
-    if (!wt)
-      return qins_error_set(QINS_ENOMEM, "matmul_backward: no memory to transpose %s [%lld, %lld]", w->name,
-                            (long long)n, (long long)k);
     const void *src = qins_tensor_host(w);
-    qins_dtype dt = w->dtype;
+    float *wide = NULL;
     if (qins_dtype_is_quantized(w->dtype)) {
       /* Quantized weights: straight-through, the gradient flows through the dequantized values
        * (decoded by the backend's own dequantize op). */
@@ -104,27 +82,25 @@ int cpu_matmul_backward(qins_backend *be, const qins_tensor *dy, const qins_tens
       if (!rc) rc = be->ops->dequantize ? be->ops->dequantize(be, w, &wtmp) : QINS_EUNSUPPORTED;
       if (rc) {
         if (wtmp.buf) qins_tensor_free(&wtmp);
-        qins_mem_free(grad_owner(), wt);
         return qins_error_wrap(rc, "matmul_backward: straight-through decode of %s: ", w->name);
       }
       src = F32(&wtmp);
-      dt = QINS_DT_F32;
+    } else if (w->dtype != QINS_DT_F32) {
+      wide = qins_mem_alloc(grad_owner(), (size_t)(n * k > 0 ? n * k : 1) * sizeof(float));
+      if (!wide)
+        return qins_error_set(QINS_ENOMEM, "matmul_backward: no memory to widen %s [%lld, %lld] to f32", w->name,
+                              (long long)n, (long long)k);
+      convert_f32(be, src, w->dtype, n * k, wide);
+      src = wide;
     }
-    transpose_f32(be, src, dt, n, k, wt);
+    rc = cpu_gemm_outer(be, dyp, n, 1, src, k, F32(dx), m, k, n, 0);
     if (wtmp.buf) qins_tensor_free(&wtmp);
-    cpu_gemm_f32_nt(be, dyp, wt, F32(dx), m, k, n, 0);
-    qins_mem_free(grad_owner(), wt);
+    qins_mem_free(grad_owner(), wide);
+    if (rc) return qins_error_wrap(rc, "matmul_backward: dx of %s: ", w->name);
   }
   if (dw) {
-    float *dyt = qins_mem_alloc(grad_owner(), (size_t)((n + k) * m > 0 ? (n + k) * m : 1) * sizeof(float));
-    if (!dyt)
-      return qins_error_set(QINS_ENOMEM, "matmul_backward: no memory to transpose the gradient of %s (%lld rows)",
-                            w->name, (long long)m);
-    float *xt = dyt + n * m;
-    transpose_f32(be, dyp, QINS_DT_F32, m, n, dyt);
-    transpose_f32(be, F32(x), QINS_DT_F32, m, k, xt);
-    cpu_gemm_f32_nt(be, dyt, xt, F32(dw), n, k, m, 1);
-    qins_mem_free(grad_owner(), dyt);
+    rc = cpu_gemm_outer(be, dyp, 1, n, F32(x), k, F32(dw), n, k, m, 1);
+    if (rc) return qins_error_wrap(rc, "matmul_backward: dw of %s: ", w->name);
   }
   if (dbias) {
     bias_bwd_job j = {dyp, F32(dbias), m, n};

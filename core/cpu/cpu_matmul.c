@@ -113,7 +113,6 @@ typedef struct matmul_job {
   float *y;
   int64_t m, n, k;
   int64_t nblocks; /* GEMM: N blocks per M block */
-  int accumulate;  /* cpu_gemm_f32_nt: add to y instead of overwriting it */
 } matmul_job;
 
 static inline const void *wrow(const void *w, qins_dtype dt, int64_t row, int64_t k) {
@@ -121,7 +120,6 @@ static inline const void *wrow(const void *w, qins_dtype dt, int64_t row, int64_
 }
 
 static void init_rows(const matmul_job *j, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  if (j->accumulate) return;
   for (int64_t r = m0; r < m1; r++)
     for (int64_t o = n0; o < n1; o++) j->y[r * j->n + o] = j->bias ? j->bias[o] : 0.0f;
 }
@@ -181,7 +179,7 @@ static void gemm_bf16(void *u, int64_t b, int64_t e) { gemm_dt(u, QINS_DT_BF16, 
 int cpu_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, const qins_tensor *bias, qins_tensor *y) {
   if (qins_dtype_is_quantized(w->dtype)) return cpu_qmatmul(be, x, w, bias, y); /* cpu_qmatmul.c */
   matmul_job j = {qins_tensor_host(x), qins_tensor_host(w), bias ? qins_tensor_host(bias) : NULL, qins_tensor_host(y),
-                  qins_tensor_rows(x), w->shape[0], w->shape[1], 0, 0};
+                  qins_tensor_rows(x), w->shape[0], w->shape[1], 0};
   int di = w->dtype == QINS_DT_F16 ? 1 : w->dtype == QINS_DT_BF16 ? 2 : 0;
   if (j.m < 4) {
     static const cpu_range_fn gemv[3] = {gemv_f32, gemv_f16, gemv_bf16};
@@ -198,13 +196,3 @@ int cpu_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, con
   return 0;
 }
 
-/* The training GEMMs (cpu_grad.c): the blocked path above for f32 operands whatever m is. Each
- * output element is summed by one task in a fixed K order (K slices in turn), so the result does
- * not depend on the thread count. */
-void cpu_gemm_f32_nt(qins_backend *be, const float *x, const float *w, float *y, int64_t m, int64_t n, int64_t k,
-                     int accumulate) {
-  matmul_job j = {x, w, NULL, y, m, n, k, (n + GEMM_NB - 1) / GEMM_NB, accumulate};
-  if (m <= 0 || n <= 0) return;
-  int64_t tasks = (m + GEMM_MB - 1) / GEMM_MB * j.nblocks;
-  cpu_parallel(be, tasks, m * n * k < (1 << 19) ? tasks : 1, gemm_f32, &j);
-}
