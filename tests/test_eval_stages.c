@@ -1051,6 +1051,13 @@ static void test_bad_pipelines(void **state) {
            "  - {name: cmp, type: logit_compare}\ninputs: {prompts: [hi]}\n");
   snprintf(where, sizeof where, "%s/one.yaml:11:", tmpdir);
   expect_bad("one.yaml", y2, where, "joins 2 branches but takes from 1");
+  /* merge_records with one input */
+  snprintf(y2, sizeof y2,
+           "name: t\nmodel: @M\ntokenizer: @T\nworkers:\n  - {name: w, stages: [ppl, merge]}\n"
+           "stages:\n  - {name: ppl, type: perplexity}\n  - {name: merge, type: merge_records}\n"
+           "inputs: {prompts: [hi]}\n");
+  snprintf(where, sizeof where, "%s/merge1.yaml:", tmpdir);
+  expect_bad("merge1.yaml", y2, where, "joins 2 or more branches but takes from 1 (ppl)");
   /* a missing corpus file: the option's location */
   snprintf(y2, sizeof y2,
            "name: t\nmodel: @M\ntokenizer: @T\nworkers:\n  - {name: w, stages: [ppl]}\n"
