@@ -48,8 +48,7 @@ int qins_eval_emit(qins_msg *out, const qins_msg *in, json_t *rec) {
   if (!s) return qins_error_set(QINS_ENOMEM, "out of memory writing a record");
   int rc = qins_msg_output_text(out, in, s, strlen(s));
   free(s);
-  out->step = 0;
-  out->flags = QINS_MSG_END;
+  out->flags = QINS_MSG_END; /* a request's one record */
   return rc ? rc : 1;
 }
 

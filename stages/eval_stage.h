@@ -24,9 +24,8 @@ void qins_eval_mean_add(qins_eval_mean *m, double v);
 /* Counter qins_eval_records_total{stage, worker}: records an eval stage wrote. */
 qins_metric *qins_eval_records_metric(const qins_stage_ctx *ctx);
 
-/* Write `rec` (consumed) as the output text, flagged END at step 0 (a request's one record: a
- * merge_records join pairs the records of several eval stages by that step); returns 1 (output
- * produced) or a negative status. */
+/* Write `rec` (consumed) as the output text, flagged END (a request's one record); returns 1
+ * (output produced) or a negative status. */
 int qins_eval_emit(qins_msg *out, const qins_msg *in, json_t *rec);
 
 /* A JSON number that stays valid JSON for inf/nan (written as null). */

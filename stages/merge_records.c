@@ -1,8 +1,8 @@
 /* Stage type `merge_records`: a join of the records (JSON objects) of several eval stages for the
  * same request into one object keyed by the producing stage's name, so one pipeline gives one
  * record per request holding several measurements (compare + logit_compare + context_curve of
- * the same two branches, say). Every incoming edge is a branch; the eval stages write their one
- * record per request at step 0 (stages/eval_stage.c), so the worker's join pairs them. */
+ * the same two branches, say). Every incoming edge is a branch (QINS_JOIN_ALL): the worker's join
+ * pairs the one record each gives per request, whatever the step it came at. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -39,7 +39,9 @@ enum {
 
 #define QINS_PORT_MAX 64
 
-/* qins_stage_type.join value: every incoming (non-loop) edge is a branch (at least 2). */
+/* qins_stage_type.join value: every incoming (non-loop) edge is a branch (at least 2), and each
+ * branch gives one message per request (a record): they are paired by (request, attempt) alone,
+ * whatever their steps. */
 #define QINS_JOIN_ALL (-1)
 /* Is a stage type a join (forward_join, branches paired by the worker)? */
 #define QINS_STAGE_IS_JOIN(t) ((t)->join > 1 || (t)->join == QINS_JOIN_ALL)

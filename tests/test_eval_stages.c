@@ -830,7 +830,7 @@ static void test_join_survives_killed_worker(void **state) {
  * %d tokens) measured three ways and merged into one record per request. */
 static const char *ALL_YAML =
     "name: t-all\nmodel: @M\ntokenizer: @T\nbackend: cpu\n"
-    "workers:\n  - {name: fa, stages: [tokenize, embed_a, blocks_a, head_a, sample_a]}\n"
+    "workers:\n  - {name: fa, stages: [tokenize, embed_a, blocks_a, head_a, sample_a, detok, text]}\n"
     "  - {name: fb, stages: [embed_b, blocks_b, head_b, sample_b]}\n  - {name: e, stages: [compare, logits, curve, merge]}\n"
     "stages:\n  - {name: tokenize, type: tokenize}\n  - {name: embed_a, type: embed}\n"
     "  - {name: blocks_a, type: qins_block, options: {policy: none}}\n  - {name: head_a, type: head}\n"
@@ -839,13 +839,15 @@ static const char *ALL_YAML =
     "  - {name: head_b, type: head}\n  - {name: sample_b, type: sample, options: {max_tokens: %d, stop: false}}\n"
     "  - {name: compare, type: compare}\n  - {name: logits, type: logit_compare}\n"
     "  - {name: curve, type: context_curve, options: {bin: 32}}\n  - {name: merge, type: merge_records}\n"
+    "  - {name: detok, type: detokenize}\n  - {name: text, type: sink}\n"
     "edges:\n  - {from: tokenize, to: embed_a}\n  - {from: tokenize, to: embed_b}\n  - {from: embed_a, to: blocks_a}\n"
     "  - {from: blocks_a, to: head_a}\n  - {from: head_a, to: sample_a}\n  - {from: sample_a, to: embed_a, loop: true}\n"
     "  - {from: embed_b, to: blocks_b}\n  - {from: blocks_b, to: head_b}\n  - {from: head_b, to: sample_b}\n"
     "  - {from: sample_b, to: embed_b, loop: true}\n  - {from: sample_a, to: compare}\n  - {from: sample_b, to: compare}\n"
     "  - {from: head_a, to: logits}\n  - {from: head_b, to: logits}\n  - {from: head_a, to: curve}\n"
     "  - {from: head_b, to: curve}\n  - {from: compare, to: merge}\n  - {from: logits, to: merge}\n"
-    "  - {from: curve, to: merge}\n"
+    "  - {from: curve, to: merge}\n  - {from: sample_a, to: detok}\n  - {from: detok, to: text}\n"
+    "  - {from: text, to: merge}\n" /* a record that comes at the last step, not step 0 */
     "heartbeat_ms: 2000\n";
 
 static long long sum_array(json_t *a) {
@@ -946,6 +948,10 @@ static void test_pipeline_eos_one_branch(void **state) {
     assert_true(num(l, "kl") == 0.0 && num(l, "top1_agree") == 1.0);
     assert_true(num(c, "match") == (double)na / MAXT);
     assert_int_equal((int)num(c, "first_divergence"), na);
+    json_t *tx = json_object_get(r, "text"); /* branch a's text, from the sink */
+    assert_non_null(tx);
+    assert_int_equal((int)num(tx, "tokens"), na);
+    assert_true(strlen(json_string_value(json_object_get(tx, "text"))) > 0);
     json_decref(r);
   }
   assert_true(stopped > 0); /* stories260K ends its stories well within 400 tokens */
@@ -992,6 +998,7 @@ static void test_merge_survives_killed_worker(void **state) {
       assert_non_null(json_object_get(a, "compare"));
       assert_non_null(json_object_get(a, "logits"));
       assert_non_null(json_object_get(a, "curve"));
+      assert_non_null(json_object_get(a, "text"));
       if (!json_equal(a, b)) fail_msg("request %d after killing %s differs from the undisturbed run", i, victims[v]);
       json_decref(a);
       json_decref(b);

@@ -360,8 +360,13 @@ static int route_marker(wk *w, int s, const qins_msg *m, int via_loop) {
       item *it = push_local(w, ed->to, &k, NULL);
       if (!it) return qins_error_set(QINS_ENOMEM, "out of memory");
       it->edge = e;
-    } else
-      rc = send_to(w, e, &k);
+    } else { /* as send_to, but not counted as an item on the edge (the dashboard counts data) */
+      int c = qins_topo_chan_for(pl, &w->topo, e, w->inst, k.route);
+      if (c < 0) return qins_error_set(QINS_EINTERNAL, "no channel for edge %d from %s", e, w->name);
+      rc = wait_credit(w, &w->tx[c]);
+      if (rc) return rc < 0 ? rc : 0;
+      rc = qins_chan_send(&w->tx[c], &k);
+    }
   }
   return rc;
 }
@@ -508,7 +513,9 @@ static int run_stage(wk *w, int s, int edge, const qins_msg *in) {
     int k = edge >= 0 && edge < w->pl->n_edges ? w->branch[edge] : -1;
     if (k < 0) return qins_error_set(QINS_EINTERNAL, "join stage '%s': message from no branch (edge %d)", w->pl->stages[s].name, edge);
     join_ctx c = {w, s};
-    int rc = qins_join_put(w->joins[s], k, in, join_deliver, &c);
+    qins_msg one = *in;
+    if (w->pl->stages[s].type->join == QINS_JOIN_ALL) one.step = 0; /* one message per branch and request */
+    int rc = qins_join_put(w->joins[s], k, &one, join_deliver, &c);
     if (w->m_join_held[s]) qins_metric_set(w->m_join_held[s], (double)qins_join_held(w->joins[s], NULL));
     if (rc < 0 && !w->reported) fatal(w, w->pl->stages[s].name);
     return rc;
