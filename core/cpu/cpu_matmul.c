@@ -195,4 +195,3 @@ int cpu_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, con
   }
   return 0;
 }
-
