@@ -278,9 +278,12 @@ static double mse_at(const float *x, int64_t n, qins_dtype fmt, double u, double
 }
 
 /* `mse` mode: grid of 33 points on u = ln(alpha * sigma) in [ln 0.02, ln 20] (lowest MSE; MSEs
- * within 2^-16 of the lowest tie, and ties go to the lowest u), then 24 golden-section steps on [u_best - h, u_best + h]; the refined midpoint
- * is kept only when its MSE is strictly lower than the grid point's. */
-static float calibrate_mse(const float *x, int64_t n, qins_dtype fmt, double scale) {
+ * within 2^-16 of the lowest tie, and ties go to the lowest u), then 24 golden-section steps on
+ * [u_best - h, u_best + h]; the refined midpoint is kept only when its MSE is strictly lower than
+ * the grid point's. Last, the absmax alpha is taken instead when its MSE is lower by more than
+ * 2^-16: on rows of a few elements or one huge outlier it can lie outside the grid (alpha * sigma
+ * > 20), and `mse` must never do worse than `absmax`. The margin keeps float and double agreeing. */
+static float calibrate_mse(const float *x, int64_t n, qins_dtype fmt, double scale, float alpha_absmax) {
   const double lo = log(0.02), hi = log(20.0);
   const double h = (hi - lo) / 32.0;
   double grid[33], min_m = INFINITY;
@@ -316,7 +319,8 @@ static float calibrate_mse(const float *x, int64_t n, qins_dtype fmt, double sca
   }
   double u = 0.5 * (a + b);
   double m = mse_at(x, n, fmt, u, scale);
-  if (!(m < best_m)) u = best_u;
+  if (!(m < best_m)) u = best_u, m = best_m;
+  if (qins_codec_row_mse(x, n, fmt, alpha_absmax) < m * (1.0 - 0x1p-16)) return alpha_absmax;
   return alpha_store(exp(u) / scale);
 }
 
@@ -329,7 +333,10 @@ float qins_codec_calibrate_row(const float *x, int64_t n, qins_dtype fmt, qins_a
   switch (spec.mode) {
   case QINS_ALPHA_STD: return alpha_store(spec.value / scale);
   case QINS_ALPHA_ABSMAX: return alpha_store((fmt == QINS_DT_QINS6 ? 62.0 : 254.0) / st.absmax);
-  case QINS_ALPHA_MSE: return calibrate_mse(x, n, fmt == QINS_DT_QINS6 ? fmt : QINS_DT_QINS8, scale);
+  case QINS_ALPHA_MSE: {
+    qins_dtype of = fmt == QINS_DT_QINS6 ? fmt : QINS_DT_QINS8;
+    return calibrate_mse(x, n, of, scale, alpha_store((of == QINS_DT_QINS6 ? 62.0 : 254.0) / st.absmax));
+  }
   default: return 1.0f;
   }
 }

@@ -1,7 +1,8 @@
 // Per-row alpha for the QINS formats, one work group per row (QINS.md section 3).
 // mode 0 mse, 1 std:c, 2 absmax, 3 fixed:v; L = 255 (qins8, qins-f32) or 63 (qins6).
 // mse: 33-point grid on u = ln(alpha * sigma) over [ln 0.02, ln 20], then 24 golden-section
-// steps on [u_best - h, u_best + h]; the refined midpoint is kept only if its MSE is lower.
+// steps on [u_best - h, u_best + h]; the refined midpoint is kept only if its MSE is lower; then
+// the absmax alpha instead when its MSE is lower by more than 2^-16 (mse never worse than absmax).
 // A constant nonzero row (sigma 0) uses absmax in place of sigma (std and mse). NaN and +-Inf
 // elements are left out of every statistic (mean, sigma, absmax, MSE: all divide by the finite
 // count). alpha is stored finite and > 0 (clamped to [FLT_MIN, FLT_MAX]), like the cpu codec.
@@ -122,6 +123,10 @@ void main() {
     float um = 0.5 * (lo + hi);
     float fm = mse(xo, kf, safe_div(exp(um), sg));
     a = safe_div(exp(fm < fb ? um : ub), sg);
+    // the absmax alpha when its MSE is lower by more than 2^-16 (outside the grid on rows of a
+    // few elements or one huge outlier; the cpu codec's rule: mse never does worse than absmax)
+    float aa = store_alpha(safe_div(pc.L == 255u ? 254.0 : 62.0, absmax));
+    if (mse(xo, kf, aa) < min(fm, fb) * (1.0 - 1.52587890625e-05)) a = aa;
   }
   if (pc.mode != 3u) a = store_alpha(a);
   if (lid == 0u) alpha[(pc.off[1] >> 2) + r] = a;
