@@ -231,6 +231,7 @@ int vk_dispatch(vk_ctx *c, qins_op_kind kind, int shader, const vk_bind *binds, 
   vkCmdDispatch(c->cmd, gx, gy, 1);
   stamp(c, 1, kind);
   c->ndispatch++;
+  c->n_commands++;
   return 0;
 }
 
@@ -247,6 +248,7 @@ int vk_copy_region(vk_ctx *c, qins_op_kind kind, vk_buffer *src, VkDeviceSize so
   vkCmdCopyBuffer(c->cmd, src->buf, dst->buf, 1, &region);
   stamp(c, 1, kind);
   c->ndispatch++;
+  c->n_commands++;
   return 0;
 }
 
@@ -268,6 +270,7 @@ int vk_flush(vk_ctx *c) {
   int rc = vk_check(vkEndCommandBuffer(c->cmd), "vkEndCommandBuffer");
   VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &c->cmd};
   if (!rc) rc = vk_check(vkQueueSubmit(c->queue, 1, &si, c->fence), "vkQueueSubmit");
+  c->n_submits++; /* every submit is followed by a host wait: the count of round trips */
   if (!rc) rc = vk_check(vkWaitForFences(c->dev, 1, &c->fence, VK_TRUE, UINT64_MAX), "vkWaitForFences");
   vkResetFences(c->dev, 1, &c->fence);
   if (!rc && c->timestamps && c->ndispatch > 0) {

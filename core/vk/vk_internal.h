@@ -58,6 +58,7 @@ typedef struct vk_ctx {
   int recording;
   uint64_t batch; /* serial of the batch being recorded */
   int ndispatch;
+  uint64_t n_submits, n_commands; /* totals since creation (qins_vk_counters) */
   VkQueryPool qpool;
   int timestamps;
   uint64_t ts_mask; /* timestampValidBits as a mask: differences wrap within it */
@@ -163,6 +164,7 @@ int vk_cross_entropy(qins_backend *be, const qins_tensor *logits, const qins_ten
                             qins_tensor *dlogits, float scale);
 int vk_adamw_step(qins_backend *be, qins_tensor *w, const qins_tensor *g, qins_tensor *m, qins_tensor *v,
                   const qins_adamw_step_args *a);
+int vk_sumsq(qins_backend *be, const qins_tensor *x, qins_tensor *out, int64_t index);
 int vk_cast_impl(vk_ctx *c, qins_op_kind kind, const qins_tensor *src, const qins_tensor *dst);
 
 /* A row-parallel op argument: bound per chunk of rows (row_bytes > 0) or whole (row_bytes 0). */
