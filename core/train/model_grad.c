@@ -410,18 +410,22 @@ int qins_train_model_push_weights(qins_train_model *tm) {
   return rc;
 }
 
+int qins_train_model_pull_grad(qins_train_model *tm, int i) {
+  if (!tm->device) return 0;
+  if (i < 0 || i >= tm->np) return qins_error_set(QINS_EINVAL, "train model: no parameter %d", i);
+  tparam *p = &tm->p[i];
+  if (p->tidx >= 0) {
+    transposed *t = &tm->t[p->tidx];
+    int rc = qins_tensor_read(&t->tg, t->g);
+    if (!rc) transpose_into(p->pub.g, t->g, p->pub.shape[1], p->pub.shape[0], 0);
+    return rc;
+  }
+  return qins_tensor_read(&p->g, p->pub.g);
+}
+
 int qins_train_model_pull_grads(qins_train_model *tm) {
   int rc = 0;
-  for (int i = 0; tm->device && i < tm->np && !rc; i++) {
-    tparam *p = &tm->p[i];
-    if (p->tidx >= 0) {
-      transposed *t = &tm->t[p->tidx];
-      rc = qins_tensor_read(&t->tg, t->g);
-      if (!rc) transpose_into(p->pub.g, t->g, p->pub.shape[1], p->pub.shape[0], 0);
-    } else {
-      rc = qins_tensor_read(&p->g, p->pub.g);
-    }
-  }
+  for (int i = 0; tm->device && i < tm->np && !rc; i++) rc = qins_train_model_pull_grad(tm, i);
   return rc;
 }
 

@@ -310,7 +310,14 @@ int vk_sumsq(qins_backend *be, const qins_tensor *x, qins_tensor *out, int64_t i
   int64_t per = (int64_t)(lim / 4);
   if (per > (int64_t)1 << 30) per = (int64_t)1 << 30;
   int64_t chunks = (n + per - 1) / per;
-  const uint32_t max_groups = 512; /* partials per chunk: enough groups to fill a big GPU */
+  /* partials per chunk: enough groups to fill a big GPU, fewer when many chunks must share the
+   * one binding the final pass reads */
+  int64_t fit = (int64_t)(lim / (f64 ? 8 : 4)) / (chunks > 0 ? chunks : 1);
+  /* the scratch lives until its batch completes: the op must fit in one batch */
+  if (fit < 1 || chunks + 2 > VK_MAX_DISPATCH)
+    return qins_error_set(QINS_EUNSUPPORTED, "sumsq: vulkan: %s splits into %lld chunks, too many partial sums for one binding",
+                          x->name, (long long)chunks);
+  const uint32_t max_groups = (uint32_t)(fit < 512 ? fit : 512);
   int64_t nparts = 0;
   for (int64_t k = 0; k < chunks; k++) {
     int64_t m = n - k * per < per ? n - k * per : per;
