@@ -513,6 +513,7 @@ typedef struct slot {
   qins_tensor *tids, *tpos, *ttgt, *freq;
   qins_tensor *x;   /* the rows leaving the layers: the part's output, or the final norm's input */
   qins_tensor *hf, *logits; /* with_head: normed rows and dlogits (after the forward) */
+  qins_tensor *lossv;       /* per-row losses read at the end of the backward (defer_loss), else NULL */
 } slot;
 
 struct qins_train_part {
@@ -520,6 +521,10 @@ struct qins_train_part {
   int l0, l1, with_embed, with_head, max_mb;
   slot *slots;
   unsigned char *uses; /* [np] */
+  /* qins_train_model_loss_grad without hooks: the loss is read after the backward is recorded, so
+   * one submit (and host wait) per micro-batch instead of two on a device */
+  int defer_loss;
+  double deferred_loss;
 };
 
 /* Marks the parameter whose buffer t views (a GPT-2 working copy counts as its source). */
@@ -788,14 +793,19 @@ int qins_train_part_forward(qins_train_part *p, int mb, const int32_t *ids, int 
     TRY(qins_op_matmul(be, sl->hf, tm->head, NULL, sl->logits));
     TRY(act(a, &lossv, "loss", n, 0, 0));
     TRY(qins_op_cross_entropy(be, sl->logits, sl->ttgt, lossv, sl->logits, 0.0f)); /* dlogits of the mean, in place */
-    host = qins_mem_alloc(owner(), (size_t)n * sizeof(float));
-    if (!host) TRY(QINS_ENOMEM);
-    TRY(qins_tensor_read(lossv, host));
-    double sum = 0;
-    for (int i = 0; i < n - 1; i++) sum += host[i];
-    total = sum / (n - 1);
-    qins_mem_free(owner(), host);
-    host = NULL;
+    sl->lossv = NULL;
+    if (p->defer_loss && !tm->hook && !tm->hhook) {
+      sl->lossv = lossv; /* read with the backward's batch (qins_train_part_backward) */
+    } else {
+      host = qins_mem_alloc(owner(), (size_t)n * sizeof(float));
+      if (!host) TRY(QINS_ENOMEM);
+      TRY(qins_tensor_read(lossv, host));
+      double sum = 0;
+      for (int i = 0; i < n - 1; i++) sum += host[i];
+      total = sum / (n - 1);
+      qins_mem_free(owner(), host);
+      host = NULL;
+    }
     if (tm->hook) { /* through host memory: the logits may live on a device */
       host = qins_mem_alloc(owner(), (size_t)(n * V) * sizeof(float));
       if (!host) TRY(QINS_ENOMEM);
@@ -911,6 +921,18 @@ int qins_train_part_backward(qins_train_part *p, int mb, const float *dx_out, fl
   } else {
     TRY(qins_tensor_read(dx, dx_in));
   }
+  if (sl->lossv) { /* deferred: this read submits the whole micro-batch at once */
+    int rows = sl->n;
+    float *lh = qins_mem_alloc(owner(), (size_t)rows * sizeof(float));
+    if (!lh) TRY(QINS_ENOMEM);
+    rc = qins_tensor_read(sl->lossv, lh);
+    double sum = 0;
+    for (int i = 0; i < rows - 1; i++) sum += lh[i];
+    p->deferred_loss = sum / (rows - 1);
+    qins_mem_free(owner(), lh);
+    sl->lossv = NULL;
+    if (rc) goto out;
+  }
   TRY(qins_backend_sync(be));
   part_flush_grads(p);
 out:
@@ -928,7 +950,10 @@ int qins_train_model_loss_grad(qins_train_model *tm, const int32_t *ids, int n, 
     int rc = qins_train_part_create(tm, 0, tm->cfg.n_layers, 1, 1, 1, &tm->whole);
     if (rc) return rc;
   }
+  tm->whole->defer_loss = !tm->hook && !tm->hhook;
+  tm->whole->deferred_loss = 0;
   int rc = qins_train_part_forward(tm->whole, 0, ids, n, NULL, NULL, loss);
   if (!rc) rc = qins_train_part_backward(tm->whole, 0, NULL, NULL);
+  if (!rc && tm->whole->defer_loss && loss) *loss += tm->whole->deferred_loss; /* forward set the rest (0) */
   return rc;
 }
