@@ -247,17 +247,24 @@ static void test_sumsq_op(void **st) {
  * on stories260K with fresh random ids: 4 steps, the v_proj weights on QINS-AdamW (host-updated,
  * their gradients pulled) and the rest on plain AdamW (on the device on vk), clip_norm at a third
  * of the first step's norm (every step clipped), and a NaN written into one gradient at step 3
- * (skip response: not applied, the tensor named). cpu: reports (norm, clip scale, anomaly) and
+ * (skip, lower-lr and FP-fallback responses in turn: never applied, the tensor named, lr factor and fallback flag
+ * equal on both paths). cpu: reports (norm, clip scale, anomaly) and
  * every weight bit for bit; vk: norms within 1e-6 relative, weights within 1e-5 relative L2 (the
  * norms differ by summation order only, which moves the clip scale by an ulp). */
+typedef struct dn_out {
+  int flagged;     /* the bad parameter was flagged for FP fallback */
+  float lr_factor; /* the optimizer's anomaly lr multiplier at the end */
+  int first_qins;  /* index of the first QINS-AdamW (v_proj) parameter */
+} dn_out;
+
 static void device_norm_run(qins_backend *be, int device_norm, int steps, float clip, int bad_step, int bad_param,
-                            qins_step_report *reps, double *losses, float **weights, int64_t *ns, int *np_out,
-                            char *bad_name) {
+                            qins_anomaly_action action, qins_step_report *reps, double *losses, float **weights,
+                            int64_t *ns, int *np_out, char *bad_name, dn_out *res) {
   qins_train_model *tm = open_tm(test_shared_path("models/stories260K/stories260K.bin"), be);
   int np = qins_train_model_count(tm);
   qins_optim_config cfg = qins_optim_config_default();
   cfg.clip_norm = clip;
-  cfg.anomaly.action = QINS_ANOMALY_SKIP;
+  cfg.anomaly.action = action;
   qins_optim *o;
   assert_int_equal(qins_optim_create(&cfg, &o), 0);
   for (int i = 0; i < np; i++) {
@@ -299,6 +306,11 @@ static void device_norm_run(qins_backend *be, int device_norm, int steps, float 
     memcpy(weights[i], p->w, (size_t)p->n * sizeof(float));
   }
   *np_out = np;
+  res->flagged = bad_param >= 0 && bad_param < np ? qins_optim_flagged(o, bad_param) : 0;
+  res->lr_factor = qins_optim_lr_factor(o);
+  res->first_qins = -1;
+  for (int i = np - 1; i >= 0; i--)
+    if (strstr(qins_optim_name(o, i), "v_proj")) res->first_qins = i;
   qins_optim_destroy(o);
   qins_train_model_destroy(tm);
 }
@@ -308,7 +320,11 @@ static void test_device_norm_step(void **st) {
   enum { STEPS = 4, BAD = 2 };
   int nb = test_pair_be[1] ? 2 : 1;
   if (vk) qins_vk_set_max_range(vk, 0);
-  for (int b = 0; b < nb; b++) {
+  static const qins_anomaly_action actions[3] = {QINS_ANOMALY_SKIP, QINS_ANOMALY_SCALE_LR, QINS_ANOMALY_FALLBACK};
+  for (int run = 0; run < 2 * 3; run++) {
+    int b = run / 3;
+    qins_anomaly_action action = actions[run % 3];
+    if (b >= nb) break;
     qins_backend *be = test_pair_be[b];
     /* the first step's norm, to set a clip that bites */
     qins_step_report r0[1];
@@ -317,16 +333,24 @@ static void test_device_norm_step(void **st) {
     int64_t ns[64];
     char bad_name[QINS_NAME_MAX] = "";
     int np = 0;
-    device_norm_run(be, 0, 1, 0.0f, -1, 0, r0, l0, w0, ns, &np, bad_name);
+    dn_out o0, oh, od;
+    device_norm_run(be, 0, 1, 0.0f, -1, 0, QINS_ANOMALY_SKIP, r0, l0, w0, ns, &np, bad_name, &o0);
     assert_true(np <= 64);
     for (int i = 0; i < np; i++) free(w0[i]);
     float clip = (float)(r0[0].grad_norm / 3.0);
     int bad_param = (int)(test_rand_u64() % (uint64_t)np);
+    if (action == QINS_ANOMALY_FALLBACK) /* a QINS (v_proj) tensor: the one fallback moves to FP */
+      bad_param = o0.first_qins;
     qins_step_report rh[STEPS], rd[STEPS];
     double lh[STEPS], ld[STEPS];
     float *wh[64], *wd[64];
-    device_norm_run(be, 0, STEPS, clip, BAD, bad_param, rh, lh, wh, ns, &np, bad_name);
-    device_norm_run(be, 1, STEPS, clip, BAD, bad_param, rd, ld, wd, ns, &np, bad_name);
+    device_norm_run(be, 0, STEPS, clip, BAD, bad_param, action, rh, lh, wh, ns, &np, bad_name, &oh);
+    device_norm_run(be, 1, STEPS, clip, BAD, bad_param, action, rd, ld, wd, ns, &np, bad_name, &od);
+    assert_int_equal(od.flagged, oh.flagged);
+    assert_int_equal(od.flagged, action == QINS_ANOMALY_FALLBACK);
+    assert_true(od.lr_factor == oh.lr_factor);
+    assert_true(od.lr_factor == (action == QINS_ANOMALY_SCALE_LR ? 0.5f : 1.0f));
+    assert_int_equal(rd[BAD].action, action);
     double worst_norm = 0, worst_w = 0;
     for (int s = 0; s < STEPS; s++) {
       assert_int_equal(rh[s].applied, s != BAD);
@@ -356,9 +380,11 @@ static void test_device_norm_step(void **st) {
         worst_w = fmax(worst_w, test_rel_l2(wd[i], wh[i], ns[i]));
       }
     }
-    print_message("  device norms on %s: %d steps clipped at %.4g, NaN at step %d in parameter %d (%s) skipped; "
+    print_message("  device norms on %s: %d steps clipped at %.4g, NaN at step %d in parameter %d (%s), response %s: "
                   "worst norm difference %.3g, weights %.3g\n",
-                  be->name, STEPS, (double)clip, BAD + 1, bad_param, rd[BAD].tensor, worst_norm, worst_w);
+                  be->name, STEPS, (double)clip, BAD + 1, bad_param, rd[BAD].tensor,
+                  action == QINS_ANOMALY_SKIP ? "skip" : action == QINS_ANOMALY_SCALE_LR ? "lower lr" : "FP fallback",
+                  worst_norm, worst_w);
     for (int i = 0; i < np; i++) {
       free(wh[i]);
       free(wd[i]);
