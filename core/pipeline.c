@@ -461,7 +461,7 @@ static int validate_graph(qins_pipeline *pl) {
       const qins_pl_stage *a = &pl->stages[pl->edges[i].from];
       if (len < sizeof list - 80) len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", got ? ", " : "", a->name);
       got++;
-      if (want > 1 && first >= 0 && strcmp(pl->stages[first].out_port, a->out_port) != 0)
+      if ((want > 1 || want == QINS_JOIN_ALL) && first >= 0 && strcmp(pl->stages[first].out_port, a->out_port) != 0)
         return qins_error_set(QINS_EINPUT,
                               "%s: stages[%s]: branch mismatch: %s joins '%s' (%s) with '%s' (%s); its branches must "
                               "give the same port",
@@ -469,6 +469,9 @@ static int validate_graph(qins_pipeline *pl) {
                               pl->stages[first].name, pl->stages[first].out_port, a->name, a->out_port);
       if (first < 0) first = pl->edges[i].from;
     }
+    if (want == QINS_JOIN_ALL && got < 2)
+      return qins_error_set(QINS_EINPUT, "%s: stages[%s]: branch mismatch: type '%s' joins 2 or more branches but takes from %d (%s)",
+                            W(j->node), j->name, j->type->name, got, got ? list : "none");
     if (want > 1 && got != want)
       return qins_error_set(QINS_EINPUT, "%s: stages[%s]: branch mismatch: type '%s' joins %d branches but takes from %d (%s)",
                             W(j->node), j->name, j->type->name, want, got, got ? list : "none");

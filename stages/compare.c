@@ -80,7 +80,7 @@ static int fwd(qins_stage *st, const qins_msg *const *in, int n, qins_msg *out) 
   cmp *c = st->priv;
   const qins_msg *f = qins_eval_first(in, n);
   for (int k = 0; k < 2; k++)
-    if (in[k] && (in[k]->dtype != QINS_DT_I32 || in[k]->ndim != 1))
+    if (qins_eval_data(in[k]) && (in[k]->dtype != QINS_DT_I32 || in[k]->ndim != 1))
       return qins_error_set(QINS_EINPUT, "compare %s: branch %d: expected i32[T] token ids", st->ctx.stage_name, k);
   creq *r = qins_reqstate_find(c->reqs, f->req, f->attempt);
   if (!r) {
@@ -92,8 +92,10 @@ static int fwd(qins_stage *st, const qins_msg *const *in, int n, qins_msg *out) 
   }
   for (int k = 0; k < 2; k++) {
     if (!in[k]) continue;
-    int rc = append(&r->b[k], in[k]);
-    if (rc) return rc;
+    if (qins_eval_data(in[k])) { /* an end marker brings no ids, only the end */
+      int rc = append(&r->b[k], in[k]);
+      if (rc) return rc;
+    }
     if (in[k]->flags & QINS_MSG_END) r->ended[k] = 1;
   }
   if (!r->ended[0] || !r->ended[1]) return 0;

@@ -17,9 +17,9 @@
 static const qins_opt_spec opts[] = {
     {"bin", QINS_OPT_INT, "64", 1, 1 << 24, "positions per bin"},
     {"temperature", QINS_OPT_FLOAT, "1", 1e-6, 1e6, "softmax temperature of the KL"},
-    {"steps", QINS_OPT_INT, "1", 1, 1 << 24,
-     "joined messages per request before the record is written (1: one prefill with head rows: all); a branch's END "
-     "also writes it"},
+    {"steps", QINS_OPT_INT, "0", 0, 1 << 24,
+     "0: write the record when the request ends (after its one message without a generation loop, after both "
+     "branches ended in one); N: after N joined messages or a branch's end, whichever comes first"},
     {NULL, 0, NULL, 0, 0, NULL},
 };
 
@@ -27,11 +27,12 @@ typedef struct creq {
   double kl[MAX_BINS], top1[MAX_BINS];
   long long count[MAX_BINS];
   int n_bins, sets, done;
+  unsigned ended; /* bit k: branch k ended */
 } creq;
 
 typedef struct curve {
   qins_reqstate *reqs;
-  int bin, steps;
+  int bin, steps, loop;
   double temp;
   qins_eval_mean *kl_bin; /* [MAX_BINS], made on first use */
   qins_eval_mean kl_all;
@@ -50,6 +51,7 @@ static int init(qins_stage *st, const qins_stage_ctx *ctx) {
   st->priv = c;
   c->bin = (int)qins_stage_opt_int(st, "bin");
   c->steps = (int)qins_stage_opt_int(st, "steps");
+  c->loop = qins_eval_loop_fed(ctx);
   c->temp = qins_stage_opt_float(st, "temperature");
   c->ctx = &st->ctx;
   c->kl_bin = calloc(MAX_BINS, sizeof *c->kl_bin);
@@ -86,8 +88,8 @@ static int fwd(qins_stage *st, const qins_msg *const *in, int n, qins_msg *out) 
   }
   if (r->done) return 0; /* the record is written; the coordinator's FORGET frees this */
   r->sets++;
-  if (in[0] && in[1]) {
-    const qins_msg *a = in[0], *b = in[1];
+  const qins_msg *a = qins_eval_data(in[0]), *b = qins_eval_data(in[1]);
+  if (a && b) {
     if (a->dtype != QINS_DT_F32 || b->dtype != QINS_DT_F32 || a->ndim != 2 || b->ndim != 2 ||
         a->shape[0] != b->shape[0] || a->shape[1] != b->shape[1] || a->pos != b->pos)
       return qins_error_set(QINS_EINPUT, "context_curve %s, request %llu: branch mismatch: the branches' logits differ in shape or position",
@@ -104,8 +106,12 @@ static int fwd(qins_stage *st, const qins_msg *const *in, int n, qins_msg *out) 
       if (k + 1 > r->n_bins) r->n_bins = k + 1;
     }
   }
-  int ended = (in[0] && (in[0]->flags & QINS_MSG_END)) || (in[1] && (in[1]->flags & QINS_MSG_END)) || !in[0] || !in[1];
-  if (r->sets < c->steps && !ended) return 0;
+  for (int k = 0; k < 2; k++)
+    if (qins_eval_ended(in[k])) r->ended |= 1u << k;
+  /* steps 0: one message per request without a loop; in a loop, until both branches ended (every
+   * end reaches here: sample's END travels on as an end marker, stages/stage.h) */
+  int write = c->steps > 0 ? r->sets >= c->steps || r->ended : !c->loop || r->ended == 3u;
+  if (!write) return 0;
   json_t *rec = json_object(), *jp = json_array(), *jk = json_array(), *j1 = json_array(), *jc = json_array();
   double kl_all = 0;
   long long rows = 0;

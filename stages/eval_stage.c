@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/pipeline.h"
 
 void qins_eval_mean_init(qins_eval_mean *m, const qins_stage_ctx *ctx, const char *name, const char *help,
                          const char *extra_labels) {
@@ -47,5 +48,47 @@ int qins_eval_emit(qins_msg *out, const qins_msg *in, json_t *rec) {
   if (!s) return qins_error_set(QINS_ENOMEM, "out of memory writing a record");
   int rc = qins_msg_output_text(out, in, s, strlen(s));
   free(s);
+  out->flags = QINS_MSG_END; /* a request's one record */
   return rc ? rc : 1;
+}
+
+const qins_msg *qins_eval_data(const qins_msg *m) { return m && !(m->flags & QINS_MSG_MARK) ? m : NULL; }
+
+int qins_eval_ended(const qins_msg *m) { return !m || (m->flags & QINS_MSG_END); }
+
+int qins_eval_loop_fed(const qins_stage_ctx *ctx) {
+  const qins_pipeline *pl = ctx->pipeline;
+  if (!pl) return 0;
+  int me = qins_pipeline_stage_index(pl, ctx->stage_name);
+  if (me < 0) return 0;
+  /* walk back from this stage over non-loop edges; a stage reached that a loop edge enters is
+   * inside the loop */
+  char *seen = calloc((size_t)pl->n_stages, 1);
+  int *todo = malloc(sizeof(int) * (size_t)pl->n_stages);
+  int n = 0, found = 0;
+  if (!seen || !todo) {
+    free(seen);
+    free(todo);
+    return 0;
+  }
+  seen[me] = 1;
+  todo[n++] = me;
+  while (n > 0 && !found) {
+    int v = todo[--n];
+    for (int e = 0; e < pl->n_edges; e++) {
+      const qins_pl_edge *ed = &pl->edges[e];
+      if (ed->to != v) continue;
+      if (ed->loop) {
+        found = 1;
+        break;
+      }
+      if (!seen[ed->from]) {
+        seen[ed->from] = 1;
+        todo[n++] = ed->from;
+      }
+    }
+  }
+  free(seen);
+  free(todo);
+  return found;
 }

@@ -44,9 +44,9 @@ static void fini(qins_stage *st) {
 static int fwd(qins_stage *st, const qins_msg *const *in, int n, qins_msg *out) {
   hcos *h = st->priv;
   const qins_msg *f = qins_eval_first(in, n);
-  if (!in[0] || !in[1]) return 0; /* one branch ended before this step: nothing to compare */
+  const qins_msg *a = qins_eval_data(in[0]), *b = qins_eval_data(in[1]);
+  if (!a || !b) return 0; /* one branch ended before this step (a hole, an end marker): nothing to compare */
   if (qins_reqstate_find(h->done, f->req, f->attempt)) return 0; /* one record per request: the first set */
-  const qins_msg *a = in[0], *b = in[1];
   if (a->dtype != QINS_DT_F32 || b->dtype != QINS_DT_F32 || a->ndim != 3 || b->ndim != 3 ||
       memcmp(a->shape, b->shape, 3 * sizeof a->shape[0]) != 0)
     return qins_error_set(QINS_EINPUT,

@@ -15,9 +15,9 @@
 static const qins_opt_spec opts[] = {
     {"top_k", QINS_OPT_INT, "10", 1, 1 << 20, "k of the top-k overlap"},
     {"temperature", QINS_OPT_FLOAT, "1", 1e-6, 1e6, "softmax temperature of the KL"},
-    {"steps", QINS_OPT_INT, "1", 1, 1 << 24,
-     "joined messages per request before the record is written (1: one prefill with head rows: all); a branch's END "
-     "also writes it"},
+    {"steps", QINS_OPT_INT, "0", 0, 1 << 24,
+     "0: write the record when the request ends (after its one message without a generation loop, after both "
+     "branches ended in one); N: after N joined messages or a branch's end, whichever comes first"},
     {NULL, 0, NULL, 0, 0, NULL},
 };
 
@@ -25,11 +25,12 @@ typedef struct lreq {
   double kl_ab, kl_ba, topk, top1, kl_max;
   long long rows;
   int sets, unpaired, done;
+  unsigned ended; /* bit k: branch k ended */
 } lreq;
 
 typedef struct lcmp {
   qins_reqstate *reqs;
-  int k, steps;
+  int k, steps, loop;
   double temp;
   qins_eval_mean kl_ab, kl_ba, topk, top1;
   qins_metric *records;
@@ -46,6 +47,7 @@ static int init(qins_stage *st, const qins_stage_ctx *ctx) {
   st->priv = c;
   c->k = (int)qins_stage_opt_int(st, "top_k");
   c->steps = (int)qins_stage_opt_int(st, "steps");
+  c->loop = qins_eval_loop_fed(ctx);
   c->temp = qins_stage_opt_float(st, "temperature");
   qins_eval_mean_init(&c->kl_ab, ctx, "qins_eval_kl", "mean next-token KL(a||b) in nats (mean over records)", "dir=\"ab\"");
   qins_eval_mean_init(&c->kl_ba, ctx, "qins_eval_kl", "mean next-token KL(a||b) in nats (mean over records)", "dir=\"ba\"");
@@ -80,8 +82,8 @@ static int fwd(qins_stage *st, const qins_msg *const *in, int n, qins_msg *out) 
   }
   if (r->done) return 0; /* the record is written; the coordinator's FORGET frees this */
   r->sets++;
-  if (in[0] && in[1]) {
-    const qins_msg *a = in[0], *b = in[1];
+  const qins_msg *a = qins_eval_data(in[0]), *b = qins_eval_data(in[1]);
+  if (a && b) {
     if (a->dtype != QINS_DT_F32 || b->dtype != QINS_DT_F32 || a->ndim != 2 || b->ndim != 2 ||
         a->shape[0] != b->shape[0] || a->shape[1] != b->shape[1] || a->pos != b->pos)
       return qins_error_set(QINS_EINPUT,
@@ -101,11 +103,15 @@ static int fwd(qins_stage *st, const qins_msg *const *in, int n, qins_msg *out) 
       r->top1 += qins_eval_topk_overlap(la, lb, V, 1);
       r->rows++;
     }
-  } else {
+  } else if (a || b) {
     r->unpaired++; /* one branch ended earlier (free-running branches of different lengths) */
   }
-  int ended = (in[0] && (in[0]->flags & QINS_MSG_END)) || (in[1] && (in[1]->flags & QINS_MSG_END)) || !in[0] || !in[1];
-  if (r->sets < c->steps && !ended) return 0;
+  for (int k = 0; k < 2; k++)
+    if (qins_eval_ended(in[k])) r->ended |= 1u << k;
+  /* steps 0: one message per request without a loop; in a loop, until both branches ended (every
+   * end reaches here: sample's END travels on as an end marker, stages/stage.h) */
+  int write = c->steps > 0 ? r->sets >= c->steps || r->ended : !c->loop || r->ended == 3u;
+  if (!write) return 0;
   double rows = r->rows > 0 ? (double)r->rows : NAN;
   json_t *rec = json_object();
   json_object_set_new(rec, "eval", json_string("logit_compare"));

@@ -9,7 +9,7 @@
 
 /* evaluation stages (docs/evaluation.md) */
 extern const qins_stage_type qins_stage_compare, qins_stage_logit_compare, qins_stage_hidden_cosine,
-    qins_stage_perplexity, qins_stage_context_curve;
+    qins_stage_perplexity, qins_stage_context_curve, qins_stage_merge_records;
 extern const qins_stage_type qins_stage_test_bytes, qins_stage_test_embed, qins_stage_test_affine,
     qins_stage_test_sample, qins_stage_test_detok, qins_stage_sink, qins_stage_tokenize, qins_stage_parse_ids,
     qins_stage_embed, qins_stage_qins_block, qins_stage_head, qins_stage_sample, qins_stage_detokenize,
@@ -17,7 +17,7 @@ extern const qins_stage_type qins_stage_test_bytes, qins_stage_test_embed, qins_
 
 static const qins_stage_type *const registry[] = {
     &qins_stage_compare,     &qins_stage_logit_compare, &qins_stage_hidden_cosine, &qins_stage_perplexity,
-    &qins_stage_context_curve,
+    &qins_stage_context_curve, &qins_stage_merge_records,
     &qins_stage_tokenize,    &qins_stage_parse_ids,   &qins_stage_embed,      &qins_stage_qins_block,
     &qins_stage_head,        &qins_stage_sample,      &qins_stage_detokenize, &qins_stage_format_ids,
     &qins_stage_sink,        &qins_stage_test_bytes,  &qins_stage_test_embed, &qins_stage_test_affine,

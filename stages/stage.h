@@ -23,6 +23,13 @@ enum {
    * forward() output travels forward unless the stage sets GRAD (turns around, e.g. after the
    * loss) and a backward() output travels backward unless the stage clears it. */
   QINS_MSG_GRAD = 1u << 2,
+  /* an end marker (no data, always with END): when a stage that feeds a loop edge (`sample`) ends a
+   * request, the worker sends this along its loop edges in place of the END message; the workers
+   * pass it along the non-loop edges of the stages it reaches without calling them, so the stages
+   * beyond the loop (a join of two `head`s, say) learn that the request ended however it ended. It
+   * stops at stages that feed a loop edge themselves (they end their requests on their own), never
+   * follows a loop edge again, never reaches the coordinator; join stages get it in their set. */
+  QINS_MSG_MARK = 1u << 3,
 };
 
 /* forward()/backward() return value: output produced AND more to come; the worker routes the
@@ -31,6 +38,13 @@ enum {
 #define QINS_STAGE_MORE 2
 
 #define QINS_PORT_MAX 64
+
+/* qins_stage_type.join value: every incoming (non-loop) edge is a branch (at least 2), and each
+ * branch gives one message per request (a record): they are paired by (request, attempt) alone,
+ * whatever their steps. */
+#define QINS_JOIN_ALL (-1)
+/* Is a stage type a join (forward_join, branches paired by the worker)? */
+#define QINS_STAGE_IS_JOIN(t) ((t)->join > 1 || (t)->join == QINS_JOIN_ALL)
 
 /* One unit of work flowing along an edge: one tensor (text travels as u8[N]) tagged with the
  * request it belongs to. `data` is valid only during the forward() call that receives it. */
@@ -115,7 +129,7 @@ typedef struct qins_stage_type {
    * messages by (request, attempt, step) and calls forward_join once per complete set; after a
    * branch's END message, later steps of the other branches come with in[k] = NULL for the
    * ended branch k. forward is then unused. Same return values as forward. */
-  int join;
+  int join; /* QINS_JOIN_ALL: as many branches as the stage has incoming (non-loop) edges, >= 2 */
   int (*forward_join)(qins_stage *st, const qins_msg *const *in, int n, qins_msg *out);
 } qins_stage_type;
 

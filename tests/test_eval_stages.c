@@ -339,8 +339,8 @@ static char *capture(const char *cmd, int *status) {
 static char *read_file(const char *path) {
   FILE *f = fopen(path, "r");
   if (!f) return strdup("");
-  char *buf = calloc(1, 1 << 16);
-  size_t k = fread(buf, 1, (1 << 16) - 1, f);
+  char *buf = calloc(1, 1 << 20);
+  size_t k = fread(buf, 1, (1 << 20) - 1, f);
   buf[k] = 0;
   fclose(f);
   return buf;
@@ -360,7 +360,8 @@ static char *run_yaml(const char *name, const char *yaml, int *status, char **er
     else fputc(*p, f);
   }
   fclose(f);
-  snprintf(cmd, sizeof cmd, "'%s' run '%s' --quiet 2>'%s'", getenv("QINS_BIN"), path, errp);
+  /* the test's own timeout: a pipeline that hangs fails here (exit 124) instead of waiting forever */
+  snprintf(cmd, sizeof cmd, "timeout -k 5 240 '%s' run '%s' --quiet 2>'%s'", getenv("QINS_BIN"), path, errp);
   char *out = capture(cmd, status);
   char *e = read_file(errp);
   if (*status != 0 && !err) fprintf(stderr, "%s: exit %d: %s\n", name, *status, e);
@@ -823,6 +824,190 @@ static void test_join_survives_killed_worker(void **state) {
   free(ref);
 }
 
+/* ---- every end reaches the eval stages: context full, EOS on one branch, merged records ---- */
+
+/* Two free-running greedy branches (policy of b: first %s; a stops at EOS, b does not; both at most
+ * %d tokens) measured three ways and merged into one record per request. */
+static const char *ALL_YAML =
+    "name: t-all\nmodel: @M\ntokenizer: @T\nbackend: cpu\n"
+    "workers:\n  - {name: fa, stages: [tokenize, embed_a, blocks_a, head_a, sample_a, detok, text]}\n"
+    "  - {name: fb, stages: [embed_b, blocks_b, head_b, sample_b]}\n  - {name: e, stages: [compare, logits, curve, merge]}\n"
+    "stages:\n  - {name: tokenize, type: tokenize}\n  - {name: embed_a, type: embed}\n"
+    "  - {name: blocks_a, type: qins_block, options: {policy: none}}\n  - {name: head_a, type: head}\n"
+    "  - {name: sample_a, type: sample, options: {max_tokens: %d}}\n"
+    "  - {name: embed_b, type: embed}\n  - {name: blocks_b, type: qins_block, options: {policy: %s}}\n"
+    "  - {name: head_b, type: head}\n  - {name: sample_b, type: sample, options: {max_tokens: %d, stop: false}}\n"
+    "  - {name: compare, type: compare}\n  - {name: logits, type: logit_compare}\n"
+    "  - {name: curve, type: context_curve, options: {bin: 32}}\n  - {name: merge, type: merge_records}\n"
+    "  - {name: detok, type: detokenize}\n  - {name: text, type: sink}\n"
+    "edges:\n  - {from: tokenize, to: embed_a}\n  - {from: tokenize, to: embed_b}\n  - {from: embed_a, to: blocks_a}\n"
+    "  - {from: blocks_a, to: head_a}\n  - {from: head_a, to: sample_a}\n  - {from: sample_a, to: embed_a, loop: true}\n"
+    "  - {from: embed_b, to: blocks_b}\n  - {from: blocks_b, to: head_b}\n  - {from: head_b, to: sample_b}\n"
+    "  - {from: sample_b, to: embed_b, loop: true}\n  - {from: sample_a, to: compare}\n  - {from: sample_b, to: compare}\n"
+    "  - {from: head_a, to: logits}\n  - {from: head_b, to: logits}\n  - {from: head_a, to: curve}\n"
+    "  - {from: head_b, to: curve}\n  - {from: compare, to: merge}\n  - {from: logits, to: merge}\n"
+    "  - {from: curve, to: merge}\n  - {from: sample_a, to: detok}\n  - {from: detok, to: text}\n"
+    "  - {from: text, to: merge}\n" /* a record that comes at the last step, not step 0 */
+    "heartbeat_ms: 2000\n";
+
+static long long sum_array(json_t *a) {
+  long long s = 0;
+  size_t i;
+  json_t *v;
+  json_array_foreach(a, i, v) s += json_integer_value(v);
+  return s;
+}
+
+/* A teacher-forced generation loop whose context fills before max_tokens: no `steps`, the record
+ * still comes (sample's END reaches the join as an end marker), with one row per head message. */
+static void test_pipeline_context_full(void **state) {
+  (void)state;
+  if (!have_model) skip();
+  static const char *yaml =
+      "name: t-full\nmodel: @M\ntokenizer: @T\nbackend: cpu\n"
+      "workers:\n  - {name: a, stages: [tokenize, embed_a, blocks_a, head_a, sample_a]}\n"
+      "  - {name: b, stages: [embed_b, blocks_b, head_b]}\n  - {name: e, stages: [cmp, curve, merge]}\n"
+      "stages:\n  - {name: tokenize, type: tokenize}\n  - {name: embed_a, type: embed}\n"
+      "  - {name: blocks_a, type: qins_block}\n  - {name: head_a, type: head}\n"
+      "  - {name: sample_a, type: sample, options: {max_tokens: 100000, stop: false, temperature: 0.8, seed: 3}}\n"
+      "  - {name: embed_b, type: embed}\n  - {name: blocks_b, type: qins_block, options: {policy: none}}\n"
+      "  - {name: head_b, type: head}\n  - {name: cmp, type: logit_compare}\n"
+      "  - {name: curve, type: context_curve, options: {bin: 100}}\n  - {name: merge, type: merge_records}\n"
+      "edges:\n  - {from: tokenize, to: embed_a}\n  - {from: tokenize, to: embed_b}\n  - {from: embed_a, to: blocks_a}\n"
+      "  - {from: blocks_a, to: head_a}\n  - {from: head_a, to: sample_a}\n  - {from: sample_a, to: embed_a, loop: true}\n"
+      "  - {from: sample_a, to: embed_b, loop: true}\n  - {from: embed_b, to: blocks_b}\n  - {from: blocks_b, to: head_b}\n"
+      "  - {from: head_a, to: cmp}\n  - {from: head_b, to: cmp}\n  - {from: head_a, to: curve}\n  - {from: head_b, to: curve}\n"
+      "  - {from: cmp, to: merge}\n  - {from: curve, to: merge}\n"
+      "inputs: {prompts: [\"Once upon a time\", \"%s\"]}\nheartbeat_ms: 2000\n";
+  char y[4096];
+  snprintf(y, sizeof y, yaml, PROMPT);
+  int st;
+  char *out = run_yaml("full.yaml", y, &st, NULL);
+  assert_int_equal(st, 0); /* 124: the run hung */
+  rt a;
+  rt_open(&a, NULL);
+  int max_seq = qins_llm_max_seq(a.llm);
+  rt_close(&a);
+  const char *prompts[2] = {"Once upon a time", PROMPT};
+  for (int i = 0; i < 2; i++) {
+    int n;
+    free(prompt_ids(prompts[i], &n));
+    json_t *r = record_of(out, i);
+    if (!r) fail_msg("request %d: no record", i);
+    json_t *l = json_object_get(r, "cmp"), *c = json_object_get(r, "curve");
+    assert_string_equal(json_string_value(json_object_get(r, "eval")), "merge_records");
+    assert_non_null(l);
+    assert_non_null(c);
+    /* head messages: the prompt's last row at n-1, then one per token up to position max_seq-1 */
+    assert_int_equal((int)num(l, "rows"), max_seq - n + 1);
+    assert_null(json_object_get(l, "unpaired"));
+    assert_true(num(l, "kl") == 0.0 && num(l, "top1_agree") == 1.0 && num(l, "topk_overlap") == 1.0);
+    assert_int_equal((int)num(c, "rows"), max_seq - n + 1);
+    assert_int_equal((int)sum_array(json_object_get(c, "count")), max_seq - n + 1);
+    json_t *pos = json_object_get(c, "positions");
+    assert_int_equal((int)json_integer_value(json_array_get(pos, json_array_size(pos) - 1)), (max_seq - 1) / 100 * 100);
+    json_decref(r);
+  }
+  free(out);
+}
+
+/* Branch a stops at EOS, branch b runs on to max_tokens: every record comes once, the
+ * logits are compared up to a's end, and the merged record holds all three measurements. */
+static void test_pipeline_eos_one_branch(void **state) {
+  (void)state;
+  if (!have_model) skip();
+  enum { MAXT = 400 };
+  char y[8192], y2[8400];
+  snprintf(y, sizeof y, ALL_YAML, MAXT, "none", MAXT);
+  snprintf(y2, sizeof y2, "%sinputs: {prompts: [\"Once upon a time\", \"The little dog\", \"Lily wanted to\"]}\n", y);
+  int st;
+  char *out = run_yaml("eos.yaml", y2, &st, NULL);
+  assert_int_equal(st, 0);
+  int lines = 0, stopped = 0;
+  for (const char *p = out; *p; p++) lines += *p == '\n';
+  assert_int_equal(lines, 3);
+  for (int i = 0; i < 3; i++) {
+    json_t *r = record_of(out, i);
+    if (!r) fail_msg("request %d: no record", i);
+    json_t *c = json_object_get(r, "compare"), *l = json_object_get(r, "logits"), *k = json_object_get(r, "curve");
+    assert_non_null(c);
+    assert_non_null(l);
+    assert_non_null(k);
+    json_t *ia = json_object_get(c, "ids_a"), *ib = json_object_get(c, "ids_b");
+    int na = (int)json_array_size(ia), nb = (int)json_array_size(ib);
+    assert_int_equal(nb, MAXT);
+    assert_true(na <= MAXT);
+    stopped += na < MAXT;
+    /* the same float model: a's run is b's up to where a stopped */
+    for (int t = 0; t < na; t++) assert_int_equal(json_integer_value(json_array_get(ia, t)), json_integer_value(json_array_get(ib, t)));
+    /* a gave na + 1 head messages when it stopped on EOS (the last one's token is the stop id), na otherwise */
+    int rows_a = na < MAXT ? na + 1 : na;
+    assert_int_equal((int)num(l, "rows"), rows_a);
+    assert_int_equal((int)num(k, "rows"), rows_a);
+    if (rows_a < MAXT) assert_int_equal((int)num(l, "unpaired"), MAXT - rows_a);
+    assert_true(num(l, "kl") == 0.0 && num(l, "top1_agree") == 1.0);
+    assert_true(num(c, "match") == (double)na / MAXT);
+    assert_int_equal((int)num(c, "first_divergence"), na);
+    json_t *tx = json_object_get(r, "text"); /* branch a's text, from the sink */
+    assert_non_null(tx);
+    assert_int_equal((int)num(tx, "tokens"), na);
+    assert_true(strlen(json_string_value(json_object_get(tx, "text"))) > 0);
+    json_decref(r);
+  }
+  assert_true(stopped > 0); /* stories260K ends its stories well within 400 tokens */
+  free(out);
+}
+
+/* The merged pipeline under a SIGKILL of the eval worker and of branch b's worker: every merged
+ * record once, equal to the undisturbed run. */
+static void test_merge_survives_killed_worker(void **state) {
+  (void)state;
+  if (!have_model) skip();
+  enum { N = 12 };
+  char yaml[8192], y2[8192];
+  snprintf(yaml, sizeof yaml, ALL_YAML, 120, "{format: qins8}", 120);
+  size_t o = strlen(yaml);
+  o += (size_t)snprintf(yaml + o, sizeof yaml - o, "inputs:\n  prompts:\n");
+  const char *words[] = {"Once", "Lily", "The dog", "Tom", "A big", "One day", "She", "The sun"};
+  for (int i = 0; i < N; i++)
+    o += (size_t)snprintf(yaml + o, sizeof yaml - o, "    - \"%s %s\"\n", words[test_rand_u64() % 8], words[test_rand_u64() % 8]);
+  snprintf(y2, sizeof y2, "%s", yaml);
+  fault none = {0};
+  assert_int_equal(run_inproc(y2, "mref.jsonl", &none), 0);
+  free(none.metrics);
+  char path[600];
+  snprintf(path, sizeof path, "%s/mref.jsonl", tmpdir);
+  char *ref = read_file(path);
+  const char *victims[] = {"e", "fb"};
+  for (int v = 0; v < 2; v++) {
+    fault f = {victims[v], N / 4, 0, 0, NULL};
+    char name[64];
+    snprintf(name, sizeof name, "mkill-%s.jsonl", victims[v]);
+    if (run_inproc(y2, name, &f)) fail_msg("run with %s killed failed: %s", victims[v], qins_error_msg());
+    assert_true(f.done);
+    assert_int_equal(f.restarts, 1);
+    free(f.metrics);
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    char *text = read_file(path);
+    int lines = 0;
+    for (const char *p = text; *p; p++) lines += *p == '\n';
+    assert_int_equal(lines, N);
+    for (int i = 0; i < N; i++) {
+      json_t *a = record_of(text, i), *b = record_of(ref, i);
+      if (!a || !b) fail_msg("request %d missing after killing %s", i, victims[v]);
+      assert_non_null(json_object_get(a, "compare"));
+      assert_non_null(json_object_get(a, "logits"));
+      assert_non_null(json_object_get(a, "curve"));
+      assert_non_null(json_object_get(a, "text"));
+      if (!json_equal(a, b)) fail_msg("request %d after killing %s differs from the undisturbed run", i, victims[v]);
+      json_decref(a);
+      json_decref(b);
+    }
+    free(text);
+  }
+  free(ref);
+}
+
 /* ---- bad pipelines: exit 2, file:line:col ---- */
 
 static void expect_bad(const char *name, const char *yaml, const char *where, const char *what) {
@@ -873,6 +1058,13 @@ static void test_bad_pipelines(void **state) {
            "  - {name: cmp, type: logit_compare}\ninputs: {prompts: [hi]}\n");
   snprintf(where, sizeof where, "%s/one.yaml:11:", tmpdir);
   expect_bad("one.yaml", y2, where, "joins 2 branches but takes from 1");
+  /* merge_records with one input */
+  snprintf(y2, sizeof y2,
+           "name: t\nmodel: @M\ntokenizer: @T\nworkers:\n  - {name: w, stages: [ppl, merge]}\n"
+           "stages:\n  - {name: ppl, type: perplexity}\n  - {name: merge, type: merge_records}\n"
+           "inputs: {prompts: [hi]}\n");
+  snprintf(where, sizeof where, "%s/merge1.yaml:", tmpdir);
+  expect_bad("merge1.yaml", y2, where, "joins 2 or more branches but takes from 1 (ppl)");
   /* a missing corpus file: the option's location */
   snprintf(y2, sizeof y2,
            "name: t\nmodel: @M\ntokenizer: @T\nworkers:\n  - {name: w, stages: [ppl]}\n"
@@ -892,6 +1084,9 @@ int main(void) {
       cmocka_unit_test(test_pipeline_logits_equal_library),
       cmocka_unit_test(test_pipeline_compare),
       cmocka_unit_test(test_join_survives_killed_worker),
+      cmocka_unit_test(test_pipeline_context_full),
+      cmocka_unit_test(test_pipeline_eos_one_branch),
+      cmocka_unit_test(test_merge_survives_killed_worker),
       cmocka_unit_test(test_bad_pipelines),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -658,6 +658,157 @@ static void grad_validation(qins_backend *be) {
   assert_non_null(strstr(qins_error_msg(), "query heads"));
 }
 
+/* ---------------------------------------------------------------- cpu fast paths at size */
+
+/* The cpu training kernels (cpu_gemm_outer.c's 6 x 16 tiles, 96 x 64/256 tasks, 256-long reduction
+ * slices; the vector exp in cross-entropy and GELU) only switch on above the tiny shapes the
+ * finite-difference tests use. Here: shapes that cross every blocking boundary with ragged edges,
+ * against float64 sums written here (relative L2 1e-5 for the GEMMs, 1e-5 for CE and GELU), and
+ * bit-for-bit equality between 1, 2 and 3 threads. */
+#define TOL_FAST 1e-5
+
+typedef struct fast_out {
+  float *dx, *dw, *db, *loss, *dl, *dg;
+} fast_out;
+
+static float *fast_read(const qins_tensor *t) {
+  float *p = malloc(qins_tensor_nbytes(t));
+  assert_non_null(p);
+  assert_int_equal(qins_tensor_read(t, p), 0);
+  return p;
+}
+
+static void fast_run(int threads, int64_t m, int64_t n, int64_t k, int64_t v, const float *x, const float *w,
+                     const float *dy, const float *dw0, const float *logits, const int32_t *tg, fast_out *o) {
+  qins_backend *be;
+  assert_int_equal(qins_cpu_backend_create(threads, &be), 0);
+  qins_tensor tx, tw, tdy, tdx, tdw, tdb, tl, tt, tloss, tdl, tg_x, tg_dy, tg_dx;
+  test_tensor_make(be, &tx, "x", QINS_DT_F32, 2, (int64_t[]){m, k}, x);
+  test_tensor_make(be, &tw, "w", QINS_DT_F32, 2, (int64_t[]){n, k}, w);
+  test_tensor_make(be, &tdy, "dy", QINS_DT_F32, 2, (int64_t[]){m, n}, dy);
+  test_tensor_make(be, &tdx, "dx", QINS_DT_F32, 2, (int64_t[]){m, k}, NULL);
+  test_tensor_make(be, &tdw, "dw", QINS_DT_F32, 2, (int64_t[]){n, k}, dw0);
+  test_tensor_make(be, &tdb, "db", QINS_DT_F32, 1, (int64_t[]){n}, NULL);
+  assert_int_equal(qins_tensor_write(&tdb, dw0), 0);
+  test_poison(&tdx);
+  assert_int_equal(qins_op_matmul_backward(be, &tdy, &tx, &tw, &tdx, &tdw, &tdb), 0);
+  o->dx = fast_read(&tdx);
+  o->dw = fast_read(&tdw);
+  o->db = fast_read(&tdb);
+  test_tensor_make(be, &tl, "logits", QINS_DT_F32, 2, (int64_t[]){m, v}, logits);
+  test_tensor_make(be, &tt, "targets", QINS_DT_I32, 1, (int64_t[]){m}, tg);
+  test_tensor_make(be, &tloss, "loss", QINS_DT_F32, 1, (int64_t[]){m}, NULL);
+  test_tensor_make(be, &tdl, "dlogits", QINS_DT_F32, 2, (int64_t[]){m, v}, NULL);
+  test_poison(&tdl);
+  assert_int_equal(qins_op_cross_entropy(be, &tl, &tt, &tloss, &tdl, 0.0f), 0);
+  o->loss = fast_read(&tloss);
+  o->dl = fast_read(&tdl);
+  test_tensor_make(be, &tg_x, "gx", QINS_DT_F32, 2, (int64_t[]){m, k}, x);
+  test_tensor_make(be, &tg_dy, "gdy", QINS_DT_F32, 2, (int64_t[]){m, k}, dy);
+  test_tensor_make(be, &tg_dx, "gdx", QINS_DT_F32, 2, (int64_t[]){m, k}, NULL);
+  test_poison(&tg_dx);
+  assert_int_equal(qins_op_gelu_tanh_backward(be, &tg_x, &tg_dy, &tg_dx), 0);
+  o->dg = fast_read(&tg_dx);
+  qins_tensor *all[] = {&tx, &tw, &tdy, &tdx, &tdw, &tdb, &tl, &tt, &tloss, &tdl, &tg_x, &tg_dy, &tg_dx};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) qins_tensor_free(all[i]);
+  qins_backend_destroy(be);
+}
+
+static void fast_free(fast_out *o) {
+  free(o->dx);
+  free(o->dw);
+  free(o->db);
+  free(o->loss);
+  free(o->dl);
+  free(o->dg);
+}
+
+static void fast_same(const char *what, const float *a, const float *b, int64_t n) {
+  if (memcmp(a, b, (size_t)n * sizeof(float)) != 0) fail_msg("%s differs between thread counts", what);
+}
+
+static void fast_close(const char *what, const float *got, const double *want, int64_t n) {
+  float *f = malloc((size_t)(n ? n : 1) * sizeof(float));
+  assert_non_null(f);
+  for (int64_t i = 0; i < n; i++) f[i] = (float)want[i];
+  test_assert_close(what, got, f, n, TOL_FAST);
+  free(f);
+}
+
+static void fast_case(int64_t m, int64_t n, int64_t k, int64_t v) {
+  print_message("  cpu fast paths: M %lld N %lld K %lld V %lld\n", (long long)m, (long long)n, (long long)k,
+                (long long)v);
+  float *x = malloc((size_t)(m * k) * 4), *w = malloc((size_t)(n * k) * 4), *dy = malloc((size_t)(m * (n > k ? n : k)) * 4);
+  float *dw0 = malloc((size_t)(n * k) * 4), *logits = malloc((size_t)(m * v) * 4);
+  int32_t *tg = malloc((size_t)m * 4);
+  assert_true(x && w && dy && dw0 && logits && tg);
+  test_fill_normal(x, m * k, 1.0f);
+  test_fill_normal(w, n * k, 0.5f);
+  test_fill_normal(dy, m * (n > k ? n : k), 1.0f);
+  test_fill_normal(dw0, n * k, 1.0f);
+  test_fill_normal(logits, m * v, 3.0f);
+  for (int64_t r = 0; r < m; r++) tg[r] = r % 5 == 3 ? -1 : (int32_t)(test_rand_u64() % (uint64_t)v);
+  fast_out o[3];
+  for (int t = 0; t < 3; t++) fast_run(t + 1, m, n, k, v, x, w, dy, dw0, logits, tg, &o[t]);
+  for (int t = 1; t < 3; t++) {
+    fast_same("matmul dx", o[0].dx, o[t].dx, m * k);
+    fast_same("matmul dw", o[0].dw, o[t].dw, n * k);
+    fast_same("matmul dbias", o[0].db, o[t].db, n);
+    fast_same("cross-entropy loss", o[0].loss, o[t].loss, m);
+    fast_same("cross-entropy dlogits", o[0].dl, o[t].dl, m * v);
+    fast_same("gelu_tanh dx", o[0].dg, o[t].dg, m * k);
+  }
+  double *rx = calloc((size_t)(m * k), 8), *rw = calloc((size_t)(n * k), 8), *rb = calloc((size_t)n, 8);
+  double *rl = calloc((size_t)m, 8), *rdl = calloc((size_t)(m * v), 8), *rg = calloc((size_t)(m * k), 8);
+  assert_true(rx && rw && rb && rl && rdl && rg);
+  for (int64_t r = 0; r < m; r++)
+    for (int64_t o2 = 0; o2 < n; o2++) {
+      double g = dy[r * n + o2];
+      for (int64_t i = 0; i < k; i++) {
+        rx[r * k + i] += g * w[o2 * k + i];
+        rw[o2 * k + i] += g * x[r * k + i];
+      }
+      rb[o2] += g;
+    }
+  /* the parameter gradients accumulate onto dw0 (dbias started from dw0's first n values) */
+  for (int64_t i = 0; i < n * k; i++) rw[i] += dw0[i];
+  for (int64_t i = 0; i < n; i++) rb[i] += dw0[i];
+  int64_t valid = 0;
+  for (int64_t r = 0; r < m; r++) valid += tg[r] >= 0;
+  for (int64_t r = 0; r < m; r++) {
+    if (tg[r] < 0) continue;
+    double mx = -INFINITY, sum = 0.0;
+    for (int64_t i = 0; i < v; i++) mx = fmax(mx, logits[r * v + i]);
+    for (int64_t i = 0; i < v; i++) sum += exp(logits[r * v + i] - mx);
+    rl[r] = mx + log(sum) - logits[r * v + tg[r]];
+    for (int64_t i = 0; i < v; i++)
+      rdl[r * v + i] = (exp(logits[r * v + i] - mx) / sum - (i == tg[r])) / (double)valid;
+  }
+  for (int64_t i = 0; i < m * k; i++) {
+    double a = x[i], u = 0.7978845608028654 * (a + 0.044715 * a * a * a), t = tanh(u);
+    rg[i] = dy[i] * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * a * a));
+  }
+  fast_close("matmul dx", o[0].dx, rx, m * k);
+  fast_close("matmul dw", o[0].dw, rw, n * k);
+  fast_close("matmul dbias", o[0].db, rb, n);
+  fast_close("cross-entropy loss", o[0].loss, rl, m);
+  fast_close("cross-entropy dlogits", o[0].dl, rdl, m * v);
+  fast_close("gelu_tanh dx", o[0].dg, rg, m * k);
+  for (int t = 0; t < 3; t++) fast_free(&o[t]);
+  free(rx), free(rw), free(rb), free(rl), free(rdl), free(rg);
+  free(x), free(w), free(dy), free(dw0), free(logits), free(tg);
+}
+
+static void test_cpu_fast_paths(void **st) {
+  (void)st;
+  /* fixed shapes around the boundaries, then random ones */
+  fast_case(64, 768, 256, 1027);   /* the training shape's tiles exactly: 6-row and 16-column edges */
+  fast_case(97, 263, 517, 1003);   /* ragged everywhere; reduction over N crosses 256 */
+  fast_case(7, 1, 9, 8);           /* under one tile */
+  fast_case(200, 301, 13, 17);     /* column tail < 8 */
+  for (int i = 0; i < 2; i++) fast_case(rnd_dim(1, 150), rnd_dim(1, 600), rnd_dim(1, 300), rnd_dim(1, 2000));
+}
+
 /* ---------------------------------------------------------------- driver */
 
 static void for_each_backend(void (*fn)(qins_backend *, int), int arg) {
@@ -718,6 +869,7 @@ int main(void) {
       cmocka_unit_test(test_gelu_tanh_backward), cmocka_unit_test(test_silu_mul_backward),
       cmocka_unit_test(test_embed_backward),     cmocka_unit_test(test_attention_backward),
       cmocka_unit_test(test_cross_entropy),      cmocka_unit_test(test_backward_validation),
+      cmocka_unit_test(test_cpu_fast_paths),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

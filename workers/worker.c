@@ -332,6 +332,45 @@ static int send_back(wk *w, int edge, const qins_msg *m) {
   return qins_chan_send(tx, m);
 }
 
+/* Does stage s feed a loop edge? Such a stage (`sample`) ends its requests itself. */
+static int feeds_loop(const qins_pipeline *pl, int s) {
+  for (int e = 0; e < pl->n_edges; e++)
+    if (pl->edges[e].from == s && pl->edges[e].loop) return 1;
+  return 0;
+}
+
+/* An end marker (QINS_MSG_MARK, stages/stage.h) for `m`'s request along stage s's loop edges
+ * (via_loop) or its non-loop edges: a header without data, never to the coordinator. */
+static int route_marker(wk *w, int s, const qins_msg *m, int via_loop) {
+  static unsigned char none; /* a valid pointer for a zero-byte payload */
+  const qins_pipeline *pl = w->pl;
+  qins_msg k = *m;
+  k.flags = QINS_MSG_END | QINS_MSG_MARK;
+  k.ndim = 1;
+  k.shape[0] = 0;
+  k.data = &none;
+  k.nbytes = 0;
+  k.alloc = NULL;
+  k.alloc_user = NULL;
+  int rc = 0;
+  for (int e = 0; e < pl->n_edges && rc == 0; e++) {
+    const qins_pl_edge *ed = &pl->edges[e];
+    if (ed->from != s || !ed->loop != !via_loop) continue;
+    if (pl->stages[ed->to].worker == pl->stages[s].worker) {
+      item *it = push_local(w, ed->to, &k, NULL);
+      if (!it) return qins_error_set(QINS_ENOMEM, "out of memory");
+      it->edge = e;
+    } else { /* as send_to, but not counted as an item on the edge (the dashboard counts data) */
+      int c = qins_topo_chan_for(pl, &w->topo, e, w->inst, k.route);
+      if (c < 0) return qins_error_set(QINS_EINTERNAL, "no channel for edge %d from %s", e, w->name);
+      rc = wait_credit(w, &w->tx[c]);
+      if (rc) return rc < 0 ? rc : 0;
+      rc = qins_chan_send(&w->tx[c], &k);
+    }
+  }
+  return rc;
+}
+
 /* Route a stage's output along its edges: same worker -> local queue, else a channel. A
  * QINS_MSG_GRAD output goes backward: to the producer of each (non-loop) edge into the stage. */
 static int route(wk *w, int s, qins_msg *out, obuf *b) {
@@ -372,6 +411,9 @@ static int route(wk *w, int s, qins_msg *out, obuf *b) {
     } else
       rc = send_to(w, e, out);
   }
+  /* the request ended here: what lies beyond the loop edges learns it from an end marker */
+  if (rc == 0 && (out->flags & QINS_MSG_END) && !(out->flags & QINS_MSG_MARK) && feeds_loop(pl, s))
+    rc = route_marker(w, s, out, 1);
   return rc;
 }
 
@@ -424,11 +466,12 @@ static int run_stage_set(wk *w, int s, const qins_msg *const *ins, int n_in) {
     double t0 = now_s();
     qins_error_clear();
     int rc = grad                   ? st->type->backward(st, in, &out)
-             : st->type->join > 1 ? st->type->forward_join(st, ins, n_in, &out)
+             : QINS_STAGE_IS_JOIN(st->type) ? st->type->forward_join(st, ins, n_in, &out)
                                   : st->type->forward(st, in, &out);
     qins_metric_observe(st->m_latency, now_s() - t0);
     qins_metric_add(st->m_items, 1);
     qins_metric_add(st->m_bytes_in, (double)in->nbytes);
+    out.flags &= ~(uint32_t)QINS_MSG_MARK; /* a join's output after an end marker is a real message */
     obuf *b = out.alloc_user;
     int more = rc == QINS_STAGE_MORE;
     if (more) rc = 1;
@@ -470,11 +513,15 @@ static int run_stage(wk *w, int s, int edge, const qins_msg *in) {
     int k = edge >= 0 && edge < w->pl->n_edges ? w->branch[edge] : -1;
     if (k < 0) return qins_error_set(QINS_EINTERNAL, "join stage '%s': message from no branch (edge %d)", w->pl->stages[s].name, edge);
     join_ctx c = {w, s};
-    int rc = qins_join_put(w->joins[s], k, in, join_deliver, &c);
+    qins_msg one = *in;
+    if (w->pl->stages[s].type->join == QINS_JOIN_ALL) one.step = 0; /* one message per branch and request */
+    int rc = qins_join_put(w->joins[s], k, &one, join_deliver, &c);
     if (w->m_join_held[s]) qins_metric_set(w->m_join_held[s], (double)qins_join_held(w->joins[s], NULL));
     if (rc < 0 && !w->reported) fatal(w, w->pl->stages[s].name);
     return rc;
   }
+  if (in->flags & QINS_MSG_MARK) /* an end marker passes the stage by; a loop's source ends requests itself */
+    return feeds_loop(w->pl, s) || (in->flags & QINS_MSG_GRAD) ? 0 : route_marker(w, s, in, 0);
   const qins_msg *one[1] = {in};
   return run_stage_set(w, s, one, 1);
 }
@@ -673,8 +720,11 @@ static int init_stages(wk *w) {
     st->m_latency = qins_metric_histogram("qins_stage_latency_seconds", "time in a stage's forward()", labels, NULL, 0);
     st->m_bytes_in = qins_metric_counter("qins_stage_input_bytes_total", "payload bytes a stage consumed", labels);
     w->ours[s] = 1;
-    if (st->type->join > 1) {
-      int rc = qins_join_create(st->type->join, &w->joins[s]);
+    if (QINS_STAGE_IS_JOIN(st->type)) {
+      int nb = st->type->join;
+      if (nb == QINS_JOIN_ALL) /* every incoming non-loop edge is a branch */
+        for (int e = nb = 0; e < pl->n_edges; e++) nb += pl->edges[e].to == s && !pl->edges[e].loop;
+      int rc = qins_join_create(nb, &w->joins[s]);
       if (rc) return rc;
       w->m_join_held[s] = qins_metric_gauge("qins_join_held", "messages a join stage holds for their partners", labels);
     }

@@ -9,6 +9,7 @@
 #include "core/cpu/cpu_grad.h"
 #include "core/backend_grad.h"
 #include "core/cpu/cpu_ops.h"
+#include "core/cpu/cpu_vexp.h"
 #include "core/error.h"
 #include "core/mem.h"
 
@@ -19,79 +20,93 @@ static qins_mem_owner *grad_owner(void) { return qins_mem_owner_get("backend.cpu
 
 /* ---------------------------------------------------------------- matmul */
 
-typedef struct {
-  const float *dy, *x, *w;
-  float *dx, *dw, *dbias;
-  int64_t m, n, k;
-} mm_bwd_job;
+/* Both products run on the outer-product GEMM (cpu_gemm_outer.c), which reads dy through strides,
+ * so neither needs a transpose:
+ *   dx [M,K]  = dy [M,N] . w [N,K]          (reduces over N)
+ *   dw [N,K] += dy^T [N,M] . x [M,K]        (reduces over M)
+ * Every output element is summed by one GEMM task in a fixed order. */
 
-/* dx rows: dx[r] = sum_o dy[r,o] w[o]. */
-static void mm_bwd_dx(void *user, int64_t r0, int64_t r1) {
-  const mm_bwd_job *j = user;
-  for (int64_t r = r0; r < r1; r++) {
-    float *dxr = j->dx + r * j->k;
-    const float *dyr = j->dy + r * j->n;
-    for (int64_t i = 0; i < j->k; i++) dxr[i] = 0.0f;
-    for (int64_t o = 0; o < j->n; o++) {
-      float a = dyr[o];
-      const float *wr = j->w + o * j->k;
-      for (int64_t i = 0; i < j->k; i++) dxr[i] += a * wr[i];
-    }
-  }
+static inline float elem_f32(const void *src, qins_dtype dt, int64_t i) {
+  if (dt == QINS_DT_F32) return ((const float *)src)[i];
+  uint16_t h = ((const uint16_t *)src)[i];
+  return dt == QINS_DT_F16 ? qins_f16_to_f32(h) : qins_bf16_to_f32(h);
 }
 
-/* dw rows (one output feature each): dw[o] += sum_r dy[r,o] x[r]; dbias[o] += sum_r dy[r,o]. */
-static void mm_bwd_dw(void *user, int64_t o0, int64_t o1) {
-  const mm_bwd_job *j = user;
+typedef struct {
+  const void *src;
+  float *dst;
+  qins_dtype dt;
+} convert_job;
+
+static void convert_range(void *user, int64_t i0, int64_t i1) {
+  const convert_job *j = user;
+  for (int64_t i = i0; i < i1; i++) j->dst[i] = elem_f32(j->src, j->dt, i);
+}
+
+/* f16/bf16 weights widened to f32 once per call (the GEMM reads each element M/6 times). */
+static void convert_f32(qins_backend *be, const void *src, qins_dtype dt, int64_t n, float *dst) {
+  convert_job j = {src, dst, dt};
+  cpu_parallel(be, n, 16384, convert_range, &j);
+}
+
+typedef struct {
+  const float *dy;
+  float *dbias;
+  int64_t m, n;
+} bias_bwd_job;
+
+/* dbias[o] += sum_r dy[r,o]: columns split over threads, rows summed in order. */
+static void bias_bwd_cols(void *user, int64_t o0, int64_t o1) {
+  const bias_bwd_job *j = user;
   for (int64_t o = o0; o < o1; o++) {
-    float bsum = 0.0f;
-    float *dwr = j->dw ? j->dw + o * j->k : NULL;
-    for (int64_t r = 0; r < j->m; r++) {
-      float a = j->dy[r * j->n + o];
-      bsum += a;
-      if (!dwr || a == 0.0f) continue;
-      const float *xr = j->x + r * j->k;
-      for (int64_t i = 0; i < j->k; i++) dwr[i] += a * xr[i];
-    }
-    if (j->dbias) j->dbias[o] += bsum;
+    float s = 0.0f;
+    for (int64_t r = 0; r < j->m; r++) s += j->dy[r * j->n + o];
+    j->dbias[o] += s;
   }
 }
 
 int cpu_matmul_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor *x, const qins_tensor *w,
                         qins_tensor *dx, qins_tensor *dw, qins_tensor *dbias) {
-  int64_t n = w->shape[0], k = w->shape[1];
-  mm_bwd_job j = {F32(dy), F32(x), NULL, dx ? F32(dx) : NULL, dw ? F32(dw) : NULL, dbias ? F32(dbias) : NULL,
-                  qins_tensor_rows(x), n, k};
+  int64_t n = w->shape[0], k = w->shape[1], m = qins_tensor_rows(x);
+  const float *dyp = F32(dy);
   qins_tensor wtmp = {0};
-  float *conv = NULL;
+  int rc = 0;
   if (dx) {
-    /* dx needs w as f32. Quantized weights: straight-through, the gradient flows through the
-     * dequantized values (decoded by the backend's own dequantize op). */
-    if (w->dtype == QINS_DT_F32) {
-      j.w = F32(w);
-    } else if (qins_dtype_is_quantized(w->dtype)) {
+    const void *src = qins_tensor_host(w);
+    float *wide = NULL;
+    if (qins_dtype_is_quantized(w->dtype)) {
+      /* Quantized weights: straight-through, the gradient flows through the dequantized values
+       * (decoded by the backend's own dequantize op). */
       int64_t shape[2] = {n, k};
-      int rc = qins_tensor_init(&wtmp, "matmul_backward.w_dequant", QINS_DT_F32, 2, shape);
+      rc = qins_tensor_init(&wtmp, "matmul_backward.w_dequant", QINS_DT_F32, 2, shape);
       if (!rc) rc = qins_tensor_alloc(be, &wtmp);
       if (!rc) rc = be->ops->dequantize ? be->ops->dequantize(be, w, &wtmp) : QINS_EUNSUPPORTED;
       if (rc) {
         if (wtmp.buf) qins_tensor_free(&wtmp);
         return qins_error_wrap(rc, "matmul_backward: straight-through decode of %s: ", w->name);
       }
-      j.w = F32(&wtmp);
-    } else {
-      conv = qins_mem_alloc(grad_owner(), (size_t)(n * k) * sizeof(float));
-      if (!conv) return QINS_ENOMEM;
-      const uint16_t *h = qins_tensor_host(w);
-      for (int64_t i = 0; i < n * k; i++)
-        conv[i] = w->dtype == QINS_DT_F16 ? qins_f16_to_f32(h[i]) : qins_bf16_to_f32(h[i]);
-      j.w = conv;
+      src = F32(&wtmp);
+    } else if (w->dtype != QINS_DT_F32) {
+      wide = qins_mem_alloc(grad_owner(), (size_t)(n * k > 0 ? n * k : 1) * sizeof(float));
+      if (!wide)
+        return qins_error_set(QINS_ENOMEM, "matmul_backward: no memory to widen %s [%lld, %lld] to f32", w->name,
+                              (long long)n, (long long)k);
+      convert_f32(be, src, w->dtype, n * k, wide);
+      src = wide;
     }
-    cpu_parallel(be, j.m, 1, mm_bwd_dx, &j);
+    rc = cpu_gemm_outer(be, dyp, n, 1, src, k, F32(dx), m, k, n, 0);
+    if (wtmp.buf) qins_tensor_free(&wtmp);
+    qins_mem_free(grad_owner(), wide);
+    if (rc) return qins_error_wrap(rc, "matmul_backward: dx of %s: ", w->name);
   }
-  if (dw || dbias) cpu_parallel(be, n, 4, mm_bwd_dw, &j);
-  if (wtmp.buf) qins_tensor_free(&wtmp);
-  qins_mem_free(grad_owner(), conv);
+  if (dw) {
+    rc = cpu_gemm_outer(be, dyp, 1, n, F32(x), k, F32(dw), n, k, m, 1);
+    if (rc) return qins_error_wrap(rc, "matmul_backward: dw of %s: ", w->name);
+  }
+  if (dbias) {
+    bias_bwd_job j = {dyp, F32(dbias), m, n};
+    cpu_parallel(be, n, 64, bias_bwd_cols, &j);
+  }
   return 0;
 }
 
@@ -295,7 +310,7 @@ int cpu_rope_backward(qins_backend *be, const qins_tensor *dy, const qins_tensor
 typedef struct {
   const float *x, *y, *up, *g;
   float *d1, *d2;
-  int64_t n; /* row length (softmax) */
+  int64_t n; /* row length (softmax); element count (gelu) */
 } act_job;
 
 static void softmax_bwd_rows(void *user, int64_t r0, int64_t r1) {
@@ -326,11 +341,29 @@ static void silu_bwd_range(void *user, int64_t i0, int64_t i1) {
   }
 }
 
-/* gelu_tanh'(x) = (1 + t)/2 + x (1 - t^2) c (1 + 3 a x^2) / 2, t = tanh(c (x + a x^3)) */
-static void gelu_bwd_range(void *user, int64_t i0, int64_t i1) {
+/* gelu_tanh'(x) = (1 + t)/2 + x (1 - t^2) c (1 + 3 a x^2) / 2, t = tanh(c (x + a x^3)).
+ * With AVX2, t = 1 - 2 / (e^(2u) + 1) on 8 lanes (the vector exp; absolute error in t ~1e-7);
+ * the tail and the plain build use tanhf. Each element's path depends only on its index. */
+static void gelu_bwd_range(void *user, int64_t b0, int64_t b1) {
   const act_job *j = user;
   const float c = 0.7978845608028654f, a = 0.044715f;
-  for (int64_t i = i0; i < i1; i++) {
+  /* the range is in groups of 8 elements: which path an element takes depends only on its index */
+  int64_t i = b0 * 8, i1 = b1 * 8 < j->n ? b1 * 8 : j->n;
+#ifdef QINS_CPU_VEXP
+  const __m256 vc = _mm256_set1_ps(c), va = _mm256_set1_ps(a), one = _mm256_set1_ps(1.0f),
+               half = _mm256_set1_ps(0.5f), two = _mm256_set1_ps(2.0f), va3 = _mm256_set1_ps(3.0f * a);
+  for (; i + 8 <= i1; i += 8) {
+    __m256 v = _mm256_loadu_ps(j->x + i), v2 = _mm256_mul_ps(v, v);
+    __m256 u = _mm256_mul_ps(vc, _mm256_fmadd_ps(_mm256_mul_ps(va, v2), v, v));
+    __m256 e = cpu_vexp(_mm256_mul_ps(two, u));
+    __m256 t = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(e, one)));
+    __m256 du = _mm256_mul_ps(vc, _mm256_fmadd_ps(va3, v2, one));
+    __m256 d = _mm256_mul_ps(half, _mm256_add_ps(one, t));
+    d = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_fnmadd_ps(t, t, one)), du, d);
+    _mm256_storeu_ps(j->d1 + i, _mm256_mul_ps(_mm256_loadu_ps(j->g + i), d));
+  }
+#endif
+  for (; i < i1; i++) {
     float v = j->x[i];
     float t = tanhf(c * (v + a * v * v * v));
     float du = c * (1.0f + 3.0f * a * v * v);
@@ -356,8 +389,8 @@ int cpu_silu_backward(qins_backend *be, const qins_tensor *x, const qins_tensor 
 }
 
 int cpu_gelu_tanh_backward(qins_backend *be, const qins_tensor *x, const qins_tensor *dy, qins_tensor *dx) {
-  act_job j = {F32(x), NULL, NULL, F32(dy), F32(dx), NULL, 0};
-  cpu_parallel(be, qins_tensor_numel(x), 4096, gelu_bwd_range, &j);
+  act_job j = {F32(x), NULL, NULL, F32(dy), F32(dx), NULL, qins_tensor_numel(x)};
+  cpu_parallel(be, (j.n + 7) / 8, 512, gelu_bwd_range, &j);
   return 0;
 }
 
@@ -507,29 +540,66 @@ typedef struct {
   float scale;
 } ce_job;
 
+/* One row: max, then e_i = exp(l_i - max) summed in double (and kept in dlogits), then
+ * dlogits = scale (e_i / sum - [i == target]). Three streaming passes with the vector exp; the
+ * columns past the last multiple of 8 take expf. Rows are split over threads, columns never, so a
+ * row's result does not depend on the thread count. */
 static void ce_rows(void *user, int64_t r0, int64_t r1) {
   const ce_job *j = user;
+  int64_t v = j->v;
   for (int64_t r = r0; r < r1; r++) {
-    const float *lr = j->logits + r * j->v;
-    float *dr = j->dlogits ? j->dlogits + r * j->v : NULL;
+    const float *lr = j->logits + r * v;
+    float *dr = j->dlogits ? j->dlogits + r * v : NULL;
     int32_t tgt = j->targets[r];
     if (tgt < 0) {
       j->loss[r] = 0.0f;
-      if (dr) memset(dr, 0, (size_t)j->v * sizeof(float));
+      if (dr) memset(dr, 0, (size_t)v * sizeof(float));
       continue;
     }
+    float ltgt = lr[tgt]; /* read before dlogits (which may alias logits) is written */
+    int64_t i = 0;
     float mx = lr[0];
-    for (int64_t i = 1; i < j->v; i++) mx = lr[i] > mx ? lr[i] : mx;
     double sum = 0.0;
-    for (int64_t i = 0; i < j->v; i++) sum += exp((double)(lr[i] - mx));
-    double lse = (double)mx + log(sum);
-    j->loss[r] = (float)(lse - (double)lr[tgt]);
-    if (!dr) continue;
-    /* reads lr[i] before writing dr[i]: dlogits may alias logits */
-    for (int64_t i = 0; i < j->v; i++) {
-      float p = (float)exp((double)lr[i] - lse);
-      dr[i] = j->scale * (p - (i == tgt ? 1.0f : 0.0f));
+#ifdef QINS_CPU_VEXP
+    int64_t v8 = v / 8 * 8;
+    if (v8) {
+      __m256 m8 = _mm256_loadu_ps(lr);
+      for (i = 8; i < v8; i += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(lr + i));
+      float lanes[8];
+      _mm256_storeu_ps(lanes, m8);
+      for (int l = 0; l < 8; l++) mx = lanes[l] > mx ? lanes[l] : mx;
     }
+    for (; i < v; i++) mx = lr[i] > mx ? lr[i] : mx;
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    __m256 mv = _mm256_set1_ps(mx);
+    for (i = 0; i < v8; i += 8) {
+      __m256 e = cpu_vexp(_mm256_sub_ps(_mm256_loadu_ps(lr + i), mv));
+      if (dr) _mm256_storeu_ps(dr + i, e);
+      s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+      s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double lanes_d[4];
+    _mm256_storeu_pd(lanes_d, _mm256_add_pd(s0, s1));
+    sum = (lanes_d[0] + lanes_d[1]) + (lanes_d[2] + lanes_d[3]);
+#else
+    for (i = 1; i < v; i++) mx = lr[i] > mx ? lr[i] : mx;
+    i = 0;
+#endif
+    for (; i < v; i++) {
+      float e = expf(lr[i] - mx);
+      if (dr) dr[i] = e;
+      sum += e;
+    }
+    j->loss[r] = (float)((double)mx + log(sum) - (double)ltgt);
+    if (!dr) continue;
+    float f = (float)((double)j->scale / sum);
+    i = 0;
+#ifdef QINS_CPU_VEXP
+    __m256 fv = _mm256_set1_ps(f);
+    for (; i < v8; i += 8) _mm256_storeu_ps(dr + i, _mm256_mul_ps(_mm256_loadu_ps(dr + i), fv));
+#endif
+    for (; i < v; i++) dr[i] *= f;
+    dr[tgt] -= j->scale;
   }
 }
 

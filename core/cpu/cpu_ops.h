@@ -22,6 +22,11 @@ void *cpu_scratch(qins_backend *be, int tid);
 
 /* The fast path (cpu_ops.c, cpu_matmul.c): threads, vector-friendly loops, blocking. */
 int cpu_matmul(qins_backend *be, const qins_tensor *x, const qins_tensor *w, const qins_tensor *bias, qins_tensor *y);
+/* c[m,n] (+)= sum_r a[i*sa_i + r*sa_r] b[r*ldb + j] (accumulate: c +=), f32, outer-product
+ * micro-kernel, blocked and threaded (cpu_gemm_outer.c; matmul_backward's dx and dw). Fails only
+ * when the per-thread packing scratch cannot be had. */
+int cpu_gemm_outer(qins_backend *be, const float *a, int64_t sa_i, int64_t sa_r, const float *b, int64_t ldb,
+                    float *c, int64_t m, int64_t n, int64_t r, int accumulate);
 int cpu_add(qins_backend *be, const qins_tensor *a, const qins_tensor *b, qins_tensor *y);
 int cpu_mul(qins_backend *be, const qins_tensor *a, const qins_tensor *b, qins_tensor *y);
 int cpu_rmsnorm(qins_backend *be, const qins_tensor *x, const qins_tensor *w, float eps, qins_tensor *y);
