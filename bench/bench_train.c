@@ -14,18 +14,22 @@
 #include "core/train/data.h"
 #include "core/train/model_grad.h"
 #include "core/train/optim.h"
+#include "core/train/trainer.h"
+#include "core/vk/vk.h"
 #include "bench/bench_util.h"
 
 
 static void usage(FILE *f) {
   fprintf(f, "usage: qins-bench-train [--layers 12] [--dim 768] [--heads 12] [--vocab 50257] [--batch 4] [--seq 64]\n"
              "                        [--steps 2] [--backend cpu[,vk...]] [--quick] [--dir /tmp/qins-bench-train]\n"
-             "                        [--json PATH]\n"
+             "                        [--json PATH] [--host-norm]\n"
              "  trains a GPT-2-shaped model (default 124M) on random ids with AdamW: tokens/s, FLOP/s, and the\n"
              "  FLOP/s of an f32 GEMM on the backend (the yardstick): [256 x D] x [D x D] on cpu, [2048 x 2048]^2\n"
              "  on a device (vk). One table row per backend of the comma-separated list. On vk parameters,\n"
-             "  gradients and AdamW state stay in device memory (the adamw_step op); the gradients come down\n"
-             "  once per step for the norm/anomaly checks (counted in the AdamW column).\n"
+             "  gradients and AdamW state stay in device memory (the adamw_step op); the gradient norm and\n"
+             "  anomaly checks read per-parameter sums of squares (the sumsq op), or with --host-norm every\n"
+             "  gradient comes down (the old path; counted in the AdamW column). Submits (each a host wait)\n"
+             "  and recorded commands per step are counted on vk.\n"
              "  --quick: a small shape for emulated devices (2 layers, D 256, 4 heads, vocab 4096, 1 step,\n"
              "  GEMM [256 x D] x [D x D] everywhere)\n");
 }
@@ -45,11 +49,13 @@ typedef struct bench_row {
   double step_s, fwd_bwd_s, optim_s, tps, achieved, peak;
   double cpu_step_s, cpu_achieved, cpu_peak; /* per CPU-second of the process */
   int64_t nparams;
+  /* per step (the last measured one), 0 off vk: submits = host round trips, commands recorded */
+  uint64_t submits_fb, cmds_fb, submits_opt, cmds_opt;
 } bench_row;
 
 /* One backend: the model from dir trained `steps` steps (after a warm-up step) at B x T. */
 static int bench_backend(const char *spec, const char *dir, int L, int D, int V, int B, int T, int steps, int quick,
-                         bench_row *row) {
+                         int host_norm, bench_row *row) {
   qins_backend *be = NULL;
   qins_model *m = NULL;
   qins_train_model *tm = NULL;
@@ -87,6 +93,8 @@ static int bench_backend(const char *spec, const char *dir, int L, int D, int V,
   double best_fb = 1e30, best_opt = 1e30, best_cpu = 1e30;
   for (int s = 0; s <= steps && !rc; s++) { /* step 0: warm-up */
     qins_optim_zero_grad(o);
+    uint64_t sub0, cmd0, sub1, cmd1, sub2, cmd2;
+    qins_vk_counters(be, &sub0, &cmd0);
     double t0 = bench_now_s(), c0 = cpu_now_s(), loss = 0;
     rc = qins_train_model_zero_grad(tm);
     for (int b = 0; b < B && !rc; b++) {
@@ -94,17 +102,26 @@ static int bench_backend(const char *spec, const char *dir, int L, int D, int V,
       rc = qins_train_model_loss_grad(tm, ids, T, &loss);
       qins_optim_micro_done(o);
     }
+    if (!rc) rc = qins_backend_sync(be); /* the forward+backward's work done before t1 */
     double t1 = bench_now_s();
-    if (!rc) rc = qins_train_model_pull_grads(tm);
-    if (!rc) rc = qins_optim_step(o, loss, NULL);
+    qins_vk_counters(be, &sub1, &cmd1);
+    if (!rc) rc = qins_train_optim_step(tm, o, loss, !host_norm, NULL);
     if (!rc) rc = qins_backend_sync(be);
     double t2 = bench_now_s(), c2 = cpu_now_s();
+    qins_vk_counters(be, &sub2, &cmd2);
+    row->submits_fb = sub1 - sub0;
+    row->cmds_fb = cmd1 - cmd0;
+    row->submits_opt = sub2 - sub1;
+    row->cmds_opt = cmd2 - cmd1;
     if (s > 0) {
       best_cpu = fmin(best_cpu, c2 - c0);
       best_fb = fmin(best_fb, t1 - t0);
       best_opt = fmin(best_opt, t2 - t1);
     }
-    fprintf(stderr, "%s step %d: forward+backward %.3f s, AdamW %.3f s, loss %.3f\n", spec, s, t1 - t0, t2 - t1, loss);
+    fprintf(stderr, "%s step %d: forward+backward %.3f s (%llu submits, %llu commands), AdamW %.3f s (%llu submits, %llu "
+                    "commands), loss %.3f\n",
+            spec, s, t1 - t0, (unsigned long long)row->submits_fb, (unsigned long long)row->cmds_fb, t2 - t1,
+            (unsigned long long)row->submits_opt, (unsigned long long)row->cmds_opt, loss);
   }
   if (getenv("QINS_BENCH_OPS")) /* per-op time over every step, warm-up included */
     for (int k = 0; k < QINS_OP_COUNT; k++)
@@ -226,13 +243,17 @@ static int gemm_peak(qins_backend *be, int M, int K, int N, double *flops, doubl
 }
 
 int main(int argc, char **argv) {
-  int L = 12, D = 768, H = 12, V = 50257, B = 4, T = 64, steps = 2, quick = 0;
+  int L = 12, D = 768, H = 12, V = 50257, B = 4, T = 64, steps = 2, quick = 0, host_norm = 0;
   const char *backends = "cpu", *dir = "/tmp/qins-bench-train", *json = NULL;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
       usage(stdout);
       return 0;
+    }
+    if (!strcmp(a, "--host-norm")) {
+      host_norm = 1;
+      continue;
     }
     if (!strcmp(a, "--quick")) {
       quick = 1;
@@ -273,20 +294,22 @@ int main(int argc, char **argv) {
   char list[256];
   snprintf(list, sizeof list, "%s", backends);
   for (char *save = NULL, *spec = strtok_r(list, ",", &save); spec && nrows < 8; spec = strtok_r(NULL, ",", &save)) {
-    if ((rc = bench_backend(spec, dir, L, D, V, B, T, steps, quick, &rows[nrows]))) {
+    if ((rc = bench_backend(spec, dir, L, D, V, B, T, steps, quick, host_norm, &rows[nrows]))) {
       fprintf(stderr, "qins-bench-train: %s: %s\n", spec, qins_error_msg());
       return 1;
     }
     nrows++;
   }
   printf("| backend | device | model | params | B x T | step s | fwd+bwd s | AdamW s | tokens/s | GFLOP/s | GEMM GFLOP/s "
-         "| of GEMM |\n");
-  printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+         "| of GEMM | submits/step | commands/step |\n");
+  printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (int r = 0; r < nrows; r++) {
     const bench_row *w = &rows[r];
-    printf("| %s | %s | gpt2 L%d D%d V%d | %.1fM | %dx%d | %.3f | %.3f | %.3f | %.1f | %.2f | %.2f | %.0f%% |\n",
+    printf("| %s | %s | gpt2 L%d D%d V%d | %.1fM | %dx%d | %.3f | %.3f | %.3f | %.1f | %.2f | %.2f | %.0f%% | %llu + %llu "
+           "| %llu + %llu |\n",
            w->backend, w->device, L, D, V, w->nparams / 1e6, B, T, w->step_s, w->fwd_bwd_s, w->optim_s, w->tps,
-           w->achieved / 1e9, w->peak / 1e9, 100 * w->achieved / w->peak);
+           w->achieved / 1e9, w->peak / 1e9, 100 * w->achieved / w->peak, (unsigned long long)w->submits_fb,
+           (unsigned long long)w->submits_opt, (unsigned long long)w->cmds_fb, (unsigned long long)w->cmds_opt);
   }
   for (int r = 0; r < nrows; r++) {
     const bench_row *w = &rows[r];
@@ -306,9 +329,12 @@ int main(int argc, char **argv) {
       for (int r = 0; r < nrows; r++) {
         w = &rows[r];
         fprintf(f, "%s{\"backend\": \"%s\", \"device\": \"%s\", \"step_s\": %.6f, \"fwd_bwd_s\": %.6f, \"optim_s\": %.6f, "
-                   "\"tokens_per_s\": %.3f, \"achieved_flops\": %.6g, \"gemm_peak_flops\": %.6g}",
+                   "\"tokens_per_s\": %.3f, \"achieved_flops\": %.6g, \"gemm_peak_flops\": %.6g, "
+                   "\"submits_fwd_bwd\": %llu, \"commands_fwd_bwd\": %llu, \"submits_optim\": %llu, "
+                   "\"commands_optim\": %llu}",
                 r ? ", " : "", w->backend, w->device, w->step_s, w->fwd_bwd_s, w->optim_s, w->tps, w->achieved,
-                w->peak);
+                w->peak, (unsigned long long)w->submits_fb, (unsigned long long)w->cmds_fb,
+                (unsigned long long)w->submits_opt, (unsigned long long)w->cmds_opt);
       }
       w = &rows[0];
       fprintf(f, "], \"cpu_step_s\": %.6f, \"achieved_flops_per_cpu_s\": %.6g, \"gemm_flops_per_cpu_s\": %.6g}\n",

@@ -15,7 +15,7 @@ static const char *op_names[QINS_OP_COUNT] = {
     "embed", "attention", "argmax", "topk", "copy", "cast", "calibrate", "quantize", "dequantize",
     "matmul_backward", "add_backward", "mul_backward", "rmsnorm_backward", "layernorm_backward", "rope_backward",
     "softmax_backward", "silu_backward", "gelu_tanh_backward", "silu_mul_backward", "embed_backward",
-    "attention_backward", "cross_entropy", "adamw_step",
+    "attention_backward", "cross_entropy", "adamw_step", "sumsq",
 };
 
 const char *qins_op_name(qins_op_kind op) { return (unsigned)op < QINS_OP_COUNT ? op_names[op] : "?"; }

@@ -52,6 +52,7 @@ typedef enum qins_op_kind {
   QINS_OP_CROSS_ENTROPY,
   /* optimizer (core/backend_grad.h) */
   QINS_OP_ADAMW_STEP,
+  QINS_OP_SUMSQ, /* sum of squares of a gradient (qins_op_sumsq) */
   QINS_OP_COUNT
 } qins_op_kind;
 
@@ -140,6 +141,8 @@ typedef struct qins_backend_ops {
   /* ---- optimizer: one AdamW step where the parameter lives (qins_op_adamw_step) ---- */
   int (*adamw_step)(qins_backend *be, qins_tensor *w, const qins_tensor *g, qins_tensor *m, qins_tensor *v,
                     const qins_adamw_step_args *a);
+  /* ---- gradient norm: sum of squares into out[3*index..3*index+2] (qins_op_sumsq) ---- */
+  int (*sumsq)(qins_backend *be, const qins_tensor *x, qins_tensor *out, int64_t index);
 } qins_backend_ops;
 
 struct qins_backend {

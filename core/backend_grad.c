@@ -229,3 +229,35 @@ int qins_op_adamw_step(qins_backend *be, qins_tensor *w, const qins_tensor *g, q
   RET_IF(f32_like(op, be, v, w));
   DISPATCH(QINS_OP_ADAMW_STEP, adamw_step, w, g, m, v, a);
 }
+
+void qins_sumsq_split(double s, float *slot3) {
+  /* s - hi and r - mid are exact in double (they hold the bits below the float's 24), so three
+   * floats carry all 53 bits of a normal double */
+  float hi = (float)s;
+  if (!isfinite(hi)) {
+    slot3[0] = isfinite(s) ? (float)INFINITY : hi;
+    slot3[1] = slot3[2] = 0.0f;
+    return;
+  }
+  double r = s - (double)hi;
+  float mid = (float)r;
+  slot3[0] = hi;
+  slot3[1] = mid;
+  slot3[2] = (float)(r - (double)mid);
+}
+
+double qins_sumsq_value(const float *slot3) {
+  return ((double)slot3[0] + (double)slot3[1]) + (double)slot3[2];
+}
+
+int qins_op_sumsq(qins_backend *be, const qins_tensor *x, qins_tensor *out, int64_t index) {
+  const char *op = "sumsq";
+  RET_IF(f32_n(op, be, x, -1));
+  RET_IF(f32_n(op, be, out, -1));
+  if (index < 0 || qins_tensor_numel(out) < 3 * (index + 1)) {
+    DESC_DECL;
+    return qins_error_set(QINS_EINVAL, "%s: slot %lld does not fit in %s (3 floats per slot)", op, (long long)index,
+                          DESC(out));
+  }
+  DISPATCH(QINS_OP_SUMSQ, sumsq, x, out, index);
+}

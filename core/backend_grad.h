@@ -95,4 +95,18 @@ qins_adamw_step_args qins_adamw_step_args_make(float lr, float beta1, float beta
 int qins_op_adamw_step(qins_backend *be, qins_tensor *w, const qins_tensor *g, qins_tensor *m, qins_tensor *v,
                        const qins_adamw_step_args *a);
 
+/* Sum of squares of x (f32, any shape, any element count) where x lives: the gradient norm and
+ * the anomaly check of a training step read a few floats instead of every gradient. out is f32
+ * with at least 3*(index+1) elements; out[3*index .. 3*index+2] (overwritten) get the sum s as
+ * three floats whose sum in double is s (qins_sumsq_value): on cpu s is the double sum in element
+ * order, exactly what the host optimizer computes (so both paths agree bit for bit); on vk a tree
+ * of double partial sums where the device has shaderFloat64, else f32 (the last two floats 0).
+ * NaN or Inf anywhere in x makes s non-finite (as do squares above the f32 range on vk).
+ * Several tensors write several slots of one out, which is then read once. */
+int qins_op_sumsq(qins_backend *be, const qins_tensor *x, qins_tensor *out, int64_t index);
+/* s from the three floats at out[3*index]. */
+double qins_sumsq_value(const float *slot3);
+/* The three floats of s (what a backend writes; exact for normal doubles). */
+void qins_sumsq_split(double s, float *slot3);
+
 #endif

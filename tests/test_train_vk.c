@@ -22,6 +22,7 @@
 #include "core/train/data.h"
 #include "core/train/optim.h"
 #include "core/train/trainer.h"
+#include "core/vk/vk.h"
 #include "tests/test_pair.h"
 #include "tests/test_util.h"
 #include "tests/train_fixture.h"
@@ -158,6 +159,241 @@ static qins_train_model *open_tm(const char *path, qins_backend *be) {
   if (qins_train_model_create(m, be, &tm)) fail_msg("%s", qins_error_msg());
   qins_model_close(m);
   return tm;
+}
+
+/* ---------------------------------------------------------------- sumsq (device-side gradient norms) */
+
+/* qins_op_sumsq on fresh random inputs of several lengths (a partial work group, many groups,
+ * more elements than the 512 partials cover, and on vk a forced 64 KiB binding limit that splits x
+ * into chunks), several slots of one output: cpu == the double sum in element order bit for bit
+ * (the host optimizer's), vk within 1e-12 relative with shaderFloat64 and 2e-6 without (f32 tree:
+ * about log2(n) roundings of 2^-24). NaN or Inf anywhere makes the slot non-finite on both; a
+ * slot past the end of out is QINS_EINVAL. */
+static void test_sumsq_op(void **st) {
+  (void)st;
+  static const int64_t lens[] = {1, 255, 257, 100003, 300007};
+  enum { NL = sizeof lens / sizeof lens[0] };
+  int nb = test_pair_be[1] ? 2 : 1;
+  qins_vk_info info = {0};
+  if (vk) qins_vk_get_info(vk, &info);
+  double vk_tol = info.float64 ? 1e-12 : 2e-6, worst = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    if (vk) qins_vk_set_max_range(vk, pass ? 65536 : 0);
+    int64_t oshape[1] = {3 * (NL + 1) + 2};
+    pair out;
+    pmake(&out, "sumsq.out", QINS_DT_F32, 1, oshape, NULL, rand_off(4));
+    double want[NL];
+    for (int k = 0; k < NL; k++) {
+      int64_t n = lens[k];
+      float *x = malloc((size_t)n * sizeof(float));
+      test_fill_normal(x, n, k % 2 ? 1e-3f : 3.0f);
+      double ref = 0;
+      for (int64_t i = 0; i < n; i++) ref += (double)x[i] * x[i];
+      want[k] = ref;
+      pair px;
+      int64_t shape[1] = {n};
+      pmake(&px, "g", QINS_DT_F32, 1, shape, x, rand_off(4));
+      for (int b = 0; b < nb; b++) OK(qins_op_sumsq(test_pair_be[b], &px.t[b], &out.t[b], k));
+      pfree(&px);
+      free(x);
+    }
+    for (int b = 0; b < nb; b++) {
+      float *h = pair_read(&out, b);
+      for (int k = 0; k < NL; k++) {
+        double got = qins_sumsq_value(h + 3 * k);
+        if (b == 0) {
+          if (got != want[k]) fail_msg("sumsq cpu, %lld elements: %.17g, double sum %.17g", (long long)lens[k], got, want[k]);
+        } else {
+          double e = fabs(got - want[k]) / want[k];
+          worst = fmax(worst, e);
+          if (!(e <= vk_tol))
+            fail_msg("sumsq vk, %lld elements%s: %.17g, double sum %.17g (relative %.3g > %.3g)", (long long)lens[k],
+                     pass ? " (64 KiB bindings)" : "", got, want[k], e, vk_tol);
+        }
+      }
+      free(h);
+    }
+    /* NaN and Inf at a random element of a long tensor */
+    for (int bad = 0; bad < 2; bad++) {
+      int64_t n = 100003, at = (int64_t)(test_rand_u64() % (uint64_t)n);
+      float *x = malloc((size_t)n * sizeof(float));
+      test_fill_normal(x, n, 1.0f);
+      x[at] = bad ? INFINITY : NAN;
+      pair px;
+      int64_t shape[1] = {n};
+      pmake(&px, "g", QINS_DT_F32, 1, shape, x, rand_off(4));
+      for (int b = 0; b < nb; b++) {
+        OK(qins_op_sumsq(test_pair_be[b], &px.t[b], &out.t[b], NL));
+        float *h = pair_read(&out, b);
+        double got = qins_sumsq_value(h + 3 * NL);
+        if (isfinite(got)) fail_msg("sumsq on %s: %s at element %lld gave %g", test_pair_be[b]->name, bad ? "Inf" : "NaN",
+                                    (long long)at, got);
+        if (b == 0 && bad) assert_true(isinf(got));
+        free(h);
+      }
+      pfree(&px);
+      free(x);
+    }
+    assert_int_equal(qins_op_sumsq(test_pair_be[0], &out.t[0], &out.t[0], NL + 2), QINS_EINVAL);
+    assert_int_equal(qins_op_sumsq(test_pair_be[0], &out.t[0], &out.t[0], -1), QINS_EINVAL);
+    pfree(&out);
+  }
+  if (vk) qins_vk_set_max_range(vk, 0);
+  print_message("  sumsq: cpu == double sum bit for bit; vk (%s) worst relative error %.3g (bound %.3g)\n",
+                info.float64 ? "f64" : "f32", worst, vk_tol);
+}
+
+/* The trainer's optimizer step (qins_train_optim_step) with device-side norms against host norms,
+ * on stories260K with fresh random ids: 4 steps, the v_proj weights on QINS-AdamW (host-updated,
+ * their gradients pulled) and the rest on plain AdamW (on the device on vk), clip_norm at a third
+ * of the first step's norm (every step clipped), and a NaN written into one gradient at step 3
+ * (skip, lower-lr and FP-fallback responses in turn: never applied, the tensor named, lr factor and fallback flag
+ * equal on both paths). cpu: reports (norm, clip scale, anomaly) and
+ * every weight bit for bit; vk: norms within 1e-6 relative, weights within 1e-5 relative L2 (the
+ * norms differ by summation order only, which moves the clip scale by an ulp). */
+typedef struct dn_out {
+  int flagged;     /* the bad parameter was flagged for FP fallback */
+  float lr_factor; /* the optimizer's anomaly lr multiplier at the end */
+  int first_qins;  /* index of the first QINS-AdamW (v_proj) parameter */
+} dn_out;
+
+static void device_norm_run(qins_backend *be, int device_norm, int steps, float clip, int bad_step, int bad_param,
+                            qins_anomaly_action action, qins_step_report *reps, double *losses, float **weights,
+                            int64_t *ns, int *np_out, char *bad_name, dn_out *res) {
+  qins_train_model *tm = open_tm(test_shared_path("models/stories260K/stories260K.bin"), be);
+  int np = qins_train_model_count(tm);
+  qins_optim_config cfg = qins_optim_config_default();
+  cfg.clip_norm = clip;
+  cfg.anomaly.action = action;
+  qins_optim *o;
+  assert_int_equal(qins_optim_create(&cfg, &o), 0);
+  for (int i = 0; i < np; i++) {
+    const qins_train_param *p = qins_train_model_param(tm, i);
+    qins_param_opts po = qins_param_opts_default();
+    po.no_decay = p->is_vector;
+    po.qins = strstr(p->name, "v_proj") != NULL;
+    po.rows = po.qins ? p->shape[0] : 0;
+    const qins_tensor *wt, *gt;
+    assert_int_equal(qins_train_model_param_tensors(tm, i, &wt, &gt), 0);
+    int k = qins_train_model_on_device(tm) && !po.qins ? qins_optim_add_device(o, p->name, p->w, p->g, p->n, &po, wt, gt)
+                                                        : qins_optim_add(o, p->name, p->w, p->g, p->n, &po);
+    assert_int_equal(k, i);
+  }
+  OK(qins_train_model_push_weights(tm));
+  enum { N = 48 };
+  uint64_t seed = 0x5eed;
+  for (int s = 0; s < steps; s++) {
+    int32_t ids[N];
+    for (int i = 0; i < N; i++) ids[i] = (int32_t)((seed = seed * 6364136223846793005ull + 1442695040888963407ull) >> 40) % 512;
+    OK(qins_train_model_zero_grad(tm));
+    OK(qins_train_model_loss_grad(tm, ids, N, &losses[s]));
+    if (s == bad_step) { /* a NaN in one gradient, wherever it lives */
+      const qins_train_param *p = qins_train_model_param(tm, bad_param);
+      const qins_tensor *wt, *gt;
+      OK(qins_train_model_param_tensors(tm, bad_param, &wt, &gt));
+      OK(qins_train_model_pull_grad(tm, bad_param));
+      p->g[p->n / 3] = NAN;
+      if (qins_train_model_on_device(tm)) OK(qins_tensor_write((qins_tensor *)gt, p->g));
+    }
+    OK(qins_train_optim_step(tm, o, losses[s], device_norm, &reps[s]));
+  }
+  OK(qins_train_model_pull_weights(tm));
+  for (int i = 0; i < np; i++) {
+    const qins_train_param *p = qins_train_model_param(tm, i);
+    if (i == bad_param) snprintf(bad_name, QINS_NAME_MAX, "%s", p->name);
+    ns[i] = p->n;
+    weights[i] = malloc((size_t)p->n * sizeof(float));
+    memcpy(weights[i], p->w, (size_t)p->n * sizeof(float));
+  }
+  *np_out = np;
+  res->flagged = bad_param >= 0 && bad_param < np ? qins_optim_flagged(o, bad_param) : 0;
+  res->lr_factor = qins_optim_lr_factor(o);
+  res->first_qins = -1;
+  for (int i = np - 1; i >= 0; i--)
+    if (strstr(qins_optim_name(o, i), "v_proj")) res->first_qins = i;
+  qins_optim_destroy(o);
+  qins_train_model_destroy(tm);
+}
+
+static void test_device_norm_step(void **st) {
+  (void)st;
+  enum { STEPS = 4, BAD = 2 };
+  int nb = test_pair_be[1] ? 2 : 1;
+  if (vk) qins_vk_set_max_range(vk, 0);
+  static const qins_anomaly_action actions[3] = {QINS_ANOMALY_SKIP, QINS_ANOMALY_SCALE_LR, QINS_ANOMALY_FALLBACK};
+  for (int run = 0; run < 2 * 3; run++) {
+    int b = run / 3;
+    qins_anomaly_action action = actions[run % 3];
+    if (b >= nb) break;
+    qins_backend *be = test_pair_be[b];
+    /* the first step's norm, to set a clip that bites */
+    qins_step_report r0[1];
+    double l0[1];
+    float *w0[64];
+    int64_t ns[64];
+    char bad_name[QINS_NAME_MAX] = "";
+    int np = 0;
+    dn_out o0, oh, od;
+    device_norm_run(be, 0, 1, 0.0f, -1, 0, QINS_ANOMALY_SKIP, r0, l0, w0, ns, &np, bad_name, &o0);
+    assert_true(np <= 64);
+    for (int i = 0; i < np; i++) free(w0[i]);
+    float clip = (float)(r0[0].grad_norm / 3.0);
+    int bad_param = (int)(test_rand_u64() % (uint64_t)np);
+    if (action == QINS_ANOMALY_FALLBACK) /* a QINS (v_proj) tensor: the one fallback moves to FP */
+      bad_param = o0.first_qins;
+    qins_step_report rh[STEPS], rd[STEPS];
+    double lh[STEPS], ld[STEPS];
+    float *wh[64], *wd[64];
+    device_norm_run(be, 0, STEPS, clip, BAD, bad_param, action, rh, lh, wh, ns, &np, bad_name, &oh);
+    device_norm_run(be, 1, STEPS, clip, BAD, bad_param, action, rd, ld, wd, ns, &np, bad_name, &od);
+    assert_int_equal(od.flagged, oh.flagged);
+    assert_int_equal(od.flagged, action == QINS_ANOMALY_FALLBACK);
+    assert_true(od.lr_factor == oh.lr_factor);
+    assert_true(od.lr_factor == (action == QINS_ANOMALY_SCALE_LR ? 0.5f : 1.0f));
+    assert_int_equal(rd[BAD].action, action);
+    double worst_norm = 0, worst_w = 0;
+    for (int s = 0; s < STEPS; s++) {
+      assert_int_equal(rh[s].applied, s != BAD);
+      assert_int_equal(rd[s].applied, s != BAD);
+      if (s == BAD) {
+        assert_int_equal(rd[s].anomaly, QINS_ANOMALY_GRAD_NONFINITE);
+        assert_int_equal(rh[s].anomaly, QINS_ANOMALY_GRAD_NONFINITE);
+        assert_string_equal(rd[s].tensor, rh[s].tensor);
+        assert_string_equal(rd[s].tensor, bad_name);
+        continue;
+      }
+      assert_true(rh[s].clip_scale < 1.0f);
+      assert_int_equal(rd[s].anomaly, QINS_ANOMALY_NONE);
+      if (b == 0) {
+        assert_memory_equal(&lh[s], &ld[s], sizeof(double));
+        assert_memory_equal(&rh[s].grad_norm, &rd[s].grad_norm, sizeof(double));
+        assert_memory_equal(&rh[s].clip_scale, &rd[s].clip_scale, sizeof(float));
+      } else {
+        worst_norm = fmax(worst_norm, fabs(rd[s].grad_norm - rh[s].grad_norm) / rh[s].grad_norm);
+      }
+    }
+    for (int i = 0; i < np; i++) {
+      if (b == 0) {
+        if (memcmp(wh[i], wd[i], (size_t)ns[i] * sizeof(float)))
+          fail_msg("device norms on cpu: parameter %d differs from the host-norm run", i);
+      } else {
+        worst_w = fmax(worst_w, test_rel_l2(wd[i], wh[i], ns[i]));
+      }
+    }
+    print_message("  device norms on %s: %d steps clipped at %.4g, NaN at step %d in parameter %d (%s), response %s: "
+                  "worst norm difference %.3g, weights %.3g\n",
+                  be->name, STEPS, (double)clip, BAD + 1, bad_param, rd[BAD].tensor,
+                  action == QINS_ANOMALY_SKIP ? "skip" : action == QINS_ANOMALY_SCALE_LR ? "lower lr" : "FP fallback",
+                  worst_norm, worst_w);
+    for (int i = 0; i < np; i++) {
+      free(wh[i]);
+      free(wd[i]);
+    }
+    if (b == 1) {
+      assert_true(worst_norm <= 1e-6);
+      assert_true(worst_w <= 1e-5);
+    }
+  }
 }
 
 static void fixture_vk(const char *name) {
@@ -503,6 +739,8 @@ static void test_trainer_vk_qins(void **st) { trainer_vk("qins-adamw"); }
 int main(void) {
   test_seed();
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_sumsq_op),
+      cmocka_unit_test(test_device_norm_step),
       cmocka_unit_test(test_adamw_op),
       cmocka_unit_test(test_fixture_llama_vk),
       cmocka_unit_test(test_fixture_phi3_vk),

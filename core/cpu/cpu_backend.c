@@ -104,6 +104,7 @@ static const qins_backend_ops cpu_ops = {
     .attention_backward = cpu_attention_backward,
     .cross_entropy = cpu_cross_entropy,
     .adamw_step = cpu_adamw_step,
+    .sumsq = cpu_sumsq,
 };
 
 static const qins_backend_ops cpu_ref_ops = {

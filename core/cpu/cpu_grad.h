@@ -28,5 +28,7 @@ int cpu_cross_entropy(qins_backend *be, const qins_tensor *logits, const qins_te
                       qins_tensor *dlogits, float scale);
 int cpu_adamw_step(qins_backend *be, qins_tensor *w, const qins_tensor *g, qins_tensor *m, qins_tensor *v,
                    const qins_adamw_step_args *a);
+/* core/cpu/cpu_gradnorm.c */
+int cpu_sumsq(qins_backend *be, const qins_tensor *x, qins_tensor *out, int64_t index);
 
 #endif

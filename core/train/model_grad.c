@@ -61,6 +61,7 @@ typedef struct layer_w {
 struct qins_train_model {
   qins_backend *be;
   int device;       /* buffers are not the host arrays: weights/gradients sync explicitly */
+  qins_tensor zeros; /* device: ZERO_CHUNK zero floats, copied over the gradients by zero_grad */
   qins_model_config cfg;
   float rope_short[256], rope_long[256];
   int np;
@@ -351,6 +352,7 @@ out:
 
 void qins_train_model_destroy(qins_train_model *tm) {
   if (!tm) return;
+  if (tm->zeros.buf) qins_tensor_free(&tm->zeros);
   qins_train_part_destroy(tm->whole);
   for (int i = 0; i < tm->np; i++) {
     if (tm->p[i].tidx < 0) { /* else the working copy's buffers, freed below */
@@ -376,6 +378,9 @@ int qins_train_model_count(const qins_train_model *tm) { return tm->np; }
 const qins_train_param *qins_train_model_param(const qins_train_model *tm, int i) {
   return i >= 0 && i < tm->np ? &tm->p[i].pub : NULL;
 }
+/* Device gradients are zeroed by device-side copies from one zero buffer: uploading zeros cost a
+ * host-to-device transfer of every gradient (500 MB for GPT-2 124M) and staging flushes per step. */
+#define ZERO_CHUNK ((int64_t)1 << 20)
 int qins_train_model_zero_grad(qins_train_model *tm) {
   int64_t most = 0;
   for (int i = 0; i < tm->np; i++) {
@@ -383,11 +388,34 @@ int qins_train_model_zero_grad(qins_train_model *tm) {
     if (tm->p[i].pub.n > most) most = tm->p[i].pub.n;
   }
   if (!tm->device) return 0;
-  float *zero = qins_mem_calloc(owner(), (size_t)most, sizeof(float));
-  if (!zero) return QINS_ENOMEM;
   int rc = 0;
-  for (int i = 0; i < tm->np && !rc; i++) rc = qins_tensor_write(&tm->p[i].g, zero);
-  qins_mem_free(owner(), zero);
+  if (!tm->zeros.buf) {
+    int64_t zn = most < ZERO_CHUNK ? most : ZERO_CHUNK;
+    float *zero = qins_mem_calloc(owner(), (size_t)zn, sizeof(float));
+    if (!zero) return QINS_ENOMEM;
+    rc = qins_tensor_init(&tm->zeros, "grad.zeros", QINS_DT_F32, 1, &zn);
+    if (!rc) rc = qins_tensor_alloc(tm->be, &tm->zeros);
+    if (!rc) rc = qins_tensor_write(&tm->zeros, zero);
+    qins_mem_free(owner(), zero);
+    if (rc) {
+      if (tm->zeros.buf) qins_tensor_free(&tm->zeros);
+      memset(&tm->zeros, 0, sizeof tm->zeros);
+      return rc;
+    }
+  }
+  int64_t zn = tm->zeros.shape[0];
+  for (int i = 0; i < tm->np && !rc; i++) {
+    const qins_tensor *g = &tm->p[i].g;
+    int64_t n = qins_tensor_numel(g);
+    for (int64_t off = 0; off < n && !rc; off += zn) {
+      int64_t k = n - off < zn ? n - off : zn;
+      qins_tensor src = tm->zeros, dst = *g;
+      src.ndim = dst.ndim = 1;
+      src.shape[0] = dst.shape[0] = k;
+      dst.offset = g->offset + (size_t)off * sizeof(float);
+      rc = qins_op_copy(tm->be, &src, &dst);
+    }
+  }
   return rc;
 }
 
@@ -418,18 +446,22 @@ int qins_train_model_push_weights(qins_train_model *tm) {
   return rc;
 }
 
+int qins_train_model_pull_grad(qins_train_model *tm, int i) {
+  if (!tm->device) return 0;
+  if (i < 0 || i >= tm->np) return qins_error_set(QINS_EINVAL, "train model: no parameter %d", i);
+  tparam *p = &tm->p[i];
+  if (p->tidx >= 0) {
+    transposed *t = &tm->t[p->tidx];
+    int rc = qins_tensor_read(&t->tg, t->g);
+    if (!rc) transpose_into(p->pub.g, t->g, p->pub.shape[1], p->pub.shape[0], 0);
+    return rc;
+  }
+  return qins_tensor_read(&p->g, p->pub.g);
+}
+
 int qins_train_model_pull_grads(qins_train_model *tm) {
   int rc = 0;
-  for (int i = 0; tm->device && i < tm->np && !rc; i++) {
-    tparam *p = &tm->p[i];
-    if (p->tidx >= 0) {
-      transposed *t = &tm->t[p->tidx];
-      rc = qins_tensor_read(&t->tg, t->g);
-      if (!rc) transpose_into(p->pub.g, t->g, p->pub.shape[1], p->pub.shape[0], 0);
-    } else {
-      rc = qins_tensor_read(&p->g, p->pub.g);
-    }
-  }
+  for (int i = 0; tm->device && i < tm->np && !rc; i++) rc = qins_train_model_pull_grad(tm, i);
   return rc;
 }
 
@@ -517,6 +549,7 @@ typedef struct slot {
   qins_tensor *tids, *tpos, *ttgt, *freq;
   qins_tensor *x;   /* the rows leaving the layers: the part's output, or the final norm's input */
   qins_tensor *hf, *logits; /* with_head: normed rows and dlogits (after the forward) */
+  qins_tensor *lossv;       /* per-row losses read at the end of the backward (defer_loss), else NULL */
 } slot;
 
 struct qins_train_part {
@@ -524,6 +557,10 @@ struct qins_train_part {
   int l0, l1, with_embed, with_head, max_mb;
   slot *slots;
   unsigned char *uses; /* [np] */
+  /* qins_train_model_loss_grad without hooks: the loss is read after the backward is recorded, so
+   * one submit (and host wait) per micro-batch instead of two on a device */
+  int defer_loss;
+  double deferred_loss;
 };
 
 /* Marks the parameter whose buffer t views (a GPT-2 working copy counts as its source). */
@@ -797,14 +834,19 @@ int qins_train_part_forward(qins_train_part *p, int mb, const int32_t *ids, int 
     TRY(qins_op_matmul(be, sl->hf, tm->head, NULL, sl->logits));
     TRY(act(a, &lossv, "loss", n, 0, 0));
     TRY(qins_op_cross_entropy(be, sl->logits, sl->ttgt, lossv, sl->logits, 0.0f)); /* dlogits of the mean, in place */
-    host = qins_mem_alloc(owner(), (size_t)n * sizeof(float));
-    if (!host) TRY(QINS_ENOMEM);
-    TRY(qins_tensor_read(lossv, host));
-    double sum = 0;
-    for (int i = 0; i < n - 1; i++) sum += host[i];
-    total = sum / (n - 1);
-    qins_mem_free(owner(), host);
-    host = NULL;
+    sl->lossv = NULL;
+    if (p->defer_loss && !tm->hook && !tm->hhook) {
+      sl->lossv = lossv; /* read with the backward's batch (qins_train_part_backward) */
+    } else {
+      host = qins_mem_alloc(owner(), (size_t)n * sizeof(float));
+      if (!host) TRY(QINS_ENOMEM);
+      TRY(qins_tensor_read(lossv, host));
+      double sum = 0;
+      for (int i = 0; i < n - 1; i++) sum += host[i];
+      total = sum / (n - 1);
+      qins_mem_free(owner(), host);
+      host = NULL;
+    }
     if (tm->hook) { /* through host memory: the logits may live on a device */
       host = qins_mem_alloc(owner(), (size_t)(n * V) * sizeof(float));
       if (!host) TRY(QINS_ENOMEM);
@@ -920,6 +962,18 @@ int qins_train_part_backward(qins_train_part *p, int mb, const float *dx_out, fl
   } else {
     TRY(qins_tensor_read(dx, dx_in));
   }
+  if (sl->lossv) { /* deferred: this read submits the whole micro-batch at once */
+    int rows = sl->n;
+    float *lh = qins_mem_alloc(owner(), (size_t)rows * sizeof(float));
+    if (!lh) TRY(QINS_ENOMEM);
+    rc = qins_tensor_read(sl->lossv, lh);
+    double sum = 0;
+    for (int i = 0; i < rows - 1; i++) sum += lh[i];
+    p->deferred_loss = sum / (rows - 1);
+    qins_mem_free(owner(), lh);
+    sl->lossv = NULL;
+    if (rc) goto out;
+  }
   TRY(qins_backend_sync(be));
   part_flush_grads(p);
 out:
@@ -937,7 +991,10 @@ int qins_train_model_loss_grad(qins_train_model *tm, const int32_t *ids, int n, 
     int rc = qins_train_part_create(tm, 0, tm->cfg.n_layers, 1, 1, 1, &tm->whole);
     if (rc) return rc;
   }
+  tm->whole->defer_loss = !tm->hook && !tm->hhook;
+  tm->whole->deferred_loss = 0;
   int rc = qins_train_part_forward(tm->whole, 0, ids, n, NULL, NULL, loss);
   if (!rc) rc = qins_train_part_backward(tm->whole, 0, NULL, NULL);
+  if (!rc && tm->whole->defer_loss && loss) *loss += tm->whole->deferred_loss; /* forward set the rest (0) */
   return rc;
 }

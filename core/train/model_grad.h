@@ -42,6 +42,7 @@ int qins_train_model_zero_grad(qins_train_model *tm); /* host and device gradien
 int qins_train_model_push_weights(qins_train_model *tm);
 int qins_train_model_push_param(qins_train_model *tm, int i); /* one parameter's w (host-side optimizer) */
 int qins_train_model_pull_grads(qins_train_model *tm);
+int qins_train_model_pull_grad(qins_train_model *tm, int i); /* one parameter's g (additive) */
 int qins_train_model_pull_weights(qins_train_model *tm);
 /* 1 when parameters live in device buffers (the sync calls above do work). */
 int qins_train_model_on_device(const qins_train_model *tm);

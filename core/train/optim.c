@@ -465,19 +465,26 @@ double qins_optim_param_sq(const qins_optim *o, int index) {
   return index >= 0 && index < o->n ? param_sq(&o->p[index]) : 0.0;
 }
 
-static int step_impl(qins_optim *o, double loss, const double *global_sq, int global_bad, qins_step_report *report);
+static int step_impl(qins_optim *o, double loss, const double *global_sq, int global_bad, const double *psq,
+                     qins_step_report *report);
 
 int qins_optim_step(qins_optim *o, double loss, qins_step_report *report) {
-  return step_impl(o, loss, NULL, 0, report);
+  return step_impl(o, loss, NULL, 0, NULL, report);
 }
 
 int qins_optim_step_global(qins_optim *o, double loss, double global_sq, int global_bad, qins_step_report *report) {
-  return step_impl(o, loss, &global_sq, global_bad, report);
+  return step_impl(o, loss, &global_sq, global_bad, NULL, report);
+}
+
+int qins_optim_step_sq(qins_optim *o, double loss, const double *param_sq, qins_step_report *report) {
+  if (!param_sq) return qins_error_set(QINS_EINVAL, "optimizer: step_sq needs the per-parameter sums of squares");
+  return step_impl(o, loss, NULL, 0, param_sq, report);
 }
 
 /* global_sq != NULL: a pipeline part's step; the norm (clipping, spikes) comes from the whole
  * model's sum of squares, and a non-finite gradient anywhere skips the step here too. */
-static int step_impl(qins_optim *o, double loss, const double *global_sq, int global_bad, qins_step_report *report) {
+static int step_impl(qins_optim *o, double loss, const double *global_sq, int global_bad, const double *psq,
+                     qins_step_report *report) {
   qins_step_report local;
   qins_step_report *r = report ? report : &local;
   memset(r, 0, sizeof *r);
@@ -492,10 +499,12 @@ static int step_impl(qins_optim *o, double loss, const double *global_sq, int gl
   double sq_total = 0, sq_max = -1;
   int largest = -1;
   for (int i = 0; i < o->n; i++) {
-    double sq = param_sq(&o->p[i]);
+    /* psq: the sums came from where the gradients live; host g of a device parameter may be
+     * stale, so its bad element is not searched for (host-updated ones were pulled) */
+    double sq = psq ? psq[i] : param_sq(&o->p[i]);
     if (!isfinite(sq) && bad < 0) {
       bad = i;
-      for (int64_t k = 0; k < o->p[i].n && bad_elem < 0; k++)
+      for (int64_t k = 0; !(psq && o->p[i].on_device) && k < o->p[i].n && bad_elem < 0; k++)
         if (!isfinite(o->p[i].g[k])) bad_elem = k;
     }
     sq_total += sq;
@@ -530,6 +539,9 @@ static int step_impl(qins_optim *o, double loss, const double *global_sq, int gl
     else if (bad < 0)
       snprintf(r->message, sizeof r->message, "step %lld: a gradient in another pipeline part holds NaN/Inf; step %s",
                (long long)r->step, action_text(ac->action));
+    else if (bad_elem < 0)
+      snprintf(r->message, sizeof r->message, "step %lld: gradient of %s holds NaN/Inf (sum of squares %g); step %s",
+               (long long)r->step, o->p[bad].name, psq ? psq[bad] : NAN, action_text(ac->action));
     else
       snprintf(r->message, sizeof r->message, "step %lld: gradient of %s holds %g (element %lld); step %s",
                (long long)r->step, o->p[bad].name, (double)o->p[bad].g[bad_elem], (long long)bad_elem,

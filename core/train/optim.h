@@ -118,6 +118,13 @@ int qins_optim_step(qins_optim *o, double loss, qins_step_report *report);
  * all parameters would (bit for bit when summed in the same order). global_bad (or a non-finite
  * global_sq): a gradient elsewhere holds NaN/Inf and the step is skipped here as well. */
 int qins_optim_step_global(qins_optim *o, double loss, double global_sq, int global_bad, qins_step_report *report);
+/* Device-side norms (additive): the same step with the per-parameter sums of squares of the
+ * current gradients given (param_sq[qins_optim_count(o)], e.g. from the sumsq op where the
+ * gradients live) instead of computed from host g. Norm, clipping (passed to the update as its
+ * gradient multiplier), spike and NaN/Inf checks and every anomaly response use them; a
+ * non-finite sum names its tensor (not the element). Host g is read only by the parameters
+ * updated on the host (QINS-AdamW): pull those before the call. */
+int qins_optim_step_sq(qins_optim *o, double loss, const double *param_sq, qins_step_report *report);
 /* Sum of squares of one parameter's current gradient, in double (as the step computes it). */
 double qins_optim_param_sq(const qins_optim *o, int param);
 /* Global L2 norm of the current gradients (x 1/accum_steps), in double. */
@@ -131,8 +138,9 @@ float qins_optim_lr_factor(const qins_optim *o);
  * Like qins_optim_add, plus the parameter's device tensors w_t, g_t (f32, n elements, one backend;
  * descriptors copied, buffers stay the caller's). A plain AdamW parameter is then updated where it
  * lives by the adamw_step op with its moments in device buffers: a step does NOT change host w
- * (read it back, e.g. qins_train_model_pull_weights) and needs the gradient in host g too (norm,
- * clipping and anomaly checks run on the host: pull it before qins_optim_step). Element math and
+ * (read it back, e.g. qins_train_model_pull_weights). qins_optim_step needs the gradient in host g
+ * too (norm, clipping and anomaly checks on the host: pull it first); qins_optim_step_sq does not
+ * (sums of squares from the sumsq op). Element math and
  * scalars are the host AdamW's (bit-identical on cpu). A QINS parameter (opts->qins) stays on the
  * host: push its w to the device after each step. */
 int qins_optim_add_device(qins_optim *o, const char *name, float *w, float *g, int64_t n, const qins_param_opts *opts,

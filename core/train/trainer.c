@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "core/backend.h"
+#include "core/backend_grad.h"
 #include "core/config.h"
 #include "core/error.h"
 #include "core/llm/llm.h"
@@ -44,6 +45,7 @@ typedef struct tcfg {
   int qins;
   qins_dtype storage;
   double lr, min_lr_ratio, beta1, beta2, eps, wd, clip, qins_lr_scale;
+  int device_norm; /* norms by the sumsq op where gradients live (default 1) */
   int64_t warmup;
   char qins_paths[MAX_QINS_PATHS][32];
   int n_qins_paths;
@@ -120,6 +122,7 @@ static int parse_cfg(const qins_cfg *root, tcfg *c) {
   c->eps = 1e-8;
   c->wd = 0.1;
   c->clip = 1.0;
+  c->device_norm = 1;
   c->qins_lr_scale = 1.0;
   c->storage = QINS_DT_QINS8;
   static const char *def_paths[] = {"v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
@@ -198,7 +201,7 @@ static int parse_cfg(const qins_cfg *root, tcfg *c) {
   if (c->shape.max_seq <= 0) c->shape.max_seq = 2 * c->seq; /* rows are T+1 ids: room for T+1 positions */
   if (o) {
     static const char *k[] = {"kind", "lr", "min_lr_ratio", "warmup", "beta1", "beta2", "eps", "weight_decay",
-                              "clip", "qins_storage", "qins_lr_scale", "qins_paths", NULL};
+                              "clip", "qins_storage", "qins_lr_scale", "qins_paths", "device_norm", NULL};
     char kind[32] = "adamw", st[32] = "qins8";
     if ((rc = qins_cfg_check_keys(o, "optim", k)) || (rc = get_str(o, "kind", "optim.kind", kind, sizeof kind)) ||
         (rc = get_dbl(o, "lr", "optim.lr", &c->lr)) ||
@@ -208,6 +211,7 @@ static int parse_cfg(const qins_cfg *root, tcfg *c) {
         (rc = get_dbl(o, "eps", "optim.eps", &c->eps)) ||
         (rc = get_dbl(o, "weight_decay", "optim.weight_decay", &c->wd)) ||
         (rc = get_dbl(o, "clip", "optim.clip", &c->clip)) ||
+        (rc = get_bool(o, "device_norm", "optim.device_norm", &c->device_norm)) ||
         (rc = get_str(o, "qins_storage", "optim.qins_storage", st, sizeof st)) ||
         (rc = get_dbl(o, "qins_lr_scale", "optim.qins_lr_scale", &c->qins_lr_scale)))
       return rc;
@@ -509,6 +513,47 @@ typedef struct trainer {
   double last_hid, last_ce;
   qins_metric *m_loss, *m_eval, *m_lr, *m_norm, *m_tps, *m_tokens, *m_step;
 } trainer;
+
+int qins_train_optim_step(qins_train_model *tm, qins_optim *o, double loss, int device_norm, qins_step_report *rep) {
+  int np = qins_optim_count(o), rc = 0;
+  if (np != qins_train_model_count(tm))
+    return qins_error_set(QINS_EINVAL, "train step: optimizer has %d parameters, model %d", np,
+                          qins_train_model_count(tm));
+  if (!device_norm) {
+    /* host norms: every gradient comes down (500 MB for GPT-2 124M on a device) */
+    if ((rc = qins_train_model_pull_grads(tm)) || (rc = qins_optim_step(o, loss, rep))) return rc;
+  } else {
+    /* device norms: one sumsq per gradient into slots of one buffer, read once (3 floats each);
+     * only the host-updated (QINS-AdamW) gradients come down */
+    const qins_tensor *wt, *gt;
+    if ((rc = qins_train_model_param_tensors(tm, 0, &wt, &gt))) return rc;
+    qins_tensor sq;
+    int64_t shape[1] = {3 * (int64_t)np};
+    float *host = malloc((size_t)shape[0] * sizeof *host);
+    double *psq = malloc((size_t)np * sizeof *psq);
+    if (!host || !psq) {
+      free(host);
+      free(psq);
+      return qins_error_set(QINS_ENOMEM, "train step: no memory for %d sums of squares", np);
+    }
+    rc = qins_tensor_init(&sq, "grad.sumsq", QINS_DT_F32, 1, shape);
+    if (!rc) rc = qins_tensor_alloc(gt->buf->be, &sq);
+    for (int i = 0; i < np && !rc; i++) {
+      if (!(rc = qins_train_model_param_tensors(tm, i, &wt, &gt))) rc = qins_op_sumsq(gt->buf->be, gt, &sq, i);
+      if (!rc && !qins_optim_on_device(o, i)) rc = qins_train_model_pull_grad(tm, i);
+    }
+    if (!rc) rc = qins_tensor_read(&sq, host);
+    for (int i = 0; i < np && !rc; i++) psq[i] = qins_sumsq_value(host + 3 * i);
+    if (!rc) rc = qins_optim_step_sq(o, loss, psq, rep);
+    if (sq.buf) qins_tensor_free(&sq);
+    free(host);
+    free(psq);
+    if (rc) return rc;
+  }
+  for (int i = 0; i < np && !rc; i++) /* host-side (QINS-AdamW) updates go back up */
+    if (!qins_optim_on_device(o, i)) rc = qins_train_model_push_param(tm, i);
+  return rc;
+}
 
 static qins_train_step_fn step_hook;
 static void *step_hook_ctx;
@@ -994,11 +1039,7 @@ int qins_train_run(const qins_train_opts *opts, qins_train_result *res) {
     if (rc) break;
     double loss = loss_sum / (double)(B * c->grad_accum);
     qins_step_report rep;
-    if ((rc = qins_train_model_pull_grads(t.tm))) break; /* device: norms and anomalies are checked on the host */
-    if ((rc = qins_optim_step(t.o, loss, &rep))) break;
-    for (int i = 0; i < qins_optim_count(t.o) && !rc; i++) /* host-side (QINS-AdamW) updates go back up */
-      if (!qins_optim_on_device(t.o, i)) rc = qins_train_model_push_param(t.tm, i);
-    if (rc) break;
+    if ((rc = qins_train_optim_step(t.tm, t.o, loss, c->device_norm, &rep))) break;
     t.step++;
     tokens += (int64_t)B * c->grad_accum * T;
     double el = now_s() - t0, tps = (double)tokens / (el > 0 ? el : 1e-9);

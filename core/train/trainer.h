@@ -32,6 +32,17 @@ typedef struct qins_train_result {
 
 int qins_train_run(const qins_train_opts *opts, qins_train_result *res);
 
+/* The optimizer step of a training step, after the step's gradients are in (the trainer runs it;
+ * exposed for tests and bench/train). o holds tm's parameters in tm's order. device_norm 1: the
+ * per-parameter sums of squares come from the sumsq op where the gradients live and are read once
+ * (3 floats each); only gradients updated on the host (QINS-AdamW) are pulled
+ * (qins_optim_step_sq). 0: every gradient is pulled and summed on the host (qins_optim_step).
+ * Either way host-updated weights are pushed back afterwards. Bit-identical on cpu. */
+typedef struct qins_train_model qins_train_model;
+typedef struct qins_optim qins_optim;
+typedef struct qins_step_report qins_step_report;
+int qins_train_optim_step(qins_train_model *tm, qins_optim *o, double loss, int device_norm, qins_step_report *rep);
+
 /* Write a fresh Llama model (HF folder: config.json + model.safetensors) with N(0, std) weights
  * and unit norm gains from a seed. */
 typedef struct qins_llama_shape {

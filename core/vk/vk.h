@@ -32,6 +32,9 @@ typedef struct qins_vk_info {
 int qins_vk_get_info(qins_backend *be, qins_vk_info *out);
 /* Errors and warnings the validation layer reported so far (0 when validation is off). */
 int qins_vk_validation_messages(qins_backend *be);
+/* Totals since the backend was created: submits (each one a submit + fence wait, i.e. a host
+ * round trip) and recorded commands (compute dispatches and buffer copies). 0 for other backends. */
+void qins_vk_counters(qins_backend *be, uint64_t *submits, uint64_t *commands);
 /* Overrides (for tests): limit every binding to max_range bytes (0 restores the device limit),
  * so splitting paths run at small sizes. */
 void qins_vk_set_max_range(qins_backend *be, uint32_t max_range);

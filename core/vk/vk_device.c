@@ -355,6 +355,12 @@ int qins_vk_validation_messages(qins_backend *be) {
   return be && be->ops == &vk_backend_ops ? vk_of(be)->validation_msgs : 0;
 }
 
+void qins_vk_counters(qins_backend *be, uint64_t *submits, uint64_t *commands) {
+  int vk = be && be->ops == &vk_backend_ops;
+  if (submits) *submits = vk ? vk_of(be)->n_submits : 0;
+  if (commands) *commands = vk ? vk_of(be)->n_commands : 0;
+}
+
 void qins_vk_set_max_range(qins_backend *be, uint32_t max_range) {
   if (!be || be->ops != &vk_backend_ops) return;
   vk_ctx *c = vk_of(be);

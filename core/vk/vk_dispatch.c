@@ -204,6 +204,7 @@ int vk_dispatch(vk_ctx *c, qins_op_kind kind, int shader, const vk_bind *binds, 
   for (int i = 0; i < nbind; i++) {
     bufs[i] = binds[i].vb->buf;
     binds[i].vb->batch = c->batch;
+    if (write_mask >> i & 1) vk_shadow_drop(binds[i].vb, binds[i].off, binds[i].range);
     bi[i] = (VkDescriptorBufferInfo){.buffer = binds[i].vb->buf, .offset = binds[i].off, .range = binds[i].range};
     wr[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstBinding = (uint32_t)i,
                                    .descriptorCount = 1, .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
@@ -231,6 +232,7 @@ int vk_dispatch(vk_ctx *c, qins_op_kind kind, int shader, const vk_bind *binds, 
   vkCmdDispatch(c->cmd, gx, gy, 1);
   stamp(c, 1, kind);
   c->ndispatch++;
+  c->n_commands++;
   return 0;
 }
 
@@ -241,12 +243,14 @@ int vk_copy_region(vk_ctx *c, qins_op_kind kind, vk_buffer *src, VkDeviceSize so
   if (rc) return rc;
   VkBuffer bufs[2] = {src->buf, dst->buf};
   src->batch = dst->batch = c->batch;
+  vk_shadow_drop(dst, doff, bytes);
   hazard(c, bufs, 2, 2u);
   VkBufferCopy region = {.srcOffset = soff, .dstOffset = doff, .size = bytes};
   stamp(c, 0, kind);
   vkCmdCopyBuffer(c->cmd, src->buf, dst->buf, 1, &region);
   stamp(c, 1, kind);
   c->ndispatch++;
+  c->n_commands++;
   return 0;
 }
 
@@ -254,6 +258,7 @@ int vk_update_region(vk_ctx *c, vk_buffer *dst, VkDeviceSize off, const void *da
   int rc = make_room(c);
   if (rc) return rc;
   dst->batch = c->batch;
+  vk_shadow_drop(dst, off, bytes);
   hazard(c, &dst->buf, 1, 1u);
   vkCmdUpdateBuffer(c->cmd, dst->buf, off, bytes, data);
   c->garbage_bytes += bytes; /* the data lives in the command buffer until the batch completes */
@@ -268,6 +273,7 @@ int vk_flush(vk_ctx *c) {
   int rc = vk_check(vkEndCommandBuffer(c->cmd), "vkEndCommandBuffer");
   VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &c->cmd};
   if (!rc) rc = vk_check(vkQueueSubmit(c->queue, 1, &si, c->fence), "vkQueueSubmit");
+  c->n_submits++; /* every submit is followed by a host wait: the count of round trips */
   if (!rc) rc = vk_check(vkWaitForFences(c->dev, 1, &c->fence, VK_TRUE, UINT64_MAX), "vkWaitForFences");
   vkResetFences(c->dev, 1, &c->fence);
   if (!rc && c->timestamps && c->ndispatch > 0) {

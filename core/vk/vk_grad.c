@@ -296,3 +296,63 @@ int vk_adamw_step(qins_backend *be, qins_tensor *w, const qins_tensor *g, qins_t
   return rc ? qins_error_wrap(rc, "adamw_step: ") : 0;
 }
 
+
+/* ---------------------------------------------------------------- gradient norm */
+
+/* Two dispatches per binding-sized chunk of x: partial sums per work group into a scratch buffer,
+ * then one group adds them into out[3*index]. Nothing waits: the caller reads out once, after
+ * every parameter's sum is recorded. */
+int vk_sumsq(qins_backend *be, const qins_tensor *x, qins_tensor *out, int64_t index) {
+  vk_ctx *c = vk_of(be);
+  int f64 = c->info.float64;
+  int64_t n = qins_tensor_numel(x);
+  size_t lim = c->max_range > 2 * c->align + 8 ? c->max_range - 2 * c->align - 8 : 4;
+  int64_t per = (int64_t)(lim / 4);
+  if (per > (int64_t)1 << 30) per = (int64_t)1 << 30;
+  int64_t chunks = (n + per - 1) / per;
+  /* partials per chunk: enough groups to fill a big GPU, fewer when many chunks must share the
+   * one binding the final pass reads */
+  int64_t fit = (int64_t)(lim / (f64 ? 8 : 4)) / (chunks > 0 ? chunks : 1);
+  /* the scratch lives until its batch completes: the op must fit in one batch */
+  if (fit < 1 || chunks + 2 > VK_MAX_DISPATCH)
+    return qins_error_set(QINS_EUNSUPPORTED, "sumsq: vulkan: %s splits into %lld chunks, too many partial sums for one binding",
+                          x->name, (long long)chunks);
+  const uint32_t max_groups = (uint32_t)(fit < 512 ? fit : 512);
+  int64_t nparts = 0;
+  for (int64_t k = 0; k < chunks; k++) {
+    int64_t m = n - k * per < per ? n - k * per : per;
+    uint64_t g = ((uint64_t)m + 255) / 256;
+    nparts += (int64_t)(g < max_groups ? g : max_groups);
+  }
+  if (nparts < 1) nparts = 1;
+  qins_tensor part;
+  qins_buf hold;
+  int rc = vk_scratch_tensor(c, &part, &hold, "sumsq.partials", nparts * (f64 ? 2 : 1), (int)chunks + 2);
+  if (rc) return qins_error_wrap(rc, "sumsq: ");
+  int64_t base = 0;
+  for (int64_t k = 0; k < chunks && !rc; k++) {
+    int64_t m = n - k * per < per ? n - k * per : per;
+    uint64_t g = ((uint64_t)m + 255) / 256;
+    uint32_t groups = (uint32_t)(g < max_groups ? g : max_groups);
+    vk_bind b[2];
+    uint32_t off[8] = {0};
+    rc = vk_bind_tensor(c, x, (size_t)(k * per) * 4, (size_t)m * 4, 4, &b[0], &off[0]);
+    if (!rc) rc = vk_bind_tensor(c, &part, 0, qins_tensor_nbytes(&part), 4, &b[1], &off[1]);
+    uint32_t p[2] = {(uint32_t)m, (uint32_t)base};
+    if (!rc) rc = vk_dispatch(c, QINS_OP_SUMSQ, SH(f64 ? "sumsq_part_f64" : "sumsq_part"), b, 2, 1u << 1, off, p, 2, groups, 1);
+    base += groups;
+  }
+  if (n == 0) { /* no partial was written: the final pass adds none */
+    nparts = 0;
+  }
+  if (!rc) {
+    vk_bind b[2];
+    uint32_t off[8] = {0};
+    rc = vk_bind_tensor(c, &part, 0, qins_tensor_nbytes(&part), 4, &b[0], &off[0]);
+    if (!rc) rc = vk_bind_tensor(c, out, (size_t)(3 * index) * 4, 12, 4, &b[1], &off[1]);
+    uint32_t p[2] = {(uint32_t)nparts, 0};
+    /* the slot is addressed through the binding offset, so base (the slot) stays 0 */
+    if (!rc) rc = vk_dispatch(c, QINS_OP_SUMSQ, SH(f64 ? "sumsq_final_f64" : "sumsq_final"), b, 2, 1u << 1, off, p, 2, 1, 1);
+  }
+  return rc ? qins_error_wrap(rc, "sumsq: ") : 0;
+}

@@ -11,7 +11,8 @@
 
 #define VK_MAX_BIND 8
 #define VK_MAX_PARAMS 24
-#define VK_MAX_DISPATCH 256 /* per batch: bounds the timestamp pool; the batch is submitted when full */
+#define VK_MAX_DISPATCH 1024 /* per batch: bounds the timestamp pool; the batch is submitted when full (one
+                              * micro-batch of a GPT-2 124M training step fits in one batch) */
 #define VK_MAX_PENDING 64   /* buffers tracked for hazards since the last barrier */
 #define VK_STAGING_CHUNK ((size_t)32 << 20)
 #define VK_LUT_FLOATS (256 + 64)
@@ -22,7 +23,16 @@ typedef struct vk_buffer {
   VkDeviceSize size; /* allocated (rounded up to 16) */
   void *map;         /* mapped pointer when host-visible and mapping is allowed */
   uint64_t batch;    /* the batch that last used it: waits for that batch before host access */
+  /* host shadow: the bytes [shadow_off, +shadow_bytes) the host last wrote (small writes: ids,
+   * positions, targets), dropped when a device command writes over them. A read inside it is
+   * served from the shadow without a submit (embed_backward and cross_entropy check ids on the
+   * host, which used to cost a submit + wait mid-step). */
+  void *shadow;
+  size_t shadow_off, shadow_bytes;
 } vk_buffer;
+
+/* vk_memory.c: a device command writes [off, off+bytes) of b (drops an overlapping shadow). */
+void vk_shadow_drop(vk_buffer *b, VkDeviceSize off, VkDeviceSize bytes);
 
 typedef struct vk_pipe {
   VkPipeline pipe;
@@ -58,6 +68,7 @@ typedef struct vk_ctx {
   int recording;
   uint64_t batch; /* serial of the batch being recorded */
   int ndispatch;
+  uint64_t n_submits, n_commands; /* totals since creation (qins_vk_counters) */
   VkQueryPool qpool;
   int timestamps;
   uint64_t ts_mask; /* timestampValidBits as a mask: differences wrap within it */
@@ -163,6 +174,7 @@ int vk_cross_entropy(qins_backend *be, const qins_tensor *logits, const qins_ten
                             qins_tensor *dlogits, float scale);
 int vk_adamw_step(qins_backend *be, qins_tensor *w, const qins_tensor *g, qins_tensor *m, qins_tensor *v,
                   const qins_adamw_step_args *a);
+int vk_sumsq(qins_backend *be, const qins_tensor *x, qins_tensor *out, int64_t index);
 int vk_cast_impl(vk_ctx *c, qins_op_kind kind, const qins_tensor *src, const qins_tensor *dst);
 
 /* A row-parallel op argument: bound per chunk of rows (row_bytes > 0) or whole (row_bytes 0). */

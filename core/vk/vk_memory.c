@@ -48,8 +48,25 @@ int vk_buffer_create(vk_ctx *c, VkDeviceSize size, int staging, vk_buffer **out)
   return 0;
 }
 
+void vk_shadow_drop(vk_buffer *b, VkDeviceSize off, VkDeviceSize bytes) {
+  if (b->shadow_bytes && off < b->shadow_off + b->shadow_bytes && b->shadow_off < off + bytes) b->shadow_bytes = 0;
+}
+
+/* Keeps a host copy of a small write (see vk_buffer.shadow); a larger one just drops it. */
+static void shadow_keep(vk_buffer *b, size_t off, const void *src, size_t bytes) {
+  b->shadow_bytes = 0;
+  if (bytes > 65536) return;
+  void *s = qins_mem_realloc(vk_owner(), b->shadow, bytes);
+  if (!s) return; /* no shadow: reads wait for the device as before */
+  memcpy(s, src, bytes);
+  b->shadow = s;
+  b->shadow_off = off;
+  b->shadow_bytes = bytes;
+}
+
 void vk_buffer_destroy(vk_ctx *c, vk_buffer *b) {
   if (!b) return;
+  qins_mem_free(vk_owner(), b->shadow);
   if (b->map) vkUnmapMemory(c->dev, b->mem);
   vkDestroyBuffer(c->dev, b->buf, NULL);
   vkFreeMemory(c->dev, b->mem, NULL);
@@ -125,10 +142,15 @@ int vk_buf_write(qins_backend *be, qins_buf *buf, size_t offset, const void *src
     int rc = vk_wait_for(c, vb);
     if (rc) return rc;
     memcpy((char *)vb->map + offset, src, bytes);
+    shadow_keep(vb, offset, src, bytes);
     return 0;
   }
   /* device-only memory: small aligned writes travel inside the command buffer */
-  if (bytes <= 65536 && offset % 4 == 0 && bytes % 4 == 0) return vk_update_region(c, vb, offset, src, bytes);
+  if (bytes <= 65536 && offset % 4 == 0 && bytes % 4 == 0) {
+    int rc = vk_update_region(c, vb, offset, src, bytes);
+    if (!rc) shadow_keep(vb, offset, src, bytes);
+    return rc;
+  }
   /* larger ones as staged copies, recorded in order with the ops around them */
   for (size_t done = 0; done < bytes;) {
     size_t n = bytes - done < VK_STAGING_CHUNK ? bytes - done : VK_STAGING_CHUNK;
@@ -154,6 +176,10 @@ int vk_buf_read(qins_backend *be, qins_buf *buf, size_t offset, void *dst, size_
   vk_ctx *c = vk_of(be);
   vk_buffer *vb = buf->impl;
   if (bytes == 0) return 0;
+  if (vb->shadow_bytes && offset >= vb->shadow_off && offset + bytes <= vb->shadow_off + vb->shadow_bytes) {
+    memcpy(dst, (const char *)vb->shadow + (offset - vb->shadow_off), bytes); /* no device write since */
+    return 0;
+  }
   if (vb->map) {
     int rc = vk_wait_for(c, vb);
     if (rc) return rc;

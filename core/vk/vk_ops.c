@@ -455,4 +455,5 @@ const qins_backend_ops vk_backend_ops = {
     .attention_backward = vk_attention_backward,
     .cross_entropy = vk_cross_entropy,
     .adamw_step = vk_adamw_step,
+    .sumsq = vk_sumsq,
 };
