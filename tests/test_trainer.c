@@ -7,6 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -424,6 +428,138 @@ static void test_gate_c3(void **state) {
   json_decref(j);
 }
 
+/* GET /api/state from a dashboard on 127.0.0.1:port (HTTP/1.0: the body is sent as is). */
+static json_t *get_state(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  assert_true(fd >= 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+  const char *req = "GET /api/state HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  assert_int_equal(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+  size_t cap = 1 << 16, len = 0;
+  char *buf = malloc(cap);
+  ssize_t got;
+  while ((got = read(fd, buf + len, cap - len - 1)) > 0)
+    if ((len += (size_t)got) + 1 >= cap) buf = realloc(buf, cap *= 2);
+  buf[len] = 0;
+  close(fd);
+  char *body = strstr(buf, "\r\n\r\n");
+  assert_non_null(body);
+  json_error_t err;
+  json_t *j = json_loads(body + 4, 0, &err);
+  if (!j) fail_msg("/api/state is not JSON: %s", err.text);
+  free(buf);
+  return j;
+}
+
+/* Run CMD (a qins command with --dashboard 127.0.0.1:0 --dashboard-wait), wait for the finished
+ * line, return the final /api/state and stop the process with SIGTERM. */
+static json_t *dashboard_final_state(const char *cmd) {
+  char full[4096], pidf[600], line[1024];
+  snprintf(pidf, sizeof pidf, "%s/dash.pid", g_dir);
+  snprintf(full, sizeof full, "echo $$ > '%s'; exec %s", pidf, cmd);
+  FILE *p = popen(full, "r");
+  assert_non_null(p);
+  int port = 0, finished = 0;
+  while (fgets(line, sizeof line, p)) {
+    if (!port && !strncmp(line, "dashboard: http://127.0.0.1:", 28)) port = atoi(line + 28);
+    if (strstr(line, "dashboard: finished")) {
+      finished = 1;
+      break;
+    }
+  }
+  char *pid_text = slurp(pidf, NULL);
+  assert_non_null(pid_text);
+  pid_t pid = (pid_t)atoi(pid_text);
+  free(pid_text);
+  json_t *st = NULL;
+  if (port > 0 && finished) st = get_state(port);
+  kill(pid, SIGTERM);
+  while (fgets(line, sizeof line, p)) {
+  }
+  int rc = pclose(p);
+  if (!port || !finished) fail_msg("no dashboard (port %d, finished %d): %s", port, finished, cmd);
+  if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0)
+    fail_msg("exit status %d (signal %d): %s", WIFEXITED(rc) ? WEXITSTATUS(rc) : -1,
+             WIFSIGNALED(rc) ? WTERMSIG(rc) : 0, cmd);
+  return st;
+}
+
+/* The training document of the pilot: three runs, each done, with its loss and held-out curves
+ * (every step of a 12-step run) and a throughput. */
+static void check_pilot_training(json_t *st, int steps) {
+  json_t *tr = json_object_get(st, "training");
+  if (!json_is_object(tr)) fail_msg("no training document in /api/state");
+  json_t *runs = json_object_get(tr, "runs");
+  assert_int_equal(json_array_size(runs), 3);
+  static const char *names[3] = {"fp", "qins8", "qins-f32"};
+  for (size_t i = 0; i < 3; i++) {
+    json_t *r = json_array_get(runs, i);
+    assert_string_equal(json_string_value(json_object_get(r, "name")), names[i]);
+    assert_string_equal(json_string_value(json_object_get(r, "state")), "done");
+    assert_int_equal(json_integer_value(json_object_get(r, "step")), steps);
+    json_t *loss = json_object_get(r, "loss");
+    assert_int_equal(json_array_size(loss), steps);
+    double first = json_number_value(json_array_get(json_array_get(loss, 0), 1));
+    assert_true(first > 3.0 && first < 8.0); /* near ln 512 = 6.2 at the start */
+    assert_true(json_array_size(json_object_get(r, "eval_loss")) >= 1);
+    assert_true(json_number_value(json_object_get(r, "tokens_per_s")) > 0);
+  }
+}
+
+/* `qins train --pilot --dashboard` publishes every run's loss curve, progress and tokens/s. */
+static void test_pilot_dashboard(void **state) {
+  (void)state;
+  const char *exe = getenv("QINS_EXE");
+  if (!exe) skip();
+  char cfg[600], out[600], cmd[3000];
+  snprintf(cfg, sizeof cfg, "%s/pilot-dash.yaml", g_dir);
+  snprintf(out, sizeof out, "%s/pilot-dash", g_dir);
+  write_config(cfg, out, "adamw", 12);
+  snprintf(cmd, sizeof cmd,
+           "'%s' train --pilot '%s' --quiet --report '%s/C3dash' --dashboard 127.0.0.1:0 --dashboard-wait "
+           "--monitor-tick-ms 50",
+           exe, cfg, g_dir);
+  json_t *st = dashboard_final_state(cmd);
+  check_pilot_training(st, 12);
+  json_decref(st);
+}
+
+/* `qins gate C3 --dashboard`: C3 on the gate board with the report's verdict, and the runs' curves. */
+static void test_gate_c3_dashboard(void **state) {
+  (void)state;
+  const char *exe = getenv("QINS_EXE");
+  if (!exe) skip();
+  char dir[600], cfg[700], out[700], cmd[3000];
+  snprintf(dir, sizeof dir, "%s/gate-dash", g_dir);
+  mkdir(dir, 0777);
+  snprintf(cfg, sizeof cfg, "%s/C3.yaml", dir);
+  snprintf(out, sizeof out, "%s/runs", dir);
+  write_config(cfg, out, "adamw", 12);
+  snprintf(cmd, sizeof cmd,
+           "'%s' gate C3 --gates '%s' --out '%s' --dashboard 127.0.0.1:0 --dashboard-wait --monitor-tick-ms 50", exe,
+           dir, dir);
+  json_t *st = dashboard_final_state(cmd);
+  check_pilot_training(st, 12);
+  json_t *gates = json_object_get(json_object_get(st, "gates"), "gates");
+  assert_int_equal(json_array_size(gates), 1);
+  json_t *g = json_array_get(gates, 0);
+  assert_string_equal(json_string_value(json_object_get(g, "name")), "C3");
+  const char *v = json_string_value(json_object_get(g, "verdict"));
+  assert_true(!strcmp(v, "pass") || !strcmp(v, "fail"));
+  assert_true(json_number_value(json_object_get(g, "progress")) == 1.0);
+  /* the board's value is the report's measured increase */
+  char p[800];
+  snprintf(p, sizeof p, "%s/C3.json", dir);
+  json_t *rep = json_load_file(p, 0, NULL);
+  assert_non_null(rep);
+  assert_true(fabs(json_number_value(json_object_get(g, "value")) -
+                   json_number_value(json_object_get(rep, "ppl_increase_qins_vs_fp"))) < 1e-9);
+  json_decref(rep);
+  json_decref(st);
+}
+
 static void test_config_errors(void **state) {
   (void)state;
   char cfg[600];
@@ -626,6 +762,7 @@ int main(void) {
       cmocka_unit_test(test_config_errors),        cmocka_unit_test(test_svg_and_curve),
       cmocka_unit_test(test_distill_self),         cmocka_unit_test(test_distill_hidden_self),
       cmocka_unit_test(test_distill_hidden_learns),         cmocka_unit_test(test_gate_c3),
+      cmocka_unit_test(test_pilot_dashboard), cmocka_unit_test(test_gate_c3_dashboard),
   };
   return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }

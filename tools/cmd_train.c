@@ -78,6 +78,90 @@ static char *prov_training(void *ctx) {
   return s;
 }
 
+/* The pilot's training document: every run's curves read back from its train_log.jsonl on the
+ * monitor's ticker thread (the trainer flushes the log after every step; reading files never
+ * touches the training), the running run's step and lr from the step hook (`curve` above). The
+ * top-level keys are the running run's, as for a single `qins train`; "runs" holds them all. */
+enum { PILOT_MAX = 4, PILOT_POINTS = 1000 };
+static struct {
+  pthread_mutex_t mu;
+  int n;
+  char label[PILOT_MAX][32], log[PILOT_MAX][600];
+  int state[PILOT_MAX]; /* 0 queued, 1 running, 2 done */
+} pilot_board = {PTHREAD_MUTEX_INITIALIZER, 0, {{0}}, {{0}}, {0}};
+
+static void curve_reset(void) {
+  pthread_mutex_lock(&curve.mu);
+  curve.n = 0;
+  curve.stride = 1;
+  curve.step = curve.total = 0;
+  curve.lr = 0;
+  pthread_mutex_unlock(&curve.mu);
+}
+
+static void pilot_set_state(int v, int state) {
+  pthread_mutex_lock(&pilot_board.mu);
+  pilot_board.state[v] = state;
+  pthread_mutex_unlock(&pilot_board.mu);
+}
+
+/* [[x, y], ...] of at most PILOT_POINTS points (every k-th, the last one always kept) */
+static json_t *points(const double *x, const double *y, int n) {
+  json_t *a = json_array();
+  int k = n > PILOT_POINTS ? (n + PILOT_POINTS - 1) / PILOT_POINTS : 1;
+  for (int i = 0; i < n; i++)
+    if (i % k == 0 || i == n - 1)
+      json_array_append_new(a, isfinite(y[i]) ? json_pack("[f,f]", x[i], y[i]) : json_pack("[f,n]", x[i]));
+  return a;
+}
+
+char *qins_cli_pilot_training_json(void *ctx) {
+  (void)ctx;
+  pthread_mutex_lock(&pilot_board.mu);
+  int n = pilot_board.n, state[PILOT_MAX];
+  char label[PILOT_MAX][32], log[PILOT_MAX][600];
+  memcpy(state, pilot_board.state, sizeof state);
+  memcpy(label, pilot_board.label, sizeof label);
+  memcpy(log, pilot_board.log, sizeof log);
+  pthread_mutex_unlock(&pilot_board.mu);
+  if (!n) return NULL;
+  pthread_mutex_lock(&curve.mu);
+  int64_t step = curve.step, total = curve.total;
+  double lr = curve.lr;
+  pthread_mutex_unlock(&curve.mu);
+  static const char *names[3] = {"queued", "running", "done"};
+  json_t *runs = json_array(), *doc = json_object();
+  for (int v = 0; v < n; v++) {
+    json_t *r = json_pack("{s:s,s:s}", "name", label[v], "state", names[state[v]]);
+    qins_curve c;
+    /* a queued run's folder may hold an earlier run's log: only running and finished runs are read */
+    if (state[v] && qins_curve_read(log[v], label[v], &c) == 0) {
+      int64_t last = c.n ? (int64_t)c.step[c.n - 1] : 0;
+      json_object_set_new(r, "step", json_integer(last));
+      json_object_set_new(r, "total_steps", json_integer(state[v] == 2 ? last : total));
+      json_object_set_new(r, "loss", points(c.step, c.loss, c.n));
+      json_object_set_new(r, "eval_loss", points(c.eval_step, c.eval_loss, c.n_eval));
+      json_object_set_new(r, "tokens_per_s", json_real(c.tokens_per_s));
+      if (state[v] == 1) {
+        json_object_set_new(doc, "run", json_string(label[v]));
+        json_object_set_new(doc, "step", json_integer(step > last ? step : last));
+        json_object_set_new(doc, "total_steps", json_integer(total));
+        json_object_set(doc, "loss", json_object_get(r, "loss"));
+        json_object_set_new(doc, "lr", json_real(lr));
+        json_object_set_new(doc, "tokens_per_s", json_real(c.tokens_per_s));
+      }
+      qins_curve_free(&c);
+    } else {
+      qins_error_clear();
+    }
+    json_array_append_new(runs, r);
+  }
+  json_object_set_new(doc, "runs", runs);
+  char *s = json_dumps(doc, JSON_COMPACT);
+  json_decref(doc);
+  return s;
+}
+
 static const char *PILOT_NOTES =
     "Runs: the same config, seed and batches. fp = AdamW on f32 weights. qins8 = QINS-AdamW on the covered "
     "paths (v_proj, o_proj, gate/up/down_proj): latent z per weight, alpha = 0.7/std(row) at init, forward "
@@ -106,28 +190,44 @@ int qins_cli_train_pilot(const char *config, const char **sets, int n_sets, cons
   static const char *kinds[3] = {"adamw", "qins-adamw", "qins-adamw"};
   static const char *stor[3] = {"qins8", "qins8", "qins-f32"};
   char logs[3][600], ckpts[3][600];
+  pthread_mutex_lock(&pilot_board.mu);
+  pilot_board.n = 3;
   for (int v = 0; v < 3; v++) {
     snprintf(logs[v], sizeof logs[v], "%s/%s/train_log.jsonl", base, labels[v]);
+    snprintf(pilot_board.label[v], sizeof pilot_board.label[v], "%s", labels[v]);
+    memcpy(pilot_board.log[v], logs[v], sizeof pilot_board.log[v]); /* both 600 bytes */
+    pilot_board.state[v] = report_only ? 2 : 0;
+  }
+  pthread_mutex_unlock(&pilot_board.mu);
+  qins_train_set_step_hook(on_step, NULL);
+  for (int v = 0; v < 3; v++) {
     ckpts[v][0] = 0;
     if (report_only) continue;
-    const char **s2 = calloc((size_t)n_sets + 3, sizeof *s2);
-    char a[600], b[64], c[64];
+    const char **s2 = calloc((size_t)n_sets + 4, sizeof *s2);
+    char a[600], b[64], c[64], d[64];
     if (!s2) return qins_error_set(QINS_ENOMEM, "no memory");
     for (int i = 0; i < n_sets; i++) s2[i] = sets[i];
     snprintf(a, sizeof a, "run.out_dir=%s/%s", base, labels[v]);
     snprintf(b, sizeof b, "optim.kind=%s", kinds[v]);
     snprintf(c, sizeof c, "optim.qins_storage=%s", stor[v]);
+    snprintf(d, sizeof d, "run.name=c3-%s", labels[v]); /* distinct metric labels per run */
     s2[n_sets] = a;
     s2[n_sets + 1] = b;
     s2[n_sets + 2] = c;
+    s2[n_sets + 3] = d;
     if (!quiet) fprintf(stderr, "== pilot run %s ==\n", labels[v]);
-    qins_train_opts o = {config, s2, n_sets + 3, NULL, quiet ? NULL : stderr};
+    curve_reset();
+    pilot_set_state(v, 1);
+    qins_train_opts o = {config, s2, n_sets + 4, NULL, quiet ? NULL : stderr};
     qins_train_result res;
     rc = qins_train_run(&o, &res);
     free(s2);
-    if (rc) return rc;
+    pilot_set_state(v, 2);
+    if (rc) break;
     snprintf(ckpts[v], sizeof ckpts[v], "%s", res.last_checkpoint);
   }
+  qins_train_set_step_hook(NULL, NULL);
+  if (rc) return rc;
   char dir[512];
   snprintf(dir, sizeof dir, "%s", prefix);
   char *slash = strrchr(dir, '/');
@@ -180,8 +280,11 @@ int cmd_train(int argc, char **argv) {
     return qins_cli_fail(qins_error_set(QINS_EINVAL, "train: a CONFIG.yaml is required"));
   }
   if (pilot) {
+    qins_monitor_providers pp = {.training_json = qins_cli_pilot_training_json};
+    live_dashboard_start("train", &pp);
     int prc = qins_cli_train_pilot(config, sets, n_sets, prefix, report_only, quiet);
     free(sets);
+    live_dashboard_finish();
     return prc ? qins_cli_fail(prc) : 0;
   }
   qins_train_opts o = {config, sets, n_sets, resume, quiet ? NULL : stderr};
