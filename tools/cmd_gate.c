@@ -111,7 +111,7 @@ int cmd_gate(int argc, char **argv) {
     qins_gate_board_begin("C3", 1);
     qins_monitor_providers prov = {.gates_json = prov_gates, .training_json = qins_cli_pilot_training_json};
     live_dashboard_start("gate", &prov);
-    int rc = qins_cli_train_pilot(cfg, all_sets, n, prefix, 0, 1);
+    int rc = qins_cli_train_pilot(cfg, all_sets, n, prefix, 0, 1, o.quick ? 2 : 1);
     if (!rc) {
       double inc = 0, bar = 0.03;
       read_c3_verdict(prefix, &inc, &bar);

@@ -1,4 +1,5 @@
 /* `qins train CONFIG.yaml [--set k=v]... [--resume CKPT]`: the training loop (core/train/trainer.h). */
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
@@ -9,6 +10,9 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/eval/gates.h"
+#include "core/tokenizer/tokenizer.h"
+#include "core/train/data.h"
 #include "core/train/report.h"
 #include "core/train/trainer.h"
 #include "tools/commands.h"
@@ -23,6 +27,7 @@ static void usage(FILE *f) {
              "                OUT/qins-f32: qins-adamw, qins-f32 = the no-rounding ablation), then write the report\n"
              "  --report PFX  report prefix for --pilot (default reports/C3: .json, .md, .svg)\n"
              "  --report-only with --pilot: only (re)write the report from the three runs' logs\n"
+             "  --no-transport with --pilot: skip the transport ablation (gates C1 and B2 on each trained model)\n"
              "Dashboard (docs/dashboard.md): the loss curve, step and learning rate, and the qins_train_* metrics:\n%s",
           live_dashboard_help());
 }
@@ -172,18 +177,143 @@ static const char *PILOT_NOTES =
     "learning rate is scaled by optim.qins_lr_scale (see the config) so that a typical weight's step matches "
     "AdamW's. Held-out = the last 10% of the tokenized corpus, mean cross-entropy over fixed windows.";
 
+/* The test split as text: the held-out ids of the shard decoded piece by piece (the shard
+ * decodes back to the corpus byte for byte), so the gates below score the same tokens the
+ * trainer held out. */
+static int write_test_text(const char *shard_path, const char *tok_path, double holdout, const char *path) {
+  qins_shard *s = NULL;
+  qins_tokenizer *tok = NULL;
+  qins_data_split tr, te;
+  int rc = qins_shard_open(shard_path, tok_path[0] ? tok_path : NULL, &s);
+  if (!rc) rc = qins_tokenizer_open(tok_path, &tok);
+  if (!rc) rc = qins_data_split_make(s, holdout, 1, &tr, &te);
+  FILE *f = rc ? NULL : fopen(path, "w");
+  if (!rc && !f) rc = qins_error_set(QINS_EIO, "%s: cannot create: %s", path, strerror(errno));
+  char buf[256];
+  for (int64_t i = te.begin; !rc && i < te.end; i++) {
+    int n = qins_tokenizer_decode_piece(tok, i > te.begin ? qins_shard_get(s, i - 1) : -1, qins_shard_get(s, i), buf,
+                                        sizeof buf);
+    if (n < 0) rc = n;
+    else if (n > 0 && fwrite(buf, 1, (size_t)n, f) != (size_t)n) rc = qins_error_set(QINS_EIO, "%s: write failed", path);
+  }
+  if (f && fclose(f) != 0 && !rc) rc = qins_error_set(QINS_EIO, "%s: write failed", path);
+  if (tok) qins_tokenizer_close(tok);
+  if (s) qins_shard_close(s);
+  return rc;
+}
+
+/* The transport ablation: each trained model (fp, qins8, qins-f32) run through the inference
+ * runtime by gate C1 on the test text -- float compute (the checkpoint's f32 weights, no
+ * transport) beside QINS compute with exact transport (qins8 codes decoded by lookup at the
+ * GEMM boundary, alpha calibrated per row by the runtime, V cache in qins8) and the int8-row and
+ * f16 baselines -- and gate B2's linearised-transport error on the same weights. Adds a
+ * "transport" table to PREFIX.json and PREFIX.md; the gate reports go to PREFIX-transport/LABEL/. */
+static int pilot_transport(const char *prefix, const char *base, const char *shard_path, const char *tok_path,
+                           double holdout, const char *const labels[3], char ckpts[3][600], int quick, int quiet) {
+  char text[700], path[1200], corpus[800];
+  snprintf(text, sizeof text, "%s/test_text.txt", base);
+  int rc = write_test_text(shard_path, tok_path, holdout, text);
+  if (rc) return rc;
+  snprintf(corpus, sizeof corpus, "corpus=%s", text);
+  snprintf(path, sizeof path, "%s.json", prefix);
+  json_t *rep = json_load_file(path, 0, NULL);
+  if (!rep) return qins_error_set(QINS_EIO, "%s: cannot read back", path);
+  json_t *rows = json_array();
+  for (int v = 0; v < 3 && !rc; v++) {
+    char out[800], verdict[32];
+    snprintf(out, sizeof out, "%s-transport/%s", prefix, labels[v]);
+    const char *sets[1] = {corpus};
+    qins_gate_opts o = {.model_path = ckpts[v], .out_dir = out, .quick = quick, .sets = sets, .n_sets = 1};
+    if (!quiet) fprintf(stderr, "== transport ablation on %s: gates C1, B2 ==\n", labels[v]);
+    if ((rc = qins_gate_run("C1", &o, verdict, sizeof verdict))) break;
+    o.n_sets = 0;
+    if ((rc = qins_gate_run("B2", &o, verdict, sizeof verdict))) break;
+    json_t *row = json_pack("{s:s,s:s}", "model", labels[v], "checkpoint", ckpts[v]);
+    snprintf(path, sizeof path, "%s/C1.json", out);
+    json_t *c1 = json_load_file(path, 0, NULL);
+    json_t *br = c1 ? json_object_get(json_object_get(c1, "tables"), "branches") : NULL;
+    static const char *keys[4] = {"ppl_f32", "ppl_qins8_exact", "ppl_int8_row", "ppl_f16"};
+    for (size_t b = 0; b < 4 && b < json_array_size(br); b++)
+      json_object_set(row, keys[b], json_object_get(json_array_get(br, b), "ppl"));
+    snprintf(path, sizeof path, "%s/B2.json", out);
+    json_t *b2 = json_load_file(path, 0, NULL), *checks = b2 ? json_object_get(b2, "checks") : NULL;
+    for (size_t k = 0; k < json_array_size(checks); k++) {
+      json_t *ck = json_array_get(checks, k);
+      const char *what = json_string_value(json_object_get(ck, "what"));
+      if (what && strstr(what, "linearised")) {
+        json_object_set_new(row, "linearised_check", json_string(what));
+        json_object_set(row, "linearised_value", json_object_get(ck, "value"));
+        break;
+      }
+    }
+    json_decref(c1);
+    json_decref(b2);
+    json_array_append_new(rows, row);
+  }
+  if (rc) {
+    json_decref(rows);
+    json_decref(rep);
+    return rc;
+  }
+  json_object_set_new(rep, "transport", rows);
+  json_object_set_new(rep, "transport_notes",
+                      json_string("Each trained model through the inference runtime (gate C1 on the test split's "
+                                  "text, sliding window): f32 = the checkpoint's weights in float (no transport); "
+                                  "qins8_exact = v/o/gate/up/down in qins8 with exact transport (codes decoded by "
+                                  "lookup at the GEMM boundary, alpha per row calibrated by the runtime, mse rule) "
+                                  "and the V cache in qins8; int8_row, f16: the baselines. linearised: gate B2's "
+                                  "layer relative error of the linearised transport on the same weights."));
+  snprintf(path, sizeof path, "%s.json", prefix);
+  if (json_dump_file(rep, path, JSON_INDENT(2))) rc = qins_error_set(QINS_EIO, "%s: write failed", path);
+  snprintf(path, sizeof path, "%s.md", prefix);
+  FILE *f = rc ? NULL : fopen(path, "a");
+  if (!rc && !f) rc = qins_error_set(QINS_EIO, "%s: cannot append", path);
+  if (f) {
+    fprintf(f, "\n## Transport ablation (inference runtime, test split text)\n\n"
+               "| trained model | ppl f32 compute (no transport) | ppl qins8, exact transport + qins8 V cache | "
+               "vs f32 | ppl int8-row | ppl f16 | linearised transport (B2) |\n|---|---|---|---|---|---|---|\n");
+    for (size_t k = 0; k < json_array_size(rows); k++) {
+      json_t *w = json_array_get(rows, k);
+      double f32 = json_number_value(json_object_get(w, "ppl_f32"));
+      double q8 = json_number_value(json_object_get(w, "ppl_qins8_exact"));
+      const char *lw = json_string_value(json_object_get(w, "linearised_check"));
+      fprintf(f, "| %s | %.3f | %.3f | %+.3f%% | %.3f | %.3f | %s %.3g |\n",
+              json_string_value(json_object_get(w, "model")), f32, q8, f32 > 0 ? 100 * (q8 / f32 - 1) : 0.0,
+              json_number_value(json_object_get(w, "ppl_int8_row")), json_number_value(json_object_get(w, "ppl_f16")),
+              lw ? lw : "-", json_number_value(json_object_get(w, "linearised_value")));
+    }
+    fprintf(f, "\n%s Reports: %s-transport/<model>/{C1,B2}.md.\n",
+            json_string_value(json_object_get(rep, "transport_notes")), prefix);
+    if (fclose(f) != 0) rc = qins_error_set(QINS_EIO, "%s: write failed", path);
+  }
+  json_decref(rep);
+  return rc;
+}
+
 /* --pilot: the three C3 runs and their report. */
 int qins_cli_train_pilot(const char *config, const char **sets, int n_sets, const char *prefix, int report_only,
-                         int quiet) {
+                         int quiet, int transport) {
   qins_cfg *root = NULL;
   int rc = qins_cfg_load_file(config, &root);
   for (int i = 0; !rc && i < n_sets; i++) rc = qins_cfg_set(root, sets[i]);
-  const char *out = "runs/train";
-  qins_cfg *r = rc ? NULL : qins_cfg_get(root, "run");
-  qins_cfg *od = r ? qins_cfg_get(r, "out_dir") : NULL;
+  const char *out = "runs/train", *shard = NULL, *tok = NULL;
+  double holdout = 0.1;
+  long long steps = 100;
+  qins_cfg *r = rc ? NULL : qins_cfg_get(root, "run"), *dc = rc ? NULL : qins_cfg_get(root, "data");
+  qins_cfg *od = r ? qins_cfg_get(r, "out_dir") : NULL, *st = r ? qins_cfg_get(r, "steps") : NULL;
+  qins_cfg *sh = dc ? qins_cfg_get(dc, "shard") : NULL, *tk = dc ? qins_cfg_get(dc, "tokenizer") : NULL;
+  qins_cfg *ho = dc ? qins_cfg_get(dc, "holdout") : NULL;
   if (od) rc = qins_cfg_as_string(od, "run.out_dir", &out);
-  char base[512];
+  if (!rc && st) rc = qins_cfg_as_int(st, "run.steps", &steps);
+  if (!rc && sh) rc = qins_cfg_as_string(sh, "data.shard", &shard);
+  if (!rc && tk) rc = qins_cfg_as_string(tk, "data.tokenizer", &tok);
+  if (!rc && ho) rc = qins_cfg_as_double(ho, "data.holdout", &holdout);
+  char base[512], shard_path[600], tok_path[600];
   snprintf(base, sizeof base, "%s", out);
+  /* the trainer's default shard is OUT/tokens.shard: the fp run's */
+  if (shard) snprintf(shard_path, sizeof shard_path, "%s", shard);
+  else snprintf(shard_path, sizeof shard_path, "%s/fp/tokens.shard", base);
+  snprintf(tok_path, sizeof tok_path, "%s", tok ? tok : "");
   qins_cfg_free(root);
   if (rc) return rc;
   static const char *labels[3] = {"fp", "qins8", "qins-f32"};
@@ -239,6 +369,12 @@ int qins_cli_train_pilot(const char *config, const char **sets, int n_sets, cons
   for (int v = 0; v < 3; v++) runs[v] = (qins_pilot_run){labels[v], logs[v], ckpts[v][0] ? ckpts[v] : NULL};
   double ratio = 0;
   if ((rc = qins_pilot_report(prefix, runs, 3, 0.03, PILOT_NOTES, &ratio))) return rc;
+  if (transport) {
+    for (int v = 0; v < 3; v++) /* --report-only: the runs' final checkpoints */
+      if (!ckpts[v][0]) snprintf(ckpts[v], sizeof ckpts[v], "%s/%s/ckpt-%06lld", base, labels[v], steps);
+    if ((rc = pilot_transport(prefix, base, shard_path, tok_path, holdout, labels, ckpts, transport == 2, quiet)))
+      return rc;
+  }
   printf("{\"gate\": \"C3\", \"ppl_increase\": %.6f, \"bar\": 0.03, \"report\": \"%s.md\"}\n", ratio, prefix);
   return 0;
 }
@@ -246,7 +382,7 @@ int qins_cli_train_pilot(const char *config, const char **sets, int n_sets, cons
 int cmd_train(int argc, char **argv) {
   const char *config = NULL, *resume = NULL;
   const char **sets = calloc((size_t)argc, sizeof *sets);
-  int n_sets = 0, quiet = 0, pilot = 0, report_only = 0, drc;
+  int n_sets = 0, quiet = 0, pilot = 0, report_only = 0, transport = 1, drc;
   const char *prefix = "reports/C3";
   if (!sets) return qins_cli_fail(qins_error_set(QINS_ENOMEM, "no memory"));
   for (int i = 1; i < argc; i++) {
@@ -260,6 +396,7 @@ int cmd_train(int argc, char **argv) {
     else if (!strcmp(a, "--quiet")) quiet = 1;
     else if (!strcmp(a, "--pilot")) pilot = 1;
     else if (!strcmp(a, "--report-only")) report_only = 1;
+    else if (!strcmp(a, "--no-transport")) transport = 0;
     else if (!strcmp(a, "--report") && i + 1 < argc) prefix = argv[++i];
     else if (a[0] != '-' && !config) config = a;
     else if ((drc = live_dashboard_arg(argc, argv, &i)) != 0) { /* --dashboard [ADDR:PORT] and friends */
@@ -282,7 +419,7 @@ int cmd_train(int argc, char **argv) {
   if (pilot) {
     qins_monitor_providers pp = {.training_json = qins_cli_pilot_training_json};
     live_dashboard_start("train", &pp);
-    int prc = qins_cli_train_pilot(config, sets, n_sets, prefix, report_only, quiet);
+    int prc = qins_cli_train_pilot(config, sets, n_sets, prefix, report_only, quiet, transport);
     free(sets);
     live_dashboard_finish();
     return prc ? qins_cli_fail(prc) : 0;
