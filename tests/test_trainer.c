@@ -445,6 +445,21 @@ static void test_pilot_smoke(void **state) {
     assert_true(!strcmp(verdict, "pass") || !strcmp(verdict, "fail")); /* it ran (a measurement, not asserted) */
     json_decref(g);
   }
+  /* `qins convert` of the QINS checkpoint (codes U8 + alphas) keeps the tokenizer: generate runs on it */
+  snprintf(p, sizeof p, "%s/policy.yaml", g_dir);
+  FILE *pf = fopen(p, "w");
+  assert_non_null(pf);
+  fprintf(pf, "policy:\n  format: qins8\n  alpha: mse\n  paths: [v_proj, o_proj, mlp_up, mlp_gate, mlp_down]\n");
+  fclose(pf);
+  snprintf(cmd, sizeof cmd, "'%s' convert --model '%s/qins8/ckpt-000040' --policy '%s' --out '%s/qins8-converted' >/dev/null 2>&1 && "
+           "'%s' generate --model '%s/qins8-converted' --prompt 'ROMEO:' --steps 8 --json --backend cpu 2>/dev/null",
+           exe, out, p, g_dir, exe, g_dir);
+  assert_int_equal(run_cmd(cmd, &o), 0);
+  json_t *g = json_loads(o, 0, &err);
+  if (!g) fail_msg("generate on the converted checkpoint: not JSON: %s", o);
+  assert_true(json_array_size(json_object_get(g, "ids")) >= 1);
+  json_decref(g);
+  free(o);
 }
 
 /* `qins gate C3 --gates DIR` runs the pilot on DIR/C3.yaml and writes OUT/C3.json. */
