@@ -7,6 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,6 +29,11 @@ static char g_dir[256];     /* scratch folder for this run */
 static char g_text[512];    /* a 40 KB prefix of tinyshakespeare */
 static char g_shard[512];
 
+/* The source root (meson sets it): the pilot's transport ablation reads pipelines/gates/ from there. */
+static const char *src_root(void) {
+  const char *r = getenv("QINS_SOURCE_ROOT");
+  return r && *r ? r : ".";
+}
 static const char *tok_path(void) { return test_shared_path("models/stories260K/tok512.bin"); }
 
 static int run_cmd(const char *cmd, char **out) {
@@ -366,8 +375,8 @@ static void test_pilot_smoke(void **state) {
   snprintf(cfg, sizeof cfg, "%s/pilot.yaml", g_dir);
   snprintf(out, sizeof out, "%s/pilot", g_dir);
   write_config(cfg, out, "adamw", 12);
-  snprintf(cmd, sizeof cmd, "'%s' train --pilot '%s' --quiet --set run.steps=40 --set run.batch=4 --set run.eval_every=20 --set optim.lr=1e-2 --report '%s/C3'",
-           exe, cfg, g_dir);
+  snprintf(cmd, sizeof cmd, "cd '%s' && '%s' train --pilot '%s' --quiet --set run.steps=40 --set run.batch=4 --set run.eval_every=20 --set optim.lr=1e-2 --report '%s/C3'",
+           src_root(), exe, cfg, g_dir);
   assert_int_equal(run_cmd(cmd, &o), 0);
   assert_non_null(strstr(o, "\"gate\": \"C3\""));
   free(o);
@@ -385,6 +394,17 @@ static void test_pilot_smoke(void **state) {
     assert_int_equal(json_array_size(json_object_get(r, "heldout_curve")), 2);
   }
   assert_true(json_is_boolean(json_object_get(j, "pass")));
+  /* the transport ablation: every trained model through the inference runtime (gates C1, B2) */
+  json_t *tr = json_object_get(j, "transport");
+  assert_int_equal(json_array_size(tr), 3);
+  for (size_t i = 0; i < 3; i++) {
+    json_t *r = json_array_get(tr, i);
+    double f32 = json_number_value(json_object_get(r, "ppl_f32")), q8 = json_number_value(json_object_get(r, "ppl_qins8_exact"));
+    assert_true(f32 > 1 && f32 < 512 && isfinite(q8) && q8 > 1);
+    assert_true(fabs(q8 / f32 - 1) < 0.5); /* QINS compute is near the float compute of the same weights */
+    assert_true(json_is_number(json_object_get(r, "ppl_int8_row")));
+    assert_true(json_is_number(json_object_get(r, "linearised_value")));
+  }
   json_decref(j);
   snprintf(p, sizeof p, "%s/C3.svg", g_dir);
   char *svg = slurp(p, NULL);
@@ -400,7 +420,46 @@ static void test_pilot_smoke(void **state) {
   assert_non_null(md);
   assert_non_null(strstr(md, "| qins8 |"));
   assert_non_null(strstr(md, "| qins-f32 |"));
+  assert_non_null(strstr(md, "Transport ablation"));
   free(md);
+  /* the trained models are products: qins generate and an inference gate (A2 --quick) run on the
+   * pilot's checkpoints as they are (config, weights and tokenizer in the folder) */
+  for (int v = 0; v < 2; v++) {
+    const char *lab = v ? "qins8" : "fp";
+    snprintf(cmd, sizeof cmd, "'%s' generate --model '%s/%s/ckpt-000040' --prompt 'ROMEO:' --steps 16 --json --backend cpu 2>/dev/null",
+             exe, out, lab);
+    assert_int_equal(run_cmd(cmd, &o), 0);
+    json_t *g = json_loads(o, 0, &err);
+    if (!g) fail_msg("generate on the %s checkpoint: not JSON: %s", lab, o);
+    assert_true(json_array_size(json_object_get(g, "ids")) >= 1);
+    json_decref(g);
+    free(o);
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' gate A2 --model '%s/%s/ckpt-000040' --quick --out '%s/A2-%s' 2>/dev/null",
+             src_root(), exe, out, lab, g_dir, lab);
+    assert_int_equal(run_cmd(cmd, &o), 0);
+    free(o);
+    snprintf(p, sizeof p, "%s/A2-%s/A2.json", g_dir, lab);
+    g = json_load_file(p, 0, &err);
+    if (!g) fail_msg("%s: %s", p, err.text);
+    const char *verdict = json_string_value(json_object_get(g, "verdict"));
+    assert_true(!strcmp(verdict, "pass") || !strcmp(verdict, "fail")); /* it ran (a measurement, not asserted) */
+    json_decref(g);
+  }
+  /* `qins convert` of the QINS checkpoint (codes U8 + alphas) keeps the tokenizer: generate runs on it */
+  snprintf(p, sizeof p, "%s/policy.yaml", g_dir);
+  FILE *pf = fopen(p, "w");
+  assert_non_null(pf);
+  fprintf(pf, "policy:\n  format: qins8\n  alpha: mse\n  paths: [v_proj, o_proj, mlp_up, mlp_gate, mlp_down]\n");
+  fclose(pf);
+  snprintf(cmd, sizeof cmd, "'%s' convert --model '%s/qins8/ckpt-000040' --policy '%s' --out '%s/qins8-converted' >/dev/null 2>&1 && "
+           "'%s' generate --model '%s/qins8-converted' --prompt 'ROMEO:' --steps 8 --json --backend cpu 2>/dev/null",
+           exe, out, p, g_dir, exe, g_dir);
+  assert_int_equal(run_cmd(cmd, &o), 0);
+  json_t *g = json_loads(o, 0, &err);
+  if (!g) fail_msg("generate on the converted checkpoint: not JSON: %s", o);
+  assert_true(json_array_size(json_object_get(g, "ids")) >= 1);
+  json_decref(g);
+  free(o);
 }
 
 /* `qins gate C3 --gates DIR` runs the pilot on DIR/C3.yaml and writes OUT/C3.json. */
@@ -412,7 +471,7 @@ static void test_gate_c3(void **state) {
   snprintf(cfg, sizeof cfg, "%s/C3.yaml", g_dir);
   snprintf(out, sizeof out, "%s/gate-pilot", g_dir);
   write_config(cfg, out, "adamw", 6);
-  snprintf(cmd, sizeof cmd, "'%s' gate C3 --gates '%s' --out '%s/gate'", exe, g_dir, g_dir);
+  snprintf(cmd, sizeof cmd, "cd '%s' && '%s' gate C3 --gates '%s' --out '%s/gate'", src_root(), exe, g_dir, g_dir);
   assert_int_equal(run_cmd(cmd, &o), 0);
   free(o);
   char p[800];
@@ -422,6 +481,139 @@ static void test_gate_c3(void **state) {
   assert_non_null(j);
   assert_string_equal(json_string_value(json_object_get(j, "gate")), "C3");
   json_decref(j);
+}
+
+/* GET /api/state from a dashboard on 127.0.0.1:port (HTTP/1.0: the body is sent as is). */
+static json_t *get_state(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  assert_true(fd >= 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+  const char *req = "GET /api/state HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  assert_int_equal(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+  size_t cap = 1 << 16, len = 0;
+  char *buf = malloc(cap);
+  ssize_t got;
+  while ((got = read(fd, buf + len, cap - len - 1)) > 0)
+    if ((len += (size_t)got) + 1 >= cap) buf = realloc(buf, cap *= 2);
+  buf[len] = 0;
+  close(fd);
+  char *body = strstr(buf, "\r\n\r\n");
+  assert_non_null(body);
+  json_error_t err;
+  json_t *j = json_loads(body + 4, 0, &err);
+  if (!j) fail_msg("/api/state is not JSON: %s", err.text);
+  free(buf);
+  return j;
+}
+
+/* Run CMD in the source root (a qins command with --dashboard 127.0.0.1:0 --dashboard-wait), wait for the finished
+ * line, return the final /api/state and stop the process with SIGTERM. */
+static json_t *dashboard_final_state(const char *cmd) {
+  char full[4096], pidf[600], line[1024];
+  snprintf(pidf, sizeof pidf, "%s/dash.pid", g_dir);
+  snprintf(full, sizeof full, "cd '%s' && echo $$ > '%s' && exec %s", src_root(), pidf, cmd);
+  FILE *p = popen(full, "r");
+  assert_non_null(p);
+  int port = 0, finished = 0;
+  while (fgets(line, sizeof line, p)) {
+    if (!port && !strncmp(line, "dashboard: http://127.0.0.1:", 28)) port = atoi(line + 28);
+    if (strstr(line, "dashboard: finished")) {
+      finished = 1;
+      break;
+    }
+  }
+  char *pid_text = slurp(pidf, NULL);
+  assert_non_null(pid_text);
+  pid_t pid = (pid_t)atoi(pid_text);
+  free(pid_text);
+  json_t *st = NULL;
+  if (port > 0 && finished) st = get_state(port);
+  kill(pid, SIGTERM);
+  while (fgets(line, sizeof line, p)) {
+  }
+  int rc = pclose(p);
+  if (!port || !finished) fail_msg("no dashboard (port %d, finished %d): %s", port, finished, cmd);
+  if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0)
+    fail_msg("exit status %d (signal %d): %s", WIFEXITED(rc) ? WEXITSTATUS(rc) : -1,
+             WIFSIGNALED(rc) ? WTERMSIG(rc) : 0, cmd);
+  return st;
+}
+
+/* The training document of the pilot: three runs, each done, with its loss and held-out curves
+ * (every step of a 12-step run) and a throughput. */
+static void check_pilot_training(json_t *st, int steps) {
+  json_t *tr = json_object_get(st, "training");
+  if (!json_is_object(tr)) fail_msg("no training document in /api/state");
+  json_t *runs = json_object_get(tr, "runs");
+  assert_int_equal(json_array_size(runs), 3);
+  static const char *names[3] = {"fp", "qins8", "qins-f32"};
+  for (size_t i = 0; i < 3; i++) {
+    json_t *r = json_array_get(runs, i);
+    assert_string_equal(json_string_value(json_object_get(r, "name")), names[i]);
+    assert_string_equal(json_string_value(json_object_get(r, "state")), "done");
+    assert_int_equal(json_integer_value(json_object_get(r, "step")), steps);
+    json_t *loss = json_object_get(r, "loss");
+    assert_int_equal(json_array_size(loss), steps);
+    double first = json_number_value(json_array_get(json_array_get(loss, 0), 1));
+    assert_true(first > 3.0 && first < 8.0); /* near ln 512 = 6.2 at the start */
+    assert_true(json_array_size(json_object_get(r, "eval_loss")) >= 1);
+    assert_true(json_number_value(json_object_get(r, "tokens_per_s")) > 0);
+  }
+}
+
+/* `qins train --pilot --dashboard` publishes every run's loss curve, progress and tokens/s. */
+static void test_pilot_dashboard(void **state) {
+  (void)state;
+  const char *exe = getenv("QINS_EXE");
+  if (!exe) skip();
+  char cfg[600], out[600], cmd[3000];
+  snprintf(cfg, sizeof cfg, "%s/pilot-dash.yaml", g_dir);
+  snprintf(out, sizeof out, "%s/pilot-dash", g_dir);
+  write_config(cfg, out, "adamw", 12);
+  snprintf(cmd, sizeof cmd,
+           "'%s' train --pilot '%s' --quiet --no-transport --report '%s/C3dash' --dashboard 127.0.0.1:0 --dashboard-wait "
+           "--monitor-tick-ms 50",
+           exe, cfg, g_dir);
+  json_t *st = dashboard_final_state(cmd);
+  check_pilot_training(st, 12);
+  json_decref(st);
+}
+
+/* `qins gate C3 --dashboard`: C3 on the gate board with the report's verdict, and the runs' curves. */
+static void test_gate_c3_dashboard(void **state) {
+  (void)state;
+  const char *exe = getenv("QINS_EXE");
+  if (!exe) skip();
+  char dir[600], cfg[700], out[700], cmd[3000];
+  snprintf(dir, sizeof dir, "%s/gate-dash", g_dir);
+  mkdir(dir, 0777);
+  snprintf(cfg, sizeof cfg, "%s/C3.yaml", dir);
+  snprintf(out, sizeof out, "%s/runs", dir);
+  write_config(cfg, out, "adamw", 12);
+  snprintf(cmd, sizeof cmd,
+           "'%s' gate C3 --gates '%s' --out '%s' --dashboard 127.0.0.1:0 --dashboard-wait --monitor-tick-ms 50", exe,
+           dir, dir);
+  json_t *st = dashboard_final_state(cmd);
+  check_pilot_training(st, 12);
+  json_t *gates = json_object_get(json_object_get(st, "gates"), "gates");
+  json_t *g = NULL; /* C3, and the transport ablation's C1 and B2 on the trained models */
+  for (size_t i = 0; i < json_array_size(gates); i++)
+    if (!strcmp(json_string_value(json_object_get(json_array_get(gates, i), "name")), "C3")) g = json_array_get(gates, i);
+  assert_non_null(g);
+  const char *v = json_string_value(json_object_get(g, "verdict"));
+  assert_true(!strcmp(v, "pass") || !strcmp(v, "fail"));
+  assert_true(json_number_value(json_object_get(g, "progress")) == 1.0);
+  /* the board's value is the report's measured increase */
+  char p[800];
+  snprintf(p, sizeof p, "%s/C3.json", dir);
+  json_t *rep = json_load_file(p, 0, NULL);
+  assert_non_null(rep);
+  assert_true(fabs(json_number_value(json_object_get(g, "value")) -
+                   json_number_value(json_object_get(rep, "ppl_increase_qins_vs_fp"))) < 1e-9);
+  json_decref(rep);
+  json_decref(st);
 }
 
 static void test_config_errors(void **state) {
@@ -626,6 +818,7 @@ int main(void) {
       cmocka_unit_test(test_config_errors),        cmocka_unit_test(test_svg_and_curve),
       cmocka_unit_test(test_distill_self),         cmocka_unit_test(test_distill_hidden_self),
       cmocka_unit_test(test_distill_hidden_learns),         cmocka_unit_test(test_gate_c3),
+      cmocka_unit_test(test_pilot_dashboard), cmocka_unit_test(test_gate_c3_dashboard),
   };
   return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }

@@ -1,4 +1,5 @@
 /* `qins gate NAME`: run one of the plan's gates (or all) and write reports/NAME.{json,md,svg}. */
+#include <jansson.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -27,6 +28,18 @@ static void usage(FILE *f) {
 static char *prov_gates(void *ctx) {
   (void)ctx;
   return qins_gate_board_json();
+}
+
+/* The C3 report's measured increase and bar (PREFIX.json, written by the pilot). */
+static void read_c3_verdict(const char *prefix, double *inc, double *bar) {
+  char path[1100];
+  snprintf(path, sizeof path, "%s.json", prefix);
+  json_t *j = json_load_file(path, 0, NULL);
+  if (!j) return;
+  *inc = json_number_value(json_object_get(j, "ppl_increase_qins_vs_fp"));
+  json_t *b = json_object_get(j, "bar_ppl_increase");
+  if (b) *bar = json_number_value(b);
+  json_decref(j);
 }
 
 int cmd_gate(int argc, char **argv) {
@@ -93,7 +106,23 @@ int cmd_gate(int argc, char **argv) {
     if (o.quick)
       for (int i = 0; i < 14; i++) all_sets[n++] = quick[i];
     for (int i = 0; i < o.n_sets; i++) all_sets[n++] = sets[i];
-    int rc = qins_cli_train_pilot(cfg, all_sets, n, prefix, 0, 1);
+    /* dashboard: C3 on the gate board (running, then its verdict) and the three runs' curves */
+    qins_gate_board_reset();
+    qins_gate_board_begin("C3", 1);
+    qins_monitor_providers prov = {.gates_json = prov_gates, .training_json = qins_cli_pilot_training_json};
+    live_dashboard_start("gate", &prov);
+    int rc = qins_cli_train_pilot(cfg, all_sets, n, prefix, 0, 1, o.quick ? 2 : 1);
+    if (!rc) {
+      double inc = 0, bar = 0.03;
+      read_c3_verdict(prefix, &inc, &bar);
+      qins_gate_board_check("C3", "ppl_increase", inc, bar, inc <= bar);
+      qins_gate_board_finish("C3", inc <= bar ? "pass" : "fail");
+      printf("C3: %s -> %s.{json,md,svg}\n", inc <= bar ? "pass" : "fail", prefix);
+      fflush(stdout);
+    } else {
+      qins_gate_board_finish("C3", "not-run");
+    }
+    live_dashboard_finish();
     return rc ? qins_cli_fail(rc) : 0;
   }
   if (!name || !o.model_path) {

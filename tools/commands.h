@@ -28,6 +28,10 @@ int cmd_train_compare(int argc, char **argv);
 /* The C3 pilot (tools/cmd_train.c): three runs of a train config and PREFIX.{json,md,svg};
  * returns 0 or a QINS_E* code (also used by `qins gate C3`). */
 int qins_cli_train_pilot(const char *config, const char **sets, int n_sets, const char *prefix, int report_only,
-                         int quiet);
+                         int quiet, int transport);
+/* The running pilot's training document for the dashboard (monitor provider): {"step", "total_steps",
+ * "loss", "lr", "run", "tokens_per_s"} of the running run and "runs": [{"name", "state", "step",
+ * "total_steps", "loss", "eval_loss", "tokens_per_s"}] of all three; NULL before a pilot starts. */
+char *qins_cli_pilot_training_json(void *ctx);
 
 #endif

@@ -49,10 +49,11 @@ void live_dashboard_finish(void) {
   if (!mon) return;
   qins_monitor_tick(mon); /* the final verdicts / loss, whatever the tick period */
   if (wait_after && cli.enabled) {
-    printf("dashboard: finished; still serving %s (Ctrl-C to quit)\n", qins_monitor_url(mon));
-    fflush(stdout);
+    /* handlers first: whoever reads the line below may signal at once */
     signal(SIGINT, on_sigint);
     signal(SIGTERM, on_sigint);
+    printf("dashboard: finished; still serving %s (Ctrl-C to quit)\n", qins_monitor_url(mon));
+    fflush(stdout);
     struct timespec nap = {0, 200 * 1000000L};
     while (!interrupted) nanosleep(&nap, NULL);
   }

@@ -257,6 +257,10 @@ int qins_convert(const qins_model *m, const qins_policy *pol, const char *out_di
       snprintf(from, sizeof from, "%s/tokenizer.json", m->path);
       snprintf(path, sizeof path, "%s/tokenizer.json", out_dir);
       if (!rc) rc = copy_file(from, path);
+      /* a training checkpoint (HF folder) carries its llama2.c tokenizer as tokenizer.bin */
+      snprintf(from, sizeof from, "%s/tokenizer.bin", m->path);
+      snprintf(path, sizeof path, "%s/tokenizer.bin", out_dir);
+      if (!rc) rc = copy_file(from, path);
     }
   }
 done:

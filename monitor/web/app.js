@@ -434,11 +434,27 @@
       if (lg && sg && (!lossFromGauges.length || lossFromGauges[lossFromGauges.length - 1].x !== val(sg))) lossFromGauges.push({ x: val(sg), y: val(lg) });
       loss = lossFromGauges.length ? lossFromGauges : null;
     }
-    $('loss-empty').hidden = !!loss;
+    // several runs (the C3 pilot: fp, qins8, qins-f32): one line per run, the running one named in the title
+    const runs = st.training && Array.isArray(st.training.runs) ? st.training.runs.filter((r) => Array.isArray(r.loss)) : [];
+    $('loss-empty').hidden = !!loss || runs.length > 0;
     if (st.training && st.training.step != null)
-      $('train-info').textContent = 'step ' + st.training.step + (st.training.total_steps ? ' / ' + st.training.total_steps : '') +
-        (st.training.lr != null ? ' · lr ' + st.training.lr : '');
-    if (charts['c-loss']) { charts['c-loss'].data.datasets[0].data = loss ? loss.slice() : []; charts['c-loss'].update('none'); }
+      $('train-info').textContent = (st.training.run ? 'run ' + st.training.run + ' · ' : '') + 'step ' + st.training.step +
+        (st.training.total_steps ? ' / ' + st.training.total_steps : '') +
+        (st.training.lr != null ? ' · lr ' + Number(st.training.lr).toPrecision(3) : '') +
+        (st.training.tokens_per_s ? ' · ' + Math.round(st.training.tokens_per_s) + ' tok/s' : '');
+    else if (runs.length)
+      $('train-info').textContent = runs.map((r) => r.name + ' ' + r.state).join(' · ');
+    if (charts['c-loss']) {
+      const ch = charts['c-loss'], palette = ['#f0b43c', '#4fa3e0', '#7bc96f', '#d9659b'];
+      if (runs.length) {
+        ch.data.datasets = runs.map((r, i) => ({ label: r.name + (r.tokens_per_s ? ' (' + Math.round(r.tokens_per_s) + ' tok/s)' : ''),
+          data: r.loss.map((p) => ({ x: p[0], y: p[1] })), borderColor: palette[i % 4], backgroundColor: palette[i % 4], pointRadius: 0, borderWidth: 1.4 }));
+      } else {
+        if (ch.data.datasets.length !== 1) ch.data.datasets = ch.data.datasets.slice(0, 1);
+        ch.data.datasets[0].data = loss ? loss.slice() : [];
+      }
+      ch.update('none');
+    }
 
     prev = { t, idx };
   }
