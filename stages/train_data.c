@@ -221,14 +221,14 @@ static int init_impl(qins_stage *st, const qins_stage_ctx *ctx) {
     return qins_error_set(QINS_EINPUT,
                           "stage '%s': batch x grad_accum = %d micro-batches per step needs channels.slots >= %d (have %d)",
                           ctx->stage_name, d->M, d->M + 2, ctx->pipeline->slots);
-  if ((rc = tf_mkdirs(I->out_dir))) return rc;
+  if ((rc = qins_mkdirs(I->out_dir))) return rc;
   int rebuilt = 0;
   char sdir[600];
   snprintf(sdir, sizeof sdir, "%s", I->shard);
   char *slash = strrchr(sdir, '/');
   if (slash && slash != sdir) {
     *slash = 0;
-    if ((rc = tf_mkdirs(sdir))) return rc;
+    if ((rc = qins_mkdirs(sdir))) return rc;
   }
   if (I->text[0] && (rc = qins_shard_build(I->text, I->tokenizer, I->shard, &rebuilt))) return rc;
   if ((rc = qins_shard_open(I->shard, I->tokenizer, &d->shard))) return rc;
@@ -347,7 +347,7 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
       char dir[700];
       snprintf(dir, sizeof dir, "%s/ckpt-%06d", d->s.info.out_dir, 0);
       tf_hdr h = {.kind = TF_SAVE, .step = 0, .n_mb = d->M, .flags = TF_CKPT};
-      if ((rc = tf_mkdirs(dir)) || (rc = write_data_json(d, dir, 0)) || (rc = tf_frame_out(out, in, &h, NULL, NULL, NULL)))
+      if ((rc = qins_mkdirs(dir)) || (rc = write_data_json(d, dir, 0)) || (rc = tf_frame_out(out, in, &h, NULL, NULL, NULL)))
         return rc;
       out->flags &= ~(uint32_t)(QINS_MSG_GRAD | QINS_MSG_END);
       d->reload_sent = 1;
@@ -404,7 +404,7 @@ static int bwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
   if (ckpt) {
     char dir[700], path[800];
     snprintf(dir, sizeof dir, "%s/ckpt-%06lld", d->s.info.out_dir, (long long)done);
-    if ((rc = tf_mkdirs(dir))) return rc;
+    if ((rc = qins_mkdirs(dir))) return rc;
     snprintf(path, sizeof path, "%s/data.json", dir);
     if ((rc = write_data_json(d, dir, done))) return rc;
   }

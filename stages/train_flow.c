@@ -300,18 +300,6 @@ out:
 
 /* ------------------------------------------------------------------ checkpoint files */
 
-int tf_mkdirs(const char *path) {
-  char buf[1024];
-  snprintf(buf, sizeof buf, "%s", path);
-  for (char *p = buf + 1; *p; p++)
-    if (*p == '/') {
-      *p = 0;
-      if (mkdir(buf, 0777) != 0 && errno != EEXIST) return qins_error_set(QINS_EIO, "%s: mkdir: %s", buf, strerror(errno));
-      *p = '/';
-    }
-  if (mkdir(buf, 0777) != 0 && errno != EEXIST) return qins_error_set(QINS_EIO, "%s: mkdir: %s", buf, strerror(errno));
-  return 0;
-}
 
 /* Same tensor names and metadata keys as `qins train`'s optim.safetensors, plus the part's
  * weights under their model names. */

@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "core/fsutil.h"
 #include "core/pipeline.h"
 #include "core/train/optim.h"
 #include "core/train/train_setup.h"
@@ -84,7 +85,6 @@ int tf_part_specs(const qins_cfg *root, tf_part_spec **out, int *n);
 int tf_validate(const qins_pipeline *pl);
 
 /* Checkpoint files. dir = out_dir/ckpt-%06lld. */
-int tf_mkdirs(const char *path);
 int tf_part_save(const char *path, qins_optim *o, int64_t step, int qins, const qins_train_model *tm,
                  const unsigned char *own);
 /* Weights of every parameter the file holds into tm (by name). */

@@ -38,7 +38,7 @@ static int init_impl(qins_stage *st, const qins_stage_ctx *ctx) {
   if (!t) return qins_error_set(QINS_ENOMEM, "out of memory");
   st->priv = t;
   int rc = tf_settings_load(ctx->pipeline, &t->s);
-  if (rc || (rc = tf_mkdirs(t->s.info.out_dir)) || (rc = tf_part_specs(ctx->pipeline->root, &t->specs, &t->n_specs)))
+  if (rc || (rc = qins_mkdirs(t->s.info.out_dir)) || (rc = tf_part_specs(ctx->pipeline->root, &t->specs, &t->n_specs)))
     return rc;
   snprintf(t->path, sizeof t->path, "%s/train_log.jsonl", t->s.info.out_dir);
   /* opened at the first frame: a worker restarted mid-run appends (its first frame is a RELOAD) */

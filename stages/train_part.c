@@ -112,7 +112,7 @@ static int init_impl(qins_stage *st, const qins_stage_ctx *ctx, const char *relo
   /* every part starts from the same model, written from the seed into its own folder */
   char dir[700], path[1024];
   snprintf(dir, sizeof dir, "%s/flow-init/%s", I->out_dir, ctx->stage_name);
-  if ((rc = tf_mkdirs(dir)) || (rc = qins_train_setup_model(t->s.setup, dir, path, sizeof path))) return rc;
+  if ((rc = qins_mkdirs(dir)) || (rc = qins_train_setup_model(t->s.setup, dir, path, sizeof path))) return rc;
   qins_model *m = NULL;
   if ((rc = qins_model_open(path, &m))) return rc;
   snprintf(t->model_dir, sizeof t->model_dir, "%s", path);
@@ -275,7 +275,7 @@ static int save_ckpt(qins_stage *st, tpart *t) {
   int rc;
   snprintf(dir, sizeof dir, "%s/ckpt-%06lld", t->s.info.out_dir, (long long)t->step);
   snprintf(path, sizeof path, "%s/part-%s.safetensors", dir, st->ctx.stage_name);
-  if ((rc = tf_mkdirs(dir)) || (rc = tf_part_save(path, t->o, t->step, t->s.info.qins, t->tm, t->own))) return rc;
+  if ((rc = qins_mkdirs(dir)) || (rc = tf_part_save(path, t->o, t->step, t->s.info.qins, t->tm, t->own))) return rc;
   char src[1100], dst[1100];
   snprintf(src, sizeof src, "%s/config.json", t->model_dir);
   snprintf(dst, sizeof dst, "%s/config.json", dir);

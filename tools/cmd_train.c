@@ -10,6 +10,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/fsutil.h"
 #include "core/eval/gates.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/train/data.h"
@@ -364,13 +365,7 @@ int qins_cli_train_pilot(const char *config, const char **sets, int n_sets, cons
   }
   qins_train_set_step_hook(NULL, NULL);
   if (rc) return rc;
-  char dir[512];
-  snprintf(dir, sizeof dir, "%s", prefix);
-  char *slash = strrchr(dir, '/');
-  if (slash) {
-    *slash = 0;
-    mkdir(dir, 0777);
-  }
+  if ((rc = qins_mkdirs_for_file(prefix))) return rc;
   qins_pilot_run runs[3];
   for (int v = 0; v < 3; v++) runs[v] = (qins_pilot_run){labels[v], logs[v], ckpts[v][0] ? ckpts[v] : NULL};
   double ratio = 0;

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "core/error.h"
+#include "core/fsutil.h"
 
 int qins_report_init(qins_report *r, const char *gate, const char *title) {
   r->root = json_object();
@@ -342,15 +343,8 @@ static void write_svg(const qins_report *r, FILE *f) {
 
 int qins_report_write(qins_report *r, const char *dir) {
   qins_report_finish(r);
-  char tmp[1024];
-  snprintf(tmp, sizeof tmp, "%s", dir);
-  for (char *p = tmp + 1; *p; p++) /* like mkdir -p */
-    if (*p == '/') {
-      *p = 0;
-      if (mkdir(tmp, 0777) && errno != EEXIST) return qins_error_set(QINS_EIO, "report: cannot create %s", tmp);
-      *p = '/';
-    }
-  if (mkdir(dir, 0777) && errno != EEXIST) return qins_error_set(QINS_EIO, "report: cannot create %s", dir);
+  int rc = qins_mkdirs(dir);
+  if (rc) return qins_error_wrap(rc, "report: ");
   const char *gate = json_string_value(json_object_get(r->root, "gate"));
   char path[1200], svg[256];
   snprintf(path, sizeof path, "%s/%s.json", dir, gate);

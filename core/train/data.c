@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/fsutil.h"
 #include "core/tokenizer/tokenizer.h"
 
 #define SHARD_MAGIC "QINSTOK1"
@@ -121,6 +122,7 @@ int qins_shard_build(const char *text_path, const char *tok_path, const char *sh
   uint32_t id_bytes = vocab <= 65536 ? 2 : 4;
   char tmp[1100];
   snprintf(tmp, sizeof tmp, "%s.tmp", shard_path);
+  if ((rc = qins_mkdirs_for_file(shard_path))) goto done; /* runs/ may not exist yet */
   FILE *f = fopen(tmp, "wb");
   if (!f) {
     rc = qins_error_set(QINS_EIO, "%s: cannot create: %s", tmp, strerror(errno));

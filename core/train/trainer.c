@@ -15,6 +15,7 @@
 #include "core/backend_grad.h"
 #include "core/config.h"
 #include "core/error.h"
+#include "core/fsutil.h"
 #include "core/llm/llm.h"
 #include "core/metrics.h"
 #include "core/model/model.h"
@@ -277,18 +278,6 @@ static int parse_cfg(const qins_cfg *root, tcfg *c) {
 
 /* ------------------------------------------------------------------ files */
 
-static int mkdirs(const char *path) {
-  char buf[1024];
-  snprintf(buf, sizeof buf, "%s", path);
-  for (char *p = buf + 1; *p; p++)
-    if (*p == '/') {
-      *p = 0;
-      if (mkdir(buf, 0777) != 0 && errno != EEXIST) return qins_error_set(QINS_EIO, "%s: mkdir: %s", buf, strerror(errno));
-      *p = '/';
-    }
-  if (mkdir(buf, 0777) != 0 && errno != EEXIST) return qins_error_set(QINS_EIO, "%s: mkdir: %s", buf, strerror(errno));
-  return 0;
-}
 
 static int copy_file(const char *src, const char *dst) {
   FILE *a = fopen(src, "rb");
@@ -366,7 +355,7 @@ int qins_train_init_llama(const char *dir, const qins_llama_shape *s, uint64_t s
                           "model: dim %d, heads %d, kv_heads %d, ffn %d, vocab %d: need dim divisible by heads, "
                           "heads by kv_heads, an even head size",
                           s->dim, s->heads, s->kv_heads, s->ffn, s->vocab);
-  int rc = mkdirs(dir);
+  int rc = qins_mkdirs(dir);
   if (rc) return rc;
   qins_model_config c;
   memset(&c, 0, sizeof c);
@@ -462,7 +451,7 @@ int qins_train_export_hf(const qins_model *m, const char *dir) {
     return qins_error_set(QINS_EUNSUPPORTED, "%s: only plain Llama models can be exported as an HF folder", m->path);
   int permute = c.rope_mode == QINS_ROPE_INTERLEAVED;
   c.rope_mode = QINS_ROPE_HALF;
-  int rc = mkdirs(dir);
+  int rc = qins_mkdirs(dir);
   if (rc || (rc = write_llama_config(dir, &c))) return rc;
   /* f32 copies of every weight (the train model does the conversion from f16/bf16) */
   qins_backend *be = NULL;
@@ -566,7 +555,7 @@ void qins_train_set_step_hook(qins_train_step_fn fn, void *ctx) {
 static void fmt_hex(char *buf, size_t n, double v) { snprintf(buf, n, "%a", v); }
 
 static int save_checkpoint(trainer *t, const char *dir) {
-  int rc = mkdirs(dir);
+  int rc = qins_mkdirs(dir);
   if (rc) return rc;
   if ((rc = write_llama_config(dir, &t->mcfg))) return rc;
   /* device backends: weights and Adam moments updated on the device come back first */
@@ -876,7 +865,7 @@ int qins_train_run(const qins_train_opts *opts, qins_train_result *res) {
   if (rc) return rc;
   tcfg *c = &t.c;
   snprintf(res->out_dir, sizeof res->out_dir, "%s", c->out_dir);
-  if ((rc = mkdirs(c->out_dir))) return rc;
+  if ((rc = qins_mkdirs(c->out_dir))) return rc;
   FILE *pr = opts->progress;
   /* data */
   int rebuilt = 0;
