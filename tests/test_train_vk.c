@@ -112,7 +112,10 @@ static void test_adamw_op(void **st) {
     double worst_w = 0, worst_mv = 0;
     for (int i = 0; i < N; i++) {
       double upd = fabs((double)cw[i] - hw[i]);
-      double ew = fabs((double)vw[i] - cw[i]), bound = fabs(cw[i]) * 0x1p-22 + 1e-5 * upd;
+      /* each step may round w differently by a few ulp where the device's sqrt and division are not
+       * correctly rounded (NVIDIA: seen 10 ulp after the STEPS steps of pass 0 on an H200; lavapipe
+       * matches bit for bit), so the bound grows with the steps taken */
+      double ew = fabs((double)vw[i] - cw[i]), bound = fabs(cw[i]) * (pass ? 1 : STEPS) * 0x1p-20 + 1e-5 * upd;
       if (!(ew <= bound)) fail_msg("pass %d: w[%d] vk %.9g cpu %.9g (update %.3g)", pass, i, vw[i], cw[i], upd);
       worst_w = fmax(worst_w, upd > 0 ? ew / upd : 0);
       double em = fabs((double)vm[i] - cm[i]), ev = fabs((double)vv[i] - cv[i]);
