@@ -322,32 +322,7 @@ int tf_part_save(const char *path, qins_optim *o, int64_t step, int qins, const 
     const qins_train_param *p = qins_train_model_param(tm, i);
     e[n++] = (qins_st_entry){p->name, QINS_DT_F32, p->ndim, p->shape, p->w};
   }
-  for (int i = 0; i < np; i++) {
-    qins_optim_param_state ps;
-    qins_optim_param_state_get(o, i, &ps);
-    const char *pn = qins_optim_name(o, i);
-    struct {
-      const char *suffix;
-      float *data;
-      int64_t len;
-    } parts[4] = {{"m", ps.m, ps.n}, {"v", ps.v, ps.n}, {"z", ps.z, ps.n}, {"alpha", ps.alpha, ps.rows}};
-    for (int q = 0; q < 4; q++) {
-      if (!parts[q].data) continue;
-      snprintf(names[n], QINS_NAME_MAX + 8, "%s.%s", pn, parts[q].suffix);
-      shapes[n][0] = parts[q].len;
-      e[n] = (qins_st_entry){names[n], QINS_DT_F32, 1, shapes[n], parts[q].data};
-      n++;
-    }
-    char kb[QINS_NAME_MAX + 8], vb[64];
-    snprintf(kb, sizeof kb, "t.%s", pn);
-    snprintf(vb, sizeof vb, "%lld", (long long)*ps.t);
-    meta[k++] = strdup(kb);
-    meta[k++] = strdup(vb);
-    snprintf(kb, sizeof kb, "flag.%s", pn);
-    snprintf(vb, sizeof vb, "%d", *ps.flagged);
-    meta[k++] = strdup(kb);
-    meta[k++] = strdup(vb);
-  }
+  for (int i = 0; i < np; i++) qins_train_optim_param_entries(o, i, e, names, shapes, &n, meta, &k);
   qins_optim_state os;
   qins_optim_get_state(o, &os);
   char v[6][64];

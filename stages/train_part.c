@@ -429,24 +429,7 @@ static int distill_hook(void *user, const int32_t *ids, int n, int V, float *dl,
   tpart *t = user;
   const qins_train_setup_info *I = &t->s.info;
   t->ce_sum += *loss;
-  float ce = (float)I->distill_ce, kl = (float)I->distill_kl, inv = 1.0f / (float)(n - 1);
-  double kl_sum = 0;
-  for (int r = 0; r < n - 1; r++) {
-    float *d = dl + (size_t)r * V;
-    const float *tl = t->tlog + (size_t)r * V;
-    float mx = tl[0];
-    for (int v = 1; v < V; v++) mx = tl[v] > mx ? tl[v] : mx;
-    double z = 0;
-    for (int v = 0; v < V; v++) z += exp((double)tl[v] - mx);
-    double lz = log(z);
-    for (int v = 0; v < V; v++) {
-      double lp = (double)tl[v] - mx - lz, p = exp(lp);
-      double sv = (double)d[v] * (n - 1) + (v == ids[r + 1] ? 1.0 : 0.0);
-      if (sv < 1e-30) sv = 1e-30;
-      kl_sum += p * (lp - log(sv));
-      d[v] = ce * d[v] + kl * inv * (float)(sv - p);
-    }
-  }
+  double kl_sum = qins_train_distill_logits(ids, n, V, t->tlog, dl, (float)I->distill_ce, (float)I->distill_kl);
   t->kl_sum += kl_sum / (n - 1);
   *loss = I->distill_ce * *loss + I->distill_kl * kl_sum / (n - 1);
   return 0;

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "core/train/model_grad.h"
+#include "core/model/safetensors.h"
 #include "core/train/optim.h"
 
 typedef struct qins_train_setup qins_train_setup;
@@ -40,5 +41,17 @@ int qins_train_setup_model(const qins_train_setup *s, const char *dir, char *pat
 int qins_train_setup_optim(const qins_train_setup *s, qins_train_model *tm, const unsigned char *own, qins_optim **out);
 /* 1 when step s (1-based count of steps done) is a checkpoint step of the config. */
 int qins_train_setup_ckpt_due(const qins_train_setup *s, int64_t step);
+
+/* Appends parameter i's optimizer state to a checkpoint being written, as `qins train` names it:
+ * tensors "<name>.m", ".v", ".z", ".alpha" (those present) at e/names/shapes[*n], and metadata
+ * "t.<name>", "flag.<name>" (strdup'ed) at meta[*k]; room for 4 tensors and 4 strings is the
+ * caller's. */
+void qins_train_optim_param_entries(qins_optim *o, int i, qins_st_entry *e, char (*names)[QINS_NAME_MAX + 8],
+                                    int64_t (*shapes)[1], int *n, char **meta, int *k);
+/* Distillation's logit term, `qins train`'s arithmetic (the pipeline's head part shares it so both
+ * runs are bit-identical): dl holds (s - onehot)/(n-1) for the student's softmax s over rows
+ * 0..n-2; the teacher's softmax p comes from tlogits [n, V]. dl becomes ce * dl + kl * (s - p)/(n-1).
+ * Returns the sum over rows of KL(p || s). */
+double qins_train_distill_logits(const int32_t *ids, int n, int V, const float *tlogits, float *dl, float ce, float kl);
 
 #endif

@@ -23,6 +23,7 @@
 #include "core/train/data.h"
 #include "core/train/model_grad.h"
 #include "core/train/optim.h"
+#include "core/train/train_setup.h"
 
 #define MAX_CKPT_AT 16
 #define MAX_HID_LAYERS 64
@@ -578,32 +579,7 @@ static int save_checkpoint(trainer *t, const char *dir) {
     goto done;
   }
   int n = 0, k = 0;
-  for (int i = 0; i < np; i++) {
-    qins_optim_param_state ps;
-    qins_optim_param_state_get(t->o, i, &ps);
-    const char *pn = qins_optim_name(t->o, i);
-    struct {
-      const char *suffix;
-      float *data;
-      int64_t len;
-    } parts[4] = {{"m", ps.m, ps.n}, {"v", ps.v, ps.n}, {"z", ps.z, ps.n}, {"alpha", ps.alpha, ps.rows}};
-    for (int q = 0; q < 4; q++) {
-      if (!parts[q].data) continue;
-      snprintf(names[n], QINS_NAME_MAX + 8, "%s.%s", pn, parts[q].suffix);
-      shapes[n][0] = parts[q].len;
-      e[n] = (qins_st_entry){names[n], QINS_DT_F32, 1, shapes[n], parts[q].data};
-      n++;
-    }
-    char kb[QINS_NAME_MAX + 8], vb[64];
-    snprintf(kb, sizeof kb, "t.%s", pn);
-    snprintf(vb, sizeof vb, "%lld", (long long)*ps.t);
-    meta[k++] = strdup(kb);
-    meta[k++] = strdup(vb);
-    snprintf(kb, sizeof kb, "flag.%s", pn);
-    snprintf(vb, sizeof vb, "%d", *ps.flagged);
-    meta[k++] = strdup(kb);
-    meta[k++] = strdup(vb);
-  }
+  for (int i = 0; i < np; i++) qins_train_optim_param_entries(t->o, i, e, names, shapes, &n, meta, &k);
   qins_optim_state os;
   qins_optim_get_state(t->o, &os);
   char v[8][64];
@@ -776,24 +752,7 @@ static int distill_hook(void *user, const int32_t *ids, int n, int V, float *dl,
     l0 = t->c.hid_layers[i] + 1;
   }
   t->last_ce += *loss;
-  float ce = (float)t->c.ce_w, kl = (float)t->c.kl_w, inv = 1.0f / (float)(n - 1);
-  double kl_sum = 0;
-  for (int r = 0; r < n - 1; r++) {
-    float *d = dl + (size_t)r * V;
-    const float *tl = t->tlogits + (size_t)r * V;
-    float mx = tl[0];
-    for (int v = 1; v < V; v++) mx = tl[v] > mx ? tl[v] : mx;
-    double z = 0;
-    for (int v = 0; v < V; v++) z += exp((double)tl[v] - mx);
-    double lz = log(z);
-    for (int v = 0; v < V; v++) {
-      double lp = (double)tl[v] - mx - lz, p = exp(lp);
-      double sv = (double)d[v] * (n - 1) + (v == ids[r + 1] ? 1.0 : 0.0);
-      if (sv < 1e-30) sv = 1e-30;
-      kl_sum += p * (lp - log(sv));
-      d[v] = ce * d[v] + kl * inv * (float)(sv - p);
-    }
-  }
+  double kl_sum = qins_train_distill_logits(ids, n, V, t->tlogits, dl, (float)t->c.ce_w, (float)t->c.kl_w);
   t->last_kl += kl_sum / (n - 1); /* summed over the step's rows; the loop averages */
   *loss = t->c.ce_w * *loss + t->c.kl_w * kl_sum / (n - 1);
   return 0;
@@ -1090,8 +1049,6 @@ out:
 
 /* ------------------------------------------------------------------ setup for the train stages */
 
-#include "core/train/train_setup.h"
-
 struct qins_train_setup {
   tcfg c;
 };
@@ -1174,3 +1131,58 @@ int qins_train_setup_optim(const qins_train_setup *s, qins_train_model *tm, cons
 }
 
 int qins_train_setup_ckpt_due(const qins_train_setup *s, int64_t step) { return ckpt_due(&s->c, step); }
+
+/* ------------------------------------------------------------------ shared with the train stages */
+
+void qins_train_optim_param_entries(qins_optim *o, int i, qins_st_entry *e, char (*names)[QINS_NAME_MAX + 8],
+                                    int64_t (*shapes)[1], int *n_io, char **meta, int *k_io) {
+  int n = *n_io, k = *k_io;
+  qins_optim_param_state ps;
+  qins_optim_param_state_get(o, i, &ps);
+  const char *pn = qins_optim_name(o, i);
+  struct {
+    const char *suffix;
+    float *data;
+    int64_t len;
+  } parts[4] = {{"m", ps.m, ps.n}, {"v", ps.v, ps.n}, {"z", ps.z, ps.n}, {"alpha", ps.alpha, ps.rows}};
+  for (int q = 0; q < 4; q++) {
+    if (!parts[q].data) continue;
+    snprintf(names[n], QINS_NAME_MAX + 8, "%s.%s", pn, parts[q].suffix);
+    shapes[n][0] = parts[q].len;
+    e[n] = (qins_st_entry){names[n], QINS_DT_F32, 1, shapes[n], parts[q].data};
+    n++;
+  }
+  char kb[QINS_NAME_MAX + 8], vb[64];
+  snprintf(kb, sizeof kb, "t.%s", pn);
+  snprintf(vb, sizeof vb, "%lld", (long long)*ps.t);
+  meta[k++] = strdup(kb);
+  meta[k++] = strdup(vb);
+  snprintf(kb, sizeof kb, "flag.%s", pn);
+  snprintf(vb, sizeof vb, "%d", *ps.flagged);
+  meta[k++] = strdup(kb);
+  meta[k++] = strdup(vb);
+  *n_io = n;
+  *k_io = k;
+}
+
+double qins_train_distill_logits(const int32_t *ids, int n, int V, const float *tlogits, float *dl, float ce, float kl) {
+  float inv = 1.0f / (float)(n - 1);
+  double kl_sum = 0;
+  for (int r = 0; r < n - 1; r++) {
+    float *d = dl + (size_t)r * V;
+    const float *tl = tlogits + (size_t)r * V;
+    float mx = tl[0];
+    for (int v = 1; v < V; v++) mx = tl[v] > mx ? tl[v] : mx;
+    double z = 0;
+    for (int v = 0; v < V; v++) z += exp((double)tl[v] - mx);
+    double lz = log(z);
+    for (int v = 0; v < V; v++) {
+      double lp = (double)tl[v] - mx - lz, p = exp(lp);
+      double sv = (double)d[v] * (n - 1) + (v == ids[r + 1] ? 1.0 : 0.0);
+      if (sv < 1e-30) sv = 1e-30;
+      kl_sum += p * (lp - log(sv));
+      d[v] = ce * d[v] + kl * inv * (float)(sv - p);
+    }
+  }
+  return kl_sum;
+}
