@@ -525,7 +525,9 @@ static int validate(qins_pipeline *pl) {
   if ((rc = opt_string(r, "tokenizer", "", &pl->tokenizer))) return rc;
   if ((rc = opt_string(r, "backend", "", &pl->backend))) return rc;
   if ((rc = opt_string(r, "monitor", "", &pl->monitor))) return rc;
-  long long v = 200;
+  /* 1 s: a worker is declared hung after 5 s of silence. 200 ms (1 s) killed healthy workers whose
+   * heartbeat thread a loaded 2-core CI machine running lavapipe did not schedule for 1.7 s. */
+  long long v = 1000;
   if ((rc = parse_int_key(r, "heartbeat_ms", "", 10, 60000, &v))) return rc;
   pl->heartbeat_ms = (int)v;
   v = 0;

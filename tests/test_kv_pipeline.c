@@ -132,7 +132,8 @@ enum { NPROMPTS = 4, MAX_TOKENS = 40 };
 static void write_split(const char *path, const char *backend, const char *kv_opts, const char *top) {
   FILE *f = fopen(path, "w");
   assert_non_null(f);
-  fprintf(f, "name: kvq\nmodel: %s\ntokenizer: %s\nbackend: %s\n%s", model, tok, backend, top);
+  /* heartbeat 2 s: vk on lavapipe under the sanitizers and a loaded CI machine must not look hung */
+  fprintf(f, "name: kvq\nmodel: %s\ntokenizer: %s\nbackend: %s\nheartbeat_ms: 2000\n%s", model, tok, backend, top);
   if (kv_opts)
     fprintf(f, "workers:\n  - {name: front, stages: [tokenize, embed, kv0, blocks0, detokenize, sink]}\n"
                "  - {name: back, replicas: 2, stages: [kv1, blocks1, head, sample]}\n");

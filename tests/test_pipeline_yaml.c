@@ -76,7 +76,7 @@ static void test_valid(void **state) {
   assert_int_equal(pl->stages[qins_pipeline_stage_index(pl, "detok")].worker, 1);
   assert_int_equal(pl->n_prompts, 2);
   assert_int_equal(pl->restart, QINS_RESTART_STOP);
-  assert_int_equal(pl->heartbeat_ms, 200);
+  assert_int_equal(pl->heartbeat_ms, 1000);
   char *g = qins_pipeline_graph_json(pl);
   assert_non_null(strstr(g, "\"cross_worker\":true"));
   assert_non_null(strstr(g, "\"name\":\"w1\""));
