@@ -80,8 +80,9 @@ static int bench_backend(const char *spec, const char *dir, int L, int D, int V,
     const qins_tensor *wt, *gt;
     row->nparams += p->n;
     rc = qins_train_model_param_tensors(tm, i, &wt, &gt);
-    if (!rc) rc = device ? qins_optim_add_device(o, p->name, p->w, p->g, p->n, NULL, wt, gt)
-                         : qins_optim_add(o, p->name, p->w, p->g, p->n, NULL);
+    /* AdamW through the backend's adamw_step op on every backend, as qins train does (threaded on
+     * the cpu, bit for bit the host optimizer's arithmetic) */
+    if (!rc) rc = qins_optim_add_device(o, p->name, p->w, p->g, p->n, NULL, wt, gt);
     if (rc > 0) rc = 0;
   }
   if (!rc && !(ids = malloc((size_t)T * sizeof *ids))) rc = QINS_ENOMEM;

@@ -887,8 +887,9 @@ int qins_train_run(const qins_train_opts *opts, qins_train_result *res) {
       n_qins++;
     }
     const qins_tensor *wt, *gt;
-    /* on a device backend plain AdamW updates the parameter where it lives (adamw_step op) */
-    if (qins_train_model_on_device(t.tm) && !po.qins && !qins_train_model_param_tensors(t.tm, i, &wt, &gt))
+    /* plain AdamW updates the parameter where it lives through the backend's adamw_step op (on
+     * the cpu: threaded, and bit for bit the host optimizer's arithmetic, tests/test_train_vk.c) */
+    if (!po.qins && !qins_train_model_param_tensors(t.tm, i, &wt, &gt))
       rc = qins_optim_add_device(t.o, p->name, p->w, p->g, p->n, &po, wt, gt);
     else
       rc = qins_optim_add(t.o, p->name, p->w, p->g, p->n, &po);
