@@ -82,14 +82,8 @@ static int fwd(qins_stage *st, const qins_msg *const *in, int n, qins_msg *out) 
   for (int k = 0; k < 2; k++)
     if (qins_eval_data(in[k]) && (in[k]->dtype != QINS_DT_I32 || in[k]->ndim != 1))
       return qins_error_set(QINS_EINPUT, "compare %s: branch %d: expected i32[T] token ids", st->ctx.stage_name, k);
-  creq *r = qins_reqstate_find(c->reqs, f->req, f->attempt);
-  if (!r) {
-    r = calloc(1, sizeof *r);
-    if (!r || qins_reqstate_add(&c->reqs, f->req, f->attempt, r)) {
-      free(r);
-      return qins_error_set(QINS_ENOMEM, "out of memory");
-    }
-  }
+  creq *r = qins_reqstate_get(&c->reqs, f->req, f->attempt, sizeof *r);
+  if (!r) return QINS_ENOMEM;
   for (int k = 0; k < 2; k++) {
     if (!in[k]) continue;
     if (qins_eval_data(in[k])) { /* an end marker brings no ids, only the end */

@@ -78,22 +78,14 @@ static void fini(qins_stage *st) {
 static int fwd(qins_stage *st, const qins_msg *const *in, int n, qins_msg *out) {
   curve *c = st->priv;
   const qins_msg *f = qins_eval_first(in, n);
-  creq *r = qins_reqstate_find(c->reqs, f->req, f->attempt);
-  if (!r) {
-    r = calloc(1, sizeof *r);
-    if (!r || qins_reqstate_add(&c->reqs, f->req, f->attempt, r)) {
-      free(r);
-      return qins_error_set(QINS_ENOMEM, "out of memory");
-    }
-  }
+  creq *r = qins_reqstate_get(&c->reqs, f->req, f->attempt, sizeof *r);
+  if (!r) return QINS_ENOMEM;
   if (r->done) return 0; /* the record is written; the coordinator's FORGET frees this */
   r->sets++;
   const qins_msg *a = qins_eval_data(in[0]), *b = qins_eval_data(in[1]);
   if (a && b) {
-    if (a->dtype != QINS_DT_F32 || b->dtype != QINS_DT_F32 || a->ndim != 2 || b->ndim != 2 ||
-        a->shape[0] != b->shape[0] || a->shape[1] != b->shape[1] || a->pos != b->pos)
-      return qins_error_set(QINS_EINPUT, "context_curve %s, request %llu: branch mismatch: the branches' logits differ in shape or position",
-                            st->ctx.stage_name, (unsigned long long)f->req);
+    int rc = qins_eval_check_logit_pair(st, "context_curve", f->req, a, b);
+    if (rc) return rc;
     int V = (int)a->shape[1];
     for (int64_t t = 0; t < a->shape[0]; t++) {
       int64_t pos = a->pos + t;

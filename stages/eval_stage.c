@@ -92,3 +92,15 @@ int qins_eval_loop_fed(const qins_stage_ctx *ctx) {
   free(todo);
   return found;
 }
+
+int qins_eval_check_logit_pair(const qins_stage *st, const char *type, uint64_t req, const qins_msg *a, const qins_msg *b) {
+  if (a->dtype == QINS_DT_F32 && b->dtype == QINS_DT_F32 && a->ndim == 2 && b->ndim == 2 && a->shape[0] == b->shape[0] &&
+      a->shape[1] == b->shape[1] && a->pos == b->pos)
+    return 0;
+  return qins_error_set(QINS_EINPUT,
+                        "%s %s, request %llu: branch mismatch: a gives f32[%lld,%lld] at position %d, b f32[%lld,%lld] at "
+                        "position %d",
+                        type, st->ctx.stage_name, (unsigned long long)req, (long long)a->shape[0],
+                        (long long)(a->ndim > 1 ? a->shape[1] : 0), a->pos, (long long)b->shape[0],
+                        (long long)(b->ndim > 1 ? b->shape[1] : 0), b->pos);
+}

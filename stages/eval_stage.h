@@ -33,6 +33,9 @@ json_t *qins_eval_json_num(double v);
 
 /* The first non-NULL message of a join set (may be an end marker: it names the request). */
 const qins_msg *qins_eval_first(const qins_msg *const *in, int n);
+/* The two branches' next-token logits of one message set: both f32 [rows, V] of the same shape at
+ * the same position, else QINS_EINPUT naming the stage, the request and both shapes. */
+int qins_eval_check_logit_pair(const qins_stage *st, const char *type, uint64_t req, const qins_msg *a, const qins_msg *b);
 
 /* A branch's message if it carries data, NULL for a hole or an end marker (QINS_MSG_MARK). */
 const qins_msg *qins_eval_data(const qins_msg *m);

@@ -128,6 +128,18 @@ void *qins_reqstate_find(qins_reqstate *list, uint64_t req, uint32_t attempt) {
   return NULL;
 }
 
+void *qins_reqstate_get(qins_reqstate **list, uint64_t req, uint32_t attempt, size_t size) {
+  void *d = qins_reqstate_find(*list, req, attempt);
+  if (d) return d;
+  d = calloc(1, size);
+  if (!d || qins_reqstate_add(list, req, attempt, d)) {
+    free(d);
+    qins_error_set(QINS_ENOMEM, "out of memory");
+    return NULL;
+  }
+  return d;
+}
+
 int qins_reqstate_add(qins_reqstate **list, uint64_t req, uint32_t attempt, void *data) {
   qins_reqstate *s = malloc(sizeof *s);
   if (!s) return qins_error_set(QINS_ENOMEM, "out of memory");

@@ -47,6 +47,9 @@ typedef struct qins_reqstate {
 /* Find the state of (req, attempt); NULL if absent. */
 void *qins_reqstate_find(qins_reqstate *list, uint64_t req, uint32_t attempt);
 int qins_reqstate_add(qins_reqstate **list, uint64_t req, uint32_t attempt, void *data);
+/* The (req, attempt) entry's data, or a new zeroed `size`-byte one added to the list; NULL (error
+ * set) when out of memory. */
+void *qins_reqstate_get(qins_reqstate **list, uint64_t req, uint32_t attempt, size_t size);
 /* Remove states of req with attempt < below, calling destroy(data, user) on each. */
 void qins_reqstate_forget(qins_reqstate **list, uint64_t req, uint32_t below, void (*destroy)(void *, void *),
                           void *user);
