@@ -1,4 +1,4 @@
-/* File-system helpers: mkdir -p for run folders, reports and data shards. */
+/* File-system helpers: mkdir -p and file copies for run folders, reports, checkpoints and data shards. */
 #include "core/fsutil.h"
 
 #include <errno.h>
@@ -31,4 +31,22 @@ int qins_mkdirs_for_file(const char *file) {
   if (!slash || slash == buf) return 0;
   *slash = 0;
   return qins_mkdirs(buf);
+}
+
+int qins_copy_file(const char *src, const char *dst) {
+  FILE *a = fopen(src, "rb");
+  if (!a) return qins_error_set(QINS_EIO, "%s: cannot open: %s", src, strerror(errno));
+  FILE *b = fopen(dst, "wb");
+  if (!b) {
+    fclose(a);
+    return qins_error_set(QINS_EIO, "%s: cannot create: %s", dst, strerror(errno));
+  }
+  char buf[65536];
+  size_t n;
+  int rc = 0;
+  while ((n = fread(buf, 1, sizeof buf, a)) > 0)
+    if (fwrite(buf, 1, n, b) != n) rc = qins_error_set(QINS_EIO, "%s: write failed", dst);
+  fclose(a);
+  if (fclose(b) != 0 && !rc) rc = qins_error_set(QINS_EIO, "%s: write failed", dst);
+  return rc;
 }

@@ -6,5 +6,7 @@
 int qins_mkdirs(const char *dir);
 /* Creates the folder that will hold `file` (everything before its last '/'; nothing if none). */
 int qins_mkdirs_for_file(const char *file);
+/* Copies src to dst (created or truncated); QINS_EIO naming the file on an open, read or write failure. */
+int qins_copy_file(const char *src, const char *dst);
 
 #endif

@@ -438,24 +438,6 @@ done:
   return rc;
 }
 
-int tf_copy_file(const char *src, const char *dst) {
-  FILE *a = fopen(src, "rb");
-  if (!a) return qins_error_set(QINS_EIO, "%s: cannot open: %s", src, strerror(errno));
-  FILE *b = fopen(dst, "wb");
-  if (!b) {
-    fclose(a);
-    return qins_error_set(QINS_EIO, "%s: cannot create: %s", dst, strerror(errno));
-  }
-  char buf[65536];
-  size_t n;
-  int rc = 0;
-  while ((n = fread(buf, 1, sizeof buf, a)) > 0)
-    if (fwrite(buf, 1, n, b) != n) rc = qins_error_set(QINS_EIO, "%s: write failed", dst);
-  fclose(a);
-  if (fclose(b) != 0 && !rc) rc = qins_error_set(QINS_EIO, "%s: write failed", dst);
-  return rc;
-}
-
 /* An optimizer tensor of a part file: "<weight>.m|.v|.z|.alpha" whose <weight> is in the file. */
 static int is_optim_tensor(const qins_st_file *f, const char *name) {
   static const char *suffix[] = {".m", ".v", ".z", ".alpha"};

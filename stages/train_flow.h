@@ -93,7 +93,6 @@ int tf_part_load_weights(const char *path, qins_train_model *tm);
 int tf_part_load_optim(const char *path, qins_optim *o, int qins, int64_t *step);
 
 /* Copy a file (checkpoint extras: config.json, tokenizer.bin). */
-int tf_copy_file(const char *src, const char *dst);
 /* The checkpoint as a model folder: every part file's weights (not its optimizer state) into
  * DIR/model.safetensors, in chain order, so `qins generate --model DIR` loads it. */
 int tf_merge_weights(const char *dir, const tf_part_spec *specs, int n);

@@ -124,7 +124,7 @@ static int reloaded(qins_stage *st, tlog *t, const tf_frame *f) {
   snprintf(p, sizeof p, "%s/model.safetensors", dir);
   if (dir[0] && !(m = fopen(p, "rb"))) {
     snprintf(p, sizeof p, "%s/tokenizer.bin", dir);
-    if ((rc = tf_merge_weights(dir, t->specs, t->n_specs)) || (rc = tf_copy_file(t->s.info.tokenizer, p))) return rc;
+    if ((rc = tf_merge_weights(dir, t->specs, t->n_specs)) || (rc = qins_copy_file(t->s.info.tokenizer, p))) return rc;
   }
   if (m) fclose(m);
   fprintf(t->log, "{\"step\": %lld, \"restart\": \"%s\"}\n", (long long)f->h.step, dir);
@@ -147,7 +147,7 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
     char dir[700], dst[800];
     snprintf(dir, sizeof dir, "%s/ckpt-%06lld", t->s.info.out_dir, (long long)f.h.step);
     snprintf(dst, sizeof dst, "%s/tokenizer.bin", dir);
-    if ((rc = tf_merge_weights(dir, t->specs, t->n_specs)) || (rc = tf_copy_file(t->s.info.tokenizer, dst))) return rc;
+    if ((rc = tf_merge_weights(dir, t->specs, t->n_specs)) || (rc = qins_copy_file(t->s.info.tokenizer, dst))) return rc;
     if (t->progress) fprintf(stderr, "checkpoint: %s\n", dir);
     return 0;
   }
@@ -176,7 +176,7 @@ static int fwd(qins_stage *st, const qins_msg *in, qins_msg *out) {
     char dir[700], dst[800];
     snprintf(dir, sizeof dir, "%s/ckpt-%06lld", t->s.info.out_dir, step);
     snprintf(dst, sizeof dst, "%s/tokenizer.bin", dir);
-    if ((rc = tf_merge_weights(dir, t->specs, t->n_specs)) || (rc = tf_copy_file(t->s.info.tokenizer, dst))) return rc;
+    if ((rc = tf_merge_weights(dir, t->specs, t->n_specs)) || (rc = qins_copy_file(t->s.info.tokenizer, dst))) return rc;
   }
   if (t->progress && (step % t->s.info.log_every == 0 || last))
     fprintf(stderr, "step %lld/%lld  loss %.4f  lr %.3g  gnorm %.3f  %.0f tok/s%s\n", step, (long long)t->s.info.steps,

@@ -282,7 +282,7 @@ static int save_ckpt(qins_stage *st, tpart *t) {
   FILE *cf = t->specs[t->me].embed ? fopen(src, "rb") : NULL; /* a model folder: the checkpoint becomes one too */
   if (cf) {
     fclose(cf);
-    if ((rc = tf_copy_file(src, dst))) return rc;
+    if ((rc = qins_copy_file(src, dst))) return rc;
   }
   return 0;
 }

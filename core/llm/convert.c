@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/fsutil.h"
 #include "core/model/safetensors.h"
 
 /* Where a runtime matrix (layer, path) lives in the checkpoint: weight name, first row (or column
@@ -53,19 +54,12 @@ static int source_of(const qins_model *m, int l, int path, seg_src *s) {
 
 static const qins_llm_mat path_mat[] = {QINS_LLM_WV, QINS_LLM_WO, QINS_LLM_WUP, QINS_LLM_WGATE, QINS_LLM_WDOWN};
 
+/* Copies an optional side file (tokenizer, config) next to the converted weights: a missing
+ * source is skipped; a failed write is an error. */
 static int copy_file(const char *from, const char *to) {
-  FILE *a = fopen(from, "rb");
-  if (!a) return 0; /* optional */
-  FILE *b = fopen(to, "wb");
-  if (!b) {
-    fclose(a);
-    return qins_error_set(QINS_EIO, "convert: cannot write %s", to);
-  }
-  char buf[65536];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, a)) > 0) fwrite(buf, 1, n, b);
-  fclose(a);
-  return fclose(b) ? qins_error_set(QINS_EIO, "convert: cannot write %s", to) : 0;
+  if (access(from, R_OK) != 0) return 0;
+  int rc = qins_copy_file(from, to);
+  return rc ? qins_error_wrap(rc, "convert: ") : 0;
 }
 
 /* llama2.c q/k rows pair dimensions (2i, 2i+1); Hugging Face rotate-half pairs (i, i + hd/2). */

@@ -280,24 +280,6 @@ static int parse_cfg(const qins_cfg *root, tcfg *c) {
 /* ------------------------------------------------------------------ files */
 
 
-static int copy_file(const char *src, const char *dst) {
-  FILE *a = fopen(src, "rb");
-  if (!a) return qins_error_set(QINS_EIO, "%s: cannot open: %s", src, strerror(errno));
-  FILE *b = fopen(dst, "wb");
-  if (!b) {
-    fclose(a);
-    return qins_error_set(QINS_EIO, "%s: cannot create: %s", dst, strerror(errno));
-  }
-  char buf[65536];
-  size_t n;
-  int rc = 0;
-  while ((n = fread(buf, 1, sizeof buf, a)) > 0)
-    if (fwrite(buf, 1, n, b) != n) rc = qins_error_set(QINS_EIO, "%s: write failed", dst);
-  fclose(a);
-  if (fclose(b) != 0 && !rc) rc = qins_error_set(QINS_EIO, "%s: write failed", dst);
-  return rc;
-}
-
 /* HF Llama config.json for a config (as hf_config.c reads it back). */
 static int write_llama_config(const char *dir, const qins_model_config *c) {
   if (c->arch != QINS_ARCH_LLAMA || c->rope_mode != QINS_ROPE_HALF)
@@ -564,7 +546,7 @@ static int save_checkpoint(trainer *t, const char *dir) {
   if ((rc = write_weights(dir, t->tm, NULL))) return rc;
   char path[1100];
   snprintf(path, sizeof path, "%s/tokenizer.bin", dir);
-  if ((rc = copy_file(t->c.tokenizer, path))) return rc;
+  if ((rc = qins_copy_file(t->c.tokenizer, path))) return rc;
   /* optimizer + loop state */
   int np = qins_optim_count(t->o);
   int cap = 4 * np;
