@@ -29,20 +29,6 @@
 
 static char g_dir[256], g_text[512], g_cfg[512];
 
-static char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  rewind(f);
-  char *b = malloc((size_t)n + 1);
-  size_t got = fread(b, 1, (size_t)n, f);
-  fclose(f);
-  b[got] = 0;
-  if (len) *len = got;
-  return b;
-}
-
 /* A small Llama (3 layers, GQA), 6 steps of 3 rows x 24 tokens, clipping active, checkpoints at
  * steps 3 and 6. */
 static int setup_all(void **state) {
@@ -51,7 +37,7 @@ static int setup_all(void **state) {
   snprintf(g_dir, sizeof g_dir, "/tmp/qins_test_train_flow_%d", (int)getpid());
   mkdir(g_dir, 0777);
   size_t n = 0;
-  char *all = slurp(test_shared_path("data/tinyshakespeare.txt"), &n);
+  char *all = test_slurp(test_shared_path("data/tinyshakespeare.txt"), &n);
   if (!all) return -1;
   snprintf(g_text, sizeof g_text, "%s/corpus.txt", g_dir);
   FILE *f = fopen(g_text, "wb");
@@ -524,7 +510,7 @@ static void test_resume_equals_uninterrupted(void **state) {
     /* the log says where it restarted from */
     char p[700];
     snprintf(p, sizeof p, "%s/%s/train_log.jsonl", g_dir, out);
-    char *log = slurp(p, NULL);
+    char *log = test_slurp(p, NULL);
     assert_non_null(log);
     assert_non_null(strstr(log, "\"restart\": \""));
     free(log);
@@ -581,7 +567,7 @@ static void test_distill(void **state) {
   char cfg[600], teacher[600];
   snprintf(cfg, sizeof cfg, "%s/distill.yaml", g_dir);
   snprintf(teacher, sizeof teacher, "%s/ip/ckpt-000006", g_dir);
-  char *base = slurp(g_cfg, NULL);
+  char *base = test_slurp(g_cfg, NULL);
   assert_non_null(base);
   FILE *f = fopen(cfg, "w");
   fprintf(f, "%sdistill: {teacher: %s, ce: 1.0, kl: 0.5}\n", base, teacher);

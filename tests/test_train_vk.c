@@ -602,25 +602,11 @@ static void test_adamw_device_gpt2(void **st) { adamw_device_fixture("gpt2"); }
 
 /* ---------------------------------------------------------------- the training loop on vk */
 
-static char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  rewind(f);
-  char *b = malloc((size_t)n + 1);
-  size_t got = fread(b, 1, (size_t)n, f);
-  fclose(f);
-  b[got] = 0;
-  if (len) *len = got;
-  return b;
-}
-
 /* last "loss" of a train_log.jsonl */
 static double last_loss_of(const char *dir, int want_step) {
   char path[800];
   snprintf(path, sizeof path, "%s/train_log.jsonl", dir);
-  char *b = slurp(path, NULL);
+  char *b = test_slurp(path, NULL);
   assert_non_null(b);
   double loss = NAN;
   char key[64];
@@ -642,7 +628,7 @@ static void trainer_vk(const char *kind) {
   snprintf(dir, sizeof dir, "/tmp/qins_test_train_vk_%d_%s", (int)getpid(), kind);
   mkdir(dir, 0777);
   size_t n = 0;
-  char *all = slurp(test_shared_path("data/tinyshakespeare.txt"), &n);
+  char *all = test_slurp(test_shared_path("data/tinyshakespeare.txt"), &n);
   assert_non_null(all);
   snprintf(text, sizeof text, "%s/corpus.txt", dir);
   FILE *f = fopen(text, "wb");
@@ -700,7 +686,7 @@ static void trainer_vk(const char *kind) {
     size_t n1 = 0, n2 = 0;
     snprintf(p1, sizeof p1, "%s/vk/ckpt-000006/%s", dir, files[i]);
     snprintf(p2, sizeof p2, "%s/vk-split/ckpt-000006/%s", dir, files[i]);
-    char *x = slurp(p1, &n1), *y = slurp(p2, &n2);
+    char *x = test_slurp(p1, &n1), *y = test_slurp(p2, &n2);
     assert_non_null(x);
     assert_non_null(y);
     assert_int_equal(n1, n2);

@@ -52,27 +52,13 @@ static int run_cmd(const char *cmd, char **out) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  rewind(f);
-  char *b = malloc((size_t)n + 1);
-  size_t got = fread(b, 1, (size_t)n, f);
-  fclose(f);
-  b[got] = 0;
-  if (len) *len = got;
-  return b;
-}
-
 static int setup_all(void **state) {
   (void)state;
   test_seed();
   snprintf(g_dir, sizeof g_dir, "/tmp/qins_test_trainer_%d", (int)getpid());
   mkdir(g_dir, 0777);
   size_t n = 0;
-  char *all = slurp(test_shared_path("data/tinyshakespeare.txt"), &n);
+  char *all = test_slurp(test_shared_path("data/tinyshakespeare.txt"), &n);
   if (!all) return -1;
   snprintf(g_text, sizeof g_text, "%s/corpus.txt", g_dir);
   FILE *f = fopen(g_text, "wb");
@@ -102,7 +88,7 @@ static void test_shard_round_trip(void **state) {
   assert_true(n > 5000);
   assert_int_equal(qins_shard_get(s, 0), qins_tokenizer_bos_id(tok));
   size_t tl = 0;
-  char *text = slurp(g_text, &tl);
+  char *text = test_slurp(g_text, &tl);
   char *rebuilt = malloc(tl + 4096);
   size_t len = 0;
   int32_t prev = -1;
@@ -136,7 +122,7 @@ static void test_shard_identity_and_corruption(void **state) {
   assert_non_null(strstr(qins_error_msg(), "tok512.bin"));
   /* truncated shard */
   size_t n = 0;
-  char *b = slurp(g_shard, &n);
+  char *b = test_slurp(g_shard, &n);
   char bad[600];
   snprintf(bad, sizeof bad, "%s/bad.shard", g_dir);
   FILE *f = fopen(bad, "wb");
@@ -214,7 +200,7 @@ static void write_config(const char *path, const char *out_dir, const char *kind
 
 /* Log lines without the wall-clock field. */
 static char *log_no_time(const char *path) {
-  char *b = slurp(path, NULL);
+  char *b = test_slurp(path, NULL);
   assert_non_null(b);
   char *o = malloc(strlen(b) + 1), *w = o;
   for (char *p = b; *p;) {
@@ -277,7 +263,7 @@ static void check_resume(const char *kind) {
     size_t n1 = 0, n2 = 0;
     snprintf(p1, sizeof p1, "%s/ckpt-000008/%s", a, files[i]);
     snprintf(p2, sizeof p2, "%s/ckpt-000008/%s", b, files[i]);
-    char *x = slurp(p1, &n1), *y = slurp(p2, &n2);
+    char *x = test_slurp(p1, &n1), *y = test_slurp(p2, &n2);
     assert_non_null(x);
     assert_non_null(y);
     assert_int_equal(n1, n2);
@@ -407,7 +393,7 @@ static void test_pilot_smoke(void **state) {
   }
   json_decref(j);
   snprintf(p, sizeof p, "%s/C3.svg", g_dir);
-  char *svg = slurp(p, NULL);
+  char *svg = test_slurp(p, NULL);
   assert_non_null(svg);
   assert_non_null(strstr(svg, "<svg"));
   assert_int_equal((int)(strstr(svg, "<polyline") != NULL), 1);
@@ -416,7 +402,7 @@ static void test_pilot_smoke(void **state) {
   assert_int_equal(lines, 6); /* train + held-out per run */
   free(svg);
   snprintf(p, sizeof p, "%s/C3.md", g_dir);
-  char *md = slurp(p, NULL);
+  char *md = test_slurp(p, NULL);
   assert_non_null(md);
   assert_non_null(strstr(md, "| qins8 |"));
   assert_non_null(strstr(md, "| qins-f32 |"));
@@ -524,7 +510,7 @@ static json_t *dashboard_final_state(const char *cmd) {
       break;
     }
   }
-  char *pid_text = slurp(pidf, NULL);
+  char *pid_text = test_slurp(pidf, NULL);
   assert_non_null(pid_text);
   pid_t pid = (pid_t)atoi(pid_text);
   free(pid_text);
@@ -799,7 +785,7 @@ static void test_svg_and_curve(void **state) {
   snprintf(svg, sizeof svg, "%s/c.svg", g_dir);
   qins_plot_series s = {"x <&>", c.step, c.loss, c.n, 0, 0};
   assert_int_equal(qins_svg_plot(svg, "t", "step", "loss", &s, 1), 0);
-  char *b = slurp(svg, NULL);
+  char *b = test_slurp(svg, NULL);
   assert_non_null(strstr(b, "x &lt;&amp;&gt;"));
   free(b);
   qins_curve_free(&c);

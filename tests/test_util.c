@@ -114,3 +114,17 @@ const char *test_shared_path(const char *rel) {
   snprintf(p, 1024, "%s/%s", root ? root : QINS_SHARED_DIR, rel);
   return p;
 }
+
+char *test_slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  rewind(f);
+  char *b = malloc((size_t)n + 1);
+  size_t got = fread(b, 1, (size_t)n, f);
+  fclose(f);
+  b[got] = 0;
+  if (len) *len = got;
+  return b;
+}

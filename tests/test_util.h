@@ -33,5 +33,7 @@ void test_tensor_make(qins_backend *be, qins_tensor *t, const char *name, qins_d
                       const int64_t *shape, const void *data);
 /* Path under ../shared (QINS_SHARED_DIR). */
 const char *test_shared_path(const char *rel);
+/* A whole file, NUL-terminated (malloc'd); *len (or NULL) its size. NULL when it cannot be opened. */
+char *test_slurp(const char *path, size_t *len);
 
 #endif
