@@ -284,7 +284,8 @@ int cmd_generate(int argc, char **argv) {
     const qins_cfg *pn = qins_cfg_get(pcfg, "policy") ? qins_cfg_get(pcfg, "policy") : pcfg;
     qins_policy pol;
     if ((rc = qins_policy_parse(pn, m->cfg.n_layers, &pol))) goto done;
-    if ((rc = qins_policy_apply(l, be, &pol, strncmp(be->name, "cpu", 3) != 0, &pst))) goto done;
+    /* weights stay quantized on every backend: cpu and vk both have fused quantized matmuls */
+    if ((rc = qins_policy_apply(l, be, &pol, 0, &pst))) goto done;
   }
   for (int i = 0; i < n_prompt; i++)
     if (prompt_ids[i] >= qins_llm_vocab(l)) {

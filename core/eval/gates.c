@@ -188,13 +188,13 @@ static int load_prompts(gctx *g) {
   return 0;
 }
 
-static int make_branch(gctx *g, const char *name, const qins_policy *pol, int unfused, branch *b) {
+static int make_branch(gctx *g, const char *name, const qins_policy *pol, branch *b) {
   memset(b, 0, sizeof *b);
   snprintf(b->name, sizeof b->name, "%s", name);
   qins_llm_options lo = {0, 0};
   int rc = qins_llm_create(g->m, g->be, &lo, &b->llm);
   if (rc) return rc;
-  if (pol && (rc = qins_policy_apply(b->llm, g->be, pol, unfused, &b->st))) {
+  if (pol && (rc = qins_policy_apply(b->llm, g->be, pol, 0, &b->st))) {
     qins_llm_destroy(b->llm);
     b->llm = NULL;
     return rc;
@@ -429,7 +429,7 @@ static int gate_a2(gctx *g) {
   branch fp;
   int32_t *ref[MAX_PROMPTS] = {0};
   int steps[MAX_PROMPTS];
-  int rc = make_branch(g, "fp32", NULL, 0, &fp);
+  int rc = make_branch(g, "fp32", NULL, &fp);
   if (rc) return rc;
   if ((rc = fp_refs(g, &fp, steps_p, ref, steps, NULL))) goto out;
   qins_report_run_num(&g->rep, "steps_per_prompt", steps[0]);
@@ -440,7 +440,7 @@ static int gate_a2(gctx *g) {
     if (bi < 0) pol = g->pol, snprintf(nm, sizeof nm, "QINS (%s)", g->pol_desc);
     else baseline_policy(&g->pol, base[bi], &pol), snprintf(nm, sizeof nm, "%s baseline", fmt_name(base[bi]));
     branch b;
-    if ((rc = make_branch(g, nm, &pol, 0, &b))) break;
+    if ((rc = make_branch(g, nm, &pol, &b))) break;
     greedy_stats gs;
     rc = greedy_vs(g, &b, ref, steps, g->n_prompts, &gs, "per prompt");
     if (!rc) {
@@ -487,7 +487,7 @@ static int sampling_kl(gctx *g, branch *fp, const qins_policy *qpol, const char 
       snprintf(nm, sizeof nm, "%s baseline", fmt_name(base[bi]));
     }
     branch b;
-    if ((rc = make_branch(g, nm, &pol, 0, &b))) break;
+    if ((rc = make_branch(g, nm, &pol, &b))) break;
     double kls = 0, ovs = 0, klmax = 0, ovmin = 1;
     int cnt = 0;
     for (int i = 0; i < g->n_prompts && !rc; i++) {
@@ -541,7 +541,7 @@ static int gate_a3(gctx *g) {
   qins_report_run_num(&g->rep, "top_k_overlap_k", k);
   qins_report_run_num(&g->rep, "steps_per_prompt", steps_for(g, g->plen[0], steps_p));
   branch fp;
-  int rc = make_branch(g, "fp32", NULL, 0, &fp);
+  int rc = make_branch(g, "fp32", NULL, &fp);
   if (rc) return rc;
   double klq, ovq, kln;
   char qn[600];
@@ -593,8 +593,8 @@ static int gate_b1(gctx *g) {
   }
   if (!any_fit) list[nl++] = g->max_seq; /* the longest the model allows */
   branch fp, qb;
-  if ((rc = make_branch(g, "fp32", NULL, 0, &fp))) return rc;
-  if ((rc = make_branch(g, "qins8 V cache", &pol, 0, &qb))) {
+  if ((rc = make_branch(g, "fp32", NULL, &fp))) return rc;
+  if ((rc = make_branch(g, "qins8 V cache", &pol, &qb))) {
     free_branch(&fp);
     return rc;
   }
@@ -690,7 +690,7 @@ static int gate_a4(gctx *g) {
   qins_report_check(&g->rep, "qins6 pack/unpack round trip exact", same, ">=", 1, "");
   /* end to end: qins8 vs qins6 vs int8 on the same policy paths */
   branch fp;
-  int rc = make_branch(g, "fp32", NULL, 0, &fp);
+  int rc = make_branch(g, "fp32", NULL, &fp);
   if (rc) return rc;
   int32_t *ref[MAX_PROMPTS] = {0};
   int steps[MAX_PROMPTS];
@@ -704,7 +704,7 @@ static int gate_a4(gctx *g) {
   for (int f = 0; f < 3 && !rc; f++) {
     qins_policy pol;
     baseline_policy(&g->pol, fmts[f], &pol);
-    if ((rc = make_branch(g, fmt_name(fmts[f]), &pol, 0, &bs[f]))) break;
+    if ((rc = make_branch(g, fmt_name(fmts[f]), &pol, &bs[f]))) break;
     greedy_stats gs;
     if ((rc = greedy_vs(g, &bs[f], ref, steps, g->n_prompts, &gs, NULL))) break;
     match[f] = gs.match;
@@ -757,7 +757,7 @@ static int gate_a5(gctx *g) {
   for (int f = 0; f < 5 && !rc; f++) {
     qins_policy pol;
     baseline_policy(&g->pol, fmts[f], &pol);
-    rc = make_branch(g, fmt_name(fmts[f]), &pol, 0, &b);
+    rc = make_branch(g, fmt_name(fmts[f]), &pol, &b);
     if (rc) break;
     double tf = 0, tu = 0, maxrel = 0;
     for (int m = QINS_LLM_WV; m <= QINS_LLM_WDOWN && !rc; m++) {
@@ -983,7 +983,7 @@ static int gate_c1(gctx *g) {
   qins_report_run_num(&g->rep, "ppl_window", g->max_seq);
   qins_report_run_num(&g->rep, "ppl_stride", stride);
   branch fp;
-  if ((rc = make_branch(g, "fp32", NULL, 0, &fp))) {
+  if ((rc = make_branch(g, "fp32", NULL, &fp))) {
     free(ids);
     return rc;
   }
@@ -1012,7 +1012,7 @@ static int gate_c1(gctx *g) {
     if (bi < 0) pol = g->pol, snprintf(nm, sizeof nm, "QINS (%s)", g->pol_desc);
     else baseline_policy(&g->pol, base[bi], &pol), snprintf(nm, sizeof nm, "%s baseline (V cache f32)", fmt_name(base[bi]));
     branch b;
-    if ((rc = make_branch(g, nm, &pol, 0, &b))) break;
+    if ((rc = make_branch(g, nm, &pol, &b))) break;
     double ppl;
     greedy_stats gs;
     double tp2[2] = {0, 0};
@@ -1169,7 +1169,7 @@ static int gate_transport(gctx *g) {
   free(W), free(x), free(mu);
   /* real activations: the FP trajectory of prompt 0 (prompt + greedy continuation) */
   branch fp;
-  int rc = make_branch(g, "fp32", NULL, 0, &fp);
+  int rc = make_branch(g, "fp32", NULL, &fp);
   if (rc) return rc;
   int T2 = ntok < g->max_seq ? ntok : g->max_seq;
   int32_t *ids = malloc((size_t)T2 * 4);
